@@ -1,0 +1,33 @@
+# Two entry points (see README.md): `make demo` and `make test`.
+# Both create .venv on first use and install the product with the CPU build of torch.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/her2-qupath demo -o demo-output
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+lint: setup
+	$(BIN)/ruff check her2_qupath tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache
