@@ -16,6 +16,7 @@ Models load only from local directories (never from a hub).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,6 +24,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -203,6 +205,20 @@ class LoadedModel:
         self.__dict__.pop("_casts", None)
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' own progress bars (the product reports progress itself)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _check_labels(spec: ModelSpec, where: str) -> None:
     labels = spec.labels
     if len(set(labels)) != len(labels):
@@ -306,9 +322,10 @@ def build_network(spec: ModelSpec, *, pretrained_dir: str | os.PathLike[str] | N
             raise ModelError(f"pretrained directory {path} has no config.json",
                              hint="point --pretrained at a save_pretrained directory")
         try:
-            return cls.from_pretrained(path, local_files_only=True, num_labels=len(spec.labels),
-                                       id2label=id2label, label2id=label2id,
-                                       ignore_mismatched_sizes=True)
+            with _quiet_transformers():
+                return cls.from_pretrained(path, local_files_only=True, num_labels=len(spec.labels),
+                                           id2label=id2label, label2id=label2id,
+                                           ignore_mismatched_sizes=True)
         except (OSError, ValueError, KeyError) as err:
             raise ModelError(f"cannot load pretrained weights from {path}: {err}",
                              hint="use a local directory written by save_pretrained") from err
@@ -335,7 +352,8 @@ def save_model(loaded: LoadedModel, out_dir: str | os.PathLike[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".save-", suffix=".tmp"))
     try:
-        loaded.network.save_pretrained(tmp, safe_serialization=True)
+        with _quiet_transformers():
+            loaded.network.save_pretrained(tmp, safe_serialization=True)
         names = sorted(p.name for p in tmp.iterdir() if p.is_file())
         spec_json = loaded.spec.to_json()
         spec_json["provenance"] = dict(spec_json.get("provenance") or {})
@@ -413,7 +431,8 @@ def load_model(path: str | os.PathLike[str], *, expected_kind: str | None = None
                                  hint="the weights were replaced or damaged; re-save the model")
     cls = SegformerForSemanticSegmentation if spec.kind == "segmenter" else ViTForImageClassification
     try:
-        network = cls.from_pretrained(path, local_files_only=True)
+        with _quiet_transformers():
+            network = cls.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ModelError(f"cannot load the weights in {path}: {err}",
                          hint="the directory is damaged or not a save_pretrained output") from err

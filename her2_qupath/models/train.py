@@ -406,7 +406,7 @@ def train_classifier(dataset: TileDataset, out_dir: str | os.PathLike[str], *, k
     network = build_network(spec, pretrained_dir=pretrained_dir, arch_overrides=arch_overrides)
     train_set, val_set, split = _split(dataset, val_dataset, config)
     return _fit("classifier", spec, network, train_set, val_set, out,
-                lr=lr or config.lr, batch_size=batch_size or config.batch_size,
+                lr=config.lr if lr is None else lr, batch_size=batch_size or config.batch_size,
                 epochs=epochs or config.epochs, config=config, resume=resume, progress=progress,
                 data_hash=spec.provenance["data_sha256"], split=split)
 
@@ -444,6 +444,6 @@ def train_segmenter(dataset: MaskDataset, out_dir: str | os.PathLike[str], *, ar
     network = build_network(spec, pretrained_dir=pretrained_dir, arch_overrides=arch_overrides)
     train_set, val_set, split = _split(dataset, val_dataset, config)
     return _fit("segmenter", spec, network, train_set, val_set, out,
-                lr=lr or config.seg_lr, batch_size=batch_size or config.seg_batch_size,
+                lr=config.seg_lr if lr is None else lr, batch_size=batch_size or config.seg_batch_size,
                 epochs=epochs or config.seg_epochs, config=config, resume=resume, progress=progress,
                 data_hash=spec.provenance["data_sha256"], split=split)
