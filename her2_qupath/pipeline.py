@@ -609,7 +609,7 @@ def _region_dict(reg: Any) -> dict[str, Any]:
 def _measure_tile(a: TileAnalysis, tumor_prob: float | None) -> dict[str, float]:
     s = a.score
     m: dict[str, float] = {}
-    for k, name in enumerate(("0", "1+", "2+", "3+")):
+    for name in ("0", "1+", "2+", "3+"):
         m[f"HER2 {name}: %"] = float(s.class_percentages[name])
     m["Background: %"] = float(s.background_percent)
     m["DAB: Mean OD"] = a.dab_mean
