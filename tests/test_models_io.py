@@ -151,3 +151,29 @@ def test_make_spec_needs_a_tumor_class_and_stain_names() -> None:
                   input_size=64)
     spec = make_spec("tumor", "tiny", ("a", "b"), mpp=0.5, tile_size=64, input_size=64, positive_label="b")
     assert spec.positive_index == 1
+
+
+def test_stain_grades_follow_the_label_values_not_the_column_order(tmp_path: Path) -> None:
+    from her2_qupath.models.infer import stain_grades
+
+    # class folders load alphabetically: faint, no-stain, strong, weak
+    model = _tiny("stain", ("faint", "no-stain", "strong", "weak"))
+    probs = np.eye(4)
+    assert stain_grades(model, probs).tolist() == [1, 0, 3, 2]
+    assert _tiny("tumor", ("Tumor", "Stroma")).tumor_index == 0
+    with pytest.raises(ModelError, match="no tumor class"):
+        _ = model.tumor_index
+
+
+def test_model_fingerprint_changes_with_the_weights(tmp_path: Path) -> None:
+    from her2_qupath.models.io import model_fingerprint
+
+    a = save_model(_tiny("stain"), tmp_path / "a")
+    b = save_model(_tiny("stain"), tmp_path / "b")  # same seed: same weights
+    assert model_fingerprint(a) == model_fingerprint(b)
+    m = _tiny("stain")
+    import torch
+
+    with torch.no_grad():
+        next(m.network.parameters()).mul_(2)
+    assert model_fingerprint(save_model(m, tmp_path / "c")) != model_fingerprint(a)

@@ -19,9 +19,9 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "LoadedModel": "io", "ModelSpec": "io", "Preprocessing": "io", "load_model": "io",
-    "save_model": "io", "validate_model_dir": "io", "make_spec": "io", "build_network": "io",
+    "save_model": "io", "validate_model_dir": "io", "model_fingerprint": "io", "make_spec": "io", "build_network": "io",
     "STAIN_LABELS": "io", "SEGMENTER_LABELS": "io", "CLASSIFIER_ARCHS": "io", "SEGMENTER_ARCHS": "io",
-    "classify_tiles": "infer", "segment_tiles": "infer", "bf16_supported": "infer",
+    "classify_tiles": "infer", "segment_tiles": "infer", "stain_grades": "infer", "bf16_supported": "infer",
     "attention_rollout": "attention", "probability_heatmap": "attention",
     "heatmap_overlay": "attention", "write_heatmap_png": "attention", "tile_measurements": "attention",
     "TileDataset": "datasets", "MaskDataset": "datasets", "load_tile_folders": "datasets",

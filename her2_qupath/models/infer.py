@@ -36,6 +36,7 @@ __all__ = [
     "to_input",
     "classify_tiles",
     "segment_tiles",
+    "stain_grades",
 ]
 
 log = logging.getLogger(__name__)
@@ -305,3 +306,13 @@ def segment_tiles(model: LoadedModel, tiles: Iterable[Any] | np.ndarray, *,
 
     return _run(model, tiles, precision=precision, batch_size=batch_size, progress=progress,
                 num_threads=num_threads, head=head)
+
+
+def stain_grades(model: LoadedModel, probs: np.ndarray) -> np.ndarray:
+    """HER2 grade (0 no-stain .. 3 strong, int64) of each tile from a stain classifier's probabilities.
+
+    Use this rather than the arg-max column: a model's classes may be in any order
+    (class folders load alphabetically).
+    """
+    lut = np.asarray(model.grade_of_class, dtype=np.int64)
+    return lut[np.asarray(probs).argmax(axis=1)]

@@ -50,6 +50,7 @@ __all__ = [
     "save_model",
     "load_model",
     "validate_model_dir",
+    "model_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,20 @@ class LoadedModel:
     @property
     def input_size(self) -> int:
         return self.spec.preprocessing.input_size
+
+    @property
+    def tumor_index(self) -> int:
+        """Column of the tumor class in ``classify_tiles`` output (tumor models only)."""
+        if self.spec.positive_index is None:
+            raise ModelError(f"a {self.kind} model has no tumor class", hint="pass the tumor model (C)")
+        return self.spec.positive_index
+
+    @property
+    def grade_of_class(self) -> tuple[int, ...]:
+        """HER2 grade (0..3) of each output class of a stain classifier (class order may be any)."""
+        if self.kind != "stain" or self.spec.values is None:
+            raise ModelError(f"a {self.kind} model has no stain grades", hint="pass the stain model (L)")
+        return tuple(v - 1 for v in self.spec.values)
 
     def network_as(self, dtype: Any) -> Any:
         """The network with weights in ``dtype`` (a cast copy is cached; the original is kept)."""
@@ -366,6 +381,20 @@ def save_model(loaded: LoadedModel, out_dir: str | os.PathLike[str]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("saved %s model to %s", loaded.spec.kind, out)
     return out
+
+
+def model_fingerprint(path: str | os.PathLike[str]) -> str:
+    """A SHA-256 identifying a model directory's contents (label map, config and weights)."""
+    import hashlib
+
+    path = Path(path)
+    validate_model_dir(path)
+    h = hashlib.sha256()
+    for name in sorted(p.name for p in path.iterdir()
+                       if p.name in ("config.json", SPEC_FILE) or p.suffix == ".safetensors"):
+        h.update(name.encode())
+        h.update(sha256_file(path / name).encode())
+    return h.hexdigest()
 
 
 def validate_model_dir(path: str | os.PathLike[str], *, expected_kind: str | None = None) -> ModelSpec:
