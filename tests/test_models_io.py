@@ -177,3 +177,18 @@ def test_model_fingerprint_changes_with_the_weights(tmp_path: Path) -> None:
     with torch.no_grad():
         next(m.network.parameters()).mul_(2)
     assert model_fingerprint(save_model(m, tmp_path / "c")) != model_fingerprint(a)
+
+
+def test_fused_vit_path_matches_transformers_logits(tiles: np.ndarray) -> None:
+    import torch
+
+    from her2_qupath.models._fastvit import fast_vit, supports_fast_path
+    from her2_qupath.models.infer import to_input
+
+    model = _tiny("stain")
+    assert supports_fast_path(model.network)
+    x = to_input(tiles, model)
+    with torch.inference_mode():
+        ref = model.network(pixel_values=x).logits
+        got = fast_vit(model.network)(x)
+    assert torch.allclose(ref, got, atol=1e-5)

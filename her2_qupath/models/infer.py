@@ -215,6 +215,21 @@ class _Runner:
         self.precision = resolve_precision(precision, self.device.type)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.network = loaded.network_as(self.dtype)
+        self.classify = self._classifier()
+
+    def _classifier(self) -> Callable[[Any], Any]:
+        """logits = f(pixel_values): the fused ViT path in bf16, transformers' module otherwise."""
+        import torch
+
+        from ._fastvit import fast_vit, supports_fast_path
+
+        net = self.network
+        if self.dtype == torch.bfloat16 and self.loaded.kind != "segmenter" and supports_fast_path(net):
+            cache = self.loaded.__dict__.setdefault("_fast", {})
+            if self.dtype not in cache:
+                cache[self.dtype] = fast_vit(net)
+            return cache[self.dtype]  # type: ignore[no-any-return]
+        return lambda x: net(pixel_values=x).logits
 
     def __enter__(self) -> _Runner:
         self.was_training = self.network.training
@@ -268,7 +283,7 @@ def classify_tiles(model: LoadedModel, tiles: Iterable[Any] | np.ndarray, *,
                          hint="use segment_tiles for the segmenter")
 
     def head(runner: _Runner, xs: list[Any]) -> list[np.ndarray]:
-        logits = runner.network(pixel_values=xs[0]).logits.float()
+        logits = runner.classify(xs[0]).float()
         return list(torch.softmax(logits, dim=-1).cpu().numpy())
 
     probs = _run(model, tiles, precision=precision, batch_size=batch_size, progress=progress,

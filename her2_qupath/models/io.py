@@ -218,6 +218,7 @@ class LoadedModel:
     def weights_changed(self) -> None:
         """Drop cached casts after the fp32 weights were modified (training)."""
         self.__dict__.pop("_casts", None)
+        self.__dict__.pop("_fast", None)
 
 
 @contextlib.contextmanager
