@@ -711,7 +711,7 @@ class Slide:
     @property
     def mpp_source(self) -> str | None:
         if self._override_mpp is not None:
-            return "given (--mpp)"
+            return "given with --mpp"
         return self._mpp_source
 
     # ----- level choice
