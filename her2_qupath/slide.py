@@ -767,7 +767,7 @@ class Slide:
         sx, sy = bw / out_w, bh / out_h
         if abs(sx - 1) < 1e-6 and abs(sy - 1) < 1e-6:
             return self._read_level_box(lv, int(round(bx)), int(round(by)), out_w, out_h)
-        budget = 4096  # source pixels per chunk side: bounds memory for any scale
+        budget = 2048  # source pixels per chunk side: bounds memory (~12 MiB) for any scale
         cw = max(1, min(out_w, int(budget / max(sx, 1e-9))))
         ch = max(1, min(out_h, int(budget / max(sy, 1e-9))))
         out = np.empty((out_h, out_w, 3), np.uint8)

@@ -136,11 +136,10 @@ def write_slide(
         raise UserInputError(f"RGBA input is only written as 'plain' or 'png', not {kind!r}")
     if tile % 16:
         raise UserInputError(f"tile size must be a multiple of 16, got {tile}")
+    if kind in ("png", "jpeg"):  # compression is the format's own
+        return _write_pillow(path, a, kind, mpp, quality)
     if comp == "jpeg" and a.shape[2] == 4:
         raise UserInputError("JPEG cannot store an alpha channel", hint="use compression='zlib'")
-
-    if kind in ("png", "jpeg"):
-        return _write_pillow(path, a, kind, mpp, quality)
 
     comp_args: dict[str, Any] = {}
     if comp == "jpeg":
