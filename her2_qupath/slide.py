@@ -507,6 +507,7 @@ class Slide:
     def _open_tiff(self) -> None:
         import tifffile
 
+        self._check_ifd_chain()
         try:
             self._tif = tifffile.TiffFile(self.path)
             self._fh = self._tif.filehandle
@@ -517,7 +518,17 @@ class Slide:
                                    hint="the file is damaged, truncated or not a TIFF") from err
         if not series:
             raise SlideFormatError(f"{self.path} contains no images")
+        try:
+            self._setup_tiff()
+        except Her2Error:
+            raise
+        except Exception as err:  # noqa: BLE001 - a damaged structure surfaces in many ways
+            raise SlideFormatError(f"{self.path} has a damaged TIFF structure: {err}",
+                                   hint="re-copy or re-export the slide") from err
+
+    def _setup_tiff(self) -> None:
         tif = self._tif
+        series = tif.series
         first = tif.pages.first
         if tif.is_svs:
             self.format = "svs"
@@ -587,8 +598,55 @@ class Slide:
                                 self.path.name, len(frames), lvl.axes)
             self._levels.append(_TiffLevel(self, len(self._levels), page, frames[0]))
 
+    def _check_ifd_chain(self) -> None:
+        """Walk the IFD chain: a pointer past the end of the file means truncation.
+
+        Done before tifffile parses the file: tifffile stops listing pages at
+        a bad pointer and only logs it, which would silently hide pyramid
+        levels or associated images.
+        """
+        import struct
+
+        size = self._file_size
+        pointers: list[int] = []
+        with open(self.path, "rb") as fh:
+            head = fh.read(16)
+            bo = "<" if head[:2] == b"II" else ">"
+            big = struct.unpack(bo + "H", head[2:4])[0] == 43
+            off_fmt, cnt_fmt, entry = (bo + "Q", bo + "Q", 20) if big else (bo + "I", bo + "H", 12)
+            off_size, cnt_size = struct.calcsize(off_fmt), struct.calcsize(cnt_fmt)
+            start = 8 if big else 4
+            if len(head) < start + off_size:
+                raise SlideFormatError(f"{self.path} is truncated: the TIFF header is incomplete",
+                                       hint="re-copy or re-export the slide")
+            offset = struct.unpack(off_fmt, head[start: start + off_size])[0]
+            seen: set[int] = set()
+            while offset and offset not in seen and len(seen) < 100_000:
+                seen.add(offset)
+                if offset + cnt_size > size:
+                    pointers.append(offset)
+                    break
+                fh.seek(offset)
+                count = struct.unpack(cnt_fmt, fh.read(cnt_size))[0]
+                nxt = offset + cnt_size + count * entry
+                if nxt + off_size > size:
+                    pointers.append(nxt)
+                    break
+                fh.seek(nxt)
+                offset = struct.unpack(off_fmt, fh.read(off_size))[0]
+        if pointers:
+            raise SlideFormatError(
+                f"{self.path} is truncated or damaged: an image directory at byte {pointers[0]} "
+                f"lies beyond the end of the file ({size} bytes)",
+                hint="re-copy or re-export the slide")
+
     def _check_extents(self) -> None:
-        """Refuse files whose tile table points past the end (truncated copies)."""
+        """Refuse files whose SubIFDs or tile tables point past the end (truncated copies)."""
+        subifds = getattr(self._tif.pages.first, "subifds", None) or ()
+        if any(int(o) >= self._file_size for o in subifds):
+            raise SlideFormatError(f"{self.path} is truncated: pyramid levels lie beyond the end "
+                                   f"of the file ({self._file_size} bytes)",
+                                   hint="re-copy or re-export the slide")
         for level in self._levels:
             assert isinstance(level, _TiffLevel)
             ends = level.offsets + level.counts
@@ -765,7 +823,7 @@ class Slide:
         bx, by, bw, bh = box
         lv = self._levels[level]
         sx, sy = bw / out_w, bh / out_h
-        if abs(sx - 1) < 1e-6 and abs(sy - 1) < 1e-6:
+        if abs(sx - 1) < 1e-3 and abs(sy - 1) < 1e-3:  # same grid (level rounding)
             return self._read_level_box(lv, int(round(bx)), int(round(by)), out_w, out_h)
         budget = 2048  # source pixels per chunk side: bounds memory (~12 MiB) for any scale
         cw = max(1, min(out_w, int(budget / max(sx, 1e-9))))

@@ -405,6 +405,22 @@ def test_truncated_tiff(tmp_path, slides, comp):
                 s.read_region((0, 0), level, (w, h))
 
 
+@pytest.mark.parametrize("kind", ["svs", "ome", "pyramidal", "plain"])
+def test_any_truncation_is_a_clear_error(tmp_path, slides, kind):
+    """Cut anywhere: either the readable part reads, or SlideFormatError; nothing else."""
+    data = slides[(kind, "jpeg", True)].read_bytes()
+    for fraction in (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 0.999):
+        cut = tmp_path / f"cut-{fraction}.tif"
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        with pytest.raises(SlideFormatError):
+            with open_slide(cut) as s:
+                for level in range(s.level_count):
+                    w, h = s.level_dimensions[level]
+                    s.read_region((0, 0), level, (w, h))
+                for name in s.associated_images:
+                    s.associated_images[name]
+
+
 def test_damaged_tile_names_the_tile(tmp_path, slides):
     src = slides[("pyramidal", "zlib", True)]
     with tifffile.TiffFile(src) as tif:
