@@ -895,7 +895,7 @@ class Slide:
             "levels": [
                 {"level": i, "width": w, "height": h, "downsample": round(ds, 4),
                  "mpp": None if mpp is None else round(mpp * ds, 6)}
-                for i, ((w, h), ds) in enumerate(zip(self.level_dimensions, self.level_downsamples))
+                for i, ((w, h), ds) in enumerate(zip(self.level_dimensions, self.level_downsamples, strict=True))
             ],
             "mpp": mpp,
             "mpp_source": self.mpp_source,
