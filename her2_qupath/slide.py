@@ -20,7 +20,8 @@ Every pixel comes back as RGB ``uint8``:
   full range of the type: 16-bit ``v`` becomes ``round(v * 255 / 65535)``);
   floats are taken as ``[0, 1]`` and clipped; ``MinIsWhite`` is inverted;
 * palette images go through their colour map;
-* JPEG and JPEG 2000 tiles in YCbCr are converted to RGB by the decoder;
+* JPEG tiles in YCbCr are converted to RGB by the decoder, Aperio JPEG 2000
+  YCbCr tiles (compression 33003) by :func:`ycbcr_to_rgb` (full-range BT.601);
 * CMYK, CIE L*a*b* and other photometric interpretations raise
   :class:`~her2_qupath.errors.SlideFormatError`.
 
@@ -53,6 +54,7 @@ __all__ = [
     "AssociatedImages",
     "open_slide",
     "to_rgb8",
+    "ycbcr_to_rgb",
 ]
 
 log = logging.getLogger(__name__)
@@ -142,6 +144,14 @@ def to_rgb8(a: np.ndarray, fmt: _PixelFormat | None = None) -> np.ndarray:
             fg = rgb.astype(np.float32) if fmt.alpha_associated else rgb * af
             rgb = np.clip(np.rint(fg + background), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    """Full-range (JFIF, ITU-R BT.601) YCbCr uint8 to RGB uint8."""
+    f = ycc.astype(np.float32)
+    y, cb, cr = f[..., 0], f[..., 1] - 128.0, f[..., 2] - 128.0
+    rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 def _tiff_pixel_format(page: Any, path: Path) -> _PixelFormat:
@@ -283,6 +293,7 @@ class _TiffLevel(_Level):
                 f"expected {self.per_plane * self.planes}; the file is damaged")
         self.fmt = _tiff_pixel_format(page, slide.path)
         self.jpegtables = getattr(page, "jpegtables", None)
+        self.ycbcr_j2k = int(page.compression) == 33003
         self._decode = page.decode  # may raise for unsupported compressions at first use
 
     @property
@@ -331,6 +342,9 @@ class _TiffLevel(_Level):
         if samples.shape[0] < h or samples.shape[1] < w:
             raise SlideFormatError(f"{self._describe(row, col)} decodes to {samples.shape[:2]}, "
                                    f"expected at least {(h, w)}; the file is damaged")
+        if self.ycbcr_j2k and samples.ndim == 3 and samples.shape[2] >= 3:
+            # Aperio 33003: the JPEG 2000 code stream holds YCbCr without a colour transform
+            samples = ycbcr_to_rgb(samples[:, :, :3])
         rgb = to_rgb8(samples, self.fmt)
         cache.put(key, rgb)
         return rgb
@@ -676,6 +690,11 @@ class Slide:
                     rgb = _pillow_to_rgb(img, self.path)
         except Her2Error:
             raise
+        except Image.DecompressionBombError as err:
+            raise SlideFormatError(
+                f"{self.path.name} is too large to decode whole: {err}",
+                hint="convert it to a tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)",
+            ) from err
         except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad files
             raise SlideFormatError(f"cannot read {self.path} as an image: {err}",
                                    hint="the file is damaged or truncated") from err

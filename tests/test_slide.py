@@ -256,6 +256,33 @@ def test_concurrent_reads_agree(slides):
         assert all(np.array_equal(results[i], serial[i]) for i in range(len(boxes)))
 
 
+def test_aperio_jpeg2000_ycbcr_tiles(tmp_path, smooth):
+    """Compression 33003 stores YCbCr in the J2K code stream; it must come back as RGB."""
+    import imagecodecs
+
+    f = smooth[:512, :512].astype(np.float32)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    ycc = np.dstack([0.299 * r + 0.587 * g + 0.114 * b,
+                     128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
+                     128 + 0.5 * r - 0.418688 * g - 0.081312 * b])
+    ycc = np.clip(np.rint(ycc), 0, 255).astype(np.uint8)
+
+    def tiles():
+        for ty in range(0, 512, 256):
+            for tx in range(0, 512, 256):
+                yield imagecodecs.jpeg2k_encode(ycc[ty: ty + 256, tx: tx + 256], codecformat="J2K",
+                                                mct=False, reversible=True, level=0)
+
+    path = tmp_path / "j2k.svs"
+    tifffile.imwrite(path, tiles(), shape=(512, 512, 3), dtype=np.uint8, tile=(256, 256),
+                     compression=33003, photometric="rgb", metadata=None,
+                     description="Aperio Image Library v11.0.37\r\n512x512 (256x256) J2K/YUV16 Q=70")
+    with open_slide(path) as s:
+        assert s.compression.startswith("jpeg2000")
+        got = s.read_region((0, 0), 0, (512, 512)).astype(int)
+    assert np.abs(got - smooth[:512, :512]).max() <= 2
+
+
 # --------------------------------------------------------------------------- memory
 
 
@@ -434,6 +461,16 @@ def test_damaged_tile_names_the_tile(tmp_path, slides):
         assert s.read_region((0, 0), 0, (256, 256)).shape == (256, 256, 3)  # tile 0 is intact
         with pytest.raises(SlideFormatError, match=r"tile row 0, column 5 of level 0"):
             s.read_region((5 * 256, 0), 0, (10, 10))
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_truncated_png_and_jpeg(tmp_path, smooth, kind):
+    path = write_slide(tmp_path / f"a.{kind}", smooth[:300, :400], kind=kind)
+    data = path.read_bytes()
+    cut = tmp_path / f"cut.{kind}"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideFormatError, match="cannot read"):
+        open_slide(cut)
 
 
 def test_png_with_alpha_is_composited_on_white(tmp_path):
