@@ -17,7 +17,7 @@ Every pixel comes back as RGB ``uint8``:
 * RGB(A): alpha is composited on white;
 * grayscale 8/16/32-bit and float: replicated to three channels; integers are
   scaled linearly from ``[0, MaxSampleValue]`` (the tag if present, else the
-  full range of the type: 16-bit ``v`` becomes ``round(v * 255 / 65535)``);
+  range of ``BitsPerSample``: 16-bit ``v`` becomes ``round(v * 255 / 65535)``);
   floats are taken as ``[0, 1]`` and clipped; ``MinIsWhite`` is inverted;
 * palette images go through their colour map;
 * JPEG tiles in YCbCr are converted to RGB by the decoder, Aperio JPEG 2000
@@ -190,6 +190,10 @@ def _tiff_pixel_format(page: Any, path: Path) -> _PixelFormat:
         top = float(values.max()) if values.size else 0.0
         if 0 < top < float(np.iinfo(page.dtype).max):
             max_value = top
+    bits = int(np.max(np.atleast_1d(page.bitspersample)))
+    if (max_value is None and page.dtype is not None and page.dtype.kind == "u"
+            and bits < 8 * page.dtype.itemsize):
+        max_value = float(2**bits - 1)  # e.g. bilevel (1-bit) or 12-bit samples
     colormap = None
     if photometric == _PALETTE:
         cm = page.colormap

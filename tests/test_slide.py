@@ -526,6 +526,21 @@ def test_16bit_grayscale_png_and_miniswhite(tmp_path):
         assert np.array_equal(s.read_region((0, 0), 0, (64, 8))[..., 0], 255 - white)
 
 
+def test_bilevel_and_12bit(tmp_path):
+    bits = np.zeros((16, 16), bool)
+    bits[:, 8:] = True
+    tifffile.imwrite(tmp_path / "bw.tif", bits, photometric="minisblack", metadata=None)
+    with open_slide(tmp_path / "bw.tif") as s:
+        got = s.read_region((0, 0), 0, (16, 16))
+    assert (got[:, :8] == 0).all() and (got[:, 8:] == 255).all()
+    v = np.array([[0, 1024, 2048, 4095]], np.uint16)
+    tifffile.imwrite(tmp_path / "12.tif", v, photometric="minisblack", bitspersample=12,
+                     metadata=None)
+    with open_slide(tmp_path / "12.tif") as s:
+        got = s.read_region((0, 0), 0, (4, 1))[0, :, 0]
+    assert got.tolist() == np.rint(v[0].astype(float) * 255 / 4095).astype(int).tolist()
+
+
 def test_palette_and_cmyk(tmp_path):
     idx = np.tile(np.arange(4, dtype=np.uint8), (4, 4))
     cmap = np.zeros((3, 256), np.uint16)
