@@ -270,7 +270,9 @@ class _ArrayLevel(_Level):
 class _TiffLevel(_Level):
     """A TIFF page read segment by segment (tiles, or strips for stripped pages)."""
 
-    def __init__(self, slide: Slide, index: int, page: Any, frame: Any) -> None:
+    def __init__(self, slide: Slide, index: int, page: Any, frames: list[Any]) -> None:
+        """``frames``: the page(s) holding the data; three single-sample pages are the
+        R, G and B channels of an image stored one channel per page (OME ``CYX``)."""
         self._slide = slide
         self.index = index
         self.page = page  # the TiffPage holding tags and the decoder
@@ -278,8 +280,6 @@ class _TiffLevel(_Level):
         self.height = int(page.imagelength)
         if int(getattr(page, "imagedepth", 1) or 1) > 1:
             raise SlideFormatError(f"{slide.path.name}: volumetric (3D) TIFF pages are not supported")
-        self.offsets = np.asarray(frame.dataoffsets, dtype=np.int64)
-        self.counts = np.asarray(frame.databytecounts, dtype=np.int64)
         self.tiled = bool(page.is_tiled)
         if self.tiled:
             self.seg_w, self.seg_h = int(page.tilewidth), int(page.tilelength)
@@ -289,16 +289,33 @@ class _TiffLevel(_Level):
             self.seg_h = max(1, min(rows, self.height))
         self.n_across = -(-self.width // self.seg_w)
         self.n_down = -(-self.height // self.seg_h)
-        self.planes = int(page.samplesperpixel) if int(page.planarconfig) == 2 else 1
-        self.per_plane = self.n_across * self.n_down
-        if self.offsets.size < self.per_plane * self.planes:
-            raise SlideFormatError(
-                f"{slide.path.name}: level {index} lists {self.offsets.size} data segments, "
-                f"expected {self.per_plane * self.planes}; the file is damaged")
+        per_plane = self.n_across * self.n_down
         self.fmt = _tiff_pixel_format(page, slide.path)
+        # sources: (offsets, byte counts, index of the first segment) per sample plane
+        self.sources: list[tuple[np.ndarray, np.ndarray, int]] = []
+        if len(frames) == 3 and int(page.samplesperpixel) == 1:
+            for frame in frames:
+                self.sources.append((np.asarray(frame.dataoffsets, np.int64),
+                                     np.asarray(frame.databytecounts, np.int64), 0))
+            self.fmt = _PixelFormat(_RGB, 3, None, False, self.fmt.max_value, None)
+        else:
+            offsets = np.asarray(frames[0].dataoffsets, np.int64)
+            counts = np.asarray(frames[0].databytecounts, np.int64)
+            planes = int(page.samplesperpixel) if int(page.planarconfig) == 2 else 1
+            for plane in range(planes):
+                self.sources.append((offsets, counts, plane * per_plane))
+        for offsets, counts, base in self.sources:
+            if offsets.size < base + per_plane or counts.size < base + per_plane:
+                raise SlideFormatError(
+                    f"{slide.path.name}: level {index} lists {offsets.size} data segments, "
+                    f"expected {base + per_plane}; the file is damaged")
         self.jpegtables = getattr(page, "jpegtables", None)
         self.ycbcr_j2k = int(page.compression) == 33003
         self._decode = page.decode  # may raise for unsupported compressions at first use
+
+    def extents(self) -> np.ndarray:
+        """End byte of every data segment (to detect truncated files)."""
+        return np.concatenate([o + c for o, c, _ in self.sources]) if self.sources else np.zeros(0)
 
     @property
     def tile_size(self) -> tuple[int, int] | None:
@@ -319,9 +336,9 @@ class _TiffLevel(_Level):
         h = min(self.seg_h, self.height - row * self.seg_h)
         w = min(self.seg_w, self.width - col * self.seg_w)
         planes = []
-        for plane in range(self.planes):
-            index = plane * self.per_plane + row * self.n_across + col
-            data = self._slide._read_bytes(int(self.offsets[index]), int(self.counts[index]),
+        for offsets, counts, base in self.sources:
+            index = base + row * self.n_across + col
+            data = self._slide._read_bytes(int(offsets[index]), int(counts[index]),
                                            lambda: self._describe(row, col))
             if data is None:  # a sparse (empty) tile: glass
                 rgb = np.full((h, w, 3), 255, np.uint8)
@@ -585,13 +602,13 @@ class Slide:
         if mpp is not None:
             self._file_mpp, self._mpp_source = mpp, "Aperio ImageDescription"
         self.magnification = _float_or_none(self.properties.get("AppMag"))
-        self._levels.append(_TiffLevel(self, 0, first, first))
+        self._levels.append(_TiffLevel(self, 0, first, [first]))
         for i in range(1, len(pages)):
             page = pages[i]
             desc = (page.description or "").lower()
             if page.is_tiled and not page.is_reduced and int(page.subfiletype) == 0:
                 if page.imagewidth < self._levels[-1].width:
-                    self._levels.append(_TiffLevel(self, len(self._levels), page, page))
+                    self._levels.append(_TiffLevel(self, len(self._levels), page, [page]))
                 continue
             if "label" in desc or (int(page.subfiletype) == 1 and "macro" not in desc):
                 name = "label"
@@ -610,11 +627,14 @@ class Slide:
             frames = [p for p in lvl.pages if p is not None]
             if not frames:
                 raise SlideFormatError(f"{self.path.name}: a pyramid level has no image data")
-            if len(frames) > 1:
-                if len(self._levels) == 0:
+            sizes = dict(zip(lvl.axes, lvl.shape, strict=True))
+            rgb_planes = len(frames) == 3 and sizes.get("C") == 3 and int(page.samplesperpixel) == 1
+            if not rgb_planes:
+                if len(frames) > 1 and not self._levels:
                     log.warning("%s: %d planes per level (axes %s); reading the first",
                                 self.path.name, len(frames), lvl.axes)
-            self._levels.append(_TiffLevel(self, len(self._levels), page, frames[0]))
+                frames = frames[:1]
+            self._levels.append(_TiffLevel(self, len(self._levels), page, frames))
 
     def _check_ifd_chain(self) -> None:
         """Walk the IFD chain: a pointer past the end of the file means truncation.
@@ -667,7 +687,7 @@ class Slide:
                                    hint="re-copy or re-export the slide")
         for level in self._levels:
             assert isinstance(level, _TiffLevel)
-            ends = level.offsets + level.counts
+            ends = level.extents()
             bad = int(np.count_nonzero(ends > self._file_size))
             if bad:
                 raise SlideFormatError(

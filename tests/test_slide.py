@@ -225,6 +225,26 @@ def test_ome_units_and_objective():
     assert _parse_ome("<not xml") == (None, None)
 
 
+def test_ome_channel_planes_planar_rgb_and_named_images(tmp_path, coded):
+    """RGB stored one channel per page (OME CYX), planar-separate RGB, a named label image."""
+    planes = np.moveaxis(coded[:600, :700], 2, 0).copy()  # (3, h, w)
+    path = tmp_path / "cyx.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        tw.write(planes, tile=(256, 256), compression="zlib", photometric="minisblack",
+                 metadata={"axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tw.write(coded[:50, :80], photometric="rgb", metadata={"Name": "label"})
+    with open_slide(path) as s:
+        assert s.format == "ome-tiff" and s.mpp == pytest.approx(0.5)
+        assert np.array_equal(s.read_region((0, 0), 0, (700, 600)), coded[:600, :700])
+        assert list(s.associated_images) == ["label"]
+        assert np.array_equal(s.associated_images["label"], coded[:50, :80])
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, planes, photometric="rgb", planarconfig="separate", tile=(128, 128),
+                     metadata=None)
+    with open_slide(path) as s:
+        assert np.array_equal(s.read_region((100, 50), 0, (300, 200)), coded[50:250, 100:400])
+
+
 def test_png_jpeg_and_info(tmp_path, smooth):
     png = write_slide(tmp_path / "a.png", smooth, kind="png", mpp=0.5)
     jpg = write_slide(tmp_path / "a.jpg", smooth, kind="jpeg")
