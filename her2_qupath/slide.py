@@ -966,6 +966,10 @@ class Slide:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as "open this path again" (process pools, Dask workers)."""
+        return (_reopen, (str(self.path), self._override_mpp, self.config))
+
     def __repr__(self) -> str:
         w, h = self.dimensions if self._levels else (0, 0)
         return f"<Slide {self.path.name} {self.format} {w}x{h} levels={self.level_count}>"
@@ -1009,6 +1013,10 @@ def _pillow_to_rgb(img: Any, path: Path) -> np.ndarray:
     if mode not in ("L", "LA", "RGB", "RGBA"):
         img = img.convert("RGB")
     return to_rgb8(np.asarray(img))
+
+
+def _reopen(path: str, mpp: float | None, config: SlideConfig) -> Slide:
+    return open_slide(path, mpp=mpp, config=config)
 
 
 def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None,

@@ -303,6 +303,16 @@ def test_aperio_jpeg2000_ycbcr_tiles(tmp_path, smooth):
     assert np.abs(got - smooth[:512, :512]).max() <= 2
 
 
+def test_pickle_reopens_the_slide(slides, coded):
+    import pickle
+
+    with open_slide(slides[("ome", None, False)], mpp=0.42) as s:
+        clone = pickle.loads(pickle.dumps(s))
+    with clone:
+        assert clone.mpp == 0.42
+        assert np.array_equal(clone.read_region((5, 6), 0, (40, 30)), coded[6:36, 5:45])
+
+
 # --------------------------------------------------------------------------- memory
 
 
