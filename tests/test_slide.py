@@ -375,6 +375,7 @@ def test_thumbnail_of_a_single_level_slide_stays_bounded(tmp_path):
 # --------------------------------------------------------------------------- real slides
 
 
+@pytest.mark.shared_data
 def test_cmu_small_region(shared_data):
     path = shared_data / "slides" / "CMU-1-Small-Region.svs"
     with open_slide(path) as s:
@@ -397,6 +398,7 @@ def test_cmu_small_region(shared_data):
         assert g < r and g < b
 
 
+@pytest.mark.shared_data
 def test_tcga_slide_without_mpp(shared_data):
     path = shared_data / "slides" / "TCGA-CR-7395-01A-01-TS1.svs"
     with open_slide(path) as s:
