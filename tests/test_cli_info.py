@@ -95,3 +95,14 @@ def test_console_script_subprocess(tmp_path, slide_path, make):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ")
     assert ("not a supported slide image" if make == "text" else "truncated") in lines[0]
+
+
+@pytest.mark.shared_data
+def test_real_slides(capsys, shared_data):
+    code, out, _ = _run(capsys, str(shared_data / "slides" / "CMU-1-Small-Region.svs"), "--json")
+    info = json.loads(out)
+    assert code == 0 and info["dimensions"] == [2220, 2967]
+    assert info["mpp"] == pytest.approx(0.499) and info["magnification"] == 20
+    assert set(info["associated_images"]) == {"thumbnail", "label", "macro"}
+    code, out, _ = _run(capsys, str(shared_data / "slides" / "TCGA-CR-7395-01A-01-TS1.svs"))
+    assert code == 0 and "give it with --mpp" in out and "4443 × 3567 px" in out
