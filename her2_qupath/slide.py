@@ -248,7 +248,8 @@ class _Level:
     width: int
     height: int
 
-    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def read(self, x: int, y: int, w: int, h: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Pixels of the in-bounds box, written into ``out`` ((h, w, 3) uint8) if given."""
         raise NotImplementedError
 
     @property
@@ -263,8 +264,11 @@ class _ArrayLevel(_Level):
         self.rgb = rgb
         self.height, self.width = rgb.shape[:2]
 
-    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        return self.rgb[y: y + h, x: x + w].copy()
+    def read(self, x: int, y: int, w: int, h: int, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            return self.rgb[y: y + h, x: x + w].copy()
+        out[...] = self.rgb[y: y + h, x: x + w]
+        return out
 
 
 class _TiffLevel(_Level):
@@ -370,8 +374,9 @@ class _TiffLevel(_Level):
         cache.put(key, rgb)
         return rgb
 
-    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        out = np.empty((h, w, 3), np.uint8)
+    def read(self, x: int, y: int, w: int, h: int, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty((h, w, 3), np.uint8)
         c0, c1 = x // self.seg_w, (x + w - 1) // self.seg_w
         r0, r1 = y // self.seg_h, (y + h - 1) // self.seg_h
         for row in range(r0, r1 + 1):
@@ -852,9 +857,15 @@ class Slide:
         ix1, iy1 = min(x + w, lv.width), min(y + h, lv.height)
         if ix0 == x and iy0 == y and ix1 == x + w and iy1 == y + h and w and h:
             return lv.read(x, y, w, h)
-        out = np.full((h, w, 3), 255, np.uint8)
+        out = np.empty((h, w, 3), np.uint8)
         if ix1 > ix0 and iy1 > iy0:
-            out[iy0 - y: iy1 - y, ix0 - x: ix1 - x] = lv.read(ix0, iy0, ix1 - ix0, iy1 - iy0)
+            lv.read(ix0, iy0, ix1 - ix0, iy1 - iy0, out=out[iy0 - y: iy1 - y, ix0 - x: ix1 - x])
+            out[: iy0 - y] = 255
+            out[iy1 - y:] = 255
+            out[iy0 - y: iy1 - y, : ix0 - x] = 255
+            out[iy0 - y: iy1 - y, ix1 - x:] = 255
+        else:
+            out.fill(255)
         return out
 
     def _read_resampled(self, level: int, box: tuple[float, float, float, float],
