@@ -27,6 +27,7 @@ __all__ = [
     "TrainConfig",
     "RegistrationConfig",
     "ServerConfig",
+    "SlideConfig",
 ]
 
 #: QuPath classification names of the four HER2 classes, in order 0, 1+, 2+, 3+.
@@ -194,3 +195,14 @@ class ServerConfig:
     max_results_bytes: int = 2 * 1024**3
     requeue_interrupted: bool = True
     image_roots: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class SlideConfig:
+    """Slide reading: tile cache, thumbnails and which pixel sizes are believable."""
+
+    tile_cache_mb: float = 128.0  # decoded tiles kept per open slide (LRU)
+    thumbnail_max_size: int = 1024  # default longest side of Slide.thumbnail()
+    min_plausible_mpp: float = 0.01  # TIFF/PNG resolution tags outside this range
+    max_plausible_mpp: float = 50.0  # (e.g. 72 dpi = 353 µm/px) are ignored
+    whole_image_max_pixels: int = 200_000_000  # PNG/JPEG are decoded whole; refuse larger
