@@ -41,6 +41,7 @@ __all__ = ["Tile", "TileGrid", "tile_grid", "grid_shape", "read_tile"]
 logger = logging.getLogger(__name__)
 
 _EPS = 1e-9
+_DEFAULT_TILING = TilingConfig()  # frozen: safe to share as a default
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,7 @@ def _roi_overlap(
 def tile_grid(
     dimensions: tuple[int, int],
     slide_mpp: float,
-    config: TilingConfig = TilingConfig(),
+    config: TilingConfig = _DEFAULT_TILING,
     *,
     tissue: Any = None,
     rois: Sequence[Any] | None = None,
@@ -260,9 +261,7 @@ def tile_grid(
     x = cols * stride0
     y = rows * stride0
     area = size0 * size0
-    image_frac = (
-        (np.minimum(x + size0, width) - x) * (np.minimum(y + size0, height) - y) / area
-    )
+    image_frac = (np.minimum(x + size0, width) - x) * (np.minimum(y + size0, height) - y) / area
     keep = np.ones(len(rows), dtype=bool)
 
     tissue_frac = None
@@ -301,7 +300,7 @@ def tile_grid(
     f, mpp = int(config.tile_size), float(config.mpp)
     tiles = tuple(
         Tile(r, c, xx, yy, size0, size0, f, mpp, t, k, imf, rfr)
-        for r, c, xx, yy, t, k, imf, rfr in zip(rs, cs, xs, ys, tf, ri, fr, rf)
+        for r, c, xx, yy, t, k, imf, rfr in zip(rs, cs, xs, ys, tf, ri, fr, rf, strict=True)
     )
     logger.info(
         "tile grid %dx%d (%d tiles of %d px at %.3g um/px = %.1f level-0 px); kept %d",

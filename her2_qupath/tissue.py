@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_DEFAULT_TISSUE = TissueConfig()  # frozen: safe to share as a default
 
 
 @runtime_checkable
@@ -138,9 +139,7 @@ class TissueMask:
         t01 = table[r0, c1]
         t10 = table[r1, c0]
         t11 = table[r1, c1]
-        return (
-            t00 * (1 - fu) * (1 - fv) + t01 * fu * (1 - fv) + t10 * (1 - fu) * fv + t11 * fu * fv
-        )
+        return t00 * (1 - fu) * (1 - fv) + t01 * fu * (1 - fv) + t10 * (1 - fu) * fv + t11 * fu * fv
 
     def fractions_in(self, boxes: np.ndarray) -> np.ndarray:
         """Tissue fraction of many level-0 boxes ``(n, 4)`` as ``(x, y, width, height)``.
@@ -222,7 +221,9 @@ class TissueMask:
         geom = shapely.affinity.scale(
             geom, xfact=self.downsample, yfact=self.downsample, origin=(0, 0)
         )
-        polys = [g for g in getattr(geom, "geoms", [geom]) if isinstance(g, Polygon) and not g.is_empty]
+        polys = [
+            g for g in getattr(geom, "geoms", [geom]) if isinstance(g, Polygon) and not g.is_empty
+        ]
         if not polys:
             return Polygon()
         return polys[0] if len(polys) == 1 else MultiPolygon(polys)
@@ -297,15 +298,15 @@ def _remove_small(mask: np.ndarray, min_pixels: float, *, holes: bool) -> np.nda
     small = sizes < min_pixels
     small[0] = False
     if holes:
-        border = np.unique(
-            np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-        )
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
         small[border] = False
         return mask | small[labels]
     return mask & ~small[labels]
 
 
-def tissue_mask_from_rgb(rgb: np.ndarray, mpp: float, config: TissueConfig = TissueConfig()) -> np.ndarray:
+def tissue_mask_from_rgb(
+    rgb: np.ndarray, mpp: float, config: TissueConfig = _DEFAULT_TISSUE
+) -> np.ndarray:
     """The boolean tissue mask of an RGB image whose pixels are ``mpp`` micrometres."""
     from scipy import ndimage
 
@@ -345,7 +346,7 @@ def _resize_area(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def detect_tissue(
     slide_or_rgb: Any,
-    config: TissueConfig = TissueConfig(),
+    config: TissueConfig = _DEFAULT_TISSUE,
     *,
     mpp: float | None = None,
     downsample: float | None = None,
@@ -397,7 +398,9 @@ def detect_tissue(
         # a slide without MPP cannot serve thumbnail(mpp=); ask by size instead
         width, height = slide.dimensions
         ds = config.thumbnail_mpp / level0_mpp
-        thumb = slide.thumbnail(max_size=(max(1, math.ceil(width / ds)), max(1, math.ceil(height / ds))))
+        thumb = slide.thumbnail(
+            max_size=(max(1, math.ceil(width / ds)), max(1, math.ceil(height / ds)))
+        )
     else:
         thumb = slide.thumbnail(mpp=requested)
     thumb = np.asarray(thumb)
