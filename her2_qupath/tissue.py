@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
@@ -43,19 +42,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 _DEFAULT_TISSUE = TissueConfig()  # frozen: safe to share as a default
-
-
-@runtime_checkable
-class _Thumbnailer(Protocol):
-    """Anything with a pixel size and a thumbnail at a requested pixel size (a ``Slide``)."""
-
-    @property
-    def mpp(self) -> float: ...
-
-    @property
-    def dimensions(self) -> tuple[int, int]: ...
-
-    def thumbnail(self, *, max_size: Any = None, mpp: float | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -360,23 +346,16 @@ def detect_tissue(
             hint="open the slide with her2_qupath.slide.open_slide",
         )
     slide = slide_or_rgb
-    level0_mpp = float(mpp) if mpp is not None else float(slide.mpp)
-    # ask the slide for the thumbnail in its own pixel sizes (an --mpp override may differ)
-    native_mpp = getattr(slide, "mpp_or_none", None)
-    requested = config.thumbnail_mpp
-    if native_mpp is not None and mpp is not None and native_mpp > 0:
-        requested = config.thumbnail_mpp * native_mpp / level0_mpp
-    if getattr(slide, "mpp_or_none", True) is None:
-        # a slide without MPP cannot serve thumbnail(mpp=); ask by size instead
-        width, height = slide.dimensions
-        ds = config.thumbnail_mpp / level0_mpp
-        thumb = slide.thumbnail(
-            max_size=(max(1, math.ceil(width / ds)), max(1, math.ceil(height / ds)))
-        )
-    else:
-        thumb = slide.thumbnail(mpp=requested)
-    thumb = np.asarray(thumb)
     width, height = slide.dimensions
+    if mpp is None:
+        level0_mpp = float(slide.mpp)  # raises MPPMissing (naming --mpp) when the slide has none
+        thumb = slide.thumbnail(mpp=config.thumbnail_mpp)
+    else:
+        # an override: ask by size, so the slide's own (missing or wrong) MPP is not used
+        level0_mpp = float(mpp)
+        ds = max(1.0, config.thumbnail_mpp / level0_mpp)
+        thumb = slide.thumbnail(max_size=max(1, int(round(max(width, height) / ds))))
+    thumb = np.asarray(thumb)
     ds = width / thumb.shape[1] if thumb.shape[1] else 1.0
     mask = tissue_mask_from_rgb(thumb, level0_mpp * ds, config)
     logger.info(

@@ -237,7 +237,7 @@ def _feature(**props):
                 "type": "Feature",
                 "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, "a"]]]},
             },
-            "bad position",
+            "bad coordinates",
         ),
         (
             {
@@ -311,7 +311,7 @@ def test_write_refuses_invalid_geometry(tmp_path):
     bowtie = Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
     with pytest.raises(GeoJSONError, match="feature 1: geometry is not valid"):
         write_geojson(
-            tmp_path / "x.geojson", [annotation_object(box(0, 0, 1, 1)), annotation_object(bowtie)]
+            tmp_path / "x.geojson", [annotation_object(box(0, 0, 1, 1)), QuPathObject(bowtie)]
         )
     assert not (tmp_path / "x.geojson").exists()
 
@@ -405,3 +405,12 @@ def test_written_geometry_is_shapely_exact():
     poly = shapely.Polygon([(0.1, 0.2), (1e6 + 0.3, 0.2), (1e6 + 0.3, 7.77), (0.1, 7.77)])
     obj = annotation_object(poly)
     assert from_feature(json.loads(json.dumps(to_feature(obj)))).geometry.equals_exact(poly, 0)
+
+
+def test_helpers_repair_invalid_outlines():
+    bowtie = Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
+    cell = cell_object(bowtie, box(1, 4, 3, 6), "HER2 2+")
+    assert cell.geometry.is_valid and cell.geometry.area == pytest.approx(50.0)
+    validate_features([to_feature(cell)])
+    with pytest.raises(GeoJSONError, match="no area left"):
+        tile_object(Polygon([(0, 0), (10, 0), (5, 0)]), "HER2 0")

@@ -219,3 +219,20 @@ def test_tile_properties():
     assert t.index == (1, 2)
     with pytest.raises(AttributeError):
         t.row = 3  # type: ignore[misc]
+
+
+@pytest.mark.shared_data
+def test_real_cmu_grid_and_padded_edge_tile(shared_data):
+    slide_mod = pytest.importorskip("her2_qupath.slide", reason="slide reader not available")
+    with slide_mod.open_slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as slide:
+        grid = tile_grid(slide.dimensions, slide.mpp, TilingConfig())
+        f0 = 512 * 0.5 / slide.mpp
+        assert (grid.n_rows, grid.n_cols) == (math.ceil(2967 / f0), math.ceil(2220 / f0)) == (6, 5)
+        corner = grid.by_index(5, 4)
+        rgb = read_tile(slide, corner)
+        inside_x = (2220 - corner.x) / f0 * 512  # working pixels inside the image
+        inside_y = (2967 - corner.y) / f0 * 512
+        assert corner.image_fraction == pytest.approx(inside_x * inside_y / 512**2)
+        assert (rgb[:, int(inside_x) + 2 :] == 255).all()  # padded with white
+        assert (rgb[int(inside_y) + 2 :, :] == 255).all()
+        assert rgb[: int(inside_y) - 2, : int(inside_x) - 2].mean() < 250  # real pixels

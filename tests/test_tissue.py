@@ -209,8 +209,32 @@ def test_real_cmu_slide(shared_data):
     slide_mod = pytest.importorskip("her2_qupath.slide", reason="slide reader not available")
     with slide_mod.open_slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as slide:
         tm = detect_tissue(slide)
-    # the CMU region is mostly tissue with glass on the right and at the corners
-    assert 0.4 < tm.fraction < 0.95
+        fine = detect_tissue(slide, TissueConfig(thumbnail_mpp=4.0))
+    # a tall strip of skin: about 40 % of the region, glass in the top-left corner,
+    # solid tissue low in the left half (checked by eye on the thumbnail)
+    assert 0.3 < tm.fraction < 0.55
     assert tm.level0_mpp == pytest.approx(0.499, rel=0.02)
+    assert tm.fraction_in((0, 0, 400, 400)) == 0.0
+    assert tm.fraction_in((800, 2400, 400, 400)) > 0.95
+    # parameters in micrometres: the same area from a thumbnail twice as fine
+    assert fine.area_um2 == pytest.approx(tm.area_um2, rel=0.04)
     geom = tm.to_geometry()
-    assert geom.is_valid and geom.area == pytest.approx(tm.mask.sum() * tm.downsample**2, rel=0.02)
+    assert geom.is_valid and geom.area == pytest.approx(tm.mask.sum() * tm.downsample**2, rel=1e-6)
+
+
+def test_mpp_override_asks_for_the_thumbnail_by_size():
+    class NoMPP(_FakeSlide):
+        @property
+        def mpp(self):  # a slide without pixel size raises when asked
+            raise MPPMissing("no MPP", hint="pass --mpp")
+
+        def thumbnail(self, *, max_size=None, mpp=None):
+            self.requested.append(max_size)
+            return self.rgb
+
+    slide = NoMPP()
+    with pytest.raises(MPPMissing):
+        detect_tissue(slide)
+    tm = detect_tissue(slide, mpp=0.5)
+    assert slide.requested == [max(slide.dimensions) // 16]
+    assert tm.mpp == pytest.approx(8.0)

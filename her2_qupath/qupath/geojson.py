@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from .._io import atomic_write_bytes
 from ..config import HER2_COLORS, PRODUCT_MARKER
 from ..errors import GeoJSONError
@@ -273,11 +275,39 @@ def _listify(value: Any) -> Any:
     return value
 
 
+def _xy(geom: Any) -> list[Any]:
+    import shapely
+
+    return shapely.get_coordinates(geom).tolist()  # type: ignore[no-any-return]
+
+
+def _polygon_coords(poly: Any) -> list[Any]:
+    return [_xy(poly.exterior)] + [_xy(ring) for ring in poly.interiors]
+
+
 def _geometry_json(geom: Any) -> dict[str, Any]:
-    """GeoJSON geometry with exact coordinates (Python float repr round-trips)."""
+    """GeoJSON geometry with exact coordinates (float64 values, which JSON round-trips)."""
     from shapely.geometry import mapping
 
-    return _listify(mapping(geom))  # type: ignore[no-any-return]
+    kind = geom.geom_type
+    if geom.is_empty or kind == "GeometryCollection":
+        if kind == "GeometryCollection" and not geom.is_empty:
+            return {"type": kind, "geometries": [_geometry_json(g) for g in geom.geoms]}
+        return _listify(mapping(geom))  # type: ignore[no-any-return]
+    if kind == "Polygon":
+        coords: Any = _polygon_coords(geom)
+    elif kind == "MultiPolygon":
+        coords = [_polygon_coords(p) for p in geom.geoms]
+    elif kind == "Point":
+        coords = _xy(geom)[0]
+    elif kind in ("LineString", "LinearRing", "MultiPoint"):
+        kind = "LineString" if kind == "LinearRing" else kind
+        coords = _xy(geom)
+    elif kind == "MultiLineString":
+        coords = [_xy(g) for g in geom.geoms]
+    else:  # pragma: no cover - shapely has no other types
+        return _listify(mapping(geom))  # type: ignore[no-any-return]
+    return {"type": kind, "coordinates": coords}
 
 
 def to_feature(obj: QuPathObject) -> dict[str, Any]:
@@ -454,39 +484,80 @@ def _err(index: int, message: str, hint: str) -> GeoJSONError:
     return GeoJSONError(f"feature {index}: {message}", hint=hint)
 
 
-def _check_positions(coords: Any, depth: int, index: int, where: str) -> None:
-    """Coordinates nested ``depth`` levels above positions; positions are [x, y(, z)] numbers."""
-    if depth == 0:
-        if not (
-            isinstance(coords, (list, tuple))
-            and 2 <= len(coords) <= 3
-            and all(
-                isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
-                for c in coords
-            )
-        ):
-            raise _err(
-                index,
-                f"{where} has a bad position {coords!r}",
-                "positions are [x, y] finite numbers",
-            )
-        return
-    if not isinstance(coords, (list, tuple)):
+def _positions(seq: Any, index: int, where: str, *, single: bool = False) -> np.ndarray:
+    """A list of ``[x, y(, z)]`` positions (or one position) as a float array, checked."""
+    bad = _err(
+        index,
+        f"{where} has bad coordinates ({json.dumps(seq, default=str)[:80]})",
+        "positions are [x, y] finite numbers, nested as RFC 7946 says for the type",
+    )
+    if not isinstance(seq, (list, tuple)):
+        raise bad
+    try:
+        arr = np.asarray(seq)
+    except (ValueError, TypeError) as err:  # ragged nesting
+        raise bad from err
+    ndim = 1 if single else 2
+    if (
+        arr.dtype.kind not in "iuf"
+        or arr.ndim != ndim
+        or arr.shape[-1] not in (2, 3)
+        or not np.isfinite(arr).all()
+    ):
+        raise bad
+    return arr.astype(np.float64, copy=False)
+
+
+def _seq(value: Any, index: int, where: str) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise _err(index, f"{where} coordinates are malformed", "follow RFC 7946 nesting")
+    return list(value)
+
+
+def _ring(seq: Any, k: int, index: int, where: str) -> np.ndarray:
+    arr = _positions(seq, index, where)
+    if len(arr) < 4 or not np.array_equal(arr[0], arr[-1]):
         raise _err(
-            index, f"{where} coordinates are malformed ({coords!r:.60})", "follow RFC 7946 nesting"
+            index,
+            f"{where} ring {k} has {len(arr)} positions"
+            + ("" if len(arr) < 4 else " and is not closed"),
+            "a ring needs at least 4 positions and must end where it starts "
+            "(QuPath cannot build it otherwise)",
         )
-    for c in coords:
-        _check_positions(c, depth - 1, index, where)
+    return arr
 
 
-_DEPTH = {
-    "Point": 0,
-    "MultiPoint": 1,
-    "LineString": 1,
-    "MultiLineString": 2,
-    "Polygon": 2,
-    "MultiPolygon": 3,
-}
+def _polygon(rings: Any, index: int, where: str) -> Any:
+    import shapely
+
+    parts = [_ring(r, k, index, where) for k, r in enumerate(_seq(rings, index, where))]
+    if not parts:
+        raise _err(index, f"{where} polygon has no rings", "give the polygon its outline")
+    return shapely.Polygon(parts[0], holes=parts[1:] or None)
+
+
+def _build(gtype: str, coords: Any, index: int, where: str) -> Any:
+    """Shapely geometry from GeoJSON coordinates, checking their nesting and values."""
+    import shapely
+
+    if gtype == "Point":
+        return shapely.Point(_positions(coords, index, where, single=True))
+    if gtype == "MultiPoint":
+        return shapely.MultiPoint(_positions(coords, index, where))
+    if gtype == "LineString":
+        arr = _positions(coords, index, where)
+        if len(arr) < 2:
+            raise _err(
+                index, f"{where} line has {len(arr)} position", "give a line 2 or more positions"
+            )
+        return shapely.LineString(arr)
+    if gtype == "MultiLineString":
+        lines = [_build("LineString", c, index, where) for c in _seq(coords, index, where)]
+        return shapely.MultiLineString(lines)
+    if gtype == "Polygon":
+        return _polygon(coords, index, where)
+    polys = [_polygon(c, index, where) for c in _seq(coords, index, where)]
+    return shapely.MultiPolygon(polys)
 
 
 def _polygonal_part(geom: Any) -> Any:
@@ -547,23 +618,11 @@ def _parse_geometry(obj: Any, index: int, where: str, *, repair: bool, polygonal
             f"{where} has no coordinates",
             'add "coordinates" (QuPath cannot read it without)',
         )
-    coords = obj["coordinates"]
-    _check_positions(coords, _DEPTH[gtype], index, where)
-    if gtype in _POLYGONAL:
-        polygons = coords if gtype == "MultiPolygon" else [coords]
-        for rings in polygons:
-            for k, ring in enumerate(rings):
-                if len(ring) < 4 or list(ring[0]) != list(ring[-1]):
-                    raise _err(
-                        index,
-                        f"{where} ring {k} has {len(ring)} positions"
-                        + ("" if len(ring) < 4 else " and is not closed"),
-                        "a ring needs at least 4 positions and must end where it starts "
-                        "(QuPath cannot build it otherwise)",
-                    )
     try:
-        geom = shapely.geometry.shape(obj)
-    except (ValueError, TypeError, IndexError, shapely.errors.GEOSException) as err:
+        geom = _build(gtype, obj["coordinates"], index, where)
+    except (ValueError, TypeError, shapely.errors.GEOSException) as err:
+        if isinstance(err, GeoJSONError):
+            raise
         raise _err(
             index,
             f"{where} cannot be built ({err})",
@@ -918,8 +977,25 @@ def is_product_object(obj: QuPathObject) -> bool:
     return PRODUCT_MARKER in obj.metadata
 
 
-def _geometry_of(shape: Any) -> Any:
-    return shape.polygon if hasattr(shape, "polygon") and not hasattr(shape, "geom_type") else shape
+def _geometry_of(shape: Any, what: str = "geometry") -> Any:
+    """A tile's polygon or a geometry, made valid (polygonal parts kept) for QuPath."""
+    import shapely
+
+    geom = shape.polygon if hasattr(shape, "polygon") and not hasattr(shape, "geom_type") else shape
+    if geom is None or not hasattr(geom, "geom_type"):
+        raise GeoJSONError(f"{what} must be a shapely geometry, got {type(shape).__name__}")
+    if not geom.is_valid:
+        fixed = shapely.make_valid(geom)
+        if geom.geom_type in _POLYGONAL:
+            fixed = _polygonal_part(fixed)
+        if fixed.is_empty:
+            raise GeoJSONError(
+                f"{what} is not valid ({shapely.is_valid_reason(geom)}) and has no area left",
+                hint="check the outline that produced it",
+            )
+        logger.debug("repaired an invalid %s (%s)", what, shapely.is_valid_reason(geom))
+        geom = fixed
+    return geom
 
 
 def tile_object(
@@ -999,12 +1075,14 @@ def cell_object(
         )
     )
     return QuPathObject(
-        geometry=cell_polygon,
+        geometry=_geometry_of(cell_polygon, "cell outline"),
         object_type="cell",
         classification=cls,
         name=name,
         measurements=dict(measurements or {}),
-        nucleus_geometry=nucleus_polygon,
+        nucleus_geometry=None
+        if nucleus_polygon is None
+        else _geometry_of(nucleus_polygon, "nucleus"),
         metadata=_marker(metadata),
     )
 
