@@ -414,3 +414,9 @@ def test_helpers_repair_invalid_outlines():
     validate_features([to_feature(cell)])
     with pytest.raises(GeoJSONError, match="no area left"):
         tile_object(Polygon([(0, 0), (10, 0), (5, 0)]), "HER2 0")
+
+
+def test_measurements_must_be_numbers():
+    with pytest.raises(GeoJSONError, match="measurements must be numbers"):
+        QuPathObject(box(0, 0, 1, 1), measurements={"a": None})  # type: ignore[dict-item]
+    assert QuPathObject(box(0, 0, 1, 1), measurements={"n": 3}).measurements == {"n": 3.0}

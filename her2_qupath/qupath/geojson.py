@@ -113,7 +113,7 @@ def class_color(name: str | Sequence[str]) -> RGB:
     for part in reversed(names):
         if part in HER2_COLORS:
             return HER2_COLORS[part]
-    digest = hashlib.md5(": ".join(names).encode("utf-8")).digest()
+    digest = hashlib.md5(": ".join(names).encode("utf-8"), usedforsecurity=False).digest()
     return tuple(int(64 + b % 160) for b in digest[:3])  # type: ignore[return-value]
 
 
@@ -215,7 +215,12 @@ class QuPathObject:
             self.color = _rgb(self.color, where="color")
         if self.object_color is not None:
             self.object_color = _rgb(self.object_color, where="object_color")
-        self.measurements = {str(k): float(v) for k, v in self.measurements.items()}
+        try:
+            self.measurements = {str(k): float(v) for k, v in self.measurements.items()}
+        except (TypeError, ValueError) as err:
+            raise GeoJSONError(
+                f"measurements must be numbers: {err}", hint="use float('nan') for a missing value"
+            ) from err
         self.metadata = {str(k): str(v) for k, v in self.metadata.items()}
         if self.nucleus_geometry is not None and self.object_type != "cell":
             raise GeoJSONError(
