@@ -71,6 +71,8 @@ class TissueConfig:
     closing_um: float = 40.0  # morphological closing radius
     min_object_um2: float = 20_000.0  # drop tissue islands smaller than this
     min_hole_um2: float = 10_000.0  # fill holes smaller than this
+    max_od: float = 0.1  # ceiling of the Otsu threshold (light stroma stays tissue)
+    background_min: float = 200.0  # glass estimate with a channel below this -> white
 
 
 @dataclass(frozen=True)
