@@ -85,6 +85,17 @@ class StainConfig:
     thresholds: tuple[float, float, float] = (0.2, 0.4, 0.6)  # DAB OD for 1+, 2+, 3+
     tissue_od: float = 0.15  # total OD above which a pixel counts as tissue (not background)
     estimate_vectors: bool = False  # Macenko-style estimation from the slide
+    # Background (white point) estimation: bright, nearly grey pixels are glass.
+    background_max_saturation: float = 0.08  # (max - min) / max of RGB
+    background_min_brightness: float = 160.0  # mean RGB, 0-255
+    background_percentile: float = 50.0  # of candidate brightness; the brighter ones are glass
+    background_min_pixels: int = 100  # fewer candidates: fall back (see stain.estimate_background)
+    # Macenko-style stain vector estimation (Macenko et al., ISBI 2009).
+    macenko_min_od: float = 0.3  # OD sum (R+G+B) for a pixel to enter the estimate
+    macenko_alpha: float = 1.0  # angle percentiles alpha and 100 - alpha
+    macenko_min_pixels: int = 500
+    macenko_max_cos: float = 0.99  # the two directions must differ more than this
+    macenko_min_ref_cos: float = 0.8  # each must lie this close to its reference vector
 
 
 @dataclass(frozen=True)
