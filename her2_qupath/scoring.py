@@ -77,7 +77,7 @@ def class_percentages(class_counts: Sequence[int] | np.ndarray) -> dict[str, flo
     total = int(c.sum())
     if total == 0:
         return {k: 0.0 for k in SCORE_NAMES}
-    return {k: float(100.0 * v / total) for k, v in zip(SCORE_NAMES, c)}
+    return {k: float(100.0 * v / total) for k, v in zip(SCORE_NAMES, c, strict=True)}
 
 
 def _above(value: float, threshold: float, inclusive: bool) -> bool:
@@ -171,7 +171,9 @@ class TileScore:
         object.__setattr__(self, "pixel_counts", pc)
         if self.cell_counts is not None:
             object.__setattr__(
-                self, "cell_counts", tuple(int(x) for x in _counts4(self.cell_counts, "cell_counts"))
+                self,
+                "cell_counts",
+                tuple(int(x) for x in _counts4(self.cell_counts, "cell_counts")),
             )
         if self.classifier_class is not None and self.classifier_class not in (0, 1, 2, 3):
             raise UserInputError(
@@ -456,10 +458,20 @@ class RegionScore:
             "analysed_pixels": self.analysed_pixels,
             "pixel_counts": list(self.pixel_counts),
             "cell_counts": None if self.cell_counts is None else list(self.cell_counts),
-            "tile_classes": dict(zip(SCORE_NAMES, self.tile_classes)),
+            "tile_classes": dict(zip(SCORE_NAMES, self.tile_classes, strict=True)),
             "classifier_agreement": self.classifier_agreement,
             **dict(self.extra),
         }
+
+
+def _t4(a: Any) -> tuple[int, int, int, int]:
+    v = [int(x) for x in a]
+    return (v[0], v[1], v[2], v[3])
+
+
+def _t5(a: Any) -> tuple[int, int, int, int, int]:
+    v = [int(x) for x in a]
+    return (v[0], v[1], v[2], v[3], v[4])
 
 
 def _check_config(config: ScoringConfig) -> None:
@@ -536,24 +548,27 @@ def combine_regions(regions: Sequence[RegionScore], *, name: str = "slide") -> R
         raise UserInputError("no regions to combine", hint="score at least one region")
     first = regions[0]
     for r in regions[1:]:
-        if (r.guideline, r.level, r.aggregation) != (first.guideline, first.level, first.aggregation):
+        if (r.guideline, r.level, r.aggregation) != (
+            first.guideline,
+            first.level,
+            first.aggregation,
+        ):
             raise UserInputError(
                 "regions scored with different settings cannot be combined",
                 hint="score every region with the same guideline, level and aggregation",
             )
     px = np.sum([r.pixel_counts for r in regions], axis=0)
     hist = np.sum([r.tile_classes for r in regions], axis=0)
-    cells = (
-        None
-        if any(r.cell_counts is None for r in regions)
-        else tuple(int(v) for v in np.sum([r.cell_counts for r in regions], axis=0))
-    )
+    cells: tuple[int, int, int, int] | None = None
+    cell_list = [r.cell_counts for r in regions]
+    if all(c is not None for c in cell_list):
+        cells = _t4(np.sum(np.array(cell_list, dtype=np.int64), axis=0))
     return replace(
         first,
         name=name,
-        pixel_counts=tuple(int(v) for v in px),
+        pixel_counts=_t5(px),
         cell_counts=cells,
-        tile_classes=tuple(int(v) for v in hist),
+        tile_classes=_t4(hist),
         n_tiles=sum(r.n_tiles for r in regions),
         n_tiles_excluded=sum(r.n_tiles_excluded for r in regions),
         n_classified=sum(r.n_classified for r in regions),

@@ -103,7 +103,7 @@ def _tissue_mask(shape: tuple[int, int], rng: np.random.Generator, fill: float) 
 
     h, w = shape
     lo = rng.standard_normal((24, 24)).astype(np.float32)
-    lo = cv2.GaussianBlur(lo, (0, 0), 3.0)
+    lo = np.asarray(cv2.GaussianBlur(lo, (0, 0), 3.0), dtype=np.float32)
     yy, xx = np.mgrid[0:24, 0:24].astype(np.float32)
     r2 = ((yy - 11.5) / 12) ** 2 + ((xx - 11.5) / 12) ** 2
     field = lo / (lo.std() + 1e-6) * 0.35 - r2 * 2.0
@@ -238,7 +238,9 @@ def _render_cells(
     return hmap, dmap, cyto, cells
 
 
-def _class_map_from_truth(dmap: np.ndarray, tissue: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+def _class_map_from_truth(
+    dmap: np.ndarray, tissue: np.ndarray, thresholds: Sequence[float]
+) -> np.ndarray:
     t1, t2, t3 = thresholds
     out = np.ones(dmap.shape, dtype=np.uint8)
     out += dmap >= t1
@@ -275,7 +277,9 @@ def _generate(
     cols = np.flatnonzero(tissue.any(axis=0))
     x0, x1 = (cols[0], cols[-1] + 1) if cols.size else (0, w)
     edges = np.linspace(x0, x1, fractions.shape[0] + 1)
-    band = np.clip(np.searchsorted(edges, np.arange(w), side="right") - 1, 0, fractions.shape[0] - 1)
+    band = np.clip(
+        np.searchsorted(edges, np.arange(w), side="right") - 1, 0, fractions.shape[0] - 1
+    )
     region_map = np.where(tissue, (band + 1)[None, :], 0).astype(np.uint8)
     hmap, dmap, cyto, cells = _render_cells(
         (h, w),
@@ -304,7 +308,9 @@ def _generate(
     }
 
 
-def _truth(g: dict[str, Any], *, mpp: float, background: Sequence[float], config: StainConfig) -> dict[str, Any]:
+def _truth(
+    g: dict[str, Any], *, mpp: float, background: Sequence[float], config: StainConfig
+) -> dict[str, Any]:
     cells = g["cells"]
     class_map = _class_map_from_truth(g["d"], g["tissue"], config.thresholds)
     regions = []
@@ -315,11 +321,17 @@ def _truth(g: dict[str, Any], *, mpp: float, background: Sequence[float], config
         regions.append(
             {
                 "index": r,
-                "requested_percentages": dict(zip(_KEYS, (100 * g["fractions"][r]).tolist())),
+                "requested_percentages": dict(
+                    zip(_KEYS, (100 * g["fractions"][r]).tolist(), strict=True)
+                ),
                 "cell_counts": cc.tolist(),
-                "cell_percentages": dict(zip(_KEYS, (100 * cc / max(cc.sum(), 1)).tolist())),
+                "cell_percentages": dict(
+                    zip(_KEYS, (100 * cc / max(cc.sum(), 1)).tolist(), strict=True)
+                ),
                 "pixel_counts": px.tolist(),
-                "pixel_percentages": dict(zip(_KEYS, (100 * px / max(px.sum(), 1)).tolist())),
+                "pixel_percentages": dict(
+                    zip(_KEYS, (100 * px / max(px.sum(), 1)).tolist(), strict=True)
+                ),
             }
         )
     cc = np.bincount(cells["her2_class"], minlength=4)
@@ -459,14 +471,22 @@ def synthetic_pair(
     matrix[:2, :2] = rot
     matrix[:2, 2] = c - rot @ c + np.asarray(translation, dtype=np.float64)
     m23 = matrix[:2].astype(np.float64)
-    warp = dict(dsize=(w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    warp: dict[str, Any] = dict(
+        dsize=(w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
     hw = cv2.warpAffine(g["h"], m23, **warp)
     dw = cv2.warpAffine(g["d"], m23, **warp)
-    ihc = compose_rgb([(hw, config.hematoxylin), (dw, config.dab)], ihc_background, noise=noise, rng=rng)
-    near = dict(dsize=(w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    ihc = compose_rgb(
+        [(hw, config.hematoxylin), (dw, config.dab)], ihc_background, noise=noise, rng=rng
+    )
+    near: dict[str, Any] = dict(
+        dsize=(w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
     truth = _truth(g, mpp=mpp, background=ihc_background, config=config)
     truth["he_background"] = tuple(float(x) for x in he_background)
-    truth["ihc_tissue_mask"] = cv2.warpAffine(g["tissue"].astype(np.uint8), m23, **near).astype(bool)
+    truth["ihc_tissue_mask"] = cv2.warpAffine(g["tissue"].astype(np.uint8), m23, **near).astype(
+        bool
+    )
     truth["ihc_region_map"] = cv2.warpAffine(g["region_map"], m23, **near)
     xy = np.stack([truth["cells"]["x"], truth["cells"]["y"], np.ones_like(truth["cells"]["x"])])
     truth["ihc_cells_xy"] = (matrix @ xy)[:2].T

@@ -45,7 +45,14 @@ def test_guideline_each_threshold_both_sides(name: str) -> None:
     assert (at3 == 3) == inc3
     below3 = guideline_score(counts_for(rule.t3 - eps, rule.t3 - eps, rule.t3 - eps), rule)
     # below t3 the same cells fall to the 2+ rule: 2+ only where t2 (or t2_strong) allows
-    want = 2 if (rule.t3 - eps > rule.t2 or (rule.t2_strong is not None and rule.t3 - eps > rule.t2_strong)) else 0
+    want = (
+        2
+        if (
+            rule.t3 - eps > rule.t2
+            or (rule.t2_strong is not None and rule.t3 - eps > rule.t2_strong)
+        )
+        else 0
+    )
     assert below3 == want
     # t2: cells at 2+ only (no 3+, so t2_strong is not involved)
     assert guideline_score(counts_for(0, rule.t2 + eps, rule.t2 + eps), rule) == 2
@@ -280,7 +287,10 @@ def test_percentages_sum_to_100(c: list[int]) -> None:
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.lists(st.integers(0, 400), min_size=5, max_size=5), st.sampled_from([True, False, None])),
+        st.tuples(
+            st.lists(st.integers(0, 400), min_size=5, max_size=5),
+            st.sampled_from([True, False, None]),
+        ),
         min_size=1,
         max_size=12,
     ),

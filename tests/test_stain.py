@@ -15,7 +15,7 @@ from her2_qupath.stain import StainVectors
 from her2_qupath.synthetic import compose_rgb, synthetic_ihc
 
 QUPATH_LINE = (
-    "setColorDeconvolutionStains('{\"Name\" : \"H-DAB default\", \"Stain 1\" : \"Hematoxylin\", "
+    'setColorDeconvolutionStains(\'{"Name" : "H-DAB default", "Stain 1" : "Hematoxylin", '
     '"Values 1" : "0.65111 0.70119 0.29049", "Stain 2" : "DAB", '
     '"Values 2" : "0.26917 0.56824 0.77759", "Background" : " 255 255 255"}\');'
 )
@@ -39,7 +39,9 @@ def test_default_vectors_come_from_config() -> None:
     assert v.background is None
 
 
-@pytest.mark.parametrize("bad", [((1, 1, 1), (2, 2, 2)), ((0, 0, 0), (1, 0, 0)), ((1, 2), (1, 0, 0))])
+@pytest.mark.parametrize(
+    "bad", [((1, 1, 1), (2, 2, 2)), ((0, 0, 0), (1, 0, 0)), ((1, 2), (1, 0, 0))]
+)
 def test_bad_vectors_are_refused(bad) -> None:
     with pytest.raises(UserInputError):
         StainVectors(*bad)
@@ -48,8 +50,13 @@ def test_bad_vectors_are_refused(bad) -> None:
 def test_from_qupath_script_line() -> None:
     v = StainVectors.from_qupath(QUPATH_LINE)
     assert v.name == "H-DAB default"
-    assert np.allclose(v.hematoxylin, np.array([0.65111, 0.70119, 0.29049]) / np.linalg.norm([0.65111, 0.70119, 0.29049]))
-    assert np.allclose(v.dab, np.array([0.26917, 0.56824, 0.77759]) / np.linalg.norm([0.26917, 0.56824, 0.77759]))
+    assert np.allclose(
+        v.hematoxylin,
+        np.array([0.65111, 0.70119, 0.29049]) / np.linalg.norm([0.65111, 0.70119, 0.29049]),
+    )
+    assert np.allclose(
+        v.dab, np.array([0.26917, 0.56824, 0.77759]) / np.linalg.norm([0.26917, 0.56824, 0.77759])
+    )
     assert v.background == (255.0, 255.0, 255.0)
 
 
@@ -140,7 +147,9 @@ def test_strips_do_not_change_the_result(monkeypatch) -> None:
 def test_rgba_input_drops_alpha() -> None:
     rgb, *_ = synthetic_ihc((64, 64), seed=4)
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
-    assert np.array_equal(stain.deconvolve(rgb, background=250), stain.deconvolve(rgba, background=250))
+    assert np.array_equal(
+        stain.deconvolve(rgb, background=250), stain.deconvolve(rgba, background=250)
+    )
 
 
 # ---------------------------------------------------------------- Beer-Lambert truth
@@ -198,7 +207,9 @@ def test_dab_class_map_thresholds_and_masks() -> None:
     d = np.repeat(np.array(levels, np.float32), 16)[None, :].repeat(8, axis=0)
     h = np.full_like(d, 0.2)
     h[:, :4] = d[:, :4] = 0.0  # glass
-    rgb = compose_rgb([(h, cfg.hematoxylin), (d, cfg.dab)], bg, noise=0.0, rng=np.random.default_rng(0))
+    rgb = compose_rgb(
+        [(h, cfg.hematoxylin), (d, cfg.dab)], bg, noise=0.0, rng=np.random.default_rng(0)
+    )
     cm = stain.dab_class_map(rgb, cfg, background=bg)
     assert cm.dtype == np.uint8
     assert (cm[:, :4] == 0).all()
@@ -216,7 +227,9 @@ def test_dab_class_map_thresholds_and_masks() -> None:
 
 def test_dab_od_equals_deconvolved_dab_channel() -> None:
     rgb, *_ = synthetic_ihc((64, 64), seed=8)
-    assert np.allclose(stain.dab_od(rgb, background=250), stain.deconvolve(rgb, background=250)[..., 1], atol=1e-6)
+    assert np.allclose(
+        stain.dab_od(rgb, background=250), stain.deconvolve(rgb, background=250)[..., 1], atol=1e-6
+    )
 
 
 # ---------------------------------------------------------------- background
@@ -230,7 +243,9 @@ def test_background_non_white_with_mask() -> None:
 def test_background_without_glass_falls_back_and_warns(caplog) -> None:
     cfg = StainConfig()
     h = np.full((32, 32), 0.8, np.float32)
-    rgb = compose_rgb([(h, cfg.hematoxylin)], (240, 240, 240), noise=0.0, rng=np.random.default_rng(0))
+    rgb = compose_rgb(
+        [(h, cfg.hematoxylin)], (240, 240, 240), noise=0.0, rng=np.random.default_rng(0)
+    )
     with caplog.at_level(logging.WARNING, logger="her2_qupath.stain"):
         assert stain.estimate_background(rgb) == (255.0, 255.0, 255.0)
     assert "no empty glass" in caplog.text

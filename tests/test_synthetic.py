@@ -48,18 +48,26 @@ def test_exact_cell_class_percentages_per_region() -> None:
 
 
 def test_drawn_membranes_follow_their_class() -> None:
-    _, _, d, truth = synthetic_ihc((512, 512), seed=3, regions=[{"0": 25, "1+": 25, "2+": 25, "3+": 25}])
+    _, _, d, truth = synthetic_ihc(
+        (512, 512), seed=3, regions=[{"0": 25, "1+": 25, "2+": 25, "3+": 25}]
+    )
     c = truth["cells"]
     for k, mc in enumerate(MEMBRANE_CLASSES):
         sel = c["her2_class"] == k
-        assert (c["membrane_od"][sel] >= mc.od[0]).all() and (c["membrane_od"][sel] <= mc.od[1]).all()
+        assert (c["membrane_od"][sel] >= mc.od[0]).all() and (
+            c["membrane_od"][sel] <= mc.od[1]
+        ).all()
         assert (c["completeness"][sel] >= mc.completeness[0]).all()
     # the DAB map holds the membrane OD on the ring, at the angle start of each cell
     sel = np.flatnonzero(c["her2_class"] == 3)[:20]
     for i in sel:
         ring = d[
-            int(c["y"][i]) - int(c["cell_radius"][i]) - 2 : int(c["y"][i]) + int(c["cell_radius"][i]) + 3,
-            int(c["x"][i]) - int(c["cell_radius"][i]) - 2 : int(c["x"][i]) + int(c["cell_radius"][i]) + 3,
+            int(c["y"][i]) - int(c["cell_radius"][i]) - 2 : int(c["y"][i])
+            + int(c["cell_radius"][i])
+            + 3,
+            int(c["x"][i]) - int(c["cell_radius"][i]) - 2 : int(c["x"][i])
+            + int(c["cell_radius"][i])
+            + 3,
         ]
         assert np.isclose(ring.max(), c["membrane_od"][i], atol=1e-5)
 
@@ -98,7 +106,9 @@ def test_bad_regions_and_sizes() -> None:
 
 
 def test_pair_known_affine() -> None:
-    he, ihc, m, truth = synthetic_pair((512, 512), seed=5, rotation_deg=10.0, translation=(20.0, -12.0))
+    he, ihc, m, truth = synthetic_pair(
+        (512, 512), seed=5, rotation_deg=10.0, translation=(20.0, -12.0)
+    )
     assert he.shape == ihc.shape == (512, 512, 3)
     assert m.shape == (3, 3) and np.allclose(m[2], [0, 0, 1])
     assert np.isclose(np.degrees(np.arctan2(m[1, 0], m[0, 0])), 10.0)
