@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,6 +40,8 @@ __all__ = [
     "class_percentages",
     "majority_class",
     "paper_slide_score",
+    "algorithm1",
+    "PaperScore",
     "aggregate",
     "combine_regions",
     "score_name",
@@ -233,6 +235,26 @@ class TileScore:
             return None
         return self.classifier_class == self.tile_class
 
+    @property
+    def class_percentages(self) -> dict[str, float]:
+        """Percent of analysed (tissue) pixels at HER2 0, 1+, 2+, 3+ (sum 100, or all 0)."""
+        return class_percentages(self.her2_pixel_counts)
+
+    @property
+    def background_percent(self) -> float:
+        """Percent of the tile area that is background (class 0)."""
+        return self.coverage[0]
+
+    @property
+    def h_score(self) -> float:
+        """Pixel-level H-score of the tile."""
+        return h_score(self.her2_pixel_counts)
+
+    @property
+    def percent_positive(self) -> float:
+        """Percent of analysed pixels at 2+ or 3+."""
+        return _percent_positive(self.her2_pixel_counts)
+
     def percentages(self, level: str = "pixel") -> dict[str, float]:
         """Class percentages over analysed pixels (``"pixel"``) or cells (``"cell"``)."""
         return class_percentages(self._level_counts(level))
@@ -263,8 +285,8 @@ class TileScore:
             "tile_class": score_name(tc),
             "letters": self.letters,
             "label": self.label,
-            "h_score": h_score(self.her2_pixel_counts),
-            "percent_positive": _percent_positive(self.her2_pixel_counts),
+            "h_score": self.h_score,
+            "percent_positive": self.percent_positive,
             "cell_counts": None if self.cell_counts is None else list(self.cell_counts),
             "tumor": self.tumor,
             "tumor_probability": self.tumor_probability,
@@ -330,14 +352,21 @@ def _percent_positive(her2_counts: Sequence[int]) -> float:
     return 0.0 if total == 0 else float(100.0 * (c[2] + c[3]) / total)
 
 
-def paper_slide_score(tile_scores: Iterable[TileScore] | Sequence[int] | np.ndarray) -> int | None:
-    """Algorithm 1: the highest tile class among tiles scored 2+ or 3+, else the majority tile class.
+class PaperScore(NamedTuple):
+    """Algorithm 1's outputs: ``WSI_score`` (0..3) and ``WSI%``, over ``n_tiles`` tiles."""
 
-    Takes tile scores (only those that count toward the score are used) or a
-    histogram of tile classes (numbers of tiles at 0, 1+, 2+, 3+). Returns None
-    when no tile holds tissue.
+    score: int
+    percent_positive: float
+    n_tiles: int
+
+
+def algorithm1(tile_classes: Sequence[int] | np.ndarray) -> int | None:
+    """Algorithm 1 on a histogram of tile classes (tiles at 0, 1+, 2+, 3+).
+
+    The highest class among tiles scored 2+ or 3+, else the majority tile
+    class (ties to the higher); None without tiles.
     """
-    hist = _tile_histogram(tile_scores)
+    hist = _counts4(tile_classes, "tile class histogram")
     if hist[3] > 0:
         return 3
     if hist[2] > 0:
@@ -345,23 +374,29 @@ def paper_slide_score(tile_scores: Iterable[TileScore] | Sequence[int] | np.ndar
     return majority_class(hist)
 
 
-def _tile_histogram(tile_scores: Iterable[TileScore] | Sequence[int] | np.ndarray) -> np.ndarray:
-    if isinstance(tile_scores, np.ndarray) or (
-        isinstance(tile_scores, Sequence)
-        and len(tile_scores) == 4
-        and all(isinstance(v, (int, np.integer)) for v in tile_scores)
-    ):
-        return _counts4(tile_scores, "tile class histogram")  # type: ignore[arg-type]
+def paper_slide_score(tile_scores: Iterable[TileScore]) -> PaperScore:
+    """The seed paper's Algorithm 1 over tiles: ``(WSI_score, WSI%, n_tiles)``.
+
+    Only tiles that count toward the score are used (tissue present, H&E
+    partner not called non-tumor). ``WSI_score`` is the highest tile class among
+    tiles scored 2+ or 3+, else the majority tile class; ``WSI%`` is
+    ``100 * (2+ and 3+ pixels) / analysed pixels`` over those tiles. Without
+    any such tile the result is ``(0, 0.0, 0)``; check ``n_tiles``.
+    """
     hist = np.zeros(4, dtype=np.int64)
+    px = np.zeros(4, dtype=np.int64)
     for t in tile_scores:
         if not isinstance(t, TileScore):
             raise UserInputError(
                 f"expected TileScore objects, got {type(t).__name__}",
-                hint="pass the tile scores or a histogram of four tile counts",
+                hint="score tiles with score_class_map first",
             )
-        if t.counts_toward_score and t.tile_class is not None:
-            hist[t.tile_class] += 1
-    return hist
+        tc = t.tile_class
+        if t.counts_toward_score and tc is not None:
+            hist[tc] += 1
+            px += t.her2_pixel_counts
+    score = algorithm1(hist)
+    return PaperScore(0 if score is None else score, _percent_positive(px), int(hist.sum()))
 
 
 @dataclass(frozen=True)
@@ -375,7 +410,7 @@ class RegionScore:
     """
 
     name: str
-    guideline: str
+    rule: GuidelineRule
     level: str
     aggregation: str
     pixel_counts: tuple[int, int, int, int, int]
@@ -386,6 +421,11 @@ class RegionScore:
     n_classified: int = 0  # tiles with a stain-classifier result
     n_agree: int = 0  # of those, agreeing with the segmentation majority
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def guideline(self) -> str:
+        """Name of the guideline rule."""
+        return self.rule.name
 
     @property
     def counts(self) -> tuple[int, int, int, int]:
@@ -417,11 +457,12 @@ class RegionScore:
 
     @property
     def guideline_score(self) -> int:
-        return guideline_score(self.counts, GUIDELINES[self.guideline])
+        return guideline_score(self.counts, self.rule)
 
     @property
     def paper_score(self) -> int | None:
-        return paper_slide_score(self.tile_classes)
+        """Algorithm 1's slide score from the tile-class histogram (None without tiles)."""
+        return algorithm1(self.tile_classes)
 
     @property
     def score(self) -> int:
@@ -445,6 +486,7 @@ class RegionScore:
             "name": self.name,
             "her2_score": self.her2_score,
             "guideline": self.guideline,
+            "guideline_reference": self.rule.reference,
             "level": self.level,
             "aggregation": self.aggregation,
             "class_percentages": self.class_percentages,
@@ -490,17 +532,40 @@ def _check_config(config: ScoringConfig) -> None:
 
 def aggregate(
     tile_scores: Iterable[TileScore],
-    config: ScoringConfig = ScoringConfig(),  # noqa: B008 (frozen, immutable default)
+    config: ScoringConfig | GuidelineRule | str | None = None,
     *,
+    level: str | None = None,
+    aggregation: str | None = None,
     name: str = "slide",
 ) -> RegionScore:
     """Aggregate tiles into a region score by summing their counts.
 
+    ``config`` is a :class:`ScoringConfig` (default ``ScoringConfig()``), or a
+    guideline (a :class:`GuidelineRule` or its name) used with the default
+    config; ``level`` and ``aggregation`` override the config's.
     With ``config.exclude_non_tumor`` tiles whose H&E partner is non-tumor
     (``tumor is False``) are left out and counted in ``n_tiles_excluded``.
     At cell level every counted tile must carry cell counts.
     """
-    _check_config(config)
+    rule: GuidelineRule | None = None
+    if config is None:
+        config = ScoringConfig()
+    elif isinstance(config, GuidelineRule):
+        rule = config
+        config = ScoringConfig()
+    elif isinstance(config, str):
+        config = ScoringConfig(guideline=config)  # type: ignore[arg-type]
+    if level is not None or aggregation is not None:
+        config = replace(
+            config,
+            level=level if level is not None else config.level,
+            aggregation=aggregation if aggregation is not None else config.aggregation,
+        )
+    if rule is None:
+        _check_config(config)
+        rule = GUIDELINES[config.guideline]
+    else:
+        _check_config(replace(config, guideline="breast"))
     px = np.zeros(5, dtype=np.int64)
     cells = np.zeros(4, dtype=np.int64)
     hist = np.zeros(4, dtype=np.int64)
@@ -529,7 +594,7 @@ def aggregate(
         )
     return RegionScore(
         name=name,
-        guideline=config.guideline,
+        rule=rule,
         level=config.level,
         aggregation=config.aggregation,
         pixel_counts=tuple(int(v) for v in px),  # type: ignore[arg-type]
@@ -548,11 +613,7 @@ def combine_regions(regions: Sequence[RegionScore], *, name: str = "slide") -> R
         raise UserInputError("no regions to combine", hint="score at least one region")
     first = regions[0]
     for r in regions[1:]:
-        if (r.guideline, r.level, r.aggregation) != (
-            first.guideline,
-            first.level,
-            first.aggregation,
-        ):
+        if (r.rule, r.level, r.aggregation) != (first.rule, first.level, first.aggregation):
             raise UserInputError(
                 "regions scored with different settings cannot be combined",
                 hint="score every region with the same guideline, level and aggregation",

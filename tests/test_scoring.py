@@ -180,14 +180,21 @@ def tile(cls: int, n: int = 100, **kw) -> TileScore:
     ],
 )
 def test_algorithm_1(classes: list[int], expected: int | None) -> None:
-    assert paper_slide_score([tile(c) for c in classes]) == expected
+    got = paper_slide_score([tile(c) for c in classes])
+    assert got.score == (0 if expected is None else expected)
+    assert got.n_tiles == len(classes)
+    assert scoring.algorithm1(np.bincount(np.array(classes, int), minlength=4)) == expected
 
 
 def test_algorithm_1_ignores_non_tumor_tiles_and_histograms() -> None:
     tiles = [tile(0), tile(0), tile(3, tumor=False)]
-    assert paper_slide_score(tiles) == 0
-    assert paper_slide_score([5, 2, 0, 0]) == 0
-    assert paper_slide_score(np.array([5, 2, 1, 0])) == 2
+    assert paper_slide_score(tiles) == (0, 0.0, 2)
+    score, percent, n = paper_slide_score([tile(0, 300), tile(2, 100), tile(1, 100)])
+    assert (score, n) == (2, 3) and percent == pytest.approx(20.0)
+    assert scoring.algorithm1([5, 2, 0, 0]) == 0
+    assert scoring.algorithm1(np.array([5, 2, 1, 0])) == 2
+    with pytest.raises(UserInputError):
+        paper_slide_score([[1, 2, 3, 4]])  # type: ignore[list-item]
 
 
 def test_paper_mode_region_and_percent_positive() -> None:
@@ -255,6 +262,21 @@ def test_combine_regions_equals_aggregate_of_all_tiles() -> None:
 def test_bad_config_is_refused() -> None:
     with pytest.raises(UserInputError):
         aggregate([tile(0)], ScoringConfig(guideline="lung"))  # type: ignore[arg-type]
+    with pytest.raises(UserInputError):
+        aggregate([tile(0)], "breast", level="nuclear")
+
+
+def test_aggregate_with_a_rule_and_overrides() -> None:
+    tiles = [tile(3, 10, cell_counts=(3, 0, 0, 7)), tile(0, 90, cell_counts=(7, 0, 0, 3))]
+    rule = GuidelineRule("custom", "test", 50.0, 40.0, 30.0)
+    r = aggregate(tiles, rule, level="cell")
+    assert r.guideline == "custom" and r.level == "cell"
+    assert r.her2_score == "2+"  # 50 % at 3+ is not > 50 %, but 50 % at >= 2+ is > 40 %
+    assert r.to_dict()["guideline_reference"] == "test"
+    assert aggregate(tiles, rule).her2_score == "0"  # pixel level: 10 % at 3+
+    assert aggregate(tiles, "gastric").her2_score == "3+"  # >= 10 %
+    assert aggregate(tiles, "breast").her2_score == "0"  # not > 10 %
+    assert aggregate(tiles, aggregation="paper").her2_score == "3+"
 
 
 # ---------------------------------------------------------------- properties
@@ -313,4 +335,4 @@ def test_paper_score_never_drops_when_a_tile_becomes_positive(classes: list[int]
     before = paper_slide_score([tile(c) for c in classes])
     raised = list(classes)
     raised[i] = max(raised[i], 2)
-    assert paper_slide_score([tile(c) for c in raised]) >= before  # type: ignore[operator]
+    assert paper_slide_score([tile(c) for c in raised]).score >= before.score
