@@ -346,7 +346,7 @@ def score_class_map(
     )
 
 
-def _percent_positive(her2_counts: Sequence[int]) -> float:
+def _percent_positive(her2_counts: Sequence[int] | np.ndarray) -> float:
     c = _counts4(her2_counts)
     total = int(c.sum())
     return 0.0 if total == 0 else float(100.0 * (c[2] + c[3]) / total)
@@ -558,8 +558,8 @@ def aggregate(
     if level is not None or aggregation is not None:
         config = replace(
             config,
-            level=level if level is not None else config.level,
-            aggregation=aggregation if aggregation is not None else config.aggregation,
+            level=level if level is not None else config.level,  # type: ignore[arg-type]
+            aggregation=aggregation if aggregation is not None else config.aggregation,  # type: ignore[arg-type]
         )
     if rule is None:
         _check_config(config)
