@@ -283,18 +283,19 @@ def estimate_background(
 ) -> Vec3:
     """Estimate the white point (empty glass) ``(r, g, b)`` of a brightfield image.
 
-    Candidate pixels are bright (mean brightness at least
+    ``mask`` (optional, the image's shape) marks the pixels to consider, e.g.
+    ``~tissue_mask`` (like :func:`estimate_vectors`, whose mask marks the
+    pixels it uses). Candidate pixels are bright (mean brightness at least
     ``config.background_min_brightness``) and nearly grey (``(max - min) / max``
-    below ``config.background_max_saturation``) and, when ``mask`` is given,
-    outside it (``mask`` marks tissue). Among them, those at or above the
-    ``config.background_percentile`` of brightness are the glass; the result
-    is the peak (mode over a 9-level window, refined to sub-grey-level by a local centroid) of each
-    channel's histogram, which noise does not bias. Use a thumbnail of the whole slide, which
-    shows glass, and pass the value to the tile functions.
+    below ``config.background_max_saturation``). Among them, those at or above
+    the ``config.background_percentile`` of brightness are the glass; the
+    result is the peak (mode over a 9-level window, refined to sub-grey-level
+    by a local centroid) of each channel's histogram, which noise does not
+    bias. Use a thumbnail of the whole slide, which shows glass, and pass the
+    value to the tile functions.
 
-    When too few candidates exist (a tile full of tissue), the configured
-    ``config.background`` is returned if set, else the brightest-pixel estimate
-    is kept only if it is plausible; otherwise 255 is used with a warning.
+    When too few candidates exist (a tile full of tissue), ``config.background``
+    is returned if set, else (255, 255, 255) with a logged warning.
     """
     config = config or StainConfig()
     a = _as_rgb(rgb).reshape(-1, 3)
@@ -303,9 +304,9 @@ def estimate_background(
         if m.shape[0] != a.shape[0]:
             raise UserInputError(
                 f"mask has {m.shape[0]} pixels but the image has {a.shape[0]}",
-                hint="give a tissue mask of the image's shape",
+                hint="give a boolean mask of the image's shape (True = may be glass)",
             )
-        a = a[~m]
+        a = a[m]
     # Subsample very large inputs: the estimate needs thousands of pixels, not millions.
     step = max(1, a.shape[0] // 2_000_000)
     a = a[::step]
