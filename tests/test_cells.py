@@ -408,3 +408,55 @@ def test_nucleus_detection_on_real_ki67_ground_truth(shared_data: Path) -> None:
     if "22_2.groundtruth.png" in per_tile:
         assert per_tile["22_2.groundtruth.png"][2] >= 0.7
     assert agreement >= 0.95
+
+
+def draw_sheet(dab: float, mpp: float = 0.5, *, spacing_um: float = 11.0, seed: int = 0):
+    """A 4 x 4 sheet of touching cells whose shared membranes (1 µm wide) carry ``dab`` OD.
+
+    Cells are the Voronoi regions of the nuclei, limited to nucleus radius +
+    expansion (as the detector grows them); the membrane is drawn on every
+    cell boundary (shared ones and the sheet's outer edge). Returns (rgb, centres (n, 2) as (x, y)).
+    """
+    cfg = CellConfig()
+    step = spacing_um / mpp
+    n = 4
+    size = int(math.ceil((n + 1) * step))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    centres = np.array([((i + 1) * step, (j + 1) * step) for j in range(n) for i in range(n)])
+    dist = np.stack([np.hypot(xx - cx, yy - cy) for cx, cy in centres])
+    nearest = dist.argmin(axis=0)
+    d1 = dist.min(axis=0)
+    r_nuc = 3.0 / mpp
+    r_cell = (3.0 + cfg.expansion_um) / mpp
+    labels = np.where(d1 <= r_cell, nearest + 1, 0)
+    edge = np.zeros(labels.shape, dtype=bool)
+    for axis in (0, 1):
+        diff = np.diff(labels, axis=axis) != 0
+        sl_a = (slice(None, -1), slice(None)) if axis == 0 else (slice(None), slice(None, -1))
+        sl_b = (slice(1, None), slice(None)) if axis == 0 else (slice(None), slice(1, None))
+        edge[sl_a] |= diff
+        edge[sl_b] |= diff
+    membrane = edge & (labels > 0)  # two pixels across each shared boundary: 1 µm at 0.5 µm/px
+    h = np.where(labels > 0, 0.05, 0.0)
+    h[d1 <= r_nuc] = 0.6
+    d = np.where(membrane, dab, 0.0)
+    return render(h, d, seed=seed), centres + 0.5
+
+
+@pytest.mark.parametrize(("dab", "expected"), [(0.3, 1), (0.5, 2), (0.9, 3)])
+def test_touching_cells_with_shared_membranes(dab: float, expected: int) -> None:
+    """Complete membranes shared by neighbouring cells: each cell is 1+/2+/3+ by intensity."""
+    mpp = 0.5
+    rgb, centres = draw_sheet(dab, mpp)
+    result = detect_cells(rgb, mpp, background=WHITE)
+    idx = _match(result.centroids, centres, radius=1.0 / mpp)
+    assert (idx >= 0).all() and len(result) == len(centres)
+    # the four inner cells are surrounded by neighbours: complete shared membranes
+    inner = idx[[5, 6, 9, 10]]
+    assert result.measurements["Membrane: completeness"][inner].min() >= 0.9
+    assert np.allclose(result.measurements["Membrane: stained DAB OD"][inner], dab, atol=0.06)
+    assert result.classes[inner].tolist() == [expected] * 4
+    # cells on the sheet's edge have stained shared sides only: never above the inner class
+    outer = np.setdiff1d(idx, inner)
+    assert result.measurements["Membrane: completeness"][outer].min() >= 0.4
+    assert result.classes[outer].max() <= expected
