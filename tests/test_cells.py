@@ -460,3 +460,35 @@ def test_touching_cells_with_shared_membranes(dab: float, expected: int) -> None
     outer = np.setdiff1d(idx, inner)
     assert result.measurements["Membrane: completeness"][outer].min() >= 0.4
     assert result.classes[outer].max() <= expected
+
+
+def test_more_dab_never_lowers_a_cell_class() -> None:
+    """The same cells with every membrane darker: no cell's class goes down."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    mpp = 0.5
+    base_rgb, centres = draw_cells(DESIGNS, mpp, seed=5)
+    base = detect_cells(base_rgb, mpp, background=WHITE)
+    base_cls = base.classes[_match(base.centroids, centres, radius=2.0)]
+
+    @settings(max_examples=6, deadline=None, derandomize=True)
+    @given(st.floats(min_value=1.0, max_value=2.5))
+    def check(scale: float) -> None:
+        darker = [dataclasses.replace(d, dab=d.dab * scale) for d in DESIGNS]
+        rgb, _ = draw_cells(darker, mpp, seed=5)
+        result = detect_cells(rgb, mpp, background=WHITE)
+        idx = _match(result.centroids, centres, radius=2.0)
+        assert (idx >= 0).all()
+        assert (result.classes[idx] >= base_cls).all()
+
+    check()
+
+
+def test_cell_objects_carry_finite_measurements_only(designed) -> None:
+    _, _, result, _ = designed
+    for cell in result.cells:
+        assert set(cell.measurements) <= set(MEASUREMENTS)
+        assert all(math.isfinite(v) for v in cell.measurements.values())
+        assert "Membrane: completeness" in cell.measurements
+        assert cell.classification == ("HER2 0", "HER2 1+", "HER2 2+", "HER2 3+")[cell.her2_class]
