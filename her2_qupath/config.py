@@ -111,6 +111,22 @@ class CellConfig:
     expansion_um: float = 5.0  # bounded nucleus-to-cell expansion (QuPath's default)
     membrane_width_um: float = 1.5  # width of the cell boundary band
     complete_fraction: float = 0.7  # ring fraction above the 1+ threshold for "complete"
+    # Nucleus detection (see docs/cells.md). "hematoxylin" suits membrane stains (HER2):
+    # membranes are DAB, so DAB must not count as nucleus. "hematoxylin+dab" (pixelwise
+    # maximum of the two ODs) suits nuclear stains (Ki67, ER, PR) whose positive nuclei are brown.
+    nucleus_channel: Literal["hematoxylin", "hematoxylin+dab"] = "hematoxylin"
+    nucleus_max_od: float = 1.5  # channel OD clipped here (saturated nuclei do not dominate)
+    background_radius_um: float = 5.0  # local background: grey opening of this radius
+    nucleus_threshold_od: float = 0.05  # channel OD above the local background for a nucleus
+    opening_um: float = 1.5  # binary opening radius, removes specks and thin bridges
+    split_sigma_um: float = 2.0  # Laplacian-of-Gaussian scale of the watershed seeds
+    split_min_distance_um: float = 2.5  # minimum distance between two nucleus seeds
+    boundary_fraction: float = 0.5  # nucleus edge at this fraction of its peak contrast (0: off)
+    completeness_sectors: int = 36  # angular sectors of the membrane ring (10 degrees each)
+    membrane_quantile: float = 0.8  # a sector's DAB OD: this quantile of its ring pixels
+    min_positive_fraction: float = 0.1  # ring fraction above the 1+ threshold for any 1+
+    strong_partial_fraction: float = 0.5  # strong (>= 3+ OD) but incomplete rings: 2+ from here
+    polygon_tolerance_px: float = 0.5  # Douglas-Peucker tolerance of the exported outlines
 
 
 @dataclass(frozen=True)
