@@ -298,6 +298,8 @@ def register(
             a0 = _to_level0(w2, pair)
     step()
 
+    if cfg.model == "rigid":
+        a0 = _nearest_rigid(a0, fu / mu if physical else None, fsrc.dimensions)
     affine = Transform(a0, fsrc.dimensions, msrc.dimensions, fixed_mpp=fsrc.mpp if physical else None,
                        moving_mpp=msrc.mpp if physical else None, model=cfg.model)
     quality = measure_quality(pair, affine, cfg)
@@ -336,6 +338,23 @@ def register(
             quality["score"], cfg.min_quality, quality["dice"], quality["ncc"],
         )
     return result.with_metadata(quality=quality)
+
+
+def _nearest_rigid(a0: np.ndarray, scale: float | None, fixed_size: tuple[int, int]) -> np.ndarray:
+    """Project an affine matrix onto rotation (+ mirror) times a fixed scale.
+
+    Level rounding makes the level-0 matrix of a Euclidean level warp very
+    slightly anisotropic; this removes that. The image centre keeps its image.
+    """
+    lin = a0[:2, :2]
+    u, sv, vt = np.linalg.svd(lin)
+    rot = u @ vt  # nearest orthogonal matrix (keeps a mirror's negative determinant)
+    s = float(np.sqrt(abs(np.linalg.det(lin)))) if scale is None else float(scale)
+    c = np.array([(fixed_size[0] - 1) / 2.0, (fixed_size[1] - 1) / 2.0])
+    out = np.eye(3)
+    out[:2, :2] = s * rot
+    out[:2, 2] = lin @ c + a0[:2, 2] - s * rot @ c
+    return out
 
 
 def _score(q: dict[str, Any], cfg: RegistrationConfig) -> float:
