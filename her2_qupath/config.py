@@ -200,7 +200,7 @@ class RegistrationConfig:
     nonrigid_radius_px: int = 8  # search radius around the affine position (non-rigid px)
     nonrigid_min_ncc: float = 0.3  # weaker local matches are ignored
     nonrigid_smoothing_px: float = 20.0  # Gaussian sigma of the displacement field (non-rigid px)
-    nonrigid_grid_px: int = 8  # spacing of the stored field's grid (non-rigid px)
+    nonrigid_grid_px: int = 10  # spacing of the stored field's grid (non-rigid px)
     quality_smoothing_px: float = 2.0  # Gaussian sigma before the correlation (working px)
     quality_ncc_floor: float = 0.3  # correlation at or below this: quality 0
     quality_ncc_full: float = 0.6  # correlation at or above this: quality = tissue Dice

@@ -30,6 +30,19 @@ def _densify_length(transform: Transform) -> float | None:
     return max(1.0, 0.25 * min(transform.field.spacing))
 
 
+def _segmentize(geom: Any, length: float) -> Any:
+    """Subdivide edges, keeping the geometry type (GEOS turns one-part multis into singles)."""
+    import shapely
+    from shapely.geometry import GeometryCollection, MultiLineString, MultiPoint, MultiPolygon
+
+    kinds = {"MultiPolygon": MultiPolygon, "MultiLineString": MultiLineString,
+             "MultiPoint": MultiPoint, "GeometryCollection": GeometryCollection}
+    if geom.geom_type in kinds:
+        parts = [_segmentize(p, length) for p in shapely.get_parts(geom)]
+        return kinds[geom.geom_type](parts)
+    return shapely.segmentize(geom, max_segment_length=length)
+
+
 def warp_geometry(transform: Transform, geom: Any, *, inverse: bool = False) -> Any:
     """Map any shapely geometry fixed → moving (or moving → fixed with ``inverse``).
 
@@ -48,7 +61,7 @@ def warp_geometry(transform: Transform, geom: Any, *, inverse: bool = False) -> 
     if seg is not None:
         # densify in the source space: under inverse that is moving space, scaled accordingly
         length = seg * (transform.scale if inverse else 1.0)
-        geom = shapely.segmentize(geom, max_segment_length=length)
+        geom = _segmentize(geom, length)
     func = transform.apply_inverse if inverse else transform.apply
     return shapely.transform(geom, lambda xy: func(xy))
 

@@ -268,7 +268,8 @@ class Transform:
         """The JSON text; written atomically to ``path`` when given."""
         data = self.to_dict()
         if path is not None:
-            atomic_write_json(path, data)
+            # a displacement field is thousands of numbers: keep that file compact
+            atomic_write_json(path, data, indent=2 if self.field is None else None)
         return json.dumps(data, indent=2, allow_nan=False, default=_json_safe)
 
     @classmethod
