@@ -87,7 +87,7 @@ def test_warp_geojson_keeps_structure_and_properties(tmp_path, transform_file, w
     want_feats = feats if wrap != "feature" else [feats[1]]
     got_feats = got["features"] if wrap == "collection" else (got if wrap == "list" else [got])
     assert type(got) is type(data) and len(got_feats) == len(want_feats)
-    for g, w in zip(got_feats, want_feats):
+    for g, w in zip(got_feats, want_feats, strict=True):
         assert g["properties"] == w["properties"] and g.get("id") == w.get("id")
         assert g["geometry"]["type"] == w["geometry"]["type"]
     cell = next(f for f in got_feats if f["properties"].get("objectType") == "cell")
@@ -101,7 +101,7 @@ def test_warp_geojson_keeps_structure_and_properties(tmp_path, transform_file, w
 
     b = json.loads(back.read_text())
     b_feats = b["features"] if wrap == "collection" else (b if wrap == "list" else [b])
-    for g, w in zip(b_feats, want_feats):
+    for g, w in zip(b_feats, want_feats, strict=True):
         assert shape(g["geometry"]).hausdorff_distance(shape(w["geometry"])) < 0.05
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..config import RegistrationConfig
-from ..errors import RegistrationError, UserInputError
+from ..errors import UserInputError
 from ._images import (
     ImageSource,
     Level,
@@ -44,7 +44,7 @@ from ._images import (
     od_magnitude,
     tissue_mask,
 )
-from .transform import DisplacementField, Transform
+from .transform import Transform
 
 __all__ = ["register", "Pair"]
 
@@ -228,7 +228,7 @@ def _pyramid_units(extent: float, cfg: RegistrationConfig, physical: bool, fines
 def register(
     fixed: Any,
     moving: Any,
-    config: RegistrationConfig = RegistrationConfig(),
+    config: RegistrationConfig = RegistrationConfig(),  # noqa: B008 (frozen, immutable)
     *,
     fixed_mpp: float | None = None,
     moving_mpp: float | None = None,

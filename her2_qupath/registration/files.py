@@ -40,7 +40,7 @@ GEOMETRY_MEMBERS = ("geometry", "nucleusGeometry")
 
 
 def register_slides(fixed_path: str | os.PathLike[str], moving_path: str | os.PathLike[str],
-                    config: RegistrationConfig = RegistrationConfig(), *,
+                    config: RegistrationConfig = RegistrationConfig(), *,  # noqa: B008
                     fixed_mpp: float | None = None, moving_mpp: float | None = None,
                     progress: Callable[[int, int], None] | None = None) -> Transform:
     """Open two slide files, register them and record their names and SHA-256 hashes."""
@@ -107,7 +107,7 @@ def write_points_csv(path: str | os.PathLike[str], header: list[str], rows: list
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
-    for row, (x, y) in zip(rows, xy):
+    for row, (x, y) in zip(rows, xy, strict=True):
         row = list(row)
         row[ix], row[iy] = _fmt(float(x)), _fmt(float(y))
         writer.writerow(row)

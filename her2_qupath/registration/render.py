@@ -61,7 +61,7 @@ def render_registration(fixed_rgb: np.ndarray, moving_rgb: np.ndarray, transform
         n = min(len(lf), len(lm))
         # where the true moving partner sits in fixed coordinates (through the inverse)
         back = transform.apply_inverse(lm[:n])
-        for p, q in zip(lf[:n], back):
+        for p, q in zip(lf[:n], back, strict=True):
             a = (int(round((p[0] + 0.5) / fscale[0] - 0.5)), int(round((p[1] + 0.5) / fscale[1] - 0.5)))
             b = (int(round((q[0] + 0.5) / fscale[0] - 0.5)), int(round((q[1] + 0.5) / fscale[1] - 0.5)))
             cv2.circle(check, a, 2, (0, 160, 0), -1)

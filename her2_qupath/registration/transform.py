@@ -13,11 +13,11 @@ right, y down, pixel centres at integer coordinates.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
-import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
