@@ -465,3 +465,46 @@ def test_render_registration_shows_both_images(synthetic):
     left, mid = img[:, :w].astype(float), img[:, w + 6:2 * w + 6].astype(float)
     # aligned IHC resembles the H&E inside the tissue (same source image here)
     assert np.abs(left - mid)[200:500, 250:550].mean() < 15.0
+
+
+class _FakeSlide:
+    """The parts of slide.Slide that registration uses, over an RGB array."""
+
+    def __init__(self, rgb: np.ndarray, mpp: float | None) -> None:
+        self.rgb, self.mpp_or_none = rgb, mpp
+        self.reads: list[tuple] = []
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+    def thumbnail(self, *, max_size=None, mpp=None):
+        k = max_size / max(self.rgb.shape[:2])
+        w, h = round(self.rgb.shape[1] * k), round(self.rgb.shape[0] * k)
+        return cv2.resize(self.rgb, (w, h), interpolation=cv2.INTER_AREA)
+
+    def read_region_mpp(self, location, size, mpp):
+        self.reads.append((location, size, mpp))
+        ds = mpp / self.mpp_or_none
+        x0, y0 = location
+        m = np.array([[ds, 0, x0 + 0.5 * ds - 0.5], [0, ds, y0 + 0.5 * ds - 0.5]])
+        return cv2.warpAffine(self.rgb, m, tuple(size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
+
+
+def test_slides_are_read_through_thumbnails_and_mpp_regions():
+    """register/read_mapped_tile accept slide objects (duck typing) and use their pixel sizes."""
+    fixed = _synthetic_tissue(4)
+    big = cv2.resize(fixed, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)  # a 0.25 µm/px scan
+    a = _known_affine(big.shape, deg=-60.0, scale=1.0, shift=(40.0, 20.0))
+    moving = _warp_known(big, a, (1560, 1480))
+    fs, ms = _FakeSlide(big, 0.25), _FakeSlide(moving, 0.25)
+    t = register(fs, ms, RegistrationConfig(model="affine", work_mpp=0.5))
+    assert t.quality["unit"] == "um" and t.fixed_mpp == 0.25 and t.fixed_size == (1520, 1440)
+    pts = np.array([[700.0, 700.0], [900.0, 600.0], [600.0, 900.0]])
+    assert np.abs(t.apply(pts) - (pts @ a[:2, :2].T + a[:2, 2])).max() < 3.0
+    tile = _Tile(0, 0, 640, 600, 128, 128, 64, mpp=0.5)  # 64 px at 0.5 µm/px
+    got = read_mapped_tile(ms, t, tile)
+    assert ms.reads and ms.reads[-1][2] == pytest.approx(0.5, rel=0.02)  # read at the tile's resolution
+    truth = cv2.resize(big[600:728, 640:768], (64, 64), interpolation=cv2.INTER_AREA)
+    assert np.abs(got.astype(float) - truth)[4:-4, 4:-4].mean() < 15.0

@@ -369,15 +369,30 @@ def _score(q: dict[str, Any], cfg: RegistrationConfig) -> float:
     return float(q["dice"]) * ncc_term
 
 
-def _moving_maps(pair: Pair, transform: Transform) -> tuple[np.ndarray, np.ndarray]:
-    """For every fixed-level pixel, the moving-level coordinates it maps to (float32 maps)."""
+def _moving_maps(pair: Pair, transform: Transform, *, step: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """For every fixed-level pixel, the moving-level coordinates it maps to (float32 maps).
+
+    The transform is evaluated every ``step`` pixels and interpolated bilinearly
+    in between: exact for the affine part, and far below a pixel for the
+    displacement field, which is smooth on a scale of tens of pixels.
+    """
+    import cv2
+
     h, w = pair.fixed.od.shape
+    step = max(1, int(step)) if transform.field is not None else 1
     sf = level_matrix(pair.fixed.scale)
     sm_inv = np.linalg.inv(level_matrix(pair.moving.scale))
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    hs, ws = (h - 1) // step + 2, (w - 1) // step + 2
+    ys, xs = np.mgrid[0:hs, 0:ws].astype(np.float64) * step
     pts = np.stack([xs.ravel(), ys.ravel()], axis=1) @ sf[:2, :2].T + sf[:2, 2]
     mp = transform.apply(pts) @ sm_inv[:2, :2].T + sm_inv[:2, 2]
-    return mp[:, 0].reshape(h, w).astype(np.float32), mp[:, 1].reshape(h, w).astype(np.float32)
+    mx = mp[:, 0].reshape(hs, ws).astype(np.float32)
+    my = mp[:, 1].reshape(hs, ws).astype(np.float32)
+    if step == 1:
+        return mx[:h, :w], my[:h, :w]
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32) / np.float32(step)
+    return (cv2.remap(mx, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE),
+            cv2.remap(my, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
 
 
 def warp_moving_to_fixed(pair: Pair, transform: Transform, image: np.ndarray, *,

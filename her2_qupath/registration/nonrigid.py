@@ -96,9 +96,11 @@ def refine_nonrigid(pair: Pair, affine: Transform, cfg: RegistrationConfig) -> D
     warped = warp_moving_to_fixed(pair, affine, pair.moving.feat)
     warped_mask = warp_moving_to_fixed(pair, affine, pair.moving.mask.astype(np.uint8), nearest=True) > 0
     valid = f.mask & warped_mask
+    # bound the work on large tissue: widen the patch spacing to at most max_patches patches
+    step = max(int(cfg.nonrigid_step_px), int(np.ceil(np.sqrt(valid.sum() / max(cfg.nonrigid_max_patches, 1)))))
     pts, disp, conf = match_blocks(
         cv2.GaussianBlur(f.feat, (0, 0), 1.0), cv2.GaussianBlur(warped, (0, 0), 1.0), valid,
-        patch=int(cfg.nonrigid_patch_px), step=int(cfg.nonrigid_step_px),
+        patch=int(cfg.nonrigid_patch_px), step=step,
         radius=int(cfg.nonrigid_radius_px), min_ncc=float(cfg.nonrigid_min_ncc),
     )
     if len(pts) < 16:
