@@ -508,3 +508,39 @@ def test_slides_are_read_through_thumbnails_and_mpp_regions():
     assert ms.reads and ms.reads[-1][2] == pytest.approx(0.5, rel=0.02)  # read at the tile's resolution
     truth = cv2.resize(big[600:728, 640:768], (64, 64), interpolation=cv2.INTER_AREA)
     assert np.abs(got.astype(float) - truth)[4:-4, 4:-4].mean() < 15.0
+
+
+def test_real_tile_grid_and_slide_files_bijection(tmp_path):
+    """The product's own tile grid and slide reader: a pyramidal IHC slide at another pixel size."""
+    slide_mod = pytest.importorskip("her2_qupath.slide")
+    from her2_qupath.config import TilingConfig
+    from her2_qupath.registration.files import register_slides
+    from her2_qupath.slide_writer import write_slide
+    from her2_qupath.tiling import tile_grid
+
+    fixed = _synthetic_tissue(5)  # H&E stand-in at 1.0 µm/px
+    # IHC at 0.8 µm/px: 1.25 moving pixels per fixed pixel, rotated 150°
+    a = _known_affine(fixed.shape, deg=150.0, scale=1.25, shift=(120.0, 110.0))
+    moving = _warp_known(fixed, a, (1000, 960))
+    fp, mp = tmp_path / "he.tif", tmp_path / "ihc.tif"
+    write_slide(fp, fixed, mpp=1.0, kind="pyramidal", compression=None)
+    write_slide(mp, moving, mpp=0.8, kind="pyramidal", compression=None)
+    t = register_slides(fp, mp, RegistrationConfig(model="affine", work_mpp=2.0))
+    assert t.reliable and t.fixed_mpp == 1.0 and t.moving_mpp == 0.8 and len(t.moving_sha256) == 64
+    grid = tile_grid(t.fixed_size, 1.0, TilingConfig(tile_size=48, mpp=1.3))  # fractional level-0 boxes
+    tiles = [tl for tl in grid.tiles if 200 <= tl.x <= 480 and 200 <= tl.y <= 440]
+    assert len(tiles) >= 12
+    polys = [map_tile(t, tl) for tl in tiles]
+    import shapely
+
+    assert shapely.union_all(polys).area == pytest.approx(sum(p.area for p in polys), rel=1e-6)
+    truth_polys = [shapely.transform(tl.polygon, lambda xy: xy @ a[:2, :2].T + a[:2, 2]) for tl in tiles]
+    for p, q in zip(polys, truth_polys, strict=True):
+        assert p.intersection(q).area / q.area > 0.95
+    with slide_mod.open_slide(mp) as ms:
+        for tl in tiles[::3]:
+            got = read_mapped_tile(ms, t, tl)
+            truth = cv2.resize(fixed[int(tl.y):int(tl.y + tl.height), int(tl.x):int(tl.x + tl.width)],
+                               (48, 48), interpolation=cv2.INTER_AREA)
+            assert got.shape == (48, 48, 3)
+            assert np.abs(got.astype(float) - truth)[3:-3, 3:-3].mean() < 15.0

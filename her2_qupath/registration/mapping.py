@@ -91,7 +91,11 @@ def tile_sample_grid(transform: Transform, tile: Any) -> tuple[np.ndarray, np.nd
 
 def _read_box(slide: Any, x0: int, y0: int, x1: int, y1: int, downsample: float,
               transform: Transform) -> tuple[np.ndarray, float, float]:
-    """RGB covering the level-0 box at about ``downsample``; returns image and its exact scale."""
+    """RGB covering the level-0 box at about ``downsample``.
+
+    Returns the image and its exact scale (level-0 pixels per image pixel in x
+    and y); the image's top-left pixel starts at level-0 ``(x0, y0)``.
+    """
     import cv2
 
     w0, h0 = max(1, x1 - x0), max(1, y1 - y0)
@@ -103,20 +107,20 @@ def _read_box(slide: Any, x0: int, y0: int, x1: int, y1: int, downsample: float,
         sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
         if sx1 > sx0 and sy1 > sy0:
             canvas[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = slide[sy0:sy1, sx0:sx1, :3]
-        img = canvas if ds == 1.0 else cv2.resize(canvas, (out_w, out_h), interpolation=cv2.INTER_AREA)
-    else:
-        mpp = transform.moving_mpp or getattr(slide, "mpp_or_none", None)
-        if mpp is not None and hasattr(slide, "read_region_mpp"):
-            img = np.asarray(slide.read_region_mpp((x0, y0), (out_w, out_h), mpp * ds))
-        else:
-            level = slide.best_level_for_downsample(ds) if hasattr(slide, "best_level_for_downsample") else 0
-            lds = float(slide.level_downsamples[level]) if hasattr(slide, "level_downsamples") else 1.0
-            size = (max(1, int(np.ceil(w0 / lds))), max(1, int(np.ceil(h0 / lds))))
-            img = np.asarray(slide.read_region((x0, y0), level, size))[..., :3]
-            if img.shape[:2] != (out_h, out_w):
-                img = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_AREA)
-    img = np.ascontiguousarray(img[..., :3]).astype(np.uint8, copy=False)
-    return img, w0 / img.shape[1], h0 / img.shape[0]
+        if ds == 1.0:
+            return canvas, 1.0, 1.0
+        img = cv2.resize(canvas, (out_w, out_h), interpolation=cv2.INTER_AREA)
+        return img, w0 / out_w, h0 / out_h
+    mpp = getattr(slide, "mpp_or_none", None) or transform.moving_mpp
+    if mpp is not None and hasattr(slide, "read_region_mpp"):
+        # read_region_mpp covers size * (requested mpp / slide mpp) level-0 pixels
+        img = np.asarray(slide.read_region_mpp((x0, y0), (out_w, out_h), mpp * ds))[..., :3]
+        return np.ascontiguousarray(img).astype(np.uint8, copy=False), ds, ds
+    level = slide.best_level_for_downsample(ds) if hasattr(slide, "best_level_for_downsample") else 0
+    lds = float(slide.level_downsamples[level]) if hasattr(slide, "level_downsamples") else 1.0
+    size = (max(1, int(np.ceil(w0 / lds))), max(1, int(np.ceil(h0 / lds))))
+    img = np.asarray(slide.read_region((x0, y0), level, size))[..., :3]
+    return np.ascontiguousarray(img).astype(np.uint8, copy=False), lds, lds
 
 
 def read_mapped_tile(slide: Any, transform: Transform, tile: Any) -> np.ndarray:
