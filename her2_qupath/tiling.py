@@ -210,6 +210,9 @@ def _roi_overlap(
     for k, roi in enumerate(rois):
         if roi is None or roi.is_empty:
             continue
+        if not roi.is_valid:
+            logger.warning("ROI %d is not valid (%s); repaired", k, shapely.is_valid_reason(roi))
+            roi = shapely.make_valid(roi)
         if roi.area <= 0:
             logger.warning("ROI %d has no area (a %s); it selects no tiles", k, roi.geom_type)
             continue
@@ -273,6 +276,12 @@ def tile_grid(
     roi_idx = roi_frac = None
     if rois is not None:
         rois = list(rois)
+        for k, roi in enumerate(rois):
+            if roi is not None and not hasattr(roi, "geom_type"):
+                raise UserInputError(
+                    f"ROI {k} is a {type(roi).__name__}, not a shapely geometry",
+                    hint="pass geometries, e.g. [g for g, _name in rois_from_objects(objects)]",
+                )
         # only tiles that passed the tissue filter need the geometry work
         cand = np.flatnonzero(keep)
         polys = shapely.box(x[cand], y[cand], x[cand] + size0, y[cand] + size0)
