@@ -132,8 +132,14 @@ class _StainParams:
     min_letter_fraction: float
 
 
-def analyse_tile(rgb: np.ndarray, params: _StainParams, class_map: np.ndarray | None = None) -> TileAnalysis:
-    """Score one IHC tile: stain class map (given, or by deconvolution), cells if asked."""
+def analyse_tile(rgb: np.ndarray, params: _StainParams, class_map: np.ndarray | None = None,
+                 region: np.ndarray | None = None) -> TileAnalysis:
+    """Score one IHC tile: stain class map (given, or by deconvolution), cells if asked.
+
+    ``region`` (bool, the tile's shape) limits the analysis to the pixels inside
+    the region of interest: other pixels count as background and cells whose
+    centroid lies outside are left out.
+    """
     from .scoring import score_class_map
     from .stain import dab_class_map, deconvolve
 
@@ -141,6 +147,8 @@ def analyse_tile(rgb: np.ndarray, params: _StainParams, class_map: np.ndarray | 
     if class_map is None:
         class_map = dab_class_map(rgb, params.stain, vectors=params.vectors,
                                   background=params.background)
+    if region is not None:
+        class_map = np.where(region, class_map, 0).astype(class_map.dtype, copy=False)
     cells: list[Any] = []
     cell_counts = None
     if params.level == "cell":
@@ -149,7 +157,13 @@ def analyse_tile(rgb: np.ndarray, params: _StainParams, class_map: np.ndarray | 
         result = detect_cells(rgb, params.mpp, params.cells, params.stain,
                               vectors=params.vectors, background=params.background)
         cells = list(result.cells)
-        cell_counts = np.bincount(np.asarray(result.classes, dtype=np.intp), minlength=4)[:4]
+        if region is not None:
+            f = region.shape
+            cells = [c for c in cells
+                     if region[min(f[0] - 1, max(0, int(c.centroid[1]))),
+                               min(f[1] - 1, max(0, int(c.centroid[0])))]]
+        cell_counts = np.bincount(np.array([c.her2_class for c in cells], dtype=np.intp),
+                                  minlength=4)[:4]
     score = score_class_map(class_map, dab_od=od[..., 1], cell_counts=cell_counts,
                             min_letter_fraction=params.min_letter_fraction)
     return TileAnalysis(score=score, cells=cells)
@@ -181,6 +195,7 @@ class _ChunkJob:
     tiles: tuple[Any, ...]  # tiling.Tile (IHC grid) or H&E tiles when `transform` is set
     transform_json: str | None
     params: _StainParams
+    rois: tuple[Any, ...] | None = None  # shapely ROIs, indexed by Tile.roi_index
 
 
 def _read_ihc_tile(job: _ChunkJob, tile: Any, transform: Any) -> np.ndarray:
@@ -202,9 +217,18 @@ def _transform_from(job: _ChunkJob) -> Any:
     return Transform.from_json(job.transform_json)
 
 
+def _region_mask(job: _ChunkJob, tile: Any) -> np.ndarray | None:
+    if job.rois is None or tile.roi_index is None:
+        return None
+    from .tiling import tile_mask
+
+    return tile_mask(job.rois[tile.roi_index], tile)
+
+
 def _run_chunk(job: _ChunkJob) -> list[TileAnalysis]:
     transform = _transform_from(job)
-    return [analyse_tile(_read_ihc_tile(job, t, transform), job.params) for t in job.tiles]
+    return [analyse_tile(_read_ihc_tile(job, t, transform), job.params,
+                         region=_region_mask(job, t)) for t in job.tiles]
 
 
 def _read_chunk(job: _ChunkJob) -> list[np.ndarray]:
@@ -233,7 +257,7 @@ def _select_rois(request: ScoreRequest) -> tuple[list[Any], list[str]]:
 
     selected = rois_from_objects(list(request.rois), roi_class=request.roi_class)
     if not selected:
-        classes = sorted({str(o.classification) for o in request.rois})
+        classes = sorted({o.class_name or "unclassified" for o in request.rois})
         raise UserInputError(
             f"no annotation of class {request.roi_class!r} among the {len(request.rois)} ROIs",
             hint=f"classes present: {', '.join(classes) or 'none'}; check --roi-class",
@@ -327,7 +351,8 @@ def run_score(
         params = _StainParams(opts.stain, opts.cells, opts.scoring.level, vectors,
                               tuple(float(b) for b in background), opts.tiling.mpp,
                               opts.scoring.min_letter_fraction)
-        analyses = _analyse_tiles(request, tiles, params, transform, opts, step, cancel, executor)
+        analyses = _analyse_tiles(request, tiles, params, transform, roi_geoms, opts, step,
+                                  cancel, executor)
         stain_cls = _classify_stain_tiles(request, tiles, params, transform, opts, cancel) \
             if opts.stain_model else None
         _check_cancel(cancel)
@@ -344,12 +369,7 @@ def _get_transform(request: ScoreRequest, he: Any, ihc: Any) -> tuple[Any, dict[
     from .registration import Transform, register
 
     if request.transform is not None:
-        try:
-            text = Path(request.transform).read_text(encoding="utf-8")
-        except OSError as err:
-            raise UserInputError(f"cannot read transform {request.transform}: {err.strerror}",
-                                 hint="give the JSON written by `her2-qupath register`") from err
-        transform = Transform.from_json(text)
+        transform = Transform.from_json(Path(request.transform))
         source = str(request.transform)
     else:
         transform = register(he, ihc, request.options.registration)
@@ -366,10 +386,11 @@ def _chunks(tiles: Sequence[Any]) -> list[tuple[Any, ...]]:
 
 
 def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: _StainParams, transform: Any,
-                   opts: ScoreOptions, step: Callable[[int], None],
+                   rois: list[Any], opts: ScoreOptions, step: Callable[[int], None],
                    cancel: threading.Event | None, executor: cf.Executor | None) -> list[TileAnalysis]:
     transform_json = transform.to_json() if transform is not None else None
-    jobs = [_ChunkJob(str(request.ihc), request.ihc_mpp, chunk, transform_json, params)
+    jobs = [_ChunkJob(str(request.ihc), request.ihc_mpp, chunk, transform_json, params,
+                      tuple(rois) if rois else None)
             for chunk in _chunks(tiles)]
     results: list[list[TileAnalysis] | None] = [None] * len(jobs)
     if opts.seg_model is not None:
@@ -381,7 +402,8 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: _StainParams
             rgbs = _read_chunk(job)
             maps = segment_tiles(model, rgbs, precision=opts.model.precision,
                                  batch_size=opts.model.batch_size)
-            results[i] = [analyse_tile(rgb, params, class_map=m) for rgb, m in zip(rgbs, maps)]
+            results[i] = [analyse_tile(rgb, params, class_map=m, region=_region_mask(job, t))
+                          for rgb, m, t in zip(rgbs, maps, job.tiles)]
             step(len(job.tiles))
         return [a for chunk in results if chunk is not None for a in chunk]
 
