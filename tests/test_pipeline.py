@@ -105,8 +105,8 @@ def test_cell_level_counts_cells(ihc_case) -> None:
     regions = {r["name"]: r for r in res.summary["regions"]}
     truth_cells = [sum(r["cell_counts"]) for r in ihc_case["truth"]["regions"]]
     for r, name in enumerate(("R0", "R1")):
-        # every true cell inside the region is found once (tiles at the region's edge may miss a few)
-        assert regions[name]["n_cells"] == pytest.approx(truth_cells[r], rel=0.15)
+        # every true cell inside the region is found, once, also where tiles or regions meet
+        assert regions[name]["n_cells"] == pytest.approx(truth_cells[r], rel=0.03)
     assert regions["R1"]["her2_score"] == "0"
     cells = [d for d in res.detections if d.object_type == "cell"]
     assert len(cells) == res.summary["n_cells"]
