@@ -167,3 +167,32 @@ def test_qupath_annotations_with_fake_slide_reader(tmp_path: Path, monkeypatch: 
     assert capped.class_counts() == {"HER2 0": 5, "HER2 3+": 5}
     capped.close()
     assert opened[-1].closed
+
+
+def test_qupath_annotations_with_a_real_slide_and_geojson(tmp_path: Path) -> None:
+    """Source (b) end to end: an SVS written by slide_writer, GeoJSON written by qupath.geojson."""
+    from shapely.geometry import box
+
+    from her2_qupath.models.io import stain_value
+    from her2_qupath.qupath.geojson import QuPathObject, write_geojson
+    from her2_qupath.slide_writer import write_slide
+
+    write_slide(tmp_path / "case2.svs", _slide_image(), mpp=0.25, kind="svs", compression=None)
+    write_geojson(tmp_path / "case2.geojson", [
+        QuPathObject(box(100, 100, 612, 612), classification="HER2 3+"),
+        QuPathObject(box(1200, 200, 1712, 712), classification=("Tumor", "HER2 0")),
+        QuPathObject(box(1200, 200, 1712, 712), classification="HER2 0"),
+        QuPathObject(box(0, 0, 2000, 1000), classification="Tumor"),
+    ])
+    ds = discover_dataset(tmp_path, task="classifier", tile_size=64, mpp=0.5,
+                          class_filter=lambda n: stain_value(n) in (1, 2, 3, 4))
+    try:
+        assert ds.label_names == ("HER2 0", "HER2 3+")
+        assert ds.class_counts() == {"HER2 0": 16, "HER2 3+": 16}
+        for i in range(len(ds)):
+            tile = ds.image(i)
+            assert tile.shape == (64, 64, 3)
+            od = -np.log10((tile.astype(float) + 1) / 256).mean()
+            assert (od > 0.5) == (ds.label_names[ds.labels[i]] == "HER2 3+")
+    finally:
+        ds.close()

@@ -386,6 +386,8 @@ def _class_name(classification: Any) -> str | None:
         return None
     if isinstance(classification, str):
         return classification
+    if isinstance(classification, (tuple, list)):  # a derived class, shown "Tumor: HER2 2+" in QuPath
+        return ": ".join(str(c) for c in classification) or None
     if isinstance(classification, dict):
         return classification.get("name") or ":".join(classification.get("names") or []) or None
     return getattr(classification, "name", None) or str(classification)
