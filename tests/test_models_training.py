@@ -185,3 +185,21 @@ def test_early_stopping(tmp_path: Path) -> None:
     result = train_classifier(data, tmp_path / "es", kind="stain", arch="tiny", config=cfg, lr=1e-9,
                               batch_size=16, epochs=10, input_size=32)
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
+
+
+def test_stain_classes_are_ordered_by_grade(tmp_path: Path) -> None:
+    x, y = stain_tiles(32, 32, seed=8)
+    names = ("weak", "strong", "no-stain", "faint")  # grades 2, 3, 0, 1
+    perm = np.array([2, 3, 0, 1])  # folder index -> grade
+    inv = np.argsort(perm)
+    data = TileDataset.from_arrays(x, inv[y], [f"s{i % 4}" for i in range(32)], names)
+    train_classifier(data, tmp_path / "m", kind="stain", arch="tiny", config=CFG, epochs=1, batch_size=16,
+                     input_size=32)
+    model = load_model(tmp_path / "m")
+    assert model.labels == ("no-stain", "faint", "weak", "strong")
+    from her2_qupath.models.train import _order_by_stain_value
+
+    reordered = _order_by_stain_value(data)
+    assert [reordered.label_names[k] for k in reordered.labels] == [STAIN_LABELS[k] for k in y]
+    assert model.grade_of_class == (0, 1, 2, 3)
+    assert model.spec.provenance["training"] == {"lr": CFG.lr, "batch_size": 16, "epochs": 1}

@@ -300,7 +300,8 @@ def _fit(task: str, spec: ModelSpec, network: Any, train_set: Any, val_set: Any,
         if improved:
             best_metric, best_epoch, stale = metric, epoch + 1, 0
             spec_now = dataclasses.replace(spec, provenance={
-                **spec.provenance, "best_epoch": best_epoch, "metrics": record, "history": history})
+                **spec.provenance, "training": {"lr": lr, "batch_size": batch_size, "epochs": epochs},
+                "split": split, "best_epoch": best_epoch, "metrics": record, "history": history})
             loaded.spec = spec_now
             save_model(loaded, out)
         else:
@@ -336,6 +337,20 @@ def _split(dataset: Any, val_dataset: Any | None, config: TrainConfig) -> tuple[
     return train_set, val_set, {"validation": "held-out slides", "train_slides": sorted(set(train_set.groups)),
                                 "val_slides": sorted(set(val_set.groups)),
                                 "n_train": len(train_set), "n_val": len(val_set)}
+
+
+def _order_by_stain_value(dataset: TileDataset) -> TileDataset:
+    """The same tiles with the classes reordered no-stain, faint, weak, strong (output k = grade k)."""
+    from .io import stain_value
+
+    values = [stain_value(n) for n in dataset.label_names]
+    if any(v is None for v in values):
+        return dataset  # make_spec reports the unknown names
+    order = sorted(range(len(values)), key=lambda i: values[i])  # type: ignore[arg-type, return-value]
+    new_index = np.empty(len(order), dtype=np.int64)
+    new_index[order] = np.arange(len(order))
+    return TileDataset(tuple(dataset.label_names[i] for i in order), dataset.sources,
+                       new_index[dataset.labels], dataset.groups, dataset.description, dataset._resources)
 
 
 def _pretrained_norm(pretrained_dir: str | os.PathLike[str] | None) -> tuple[Any, Any, int | None]:
@@ -390,6 +405,10 @@ def train_classifier(dataset: TileDataset, out_dir: str | os.PathLike[str], *, k
                              hint=f"use one of {', '.join(CLASSIFIER_ARCHS)} or --pretrained DIR")
     if len(dataset) == 0:
         raise UserInputError("the training data holds no tiles", hint="check the data folder")
+    if kind == "stain":
+        dataset = _order_by_stain_value(dataset)
+        if val_dataset is not None:
+            val_dataset = _order_by_stain_value(val_dataset)
     out = _prepare(out_dir, resume, overwrite, config)
     mean, std, pre_size = _pretrained_norm(pretrained_dir)
     size = input_size or pre_size or int(CLASSIFIER_ARCHS.get(arch, {}).get("image_size", 224))
