@@ -135,3 +135,32 @@ def test_rollout_of_known_attention() -> None:
     got = _rollout([a1, a2])[0].numpy()
     assert got == pytest.approx(expected)
     assert got.sum(-1) == pytest.approx(np.ones(3))
+
+
+def test_attention_heatmap_and_png(tmp_path) -> None:
+    from PIL import Image
+
+    from her2_qupath.models.attention import attention_heatmap, write_heatmap_png
+
+    maps = np.zeros((2, 4, 4), np.float32)
+    maps[0, 0, 0] = 0.5  # tile (0, 0) looks at its top-left patch
+    maps[1, 3, 3] = 0.2  # tile (1, 1) at its bottom-right patch
+    canvas = attention_heatmap(maps, [(0, 0), (1, 1)], cell_px=8)
+    assert canvas.shape == (16, 16)
+    assert np.isnan(canvas[0, 8]) and np.isnan(canvas[8, 0])  # no tile there
+    assert canvas[0, 0] == pytest.approx(1.0, abs=0.3) and canvas[7, 7] < 0.1  # scaled per tile
+    assert canvas[15, 15] == pytest.approx(1.0, abs=0.3) and canvas[8, 8] < 0.1
+    path = write_heatmap_png(tmp_path / "h.png", probability_heatmap([0.2, 0.9], [(0, 0), (1, 1)]))
+    with Image.open(path) as im:
+        assert im.mode == "RGB" and im.size[0] == im.size[1] > 0
+
+
+def test_tile_measurements_names() -> None:
+    import types
+
+    from her2_qupath.models.attention import tile_measurements
+
+    spec = types.SimpleNamespace(positive_index=1)
+    model = types.SimpleNamespace(num_labels=2, kind="tumor", spec=spec, labels=("Other", "Tumor"))
+    rows = tile_measurements(model, np.array([[0.3, 0.7]]), np.array([[[0.1, 0.4]]]))
+    assert rows == [{"Tumor probability": pytest.approx(0.7), "Attention max": pytest.approx(0.4)}]

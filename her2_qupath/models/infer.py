@@ -74,18 +74,25 @@ def resolve_precision(precision: str, device: str = "cpu") -> Precision:
 
 
 def configure_threads(num_threads: int | None = None) -> int:
-    """Set torch's intra-op thread count (default: the CPUs this process may use)."""
+    """Set torch's intra-op thread count and return it.
+
+    An explicit ``num_threads`` is applied as given. Without one, the count is
+    capped at the CPUs this process may use (containers often show torch more
+    cores than they grant), and a lower count chosen by the caller is kept.
+    """
     import torch
 
-    if num_threads is None:
+    if num_threads is not None:
+        target = max(1, int(num_threads))
+    else:
         try:
-            num_threads = len(os.sched_getaffinity(0))
+            available = len(os.sched_getaffinity(0))
         except AttributeError:
-            num_threads = os.cpu_count() or 1
-    num_threads = max(1, int(num_threads))
-    if torch.get_num_threads() != num_threads:
-        torch.set_num_threads(num_threads)
-    return num_threads
+            available = os.cpu_count() or 1
+        target = max(1, min(torch.get_num_threads(), available))
+    if torch.get_num_threads() != target:
+        torch.set_num_threads(target)
+    return target
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -23,8 +23,8 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 

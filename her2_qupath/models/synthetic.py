@@ -17,11 +17,13 @@ from ..config import StainConfig
 __all__ = ["DAB_LEVELS", "render_od", "stain_tiles", "stain_masks"]
 
 #: DAB optical density (low, high) of HER2 0, 1+, 2+, 3+ tissue.
+_STAIN = StainConfig()
+
 DAB_LEVELS: tuple[tuple[float, float], ...] = ((0.0, 0.08), (0.24, 0.34), (0.45, 0.55), (0.7, 0.9))
 
 
 def render_od(h: np.ndarray, d: np.ndarray, rng: np.random.Generator, *, noise: float = 3.0,
-              stain: StainConfig = StainConfig()) -> np.ndarray:
+              stain: StainConfig = _STAIN) -> np.ndarray:
     """RGB uint8 from hematoxylin and DAB optical densities (H x W each)."""
     hv = np.asarray(stain.hematoxylin) / np.linalg.norm(stain.hematoxylin)
     dv = np.asarray(stain.dab) / np.linalg.norm(stain.dab)

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
 #: The checkpoint of an unfinished run, inside the model directory (removed when training ends).
 CHECKPOINT = "checkpoint.pt"
+_DEFAULT_CONFIG = TrainConfig()
 
 
 @dataclass
@@ -385,7 +386,7 @@ def _prepare(out_dir: str | os.PathLike[str], resume: bool, overwrite: bool,
 
 def train_classifier(dataset: TileDataset, out_dir: str | os.PathLike[str], *, kind: str = "tumor",
                      arch: str = "vit-small", pretrained_dir: str | os.PathLike[str] | None = None,
-                     config: TrainConfig = TrainConfig(), mpp: float = TilingConfig.mpp,
+                     config: TrainConfig = _DEFAULT_CONFIG, mpp: float = TilingConfig.mpp,
                      tile_size: int | None = None, input_size: int | None = None,
                      positive_label: str | None = None, val_dataset: TileDataset | None = None,
                      lr: float | None = None, batch_size: int | None = None, epochs: int | None = None,
@@ -432,7 +433,7 @@ def train_classifier(dataset: TileDataset, out_dir: str | os.PathLike[str], *, k
 
 def train_segmenter(dataset: MaskDataset, out_dir: str | os.PathLike[str], *, arch: str = "segformer-b0",
                     pretrained_dir: str | os.PathLike[str] | None = None,
-                    config: TrainConfig = TrainConfig(), mpp: float = TilingConfig.mpp,
+                    config: TrainConfig = _DEFAULT_CONFIG, mpp: float = TilingConfig.mpp,
                     tile_size: int | None = None, input_size: int | None = None,
                     val_dataset: MaskDataset | None = None, lr: float | None = None,
                     batch_size: int | None = None, epochs: int | None = None, resume: bool = False,
