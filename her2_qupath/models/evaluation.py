@@ -119,7 +119,7 @@ def iou_per_class(cm: np.ndarray) -> np.ndarray:
 
 
 def decision_curve(y_true: Sequence[int] | np.ndarray, prob: Sequence[float] | np.ndarray,
-                   thresholds: Sequence[float] | np.ndarray = DCA_THRESHOLDS) -> dict[str, list[float]]:
+                   thresholds: Sequence[float] | np.ndarray = DCA_THRESHOLDS) -> dict[str, Any]:
     """Net benefit of the model, of treating all and of treating none at each threshold.
 
     A case counts as positive for the model when ``prob >= pt``.

@@ -352,11 +352,13 @@ def build_network(spec: ModelSpec, *, pretrained_dir: str | os.PathLike[str] | N
     params = dict(presets[spec.arch])
     params.update(arch_overrides or {})
     params["image_size"] = spec.preprocessing.input_size
+    config: Any
     if seg:
-        config = SegformerConfig(num_labels=len(spec.labels), id2label=id2label, label2id=label2id,
-                                 **params)
+        config = SegformerConfig(num_labels=len(spec.labels), id2label=id2label,  # type: ignore[call-arg]
+                                 label2id=label2id, **params)
     else:
-        config = ViTConfig(num_labels=len(spec.labels), id2label=id2label, label2id=label2id, **params)
+        config = ViTConfig(num_labels=len(spec.labels), id2label=id2label,  # type: ignore[call-arg]
+                           label2id=label2id, **params)
     return cls(config)
 
 
@@ -468,5 +470,5 @@ def load_model(path: str | os.PathLike[str], *, expected_kind: str | None = None
                          hint="the directory is damaged or not a save_pretrained output") from err
     _check_network_config(spec, network.config, str(path))
     network.eval()
-    network.to(device)
+    network.to(device)  # type: ignore[arg-type]
     return LoadedModel(spec=spec, network=network, path=path)

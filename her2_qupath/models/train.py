@@ -91,7 +91,7 @@ def augment_batch(x: Any, masks: Any | None, *, generator: Any, config: TrainCon
 
     n = x.shape[0]
     out = []
-    out_m = [] if masks is not None else None
+    out_m: list[Any] | None = [] if masks is not None else None
     ks = torch.randint(0, 4, (n,), generator=generator)
     flips = torch.randint(0, 2, (n,), generator=generator)
     for i in range(n):
