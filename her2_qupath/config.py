@@ -258,6 +258,7 @@ class TrainConfig:
     max_tiles_per_annotation: int = 64  # cap when cutting tiles from QuPath annotations
     min_annotation_overlap: float = 0.5  # a tile is cut if this share lies inside the annotation
     num_threads: int | None = None  # torch threads; None: all CPUs this process may use
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast mixed precision where the CPU has it
 
 
 @dataclass(frozen=True)

@@ -203,3 +203,15 @@ def test_stain_classes_are_ordered_by_grade(tmp_path: Path) -> None:
     assert [reordered.label_names[k] for k in reordered.labels] == [STAIN_LABELS[k] for k in y]
     assert model.grade_of_class == (0, 1, 2, 3)
     assert model.spec.provenance["training"] == {"lr": CFG.lr, "batch_size": 16, "epochs": 1}
+
+
+def test_stain_classifier_learns_in_bf16_mixed_precision(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(infer, "bf16_supported", lambda: True)
+    cfg = dataclasses.replace(CFG, precision="bf16")
+    result = train_classifier(_stain_dataset(400, 1), tmp_path / "bf16", kind="stain", arch="tiny", config=cfg,
+                              lr=1e-3, batch_size=32, epochs=6, input_size=64)
+    assert result.best_metric >= 0.9
+    import torch
+
+    assert next(load_model(tmp_path / "bf16").network.parameters()).dtype == torch.float32

@@ -52,6 +52,8 @@ def _common(f: Any) -> Any:
         click.option("--seed", type=int, default=TrainConfig.seed, show_default=True),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads for torch (default: all available)."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=TrainConfig.precision,
+                     show_default=True, help="bf16: mixed precision (faster on CPUs with bfloat16 units)."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run in the output directory."),
         click.option("--overwrite", is_flag=True, help="Replace a model already in the output directory."),
     ]
@@ -65,7 +67,7 @@ def _config(opts: dict[str, Any]) -> TrainConfig:
 
     return dataclasses.replace(TrainConfig(), patience=opts["patience"], val_fraction=opts["val_fraction"],
                                seed=opts["seed"], augment=not opts["no_augment"],
-                               num_threads=opts["threads"])
+                               num_threads=opts["threads"], precision=opts["precision"])
 
 
 def _report(result: Any) -> None:

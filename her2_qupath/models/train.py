@@ -32,7 +32,7 @@ from ..config import TilingConfig, TrainConfig
 from ..errors import ModelError, OutputExists, UserInputError
 from .datasets import MaskDataset, TileDataset, split_by_group
 from .evaluation import confusion_matrix, iou_per_class
-from .infer import batched, configure_threads, normalise, prefetch, stack_resized
+from .infer import batched, configure_threads, normalise, prefetch, resolve_precision, stack_resized
 from .io import (
     CLASSIFIER_ARCHS,
     IMAGENET_MEAN,
@@ -265,6 +265,7 @@ def _fit(task: str, spec: ModelSpec, network: Any, train_set: Any, val_set: Any,
                 metrics[f"val_iou[{name}]"] = float(v)
         return metrics
 
+    use_bf16 = resolve_precision(config.precision) == "bf16"
     stopped_early = False
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, epochs):
@@ -280,7 +281,8 @@ def _fit(task: str, spec: ModelSpec, network: Any, train_set: Any, val_set: Any,
                 else:
                     x, _ = augment_batch(x, None, generator=gen, config=config, stain_target=stain_target)
             xin = normalise(x, spec.preprocessing.mean, spec.preprocessing.std)
-            outp = network(pixel_values=xin, labels=y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                outp = network(pixel_values=xin, labels=y)
             optimizer.zero_grad(set_to_none=True)
             outp.loss.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
