@@ -233,9 +233,10 @@ def test_dab_od_equals_deconvolved_dab_channel() -> None:
 
 
 # ---------------------------------------------------------------- background
-def test_background_non_white_with_mask() -> None:
+@pytest.mark.parametrize("noise", [0.0, 0.008, 0.02])
+def test_background_non_white_with_mask(noise: float) -> None:
     bg = (228.0, 221.0, 236.0)
-    rgb, _, _, truth = synthetic_ihc((256, 256), seed=9, noise=0.008, background=bg)
+    rgb, _, _, truth = synthetic_ihc((256, 256), seed=9, noise=noise, background=bg)
     assert np.allclose(stain.estimate_background(rgb), bg, atol=1.5)
     assert np.allclose(stain.estimate_background(rgb, ~truth["tissue_mask"]), bg, atol=1.5)
     # restricted to tissue there is no glass to find
