@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from her2_qupath import stain
 from her2_qupath.config import StainConfig
 from her2_qupath.errors import UserInputError
 from her2_qupath.scoring import aggregate, guideline_score, score_class_map
-from her2_qupath.synthetic import MEMBRANE_CLASSES, synthetic_ihc, synthetic_pair
+from her2_qupath.synthetic import MEMBRANE_CLASSES, compose_rgb, synthetic_ihc, synthetic_pair
 
 
 def test_shapes_dtypes_and_non_white_background() -> None:
@@ -128,3 +130,30 @@ def test_pair_known_affine() -> None:
     od_sum = stain.rgb_to_od(ihc, truth["background"]).sum(axis=-1)
     agree = ((od_sum > 0.15) == truth["ihc_tissue_mask"]).mean()
     assert agree > 0.97
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(
+    st.integers(0, 2**16),
+    st.floats(0.05, 0.6),
+    st.floats(0.05, 1.0),
+    st.sampled_from(["breast", "gastric", "endometrial"]),
+)
+def test_adding_dab_to_tissue_never_lowers_the_score(
+    seed: int, amount: float, share: float, guideline: str
+) -> None:
+    """Image level: more DAB on tissue pixels never lowers a pixel-level score."""
+    bg = (238.0, 233.0, 243.0)
+    regions = [{"0": 70, "1+": 10, "2+": 10, "3+": 10}]
+    _, h, d, truth = synthetic_ihc((128, 128), seed=seed % 97, noise=0.0, regions=regions)
+    rng = np.random.default_rng(seed)
+    more = d + amount * (truth["tissue_mask"] & (rng.random(d.shape) < share))
+    cfg = StainConfig()
+    scores = []
+    for dab in (d, more):
+        rgb = compose_rgb([(h, cfg.hematoxylin), (dab, cfg.dab)], bg, noise=0.0, rng=rng)
+        r = aggregate([score_class_map(stain.dab_class_map(rgb, background=bg))], guideline)
+        scores.append((r.guideline_score, r.h_score, r.percent_positive))
+    assert scores[1][0] >= scores[0][0]
+    assert scores[1][1] >= scores[0][1]
+    assert scores[1][2] >= scores[0][2]
