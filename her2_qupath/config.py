@@ -27,6 +27,7 @@ __all__ = [
     "TrainConfig",
     "RegistrationConfig",
     "ServerConfig",
+    "SlideConfig",
 ]
 
 #: QuPath classification names of the four HER2 classes, in order 0, 1+, 2+, 3+.
@@ -70,6 +71,8 @@ class TissueConfig:
     closing_um: float = 40.0  # morphological closing radius
     min_object_um2: float = 20_000.0  # drop tissue islands smaller than this
     min_hole_um2: float = 10_000.0  # fill holes smaller than this
+    max_od: float = 0.1  # ceiling of the Otsu threshold (light stroma stays tissue)
+    background_min: float = 200.0  # glass estimate with a channel below this -> white
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,22 @@ class CellConfig:
     expansion_um: float = 5.0  # bounded nucleus-to-cell expansion (QuPath's default)
     membrane_width_um: float = 1.5  # width of the cell boundary band
     complete_fraction: float = 0.7  # ring fraction above the 1+ threshold for "complete"
+    # Nucleus detection (see docs/cells.md). "hematoxylin" suits membrane stains (HER2):
+    # membranes are DAB, so DAB must not count as nucleus. "hematoxylin+dab" (pixelwise
+    # maximum of the two ODs) suits nuclear stains (Ki67, ER, PR) whose positive nuclei are brown.
+    nucleus_channel: Literal["hematoxylin", "hematoxylin+dab"] = "hematoxylin"
+    nucleus_max_od: float = 1.5  # channel OD clipped here (saturated nuclei do not dominate)
+    background_radius_um: float = 5.0  # local background: grey opening of this radius
+    nucleus_threshold_od: float = 0.05  # channel OD above the local background for a nucleus
+    opening_um: float = 1.5  # binary opening radius, removes specks and thin bridges
+    split_sigma_um: float = 2.0  # Laplacian-of-Gaussian scale of the watershed seeds
+    split_min_distance_um: float = 2.5  # minimum distance between two nucleus seeds
+    boundary_fraction: float = 0.5  # nucleus edge at this fraction of its peak contrast (0: off)
+    completeness_sectors: int = 36  # angular sectors of the membrane ring (10 degrees each)
+    membrane_quantile: float = 0.8  # a sector's DAB OD: this quantile of its ring pixels
+    min_positive_fraction: float = 0.1  # ring fraction above the 1+ threshold for any 1+
+    strong_partial_fraction: float = 0.5  # strong (>= 3+ OD) but incomplete rings: 2+ from here
+    polygon_tolerance_px: float = 0.5  # Douglas-Peucker tolerance of the exported outlines
 
 
 @dataclass(frozen=True)
@@ -249,3 +268,14 @@ class ServerConfig:
     max_results_bytes: int = 2 * 1024**3
     requeue_interrupted: bool = True
     image_roots: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class SlideConfig:
+    """Slide reading: tile cache, thumbnails and which pixel sizes are believable."""
+
+    tile_cache_mb: float = 128.0  # decoded tiles kept per open slide (LRU)
+    thumbnail_max_size: int = 1024  # default longest side of Slide.thumbnail()
+    min_plausible_mpp: float = 0.01  # TIFF/PNG resolution tags outside this range
+    max_plausible_mpp: float = 50.0  # (e.g. 72 dpi = 353 µm/px) are ignored
+    whole_image_max_pixels: int = 200_000_000  # PNG/JPEG are decoded whole; refuse larger
