@@ -179,26 +179,32 @@ def _render_cells(
     stroma_od: float,
     cytoplasm_dab: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Hematoxylin OD, DAB OD, cytoplasm mask and the cell table."""
+    """Hematoxylin OD, DAB OD, cytoplasm mask and the cell table.
+
+    Cell centres lie on a jittered square grid of pitch ``2 * cell_radius``;
+    each cell is its Voronoi region (nearest centre) bounded by a disc of
+    ``1.5 * cell_radius``, so neighbouring cells share their borders as in an
+    epithelium. A cell's membrane is the band of ``membrane_width`` inside its
+    border, stained along an arc of its ``completeness`` from a random angle.
+    """
     h, w = shape
-    rc = cell_radius_um / mpp
+    s = 2.0 * cell_radius_um / mpp  # grid pitch in pixels
     rn = nucleus_radius_um / mpp
     mw = max(membrane_width_um / mpp, 1.0)
-    if rn >= rc - mw:
+    if rn >= s / 2 - mw - 1:
         raise UserInputError(
             "nucleus radius must be smaller than the cell radius minus the membrane width",
-            hint="e.g. cell_radius_um=6, nucleus_radius_um=3, membrane_width_um=1.5",
+            hint="e.g. cell_radius_um=7, nucleus_radius_um=3.5, membrane_width_um=1",
         )
-    s = int(np.ceil(2 * rc + mw + 2))  # grid pitch: one cell per square
-    jit = max((s - 2 * rc - mw) / 2 - 0.5, 0.0)
-    gh, gw = -(-h // s), -(-w // s)
+    r_max = np.float32(0.75 * s)
+    jit = 0.25 * s
+    gh, gw = int(np.ceil(h / s)), int(np.ceil(w / s))
     cy = (np.arange(gh)[:, None] * s + s / 2 + rng.uniform(-jit, jit, (gh, gw))).astype(np.float32)
     cx = (np.arange(gw)[None, :] * s + s / 2 + rng.uniform(-jit, jit, (gh, gw))).astype(np.float32)
     iy = np.clip(cy.round().astype(int), 0, h - 1)
     ix = np.clip(cx.round().astype(int), 0, w - 1)
-    present = tissue[iy, ix]
     reg = region_map[iy, ix].astype(np.int64) - 1  # -1 outside tissue
-    present &= reg >= 0
+    present = tissue[iy, ix] & (reg >= 0)
     # Exact class percentages per region: assign shuffled, rounded quotas.
     cls = np.full((gh, gw), -1, dtype=np.int64)
     for r in range(fractions.shape[0]):
@@ -216,46 +222,70 @@ def _render_cells(
         mem_od[m] = rng.uniform(*mc.od, m.sum())
         comp[m] = rng.uniform(*mc.completeness, m.sum())
     theta0 = rng.uniform(0, 2 * np.pi, (gh, gw)).astype(np.float32)
-    rcell = (rc * rng.uniform(0.9, 1.0, (gh, gw))).astype(np.float32)
-    rnuc = (rn * rng.uniform(0.8, 1.1, (gh, gw))).astype(np.float32)
+    rnuc = (rn * rng.uniform(0.85, 1.1, (gh, gw))).astype(np.float32)
     hn = (nucleus_od * rng.uniform(0.8, 1.2, (gh, gw))).astype(np.float32)
+
+    # Padded centre arrays: absent cells sit far away so they never win.
+    far = np.float32(1e7)
+    pcy = np.full((gh + 2, gw + 2), far, dtype=np.float32)
+    pcx = np.full((gh + 2, gw + 2), far, dtype=np.float32)
+    pcy[1:-1, 1:-1] = np.where(present, cy, far)
+    pcx[1:-1, 1:-1] = np.where(present, cx, far)
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
     hmap = np.zeros((h, w), dtype=np.float32)
     dmap = np.zeros((h, w), dtype=np.float32)
     cyto = np.zeros((h, w), dtype=bool)
-    rows = max(1, (1 << 21) // w // s * s) if w else 1
-    xs = np.arange(w)
-    gxs = xs // s
+    rows = max(1, (1 << 15) // max(w, 1))
+    xs = np.arange(w, dtype=np.float32)
+    gxs = np.minimum((np.arange(w) / s).astype(np.int64), gw - 1)
+    two_pi = np.float32(2 * np.pi)
     for r0 in range(0, h, rows):
-        ys = np.arange(r0, min(h, r0 + rows))
-        gys = ys // s
-        G = (gys[:, None], gxs[None, :])
-        dy = ys[:, None].astype(np.float32) - cy[G]
-        dx = xs[None, :].astype(np.float32) - cx[G]
-        d = np.sqrt(dx * dx + dy * dy)
-        pres = present[G]
-        rcl = rcell[G]
-        inside = pres & (d <= rcl + mw / 2)
-        nuc = pres & (d <= rnuc[G])
-        ring = pres & (np.abs(d - rcl) <= mw / 2)
-        ang = np.mod(np.arctan2(dy, dx) - theta0[G], 2 * np.pi)
-        ring &= ang < comp[G] * np.float32(2 * np.pi)
+        r1 = min(h, r0 + rows)
+        ys = np.arange(r0, r1, dtype=np.float32)
+        gys = np.minimum((np.arange(r0, r1) / s).astype(np.int64), gh - 1)
+        # squared distances to the 9 neighbouring centres: (9, rows, w)
+        ccy = np.stack([pcy[gys[:, None] + 1 + dy, gxs[None, :] + 1 + dx] for dy, dx in offsets])
+        ccx = np.stack([pcx[gys[:, None] + 1 + dy, gxs[None, :] + 1 + dx] for dy, dx in offsets])
+        ddy = ys[None, :, None] - ccy
+        ddx = xs[None, None, :] - ccx
+        d2 = ddy * ddy + ddx * ddx
+        k1 = np.argmin(d2, axis=0)
+        take = k1[None]
+        d1sq = np.take_along_axis(d2, take, 0)[0]
+        c1y = np.take_along_axis(ccy, take, 0)[0]
+        c1x = np.take_along_axis(ccx, take, 0)[0]
+        # distance to the Voronoi border: min over others of (d_j^2 - d_1^2) / (2 |c_j - c_1|)
+        sep = np.sqrt((ccy - c1y[None]) ** 2 + (ccx - c1x[None]) ** 2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            border = np.where(sep > 0, (d2 - d1sq[None]) / (2 * sep), np.inf)
+        border = border.min(axis=0)
+        d1 = np.sqrt(d1sq)
+        border = np.minimum(border, r_max - d1)  # bounded expansion
+        gy1 = gys[:, None] + np.array([o[0] for o in offsets])[k1]
+        gx1 = gxs[None, :] + np.array([o[1] for o in offsets])[k1]
+        gy1c = np.clip(gy1, 0, gh - 1)
+        gx1c = np.clip(gx1, 0, gw - 1)
+        G = (gy1c, gx1c)
+        inside = (border >= 0) & present[G] & (gy1 == gy1c) & (gx1 == gx1c)
+        nuc = inside & (d1 <= rnuc[G])
+        ang = np.mod(np.arctan2(ys[:, None] - c1y, xs[None, :] - c1x) - theta0[G], two_pi)
+        ring = inside & ~nuc & (border < mw) & (ang < comp[G] * two_pi)
         cy_mask = inside & ~nuc
-        t = tissue[r0 : r0 + ys.size]
+        t = tissue[r0:r1]
         hh = np.where(t, np.float32(stroma_od), np.float32(0.0))
         hh = np.where(cy_mask, np.float32(cytoplasm_od), hh)
         hh = np.where(nuc, hn[G], hh)
         dd = np.where(ring, mem_od[G], np.float32(0.0))
         if cytoplasm_dab > 0:
             dd = np.where(cy_mask & ~ring, mem_od[G] * np.float32(cytoplasm_dab), dd)
-        hmap[r0 : r0 + ys.size] = hh * t
-        dmap[r0 : r0 + ys.size] = dd * t
-        cyto[r0 : r0 + ys.size] = cy_mask & t
+        hmap[r0:r1] = hh * t
+        dmap[r0:r1] = dd * t
+        cyto[r0:r1] = cy_mask & t
     sel = present & (cls >= 0)
     cells = {
         "x": cx[sel].astype(np.float64),
         "y": cy[sel].astype(np.float64),
-        "cell_radius": rcell[sel].astype(np.float64),
         "nucleus_radius": rnuc[sel].astype(np.float64),
         "her2_class": cls[sel].astype(np.int64),
         "membrane_od": mem_od[sel].astype(np.float64),
@@ -386,9 +416,9 @@ def synthetic_ihc(
     background: Sequence[float] = (238.0, 233.0, 243.0),
     noise: float = 0.01,
     tissue_fraction: float = 0.6,
-    cell_radius_um: float = 6.0,
-    nucleus_radius_um: float = 3.0,
-    membrane_width_um: float = 1.5,
+    cell_radius_um: float = 7.0,
+    nucleus_radius_um: float = 3.5,
+    membrane_width_um: float = 1.0,
     nucleus_od: float = 0.6,
     cytoplasm_od: float = 0.12,
     stroma_od: float = 0.15,
@@ -402,7 +432,7 @@ def synthetic_ihc(
     vectors ``config.hematoxylin``/``config.dab``) before noise. ``truth`` holds
     ``tissue_mask``, ``region_map`` (0 outside tissue, i+1 in region i),
     ``class_map`` (the pixel classes 0..4 the thresholds give on the true DAB
-    OD), ``cells`` (arrays ``x, y, cell_radius, nucleus_radius, her2_class,
+    OD), ``cells`` (arrays ``x, y, nucleus_radius, her2_class,
     membrane_od, completeness, region`` in pixels), per-region cell and pixel
     counts and percentages, ``background``, ``mpp``.
 
@@ -473,9 +503,9 @@ def synthetic_pair(
         raise UserInputError(f"unknown options {sorted(bad)}", hint=f"use {sorted(allowed)}")
     opts = {
         "tissue_fraction": 0.5,
-        "cell_radius_um": 6.0,
-        "nucleus_radius_um": 3.0,
-        "membrane_width_um": 1.5,
+        "cell_radius_um": 7.0,
+        "nucleus_radius_um": 3.5,
+        "membrane_width_um": 1.0,
         "nucleus_od": 0.6,
         "cytoplasm_od": 0.12,
         "stroma_od": 0.15,

@@ -60,18 +60,26 @@ def test_drawn_membranes_follow_their_class() -> None:
             c["membrane_od"][sel] <= mc.od[1]
         ).all()
         assert (c["completeness"][sel] >= mc.completeness[0]).all()
-    # the DAB map holds the membrane OD on the ring, at the angle start of each cell
-    sel = np.flatnonzero(c["her2_class"] == 3)[:20]
+    # each cell's own membrane carries its OD: inside the tissue, around a 3+
+    # cell (Voronoi cells of pitch 28 px at 0.5 um/px, at most 21 px from their
+    # centre) the strongest DAB is its membrane or a brighter neighbour's
+    tissue = truth["tissue_mask"]
+    sel = np.flatnonzero(c["her2_class"] == 3)
+    checked = 0
     for i in sel:
-        ring = d[
-            int(c["y"][i]) - int(c["cell_radius"][i]) - 2 : int(c["y"][i])
-            + int(c["cell_radius"][i])
-            + 3,
-            int(c["x"][i]) - int(c["cell_radius"][i]) - 2 : int(c["x"][i])
-            + int(c["cell_radius"][i])
-            + 3,
-        ]
-        assert np.isclose(ring.max(), c["membrane_od"][i], atol=1e-5)
+        y, x = int(round(c["y"][i])), int(round(c["x"][i]))
+        box = (slice(max(y - 22, 0), y + 23), slice(max(x - 22, 0), x + 23))
+        if not tissue[box].all():
+            continue
+        assert d[box].max() >= c["membrane_od"][i] - 1e-5
+        assert d[y, x] == 0.0  # the nucleus carries no DAB
+        checked += 1
+    assert checked >= 10
+    # stained pixels lie at cell borders, never on a nucleus
+    yy, xx = np.mgrid[0 : d.shape[0], 0 : d.shape[1]]
+    for i in sel[:30]:
+        disk = (yy - c["y"][i]) ** 2 + (xx - c["x"][i]) ** 2 <= c["nucleus_radius"][i] ** 2
+        assert (d[disk] == 0).all()
 
 
 def test_truth_class_map_and_guideline_answer() -> None:
