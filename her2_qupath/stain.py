@@ -44,6 +44,7 @@ __all__ = [
     "deconvolve",
     "dab_od",
     "dab_class_map",
+    "class_map_from_stains",
     "estimate_vectors",
     "BACKGROUND_CLASS",
 ]
@@ -532,6 +533,51 @@ def dab_class_map(
         o *= keep
 
     _transform(a, bg, m, finish)
+    return out
+
+
+def class_map_from_stains(
+    stains: np.ndarray,
+    config: StainConfig = StainConfig(),  # noqa: B008 (frozen, immutable default)
+    *,
+    vectors: StainVectors | None = None,
+    tissue_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """The :func:`dab_class_map` classes from an already deconvolved array.
+
+    ``stains`` is :func:`deconvolve`'s output for the same ``vectors``; the OD
+    sum is recovered as ``stains @ vectors.matrix.sum(axis=1)``, so a caller
+    that needs both the stain amounts and the classes deconvolves only once.
+    """
+    st = np.asarray(stains)
+    if st.ndim != 3 or st.shape[2] != 3:
+        raise UserInputError(
+            f"expected deconvolved stains of shape (rows, cols, 3), got {st.shape}",
+            hint="pass the output of stain.deconvolve",
+        )
+    vectors = vectors or StainVectors.default(config)
+    t1, t2, t3 = config.thresholds
+    if not (0 < t1 < t2 < t3):
+        raise UserInputError(
+            f"DAB thresholds must increase, got {config.thresholds}",
+            hint="e.g. thresholds=(0.2, 0.4, 0.6)",
+        )
+    dab = st[..., 1]
+    odsum = st @ vectors.matrix.sum(axis=1).astype(np.float32)
+    out = np.ones(dab.shape, dtype=np.uint8)
+    out += dab >= t1
+    out += dab >= t2
+    out += dab >= t3
+    keep = odsum >= config.tissue_od
+    if tissue_mask is not None:
+        tm = np.asarray(tissue_mask, dtype=bool)
+        if tm.shape != dab.shape:
+            raise UserInputError(
+                f"tissue_mask shape {tm.shape} differs from the stains' {dab.shape}",
+                hint="resize the mask to the tile",
+            )
+        keep &= tm
+    out *= keep
     return out
 
 

@@ -329,3 +329,16 @@ def test_ki67_dab_in_positive_nuclei(shared_data: Path) -> None:
         cm = stain.dab_class_map(rgb, background=stain.estimate_background(rgb))
         assert (cm[red] >= 2).mean() > 0.8
         assert (cm[blue] >= 2).mean() < 0.1
+
+
+def test_class_map_from_stains_matches_dab_class_map() -> None:
+    rgb, _, _, truth = synthetic_ihc((200, 200), seed=13, regions=[{"0": 40, "2+": 30, "3+": 30}])
+    bg = stain.estimate_background(rgb)
+    direct = stain.dab_class_map(rgb, background=bg, tissue_mask=truth["tissue_mask"])
+    od = stain.deconvolve(rgb, background=bg)
+    again = stain.class_map_from_stains(od, tissue_mask=truth["tissue_mask"])
+    # identical up to float rounding at a threshold
+    assert (direct != again).mean() < 1e-4
+    assert (direct == 4).sum() > 100
+    with pytest.raises(UserInputError):
+        stain.class_map_from_stains(od[..., :2])
