@@ -437,7 +437,9 @@ def _transform(
         if finish is not None:
             finish(dst, slice(r0, r0 + src.shape[0]))
 
-    workers = min(_MAX_THREADS, os.cpu_count() or 1, len(starts))
+    # Threads only for large arrays: tiles (a few strips) run single-threaded,
+    # so a pipeline that processes tiles in parallel is not oversubscribed.
+    workers = min(_MAX_THREADS, os.cpu_count() or 1, len(starts) // 4)
     if workers <= 1:
         for r0 in starts:
             work(r0)
