@@ -522,17 +522,22 @@ def dab_class_map(
     out = np.empty(a.shape[:2], dtype=np.uint8)
     tissue_od = np.float32(config.tissue_od)
 
+    import cv2
+
     def finish(res: np.ndarray, rows: slice) -> None:
-        dab, odsum = res[..., 0], res[..., 1]
+        dab, odsum = cv2.split(res)  # contiguous planes compare 3x faster
         o = out[rows]
+        tmp = np.empty(o.shape, dtype=bool)
         np.greater_equal(dab, t1, out=o)  # bool -> 0/1
-        o += dab >= t2
-        o += dab >= t3
+        np.greater_equal(dab, t2, out=tmp)
+        o += tmp
+        np.greater_equal(dab, t3, out=tmp)
+        o += tmp
         o += 1
-        keep = odsum >= tissue_od
+        np.greater_equal(odsum, tissue_od, out=tmp)
         if tm is not None:
-            keep &= tm[rows]
-        o *= keep
+            tmp &= tm[rows]
+        o *= tmp
 
     _transform(a, bg, m, finish)
     return out
