@@ -57,8 +57,10 @@ class TilingConfig:
     tile_size: int = 512  # f, pixels at the working MPP (paper default)
     mpp: float = 0.5  # working resolution, micrometres per pixel
     overlap: int = 0  # pixels at the working MPP shared by neighbours
-    min_tissue_fraction: float = 0.25  # keep a tile if >= this fraction is tissue
-    min_roi_overlap: float = 0.5  # keep a tile if >= this fraction lies in the ROIs
+    min_tissue_fraction: float = 0.05  # keep a tile if >= this fraction is tissue
+    min_roi_overlap: float = 0.01  # keep a tile if >= this fraction lies in the ROIs (pixels and
+    # cells outside the ROI are masked out of the analysis, so partly covered tiles count only
+    # their inside part)
     pad_value: int = 255  # edge tiles are padded with white (glass)
 
 
@@ -127,6 +129,9 @@ class CellConfig:
     min_positive_fraction: float = 0.1  # ring fraction above the 1+ threshold for any 1+
     strong_partial_fraction: float = 0.5  # strong (>= 3+ OD) but incomplete rings: 2+ from here
     polygon_tolerance_px: float = 0.5  # Douglas-Peucker tolerance of the exported outlines
+    # Cells are detected on the tile plus this margin and kept when their centroid lies in
+    # the tile itself, so a cell cut by a tile border is counted exactly once.
+    tile_margin_um: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -253,6 +258,32 @@ class RegistrationConfig:
     rotation_step_deg: float = 5.0
     allow_mirror: bool = False
     min_quality: float = 0.5  # below this the mapping is flagged unreliable
+    # -- resolutions (the pixel counts bound the work for images without a pixel size) --
+    coarse_size: int = 256  # longest side (px) of the images of the rotation search
+    max_work_size: int = 768  # longest side (px) of the finest affine level
+    nonrigid_mpp: float = 10.0  # resolution of the non-rigid refinement (µm/px)
+    max_nonrigid_size: int = 2048  # longest side (px) of the non-rigid level
+    # -- tissue masks on the working images --
+    min_od: float = 0.06  # OD (sum over RGB) below which a pixel is always glass
+    mask_closing_px: int = 2  # closing radius, working pixels
+    mask_min_area_fraction: float = 0.0005  # drop specks smaller than this image fraction
+    min_tissue_fraction: float = 0.002  # less tissue than this: RegistrationError
+    # -- search and optimisation --
+    coarse_candidates: int = 3  # best rotations refined with ECC before choosing
+    ecc_iterations: int = 200
+    ecc_eps: float = 1e-6
+    ecc_gauss: int = 5  # Gaussian filter size inside ECC (odd)
+    # -- non-rigid refinement --
+    nonrigid_patch_px: int = 32  # block-matching patch side (non-rigid px)
+    nonrigid_step_px: int = 8  # spacing of the patches (non-rigid px)
+    nonrigid_radius_px: int = 8  # search radius around the affine position (non-rigid px)
+    nonrigid_max_patches: int = 20_000  # more tissue than this many patches: wider spacing
+    nonrigid_min_ncc: float = 0.3  # weaker local matches are ignored
+    nonrigid_smoothing_px: float = 20.0  # Gaussian sigma of the displacement field (non-rigid px)
+    nonrigid_grid_px: int = 10  # spacing of the stored field's grid (non-rigid px)
+    quality_smoothing_px: float = 2.0  # Gaussian sigma before the correlation (working px)
+    quality_ncc_floor: float = 0.3  # correlation at or below this: quality 0
+    quality_ncc_full: float = 0.6  # correlation at or above this: quality = tissue Dice
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ __all__ = ["main", "cli"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "Run the whole pipeline on a built-in synthetic H&E/IHC pair."),
     "info": ("info", "Describe a slide: format, levels, pixel size, associated images."),
+    "register": ("register", "Register an H&E slide to its IHC slide; write the transform JSON."),
+    "warp": ("warp", "Map points or QuPath GeoJSON between H&E and IHC with a transform."),
     "score": ("score", "Score HER2 on an IHC slide (and its H&E partner); write QuPath GeoJSON."),
 }
 
