@@ -194,7 +194,7 @@ def _render_cells(
     if rn >= s / 2 - mw - 1:
         raise UserInputError(
             "nucleus radius must be smaller than the cell radius minus the membrane width",
-            hint="e.g. cell_radius_um=7, nucleus_radius_um=3.5, membrane_width_um=1",
+            hint="e.g. cell_radius_um=7, nucleus_radius_um=3.5, membrane_width_um=1.5",
         )
     r_max = np.float32(0.75 * s)
     jit = 0.25 * s
@@ -418,7 +418,7 @@ def synthetic_ihc(
     tissue_fraction: float = 0.6,
     cell_radius_um: float = 7.0,
     nucleus_radius_um: float = 3.5,
-    membrane_width_um: float = 1.0,
+    membrane_width_um: float = 1.5,
     nucleus_od: float = 0.6,
     cytoplasm_od: float = 0.12,
     stroma_od: float = 0.15,
@@ -505,7 +505,7 @@ def synthetic_pair(
         "tissue_fraction": 0.5,
         "cell_radius_um": 7.0,
         "nucleus_radius_um": 3.5,
-        "membrane_width_um": 1.0,
+        "membrane_width_um": 1.5,
         "nucleus_od": 0.6,
         "cytoplasm_od": 0.12,
         "stroma_od": 0.15,
