@@ -233,52 +233,70 @@ def _render_cells(
     pcx[1:-1, 1:-1] = np.where(present, cx, far)
     offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
+    def padded(a: np.ndarray) -> np.ndarray:
+        p = np.zeros((gh + 2, gw + 2), dtype=a.dtype)
+        p[1:-1, 1:-1] = a
+        return p
+
+    attrs = {
+        "rnuc": padded(rnuc),
+        "theta0": padded(theta0),
+        "comp": padded(comp),
+        "hn": padded(hn),
+        "mem_od": padded(mem_od),
+    }
+
     hmap = np.zeros((h, w), dtype=np.float32)
     dmap = np.zeros((h, w), dtype=np.float32)
     cyto = np.zeros((h, w), dtype=bool)
-    rows = max(1, (1 << 15) // max(w, 1))
     xs = np.arange(w, dtype=np.float32)
+    cols = np.arange(w)[None, :]
     gxs = np.minimum((np.arange(w) / s).astype(np.int64), gw - 1)
+    gys_all = np.minimum((np.arange(h) / s).astype(np.int64), gh - 1)
     two_pi = np.float32(2 * np.pi)
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
+    # One strip per grid row: every pixel in it shares the 3 x 3 neighbourhood
+    # of grid rows, so the candidate centres are per-column vectors.
+    bounds = [0, *(np.flatnonzero(np.diff(gys_all)) + 1).tolist(), h]
+    for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
+        if r1 <= r0:
+            continue
+        gy = int(gys_all[r0])
         ys = np.arange(r0, r1, dtype=np.float32)
-        gys = np.minimum((np.arange(r0, r1) / s).astype(np.int64), gh - 1)
-        # squared distances to the 9 neighbouring centres: (9, rows, w)
-        ccy = np.stack([pcy[gys[:, None] + 1 + dy, gxs[None, :] + 1 + dx] for dy, dx in offsets])
-        ccx = np.stack([pcx[gys[:, None] + 1 + dy, gxs[None, :] + 1 + dx] for dy, dx in offsets])
+        ccy9 = np.stack([pcy[gy + 1 + dy, gxs + 1 + dx] for dy, dx in offsets])  # (9, w)
+        ccx9 = np.stack([pcx[gy + 1 + dy, gxs + 1 + dx] for dy, dx in offsets])
+        ccy = ccy9[:, None, :]
+        ccx = ccx9[:, None, :]
         ddy = ys[None, :, None] - ccy
         ddx = xs[None, None, :] - ccx
-        d2 = ddy * ddy + ddx * ddx
+        d2 = ddy * ddy + ddx * ddx  # squared distances to the 9 candidates: (9, rows, w)
         k1 = np.argmin(d2, axis=0)
-        take = k1[None]
-        d1sq = np.take_along_axis(d2, take, 0)[0]
-        c1y = np.take_along_axis(ccy, take, 0)[0]
-        c1x = np.take_along_axis(ccx, take, 0)[0]
+        d1sq = np.take_along_axis(d2, k1[None], 0)[0]
+        c1y = ccy9[k1, cols]
+        c1x = ccx9[k1, cols]
+        # attributes of each pixel's cell, picked from the 9 candidates
+        at = {
+            k: np.stack([v[gy + 1 + dy, gxs + 1 + dx] for dy, dx in offsets])[k1, cols]
+            for k, v in attrs.items()
+        }
         # distance to the Voronoi border: min over others of (d_j^2 - d_1^2) / (2 |c_j - c_1|)
         sep = np.sqrt((ccy - c1y[None]) ** 2 + (ccx - c1x[None]) ** 2)
         with np.errstate(divide="ignore", invalid="ignore"):
             border = np.where(sep > 0, (d2 - d1sq[None]) / (2 * sep), np.inf)
         border = border.min(axis=0)
         d1 = np.sqrt(d1sq)
-        border = np.minimum(border, r_max - d1)  # bounded expansion
-        gy1 = gys[:, None] + np.array([o[0] for o in offsets])[k1]
-        gx1 = gxs[None, :] + np.array([o[1] for o in offsets])[k1]
-        gy1c = np.clip(gy1, 0, gh - 1)
-        gx1c = np.clip(gx1, 0, gw - 1)
-        G = (gy1c, gx1c)
-        inside = (border >= 0) & present[G] & (gy1 == gy1c) & (gx1 == gx1c)
-        nuc = inside & (d1 <= rnuc[G])
-        ang = np.mod(np.arctan2(ys[:, None] - c1y, xs[None, :] - c1x) - theta0[G], two_pi)
-        ring = inside & ~nuc & (border < mw) & (ang < comp[G] * two_pi)
+        border = np.minimum(border, r_max - d1)  # bounded expansion (absent cells are far)
+        inside = border >= 0
+        nuc = inside & (d1 <= at["rnuc"])
+        ang = np.mod(np.arctan2(ys[:, None] - c1y, xs[None, :] - c1x) - at["theta0"], two_pi)
+        ring = inside & ~nuc & (border < mw) & (ang < at["comp"] * two_pi)
         cy_mask = inside & ~nuc
         t = tissue[r0:r1]
         hh = np.where(t, np.float32(stroma_od), np.float32(0.0))
         hh = np.where(cy_mask, np.float32(cytoplasm_od), hh)
-        hh = np.where(nuc, hn[G], hh)
-        dd = np.where(ring, mem_od[G], np.float32(0.0))
+        hh = np.where(nuc, at["hn"], hh)
+        dd = np.where(ring, at["mem_od"], np.float32(0.0))
         if cytoplasm_dab > 0:
-            dd = np.where(cy_mask & ~ring, mem_od[G] * np.float32(cytoplasm_dab), dd)
+            dd = np.where(cy_mask & ~ring, at["mem_od"] * np.float32(cytoplasm_dab), dd)
         hmap[r0:r1] = hh * t
         dmap[r0:r1] = dd * t
         cyto[r0:r1] = cy_mask & t
