@@ -342,3 +342,13 @@ def test_class_map_from_stains_matches_dab_class_map() -> None:
     assert (direct == 4).sum() > 100
     with pytest.raises(UserInputError):
         stain.class_map_from_stains(od[..., :2])
+
+
+def test_deconvolve_into_a_given_array() -> None:
+    rgb, *_ = synthetic_ihc((64, 48), seed=14)
+    buf = np.full((64, 48, 3), np.nan, np.float32)
+    got = stain.deconvolve(rgb, background=250, out=buf)
+    assert got is buf
+    assert np.allclose(buf, stain.deconvolve(rgb, background=250), atol=1e-6)
+    with pytest.raises(UserInputError):
+        stain.deconvolve(rgb, background=250, out=np.empty((64, 48, 3), np.float64))
