@@ -109,7 +109,7 @@ class CellConfig:
     nucleus_min_area_um2: float = 10.0
     nucleus_max_area_um2: float = 400.0
     expansion_um: float = 5.0  # bounded nucleus-to-cell expansion (QuPath's default)
-    membrane_width_um: float = 1.5  # width of the cell boundary band
+    membrane_width_um: float = 3.0  # width of the band inside the cell boundary searched for membrane
     complete_fraction: float = 0.7  # ring fraction above the 1+ threshold for "complete"
     # Nucleus detection (see docs/cells.md). "hematoxylin" suits membrane stains (HER2):
     # membranes are DAB, so DAB must not count as nucleus. "hematoxylin+dab" (pixelwise
@@ -123,7 +123,7 @@ class CellConfig:
     split_min_distance_um: float = 2.5  # minimum distance between two nucleus seeds
     boundary_fraction: float = 0.5  # nucleus edge at this fraction of its peak contrast (0: off)
     completeness_sectors: int = 36  # angular sectors of the membrane ring (10 degrees each)
-    membrane_quantile: float = 0.8  # a sector's DAB OD: this quantile of its ring pixels
+    membrane_layer_um: float = 0.5  # depth layers of a ring sector; its OD = the darkest layer
     min_positive_fraction: float = 0.1  # ring fraction above the 1+ threshold for any 1+
     strong_partial_fraction: float = 0.5  # strong (>= 3+ OD) but incomplete rings: 2+ from here
     polygon_tolerance_px: float = 0.5  # Douglas-Peucker tolerance of the exported outlines
