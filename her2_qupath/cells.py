@@ -11,7 +11,8 @@ QuPath's cell detection:
    smoothing, subtraction of the local background (grey opening), a fixed OD
    threshold, hole filling and opening, then a marker-controlled watershed
    whose seeds are the maxima of the scale-normalised Laplacian of Gaussian,
-   so touching nuclei are split; an area filter in µm² ends it.
+   so touching nuclei are split; each nucleus ends at half its peak contrast;
+   an area filter in µm² ends it.
 3. **Cells**: each nucleus grows by at most ``expansion_um`` without
    overlapping its neighbours (:func:`skimage.segmentation.expand_labels`,
    as QuPath's "cell expansion").
@@ -22,9 +23,11 @@ QuPath's cell detection:
    (``"Membrane: DAB OD mean"`` …), computed with ``np.bincount`` and
    ``scipy.ndimage`` labelled statistics, never with loops over pixels.
 6. **Membrane completeness**: the ring is divided into
-   ``completeness_sectors`` equal angular sectors around the cell centroid; a
-   sector is stained when its mean DAB OD reaches the 1+ threshold;
-   completeness is the fraction of the sectors present that are stained.
+   ``completeness_sectors`` equal angular sectors around the cell centroid,
+   and each sector into layers parallel to the boundary; a sector's DAB OD is
+   its darkest layer's mean (the membrane line, wherever it runs in the band);
+   a sector is stained when that reaches the 1+ threshold; completeness is
+   the fraction of the sectors present that are stained.
 7. **Class** 0 / 1+ / 2+ / 3+ of each cell from the intensity of the stained
    part of its ring and its completeness (:func:`classify_cells`).
 
