@@ -114,8 +114,9 @@ class ScoreResult:
 class TileAnalysis:
     """What one IHC tile yields: its stain class map score and optional cells."""
 
-    score: Any  # scoring.TileScore
+    score: Any  # scoring.TileScore over the tile (inside the ROIs when there are ROIs)
     cells: list[Any] = field(default_factory=list)  # cells.Cell, tile-pixel coordinates
+    region_scores: dict[int, Any] = field(default_factory=dict)  # ROI index -> TileScore
 
 
 # --------------------------------------------------------------------------- tile work
@@ -130,43 +131,77 @@ class _StainParams:
     background: tuple[float, float, float]
     mpp: float
     min_letter_fraction: float
+    margin_px: int = 0  # cell level: tiles are read with this margin (see CellConfig)
 
 
 def analyse_tile(rgb: np.ndarray, params: _StainParams, class_map: np.ndarray | None = None,
-                 region: np.ndarray | None = None) -> TileAnalysis:
+                 regions: dict[int, np.ndarray] | None = None) -> TileAnalysis:
     """Score one IHC tile: stain class map (given, or by deconvolution), cells if asked.
 
-    ``region`` (bool, the tile's shape) limits the analysis to the pixels inside
-    the region of interest: other pixels count as background and cells whose
-    centroid lies outside are left out.
+    ``regions`` maps ROI indices to bool masks (the tile's shape) of the pixels
+    inside each region of interest. Then only pixels inside a region count
+    (others are background) and cells whose centroid lies outside every region
+    are left out; each region also gets its own score in ``region_scores``.
     """
     from .scoring import score_class_map
     from .stain import dab_class_map, deconvolve
 
-    od = deconvolve(rgb, params.vectors, params.background)
+    m = params.margin_px if params.level == "cell" else 0
+    core = rgb[m:rgb.shape[0] - m, m:rgb.shape[1] - m] if m else rgb
+    od = deconvolve(core, params.vectors, params.background)
     if class_map is None:
-        class_map = dab_class_map(rgb, params.stain, vectors=params.vectors,
+        class_map = dab_class_map(core, params.stain, vectors=params.vectors,
                                   background=params.background)
-    if region is not None:
-        class_map = np.where(region, class_map, 0).astype(class_map.dtype, copy=False)
     cells: list[Any] = []
-    cell_counts = None
     if params.level == "cell":
         from .cells import detect_cells
 
-        result = detect_cells(rgb, params.mpp, params.cells, params.stain,
-                              vectors=params.vectors, background=params.background)
-        cells = list(result.cells)
-        if region is not None:
-            f = region.shape
-            cells = [c for c in cells
-                     if region[min(f[0] - 1, max(0, int(c.centroid[1]))),
-                               min(f[1] - 1, max(0, int(c.centroid[0])))]]
-        cell_counts = np.bincount(np.array([c.her2_class for c in cells], dtype=np.intp),
-                                  minlength=4)[:4]
-    score = score_class_map(class_map, dab_od=od[..., 1], cell_counts=cell_counts,
-                            min_letter_fraction=params.min_letter_fraction)
-    return TileAnalysis(score=score, cells=cells)
+        found = detect_cells(rgb, params.mpp, params.cells, params.stain,
+                             vectors=params.vectors, background=params.background).cells
+        cells = _cells_in_core(found, m, core.shape[:2])
+
+    def score_within(mask: np.ndarray | None) -> tuple[Any, list[Any]]:
+        cmap = class_map if mask is None else np.where(mask, class_map, 0).astype(class_map.dtype)
+        inside = cells if mask is None else [c for c in cells if _centroid_in(mask, c.centroid)]
+        counts = None
+        if params.level == "cell":
+            counts = np.bincount(np.array([c.her2_class for c in inside], dtype=np.intp),
+                                 minlength=4)[:4]
+        score = score_class_map(cmap, dab_od=od[..., 1], cell_counts=counts,
+                                min_letter_fraction=params.min_letter_fraction)
+        return score, inside
+
+    if not regions:
+        score, inside = score_within(None)
+        return TileAnalysis(score=score, cells=inside)
+    union = np.logical_or.reduce(list(regions.values()))
+    score, inside = score_within(union)
+    region_scores = {r: score_within(m)[0] for r, m in regions.items()} if len(regions) > 1 \
+        else {r: score for r in regions}
+    return TileAnalysis(score=score, cells=inside, region_scores=region_scores)
+
+
+def _cells_in_core(cells: Sequence[Any], margin: int, shape: tuple[int, int]) -> list[Any]:
+    """Cells whose centroid lies in the tile proper, moved to the tile's own pixel frame."""
+    if margin == 0:
+        return list(cells)
+    from shapely import affinity
+
+    out = []
+    for c in cells:
+        x, y = c.centroid[0] - margin, c.centroid[1] - margin
+        if 0 <= x < shape[1] and 0 <= y < shape[0]:
+            out.append(dataclasses.replace(
+                c, centroid=(x, y),
+                nucleus_polygon=affinity.translate(c.nucleus_polygon, -margin, -margin),
+                cell_polygon=affinity.translate(c.cell_polygon, -margin, -margin)))
+    return out
+
+
+def _centroid_in(mask: np.ndarray, centroid: tuple[float, float]) -> bool:
+    rows, cols = mask.shape
+    x, y = centroid
+    return bool(mask[min(rows - 1, max(0, int(y))), min(cols - 1, max(0, int(x)))])
 
 
 _SLIDE_CACHE: dict[tuple[str, float | None], Any] = {}
@@ -195,10 +230,24 @@ class _ChunkJob:
     tiles: tuple[Any, ...]  # tiling.Tile (IHC grid) or H&E tiles when `transform` is set
     transform_json: str | None
     params: _StainParams
-    rois: tuple[Any, ...] | None = None  # shapely ROIs, indexed by Tile.roi_index
+    rois: tuple[Any, ...] | None = None  # shapely ROIs
+    tile_rois: tuple[tuple[int, ...], ...] | None = None  # per tile: the ROIs it intersects
+
+
+def _with_margin(tile: Any, margin: int) -> Any:
+    """The same tile grown by ``margin`` working pixels on every side."""
+    if margin == 0:
+        return tile
+    mx = margin * tile.width / tile.size
+    my = margin * tile.height / tile.size
+    return dataclasses.replace(tile, x=tile.x - mx, y=tile.y - my, width=tile.width + 2 * mx,
+                               height=tile.height + 2 * my, size=tile.size + 2 * margin)
 
 
 def _read_ihc_tile(job: _ChunkJob, tile: Any, transform: Any) -> np.ndarray:
+    """The IHC pixels of ``tile`` (with the cell margin at cell level)."""
+    if job.params.level == "cell":
+        tile = _with_margin(tile, job.params.margin_px)
     slide = _cached_slide(job.ihc_path, job.ihc_mpp)
     if transform is None:
         from .tiling import read_tile
@@ -217,18 +266,20 @@ def _transform_from(job: _ChunkJob) -> Any:
     return Transform.from_json(job.transform_json)
 
 
-def _region_mask(job: _ChunkJob, tile: Any) -> np.ndarray | None:
-    if job.rois is None or tile.roi_index is None:
+def _region_masks(job: _ChunkJob, k: int) -> dict[int, np.ndarray] | None:
+    """Masks of the ROIs that tile ``k`` of the job intersects (None without ROIs)."""
+    if job.rois is None or job.tile_rois is None:
         return None
     from .tiling import tile_mask
 
-    return tile_mask(job.rois[tile.roi_index], tile)
+    tile = job.tiles[k]
+    return {r: tile_mask(job.rois[r], tile) for r in job.tile_rois[k]}
 
 
 def _run_chunk(job: _ChunkJob) -> list[TileAnalysis]:
     transform = _transform_from(job)
     return [analyse_tile(_read_ihc_tile(job, t, transform), job.params,
-                         region=_region_mask(job, t)) for t in job.tiles]
+                         regions=_region_masks(job, k)) for k, t in enumerate(job.tiles)]
 
 
 def _read_chunk(job: _ChunkJob) -> list[np.ndarray]:
@@ -350,7 +401,8 @@ def run_score(
 
         params = _StainParams(opts.stain, opts.cells, opts.scoring.level, vectors,
                               tuple(float(b) for b in background), opts.tiling.mpp,
-                              opts.scoring.min_letter_fraction)
+                              opts.scoring.min_letter_fraction,
+                              round(opts.cells.tile_margin_um / opts.tiling.mpp))
         analyses = _analyse_tiles(request, tiles, params, transform, roi_geoms, opts, step,
                                   cancel, executor)
         stain_cls = _classify_stain_tiles(request, tiles, params, transform, opts, cancel) \
@@ -385,13 +437,31 @@ def _chunks(tiles: Sequence[Any]) -> list[tuple[Any, ...]]:
     return [tuple(tiles[i:i + CHUNK_TILES]) for i in range(0, len(tiles), CHUNK_TILES)]
 
 
+def _tile_rois(tiles: list[Any], rois: list[Any]) -> list[tuple[int, ...]] | None:
+    """For each tile, the indices of the ROIs whose interior it overlaps."""
+    if not rois:
+        return None
+    from shapely import STRtree
+
+    tree = STRtree(rois)
+    polys = [t.polygon for t in tiles]
+    pairs = tree.query(polys, predicate="intersects")
+    out: list[list[int]] = [[] for _ in tiles]
+    for ti, ri in zip(*pairs):
+        if polys[ti].intersection(rois[ri]).area > 0:
+            out[ti].append(int(ri))
+    return [tuple(sorted(o)) for o in out]
+
+
 def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: _StainParams, transform: Any,
                    rois: list[Any], opts: ScoreOptions, step: Callable[[int], None],
                    cancel: threading.Event | None, executor: cf.Executor | None) -> list[TileAnalysis]:
     transform_json = transform.to_json() if transform is not None else None
+    tile_rois = _tile_rois(tiles, rois)
     jobs = [_ChunkJob(str(request.ihc), request.ihc_mpp, chunk, transform_json, params,
-                      tuple(rois) if rois else None)
-            for chunk in _chunks(tiles)]
+                      tuple(rois) if rois else None,
+                      None if tile_rois is None else tuple(tile_rois[i:i + len(chunk)]))
+            for i, chunk in zip(range(0, len(tiles), CHUNK_TILES), _chunks(tiles))]
     results: list[list[TileAnalysis] | None] = [None] * len(jobs)
     if opts.seg_model is not None:
         from .models import load_model, segment_tiles
@@ -400,10 +470,12 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: _StainParams
         for i, job in enumerate(jobs):
             _check_cancel(cancel)
             rgbs = _read_chunk(job)
-            maps = segment_tiles(model, rgbs, precision=opts.model.precision,
+            m = params.margin_px if params.level == "cell" else 0
+            cores = [r[m:r.shape[0] - m, m:r.shape[1] - m] if m else r for r in rgbs]
+            maps = segment_tiles(model, cores, precision=opts.model.precision,
                                  batch_size=opts.model.batch_size)
-            results[i] = [analyse_tile(rgb, params, class_map=m, region=_region_mask(job, t))
-                          for rgb, m, t in zip(rgbs, maps, job.tiles)]
+            results[i] = [analyse_tile(rgb, params, class_map=m, regions=_region_masks(job, k))
+                          for k, (rgb, m) in enumerate(zip(rgbs, maps))]
             step(len(job.tiles))
         return [a for chunk in results if chunk is not None for a in chunk]
 
@@ -458,7 +530,8 @@ def _classify_stain_tiles(request: ScoreRequest, tiles: list[Any], params: _Stai
     out: list[np.ndarray] = []
     for chunk in _chunks(tiles):
         _check_cancel(cancel)
-        job = _ChunkJob(str(request.ihc), request.ihc_mpp, chunk, transform_json, params)
+        job = _ChunkJob(str(request.ihc), request.ihc_mpp, chunk, transform_json,
+                        dataclasses.replace(params, margin_px=0))
         p = classify_tiles(model, _read_chunk(job), precision=opts.model.precision,
                            batch_size=opts.model.batch_size)
         out.append(np.argmax(np.asarray(p), axis=1))
@@ -482,20 +555,19 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
     # H&E partner is not tumour and reports classifier agreement.
     for i, a in enumerate(analyses):
         prob = None if he_probs is None else float(he_probs[i])
-        a.score = dataclasses.replace(
-            a.score,
-            tumor=None if prob is None else prob >= opts.model.tumor_threshold,
-            tumor_probability=prob,
-            classifier_class=None if stain_cls is None else int(stain_cls[i]),
-            row=tiles[i].row, col=tiles[i].col,
-        )
+        extra = {
+            "tumor": None if prob is None else prob >= opts.model.tumor_threshold,
+            "tumor_probability": prob,
+            "classifier_class": None if stain_cls is None else int(stain_cls[i]),
+            "row": tiles[i].row, "col": tiles[i].col,
+        }
+        a.score = dataclasses.replace(a.score, **extra)
+        a.region_scores = {r: dataclasses.replace(sc, **extra) for r, sc in a.region_scores.items()}
     scores = [a.score for a in analyses]
     slide_region = aggregate(scores, opts.scoring, name="Slide")
-    regions = []
-    if roi_geoms:
-        for r, name in enumerate(roi_names):
-            mine = [sc for sc, t in zip(scores, tiles) if t.roi_index == r]
-            regions.append(aggregate(mine, opts.scoring, name=name))
+    regions = [aggregate([a.region_scores[r] for a in analyses if r in a.region_scores],
+                         opts.scoring, name=name)
+               for r, name in enumerate(roi_names)]
     use_cells = opts.scoring.level == "cell"
     detections, he_detections = _tile_objects(tiles, analyses, transform, use_cells)
     annotations = _region_objects(roi_geoms, regions, slide_region, ihc, he, transform)
