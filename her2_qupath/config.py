@@ -249,14 +249,14 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RegistrationConfig:
     model: Literal["rigid", "affine", "nonrigid"] = "affine"
-    work_mpp: float = 20.0  # resolution of the coarse search (micrometres/pixel)
+    work_mpp: float = 2.0  # the affine stage never works finer than this (µm/px)
     rotation_step_deg: float = 5.0
     allow_mirror: bool = False
     min_quality: float = 0.5  # below this the mapping is flagged unreliable
-    # -- resolutions (the pixel counts bound the work for images without a pixel size) --
+    # -- resolutions: set by pixel counts over the larger image, bounded below by the MPPs --
     coarse_size: int = 256  # longest side (px) of the images of the rotation search
     max_work_size: int = 768  # longest side (px) of the finest affine level
-    nonrigid_mpp: float = 10.0  # resolution of the non-rigid refinement (µm/px)
+    nonrigid_mpp: float = 1.0  # the non-rigid stage never works finer than this (µm/px)
     max_nonrigid_size: int = 2048  # longest side (px) of the non-rigid level
     # -- tissue masks on the working images --
     min_od: float = 0.06  # OD (sum over RGB) below which a pixel is always glass

@@ -157,6 +157,13 @@ def test_affine_accuracy_on_rat_kidney(kidney, kidney_affine):
 
 
 @pytest.mark.shared_data
+def test_a_common_pixel_size_only_changes_the_units(kidney, kidney_affine):
+    t = register(kidney["he"], kidney["ihc"], RegistrationConfig(model="affine"), fixed_mpp=4.0, moving_mpp=4.0)
+    assert t.quality["unit"] == "um" and kidney_affine.quality["unit"] == "px"
+    assert np.allclose(t.matrix, kidney_affine.matrix, atol=1e-6)
+
+
+@pytest.mark.shared_data
 def test_nonrigid_beats_every_affine(kidney, kidney_affine, kidney_nonrigid):
     assert kidney_nonrigid.field is not None, "the non-rigid refinement was rejected"
     med = _median_rtre(kidney_nonrigid, kidney)
