@@ -269,11 +269,12 @@ class RegistrationConfig:
     ecc_eps: float = 1e-6
     ecc_gauss: int = 5  # Gaussian filter size inside ECC (odd)
     # -- non-rigid refinement --
-    nonrigid_patch_px: int = 32  # block-matching patch side (non-rigid px)
+    nonrigid_patch_px: int = 48  # block-matching patch side (non-rigid px)
     nonrigid_step_px: int = 8  # spacing of the patches (non-rigid px)
     nonrigid_radius_px: int = 8  # search radius around the affine position (non-rigid px)
     nonrigid_max_patches: int = 20_000  # more tissue than this many patches: wider spacing
     nonrigid_min_ncc: float = 0.3  # weaker local matches are ignored
+    nonrigid_outlier_px: float = 3.0  # matches this far from the smoothed field are dropped (0: keep all)
     nonrigid_smoothing_px: float = 20.0  # Gaussian sigma of the displacement field (non-rigid px)
     nonrigid_grid_px: int = 10  # spacing of the stored field's grid (non-rigid px)
     quality_smoothing_px: float = 2.0  # Gaussian sigma before the correlation (working px)

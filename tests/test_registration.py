@@ -230,6 +230,18 @@ def test_robust_to_rotation_mirror_shift_padding_and_bending(kidney, kidney_affi
 
 
 @pytest.mark.shared_data
+def test_nonrigid_follows_a_synthetic_bend(kidney, kidney_nonrigid):
+    img, pts = _bend(kidney["ihc"], kidney["li"])
+    diag = math.hypot(*kidney["ihc"].shape[:2])
+    aff = register(kidney["he"], img, RegistrationConfig(model="affine"))
+    non = register(kidney["he"], img, RegistrationConfig(model="nonrigid"))
+    e_aff = np.median(np.hypot(*(aff.apply(kidney["lh"]) - pts).T)) / diag
+    e_non = np.median(np.hypot(*(non.apply(kidney["lh"]) - pts).T)) / diag
+    assert non.field is not None and e_non < e_aff
+    assert e_non <= 1.5 * _median_rtre(kidney_nonrigid, kidney)
+
+
+@pytest.mark.shared_data
 def test_mirrored_section_without_allow_mirror_is_flagged(kidney, caplog):
     img, _ = _mirror(kidney["ihc"], kidney["li"])
     with caplog.at_level("WARNING", logger="her2_qupath.registration.core"):
