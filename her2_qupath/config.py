@@ -57,8 +57,10 @@ class TilingConfig:
     tile_size: int = 512  # f, pixels at the working MPP (paper default)
     mpp: float = 0.5  # working resolution, micrometres per pixel
     overlap: int = 0  # pixels at the working MPP shared by neighbours
-    min_tissue_fraction: float = 0.25  # keep a tile if >= this fraction is tissue
-    min_roi_overlap: float = 0.5  # keep a tile if >= this fraction lies in the ROIs
+    min_tissue_fraction: float = 0.05  # keep a tile if >= this fraction is tissue
+    min_roi_overlap: float = 0.01  # keep a tile if >= this fraction lies in the ROIs (pixels and
+    # cells outside the ROI are masked out of the analysis, so partly covered tiles count only
+    # their inside part)
     pad_value: int = 255  # edge tiles are padded with white (glass)
 
 
@@ -127,6 +129,9 @@ class CellConfig:
     min_positive_fraction: float = 0.1  # ring fraction above the 1+ threshold for any 1+
     strong_partial_fraction: float = 0.5  # strong (>= 3+ OD) but incomplete rings: 2+ from here
     polygon_tolerance_px: float = 0.5  # Douglas-Peucker tolerance of the exported outlines
+    # Cells are detected on the tile plus this margin and kept when their centroid lies in
+    # the tile itself, so a cell cut by a tile border is counted exactly once.
+    tile_margin_um: float = 15.0
 
 
 @dataclass(frozen=True)

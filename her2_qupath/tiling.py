@@ -36,7 +36,7 @@ import numpy as np
 from .config import TilingConfig
 from .errors import UserInputError
 
-__all__ = ["Tile", "TileGrid", "tile_grid", "grid_shape", "read_tile"]
+__all__ = ["Tile", "TileGrid", "tile_grid", "grid_shape", "read_tile", "tile_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +210,9 @@ def _roi_overlap(
     for k, roi in enumerate(rois):
         if roi is None or roi.is_empty:
             continue
+        if not roi.is_valid:
+            logger.warning("ROI %d is not valid (%s); repaired", k, shapely.is_valid_reason(roi))
+            roi = shapely.make_valid(roi)
         if roi.area <= 0:
             logger.warning("ROI %d has no area (a %s); it selects no tiles", k, roi.geom_type)
             continue
@@ -273,6 +276,12 @@ def tile_grid(
     roi_idx = roi_frac = None
     if rois is not None:
         rois = list(rois)
+        for k, roi in enumerate(rois):
+            if roi is not None and not hasattr(roi, "geom_type"):
+                raise UserInputError(
+                    f"ROI {k} is a {type(roi).__name__}, not a shapely geometry",
+                    hint="pass geometries, e.g. [g for g, _name in rois_from_objects(objects)]",
+                )
         # only tiles that passed the tissue filter need the geometry work
         cand = np.flatnonzero(keep)
         polys = shapely.box(x[cand], y[cand], x[cand] + size0, y[cand] + size0)
@@ -339,3 +348,36 @@ def read_tile(slide: Any, tile: Tile) -> np.ndarray:
             hint="the slide reader must return exactly the requested size",
         )
     return region[..., :3]
+
+
+def tile_mask(geometry: Any, tile: Tile) -> np.ndarray:
+    """Which pixels of ``tile`` (``(size, size)`` bool, at its working MPP) lie inside ``geometry``.
+
+    ``geometry`` is a shapely (Multi)Polygon in the same level-0 frame as the tile;
+    holes are honoured. A pixel counts when its centre lies inside.
+    """
+    import cv2
+    from shapely.geometry import box
+
+    f = tile.size
+    sx = f / tile.width
+    sy = f / tile.height
+    clipped = geometry.intersection(box(*tile.bounds))
+    mask = np.zeros((f, f), dtype=np.uint8)
+    if clipped.is_empty:
+        return mask.astype(bool)
+    polys = [clipped] if clipped.geom_type == "Polygon" else [
+        g for g in getattr(clipped, "geoms", []) if g.geom_type == "Polygon"]
+
+    def ring(coords: Any) -> np.ndarray:
+        xy = np.asarray(coords, dtype=np.float64)[:, :2]
+        px = np.empty_like(xy)
+        px[:, 0] = (xy[:, 0] - tile.x) * sx - 0.5
+        px[:, 1] = (xy[:, 1] - tile.y) * sy - 0.5
+        return np.round(px * 16).astype(np.int32)  # 4 fractional bits for sub-pixel edges
+
+    for poly in polys:
+        cv2.fillPoly(mask, [ring(poly.exterior.coords)], 1, lineType=cv2.LINE_8, shift=4)
+        for hole in poly.interiors:
+            cv2.fillPoly(mask, [ring(hole.coords)], 0, lineType=cv2.LINE_8, shift=4)
+    return mask.astype(bool)

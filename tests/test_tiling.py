@@ -236,3 +236,16 @@ def test_real_cmu_grid_and_padded_edge_tile(shared_data):
         assert (rgb[:, int(inside_x) + 2 :] == 255).all()  # padded with white
         assert (rgb[int(inside_y) + 2 :, :] == 255).all()
         assert rgb[: int(inside_y) - 2, : int(inside_x) - 2].mean() < 250  # real pixels
+
+
+def test_rois_must_be_geometries_and_invalid_ones_are_repaired():
+    with pytest.raises(UserInputError, match="ROI 0 is a tuple"):
+        tile_grid(
+            (400, 400), 1.0, TilingConfig(tile_size=100, mpp=1.0), rois=[(box(0, 0, 1, 1), "x")]
+        )
+    bowtie = shapely.Polygon([(0, 0), (400, 400), (400, 0), (0, 400)])
+    grid = tile_grid(
+        (400, 400), 1.0, TilingConfig(tile_size=100, mpp=1.0, min_roi_overlap=1.0), rois=[bowtie]
+    )
+    # repaired into two triangles meeting at the centre; each fully contains two tiles
+    assert {t.index for t in grid} == {(1, 0), (2, 0), (1, 3), (2, 3)}
