@@ -254,14 +254,14 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RegistrationConfig:
     model: Literal["rigid", "affine", "nonrigid"] = "affine"
-    work_mpp: float = 20.0  # resolution of the coarse search (micrometres/pixel)
+    work_mpp: float = 2.0  # the affine stage never works finer than this (µm/px)
     rotation_step_deg: float = 5.0
     allow_mirror: bool = False
     min_quality: float = 0.5  # below this the mapping is flagged unreliable
-    # -- resolutions (the pixel counts bound the work for images without a pixel size) --
+    # -- resolutions: set by pixel counts over the larger image, bounded below by the MPPs --
     coarse_size: int = 256  # longest side (px) of the images of the rotation search
     max_work_size: int = 768  # longest side (px) of the finest affine level
-    nonrigid_mpp: float = 10.0  # resolution of the non-rigid refinement (µm/px)
+    nonrigid_mpp: float = 1.0  # the non-rigid stage never works finer than this (µm/px)
     max_nonrigid_size: int = 2048  # longest side (px) of the non-rigid level
     # -- tissue masks on the working images --
     min_od: float = 0.06  # OD (sum over RGB) below which a pixel is always glass
@@ -274,11 +274,12 @@ class RegistrationConfig:
     ecc_eps: float = 1e-6
     ecc_gauss: int = 5  # Gaussian filter size inside ECC (odd)
     # -- non-rigid refinement --
-    nonrigid_patch_px: int = 32  # block-matching patch side (non-rigid px)
+    nonrigid_patch_px: int = 48  # block-matching patch side (non-rigid px)
     nonrigid_step_px: int = 8  # spacing of the patches (non-rigid px)
     nonrigid_radius_px: int = 8  # search radius around the affine position (non-rigid px)
     nonrigid_max_patches: int = 20_000  # more tissue than this many patches: wider spacing
     nonrigid_min_ncc: float = 0.3  # weaker local matches are ignored
+    nonrigid_outlier_px: float = 3.0  # matches this far from the smoothed field are dropped (0: keep all)
     nonrigid_smoothing_px: float = 20.0  # Gaussian sigma of the displacement field (non-rigid px)
     nonrigid_grid_px: int = 10  # spacing of the stored field's grid (non-rigid px)
     quality_smoothing_px: float = 2.0  # Gaussian sigma before the correlation (working px)
