@@ -131,7 +131,7 @@ def replace_product_objects(
             measurements = {str(k): float(v) for k, v in (getattr(obj, "measurements", None) or {}).items()
                             if isinstance(v, (int, float))}
             kind = object_kind(obj)
-            geom = getattr(obj, "geometry")
+            geom = obj.geometry
             if kind == "annotation":
                 added = hierarchy.add_annotation(roi=geom, path_class=pc, measurements=measurements)
             elif kind == "tile":

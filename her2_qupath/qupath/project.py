@@ -65,6 +65,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_DEFAULT_CONFIG = ProjectConfig()
+
 Backend = Literal["auto", "paquo", "json"]
 
 
@@ -530,7 +532,7 @@ def pair_images(
     pattern: str | None = None,
     pairs_csv: str | os.PathLike[str] | None = None,
     metadata_key: str | None = None,
-    config: ProjectConfig = ProjectConfig(),
+    config: ProjectConfig = _DEFAULT_CONFIG,
 ) -> Pairing:
     """Pair H&E and IHC images by ``pattern`` (named groups ``case`` and ``stain``), a CSV or metadata.
 
@@ -630,7 +632,7 @@ def _pair_by_csv(entries: Sequence[ImageEntry], path: Path) -> Pairing:
 # --------------------------------------------------------------------------- ROIs and outputs
 
 
-def entry_output_dir(project_dir: Path, entry: ImageEntry, config: ProjectConfig = ProjectConfig()) -> Path:
+def entry_output_dir(project_dir: Path, entry: ImageEntry, config: ProjectConfig = _DEFAULT_CONFIG) -> Path:
     """``PROJECT/her2_qupath/<entryID>/``: where results and exported ROIs of an entry live."""
     return project_dir / config.output_dirname / entry.entry_id
 
@@ -640,7 +642,7 @@ def find_roi_file(
     *,
     project_dir: Path,
     roi: str | os.PathLike[str] | None = None,
-    config: ProjectConfig = ProjectConfig(),
+    config: ProjectConfig = _DEFAULT_CONFIG,
 ) -> Path | None:
     """The GeoJSON file holding ``entry``'s ROIs, or None.
 
@@ -707,7 +709,7 @@ def _classification_name(obj: Any) -> str | None:
 
 
 def looks_open(
-    project_dir: Path, *, config: ProjectConfig = ProjectConfig(), now: float | None = None
+    project_dir: Path, *, config: ProjectConfig = _DEFAULT_CONFIG, now: float | None = None
 ) -> list[str]:
     """Reasons to believe the project is open in QuPath or being written (empty: looks closed).
 
@@ -735,7 +737,7 @@ def looks_open(
 
 
 def ensure_project_closed(
-    project_dir: Path, *, force: bool = False, config: ProjectConfig = ProjectConfig()
+    project_dir: Path, *, force: bool = False, config: ProjectConfig = _DEFAULT_CONFIG
 ) -> None:
     """Raise :class:`ProjectLocked` when the project looks open, unless ``force``."""
     reasons = looks_open(project_dir, config=config)
@@ -754,7 +756,7 @@ def ensure_project_closed(
 class project_write_lock:  # noqa: N801 - used like a function in a with statement
     """Hold ``PROJECT/.her2-qupath.lock`` while writing, so two runs never write at once."""
 
-    def __init__(self, project_dir: Path, *, config: ProjectConfig = ProjectConfig()) -> None:
+    def __init__(self, project_dir: Path, *, config: ProjectConfig = _DEFAULT_CONFIG) -> None:
         self.path = project_dir / config.lock_filename
 
     def __enter__(self) -> Path:
@@ -780,7 +782,7 @@ def backup_project(
     project_dir: Path,
     entry_ids: Iterable[str],
     *,
-    config: ProjectConfig = ProjectConfig(),
+    config: ProjectConfig = _DEFAULT_CONFIG,
     stamp: str | None = None,
 ) -> Path:
     """Copy ``project.qpproj`` and each ``data/<entryID>/`` to ``PROJECT/her2_qupath/backups/<stamp>/``.
