@@ -189,7 +189,7 @@ def _flat_summary(summary: dict[str, Any]) -> dict[str, Any]:
     elif isinstance(pct, (list, tuple)):
         from ..config import HER2_CLASSES
 
-        for k, v in zip(HER2_CLASSES, pct):
+        for k, v in zip(HER2_CLASSES, pct, strict=False):
             row[f"pct {k}"] = v
     return row
 
