@@ -22,6 +22,7 @@ __all__ = [
     "ProjectLocked",
     "QuPathUnavailable",
     "OutputExists",
+    "JobCancelled",
 ]
 
 
@@ -78,3 +79,9 @@ class QuPathUnavailable(Her2Error, RuntimeError):
 
 class OutputExists(Her2Error, FileExistsError):
     """An output would overwrite something the user did not ask to replace."""
+
+
+class JobCancelled(Her2Error):
+    """A scoring run was cancelled before it finished (nothing was written)."""
+
+    exit_code = 130

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "Run the whole pipeline on a built-in synthetic H&E/IHC pair."),
     "batch": ("batch", "Score every IHC image (or H&E + IHC pair) of a QuPath project."),
     "info": ("info", "Describe a slide: format, levels, pixel size, associated images."),
+    "score": ("score", "Score HER2 on an IHC slide (and its H&E partner); write QuPath GeoJSON."),
 }
 
 
