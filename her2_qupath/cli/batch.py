@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from ..config import GUIDELINES
+from .score import score_options
 
 __all__ = ["command"]
 
@@ -32,15 +33,13 @@ __all__ = ["command"]
 @click.option("--no-write-back", is_flag=True, help="Only write GeoJSON files, even when QuPath is installed.")
 @click.option("--backend", type=click.Choice(["auto", "paquo", "json"]), default="auto", show_default=True,
               help="paquo needs QuPath (PAQUO_QUPATH_DIR); json reads project.qpproj directly.")
-@click.option("--guideline", type=click.Choice(sorted(GUIDELINES)), default=None,
-              help="Clinical scoring rule (default from the configuration: breast).")
-@click.option("--level", type=click.Choice(["pixel", "cell"]), default=None, help="Pixel- or cell-level scoring.")
+@score_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def command(
     project: Path, roi_class: str | None, pairs_csv: Path | None, pair_pattern: str | None,
     pair_metadata: str | None, images: tuple[str, ...], image_roots: tuple[Path, ...], roi: Path | None,
-    dry_run: bool, resume: bool, force: bool, no_write_back: bool, backend: str, guideline: str | None,
-    level: str | None, as_json: bool,
+    dry_run: bool, resume: bool, force: bool, no_write_back: bool, backend: str, as_json: bool,
+    **score_kw: Any,
 ) -> None:
     """Score the images of a QuPath PROJECT (folder or project.qpproj).
 
@@ -54,13 +53,14 @@ def command(
     from .._io import json_default
     from ..qupath.batch import BatchOptions, run_batch
     from ._common import progress
+    from .score import build_options
 
     opts = BatchOptions(
         project=project, roi_class=roi_class, pairs_csv=pairs_csv, pair_pattern=pair_pattern,
         pair_metadata=pair_metadata, images=images, image_roots=image_roots, roi=roi, dry_run=dry_run,
         resume=resume, force=force, backend=backend,  # type: ignore[arg-type]
         write_back=not no_write_back,
-        score_options={"guideline": guideline, "level": level},
+        options=None if dry_run else build_options(**score_kw),
     )
     from tqdm import tqdm
 

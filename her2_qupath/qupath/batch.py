@@ -31,7 +31,7 @@ from typing import Any, Literal
 from .. import __version__
 from .._io import atomic_write_json, atomic_write_text
 from ..config import PRODUCT_MARKER, ProjectConfig
-from ..errors import Her2Error, QuPathUnavailable
+from ..errors import QuPathUnavailable
 from .project import (
     ImageEntry,
     ImagePair,
@@ -75,7 +75,7 @@ class BatchOptions:
     force: bool = False
     backend: Literal["auto", "paquo", "json"] = "auto"
     write_back: bool = True  # into the project when QuPath is available
-    score_options: dict[str, Any] = field(default_factory=dict)  # fields of pipeline.ScoreOptions
+    options: Any = None  # pipeline.ScoreOptions (None: the defaults)
     config: ProjectConfig = field(default_factory=ProjectConfig)
 
 
@@ -137,17 +137,6 @@ class BatchReport:
 # --------------------------------------------------------------------------- helpers
 
 
-def _score_options(values: dict[str, Any]) -> Any:
-    """``pipeline.ScoreOptions`` from the values it knows (unknown keys are an error)."""
-    from ..pipeline import ScoreOptions
-
-    known = {f.name for f in dataclasses.fields(ScoreOptions)}
-    unknown = {k for k, v in values.items() if v is not None and k not in known}
-    if unknown:
-        raise Her2Error(f"scoring options not understood: {sorted(unknown)}", hint=f"known: {sorted(known)}")
-    return ScoreOptions(**{k: v for k, v in values.items() if v is not None})
-
-
 def _matches_class(obj: Any, roi_class: str) -> bool:
     name = _classification_name(obj)
     if not name:
@@ -187,9 +176,7 @@ def _flat_summary(summary: dict[str, Any]) -> dict[str, Any]:
         for k, v in pct.items():
             row[f"pct {k}"] = v
     elif isinstance(pct, (list, tuple)):
-        from ..config import HER2_CLASSES
-
-        for k, v in zip(HER2_CLASSES, pct, strict=False):
+        for k, v in zip(("0", "1+", "2+", "3+"), pct, strict=False):
             row[f"pct {k}"] = v
     return row
 
@@ -217,7 +204,7 @@ def _write_entry_outputs(
 
 CSV_FIELDS = [
     "entry_id", "image", "case", "he_image", "status", "her2_score", "h_score", "percent_positive",
-    "n_tiles", "pct HER2 0", "pct HER2 1+", "pct HER2 2+", "pct HER2 3+", "n_rois", "roi_source",
+    "n_tiles", "pct 0", "pct 1+", "pct 2+", "pct 3+", "n_rois", "roi_source",
     "mpp", "qupath_version", "written_to_project", "seconds", "path", "message",
 ]
 
@@ -344,7 +331,11 @@ def _run(
         output_dir=os.fspath(project_dir / cfg.output_dirname),
         notes=notes,
     )
-    options = _score_options(opts.score_options) if not opts.dry_run else None
+    options = opts.options
+    if options is None and not opts.dry_run:
+        from ..pipeline import ScoreOptions
+
+        options = ScoreOptions()
 
     lock = None
     if write_back:
