@@ -77,8 +77,10 @@ def _classification(obj: Any) -> tuple[str | None, tuple[int, int, int] | None]:
     c = getattr(obj, "classification", None)
     color = getattr(obj, "color", None)
     if isinstance(c, dict):
-        name = c.get("name") or ":".join(c.get("names") or []) or None
+        name = c.get("name") or ": ".join(c.get("names") or []) or None
         color = c.get("color") or color
+    elif isinstance(c, (tuple, list)):
+        name = ": ".join(str(n) for n in c) or None
     else:
         name = c
     if name and color is None:

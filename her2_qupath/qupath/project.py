@@ -31,7 +31,7 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..config import PRODUCT_MARKER, ProjectConfig
@@ -184,7 +184,7 @@ def uri_to_path(uri: str) -> Path | None:
         return None
     path = urllib.parse.unquote(parts.path, encoding="utf-8", errors="strict")
     if re.match(r"^/[A-Za-z]:[/\\]", path):
-        return Path(PureWindowsPath(path[1:]))
+        return Path(path[1:])  # file:/C:/x -> C:/x (a Windows drive path)
     if parts.netloc and parts.netloc.lower() != "localhost":
         return Path(f"//{parts.netloc}{path}")
     return Path(path)
@@ -701,7 +701,9 @@ def _classification_name(obj: Any) -> str | None:
     if isinstance(c, str):
         return c
     if isinstance(c, dict):
-        return c.get("name") or ":".join(c.get("names") or []) or None
+        return c.get("name") or ": ".join(c.get("names") or []) or None
+    if isinstance(c, (tuple, list)):
+        return ": ".join(str(n) for n in c) or None
     return str(c)
 
 
