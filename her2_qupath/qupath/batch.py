@@ -122,11 +122,11 @@ class BatchReport:
 
     @property
     def failed_run(self) -> bool:
-        """True when nothing could be scored although something was tried."""
+        """True when images failed or were missing and none has results (scored now or before)."""
         if self.dry_run:
             return False
-        tried = [o for o in self.outcomes if o.status != "skipped"]
-        return bool(tried) and not any(o.status == "scored" for o in tried)
+        bad = any(o.status in ("failed", "missing") for o in self.outcomes)
+        return bad and not any(o.status in ("scored", "skipped") for o in self.outcomes)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {
