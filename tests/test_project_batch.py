@@ -13,14 +13,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from shapely.geometry import box
+from test_project import make_project
+from test_project_writeback import FakeHierarchy, make_class, user_objects
 
 from her2_qupath.cli import cli
 from her2_qupath.qupath import batch as batch_mod
 from her2_qupath.qupath.geojson import QuPathObject, read_geojson, write_geojson
 from her2_qupath.qupath.project import JsonProject, WriteReport
-
-from test_project import make_project
-from test_project_writeback import FakeHierarchy, make_class, user_objects
 
 
 class FakeResult:
