@@ -254,3 +254,38 @@ def test_real_foci_project_batch(shared_data, tmp_path, fake_score):
     assert (proj / "her2_qupath" / eid / "detections.geojson").is_file()
     assert {k: v for k, v in snapshot(proj).items() if not k.startswith("her2_qupath")} == before
     _ = WriteReport  # the write-back type is exercised in test_project_writeback
+
+
+# --------------------------------------------------------------------------- the real pipeline
+
+
+def _pipeline_or_skip() -> None:
+    for mod in ("her2_qupath.slide", "her2_qupath.tiling", "her2_qupath.stain", "her2_qupath.scoring"):
+        pytest.importorskip(mod, reason=f"{mod} is not present: the real pipeline cannot run")
+
+
+def test_batch_with_the_real_pipeline(tmp_path, monkeypatch):
+    """A real IHC picture (scikit-image's DAB + hematoxylin sample) in a project, scored end to end."""
+    _pipeline_or_skip()
+    from skimage import data
+    from skimage.io import imsave
+
+    monkeypatch.setenv("PAQUO_QUPATH_DIR", "/nonexistent/QuPath")
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    image = slides / "IHC sample é.png"
+    imsave(image, data.immunohistochemistry(), check_contrast=False)
+    # 1 µm/px: the 512-px picture holds 2 x 2 tiles of the default grid
+    proj = make_project(tmp_path / "proj", [{"name": image.name, "uri": image.as_uri(), "mpp": 1.0}])
+    res = invoke(str(proj))
+    assert res.exit_code == 0, res.output
+    out = proj / "her2_qupath" / "1"
+    summary = json.loads((out / "summary.json").read_text())["result"]
+    assert summary["her2_score"] in ("0", "1+", "2+", "3+")
+    dets = read_geojson(out / "detections.geojson")
+    tiles = [d for d in dets if d.object_type == "tile"]
+    assert len(tiles) == summary["n_tiles"] > 0
+    assert all(t.name.startswith("her2-qupath") for t in dets)
+    assert {t.class_name for t in tiles} <= {"HER2 0", "HER2 1+", "HER2 2+", "HER2 3+", "Ignore*"}
+    pct = summary["class_percentages"]
+    assert sum(pct.values()) == pytest.approx(100.0, abs=0.5)
