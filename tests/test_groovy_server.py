@@ -26,10 +26,11 @@ def _scorer():
     from her2_qupath.server import scorers
 
     try:
-        import her2_qupath.pipeline  # noqa: F401
-        import her2_qupath.qupath.geojson  # noqa: F401
         import her2_qupath.slide  # noqa: F401
         import her2_qupath.tiling  # noqa: F401
+
+        import her2_qupath.pipeline  # noqa: F401
+        import her2_qupath.qupath.geojson  # noqa: F401
     except ImportError:
         return scorers.DabTileScorer()
     return None  # create_app's default: the pipeline
@@ -38,11 +39,10 @@ def _scorer():
 @pytest.fixture()
 def real_server(tmp_path):
     pytest.importorskip("her2_qupath.server.app", reason="the server package is not present")
+    from her2_qupath.server.app import create_app
     from skimage import data
     from skimage.io import imsave
     from werkzeug.serving import make_server
-
-    from her2_qupath.server.app import create_app
 
     slides = tmp_path / "slides"
     slides.mkdir()
