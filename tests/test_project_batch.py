@@ -155,9 +155,12 @@ class FakePaquoProject(JsonProject):
     def user_annotations(self, entry):
         return [QuPathObject(box(0, 0, 50, 50), classification="Tumor", name="T")]
 
-    def write_objects(self, entry, objects):
+    metadata: dict[str, dict] = {}
+
+    def write_objects(self, entry, objects, *, metadata=None):
         from her2_qupath.qupath._paquo import replace_product_objects
 
+        self.metadata[entry.entry_id] = dict(metadata or {})
         h = self.hierarchies.setdefault(entry.entry_id, _seeded())
         return replace_product_objects(h, objects, make_path_class=make_class, entry_id=entry.entry_id)
 
@@ -189,6 +192,7 @@ def test_write_back_backs_up_and_replaces_only_ours(tmp_path, fake_paquo):
     h = fake_paquo.hierarchies["1"]
     first_user = user_objects(h)
     assert len(first_user) == 3 and len(h.annotations) + len(h.detections) == 3 + 5
+    assert fake_paquo.metadata["1"]["her2-qupath HER2 score"] == "2+"
     backups = sorted((proj / "her2_qupath" / "backups").iterdir())
     assert len(backups) == 1 and (backups[0] / "data" / "1" / "data.qpdata").is_file()
     assert not (proj / "her2_qupath" / "IMPORT.txt").exists()

@@ -44,13 +44,15 @@ class QuPathStatus:
 def qupath_status() -> QuPathStatus:
     """Can paquo start QuPath here? Answered from the file system, without starting a JVM."""
     try:
-        from paquo._config import settings, to_kwargs
+        from paquo import _config
         from paquo.jpype_backend import find_qupath
     except ImportError as err:  # paquo or jpype missing
         return QuPathStatus(False, f"paquo is not importable ({err}); pip install paquo")
-    kwargs = to_kwargs(settings)
+    # fresh settings: paquo's module-level ones keep the environment of their first read
+    settings = _config._get_settings() if hasattr(_config, "_get_settings") else _config.settings
+    kwargs = _config.to_kwargs(settings)
     env_dir = os.environ.get("PAQUO_QUPATH_DIR")
-    if env_dir is not None:  # the environment wins over settings read at paquo's import
+    if env_dir is not None:
         kwargs["qupath_dir"] = env_dir
     try:
         info = find_qupath(**kwargs)
@@ -229,11 +231,19 @@ class PaquoProject:
             out.append(from_feature(ann.to_geojson()))
         return out
 
-    def write_objects(self, entry: ImageEntry, objects: Sequence[Any]) -> WriteReport:
+    def write_objects(
+        self, entry: ImageEntry, objects: Sequence[Any], *, metadata: dict[str, str] | None = None
+    ) -> WriteReport:
+        """Replace this product's objects; ``metadata`` (keys starting with the marker) goes on the entry."""
         if self.mode == "r":
             raise ProjectError("project opened read-only", hint="open it with mode='r+' to write")
         image = self._image(entry)
-        return replace_product_objects(image.hierarchy, objects, entry_id=entry.entry_id)
+        report = replace_product_objects(image.hierarchy, objects, entry_id=entry.entry_id)
+        for key, value in (metadata or {}).items():
+            if not key.startswith(PRODUCT_MARKER):
+                raise ProjectError(f"metadata key {key!r} lacks the product marker", hint="prefix it")
+            image.metadata[key] = str(value)
+        return report
 
     def save(self) -> None:
         if self.mode != "r":

@@ -437,7 +437,10 @@ def _one(
         o.outputs = _write_entry_outputs(outdir, detections=detections, annotations=annotations,
                                          summary=full, config=cfg)
         if write_back:
-            project.write_objects(e, detections + annotations)
+            project.write_objects(e, detections + annotations, metadata={
+                f"{PRODUCT_MARKER} run": run_id,
+                f"{PRODUCT_MARKER} HER2 score": str(summary.get("her2_score")),
+            })
             project.save()
             o.written_to_project = True
         o.status = "scored"

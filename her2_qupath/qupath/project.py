@@ -131,8 +131,14 @@ class ProjectView(Protocol):
         """The user's annotations (QuPathObject), or None when this back-end cannot read them."""
         ...
 
-    def write_objects(self, entry: ImageEntry, objects: Sequence[Any]) -> WriteReport:
-        """Replace this product's objects of ``entry`` by ``objects`` (paquo only)."""
+    def write_objects(
+        self, entry: ImageEntry, objects: Sequence[Any], *, metadata: dict[str, str] | None = None
+    ) -> WriteReport:
+        """Replace this product's objects of ``entry`` by ``objects`` (paquo only).
+
+        ``metadata`` (keys starting with the product marker) is set on the
+        project entry, where QuPath's project list shows it.
+        """
         ...
 
     def save(self) -> None: ...
@@ -403,7 +409,9 @@ class JsonProject:
     def user_annotations(self, entry: ImageEntry) -> list[Any] | None:
         return None  # the hierarchy lives in the Java stream; QuPath is needed to read it
 
-    def write_objects(self, entry: ImageEntry, objects: Sequence[Any]) -> WriteReport:
+    def write_objects(
+        self, entry: ImageEntry, objects: Sequence[Any], *, metadata: dict[str, str] | None = None
+    ) -> WriteReport:
         raise QuPathUnavailable(
             "writing objects into a QuPath project needs QuPath",
             hint=_qupath_hint(),
