@@ -58,12 +58,14 @@ class Her2ScriptError extends RuntimeException {
 /** Show a problem as one clear message (a dialog in the QuPath window, the log otherwise). */
 void showProblem(String message) {
     println "ERROR: her2-qupath: ${message}"
-    try {
-        def dialogs = Class.forName('qupath.lib.gui.dialogs.Dialogs')
-        if (getQuPath() != null)
-            dialogs.getMethod('showErrorMessage', String, String).invoke(null, 'HER2 scoring', message)
-    } catch (Throwable ignored) {
-        // no GUI (headless or an older QuPath): the log line above is the message
+    if (getQuPath() == null) return  // headless: the log line above is the message
+    for (String name in ['qupath.fx.dialogs.Dialogs', 'qupath.lib.gui.dialogs.Dialogs']) {  // 0.5+, 0.4
+        try {
+            Class.forName(name).getMethod('showErrorMessage', String, String).invoke(null, 'HER2 scoring', message)
+            return
+        } catch (ReflectiveOperationException | LinkageError ignored) {
+            // not in this QuPath version: try the next one
+        }
     }
 }
 
@@ -188,7 +190,10 @@ void runScript() {
     def imageData = getCurrentImageData()
     if (imageData == null) throw new Her2ScriptError('open an image first')
     def server = imageData.getServer()
-    def regions = getSelectedObjects().findAll { it.isAnnotation() && !isOurs(it) } as List
+    def selected = getSelectedObjects().findAll { it.isAnnotation() } as List
+    def regions = selected.findAll { !isOurs(it) } as List
+    if (selected && !regions)
+        throw new Her2ScriptError('the selected annotations are results of an earlier run; select the region you drew')
     if (!regions && !WHOLE_IMAGE_IF_NOTHING_SELECTED)
         throw new Her2ScriptError('select one or more annotations to score (or set WHOLE_IMAGE_IF_NOTHING_SELECTED = true)')
     def request = [

@@ -352,3 +352,13 @@ def test_export_annotations_where_batch_finds_them(groovy, tmp_path):
     proc, rec = run_script(groovy, "export_annotations.groovy", state, tmp_path)
     names = sorted(f["properties"].get("name") for f in json.loads(found.read_text())["features"])
     assert names == ["T1", "stroma"]
+
+
+def test_selecting_only_earlier_results_is_refused(groovy, standin, tmp_path):
+    state = image_state(tmp_path)
+    state["objects"].append(feature(square(100, 100, 100), name="her2-qupath: Region 1 HER2 1+", fid="old-region"))
+    state["selected_ids"] = ["old-region"]
+    proc, rec = run_script(groovy, "score_selected_annotations.groovy", state, tmp_path,
+                           {"SERVER_URL": f"'{standin.url}'"})
+    assert "results of an earlier run" in proc.stdout
+    assert not [r for r in standin.requests if r["method"] == "POST"] and rec["added"] == []

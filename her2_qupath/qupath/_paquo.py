@@ -170,8 +170,6 @@ class PaquoProject:
         status = qupath_status()
         if not status.available:
             raise QuPathUnavailable(status.message)
-        if os.environ.get("PAQUO_QUPATH_DIR"):
-            os.environ.setdefault("PAQUO_QUPATH_SEARCH_CONDA", "false")
         from paquo.projects import QuPathProject  # starts the JVM
 
         self.path = project_file(path)
