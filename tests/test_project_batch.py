@@ -34,13 +34,22 @@ class FakeResult:
         self.he_detections: list = []
 
 
+class Calls(list):
+    """The requests run_score received, and the executor of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.executors: list[Any] = []
+
+
 @pytest.fixture()
 def fake_score(monkeypatch):
     """Stand in for pipeline.run_score: records requests, fails for images named *bad*."""
-    calls: list[Any] = []
+    calls = Calls()
 
     def run_score(request, *, progress=None, cancel=None, executor=None):
         calls.append(request)
+        calls.executors.append(executor)
         if progress:
             progress(1, 2)
             progress(2, 2)
@@ -264,8 +273,13 @@ def test_real_foci_project_batch(shared_data, tmp_path, fake_score):
 
 
 def _pipeline_or_skip() -> None:
+    import importlib
+
     for mod in ("her2_qupath.slide", "her2_qupath.tiling", "her2_qupath.stain", "her2_qupath.scoring"):
-        pytest.importorskip(mod, reason=f"{mod} is not present: the real pipeline cannot run")
+        try:
+            importlib.import_module(mod)
+        except ImportError as err:
+            pytest.skip(f"{mod} cannot be imported ({err}): the real pipeline cannot run")
 
 
 def test_batch_with_the_real_pipeline(tmp_path, monkeypatch):
@@ -293,3 +307,29 @@ def test_batch_with_the_real_pipeline(tmp_path, monkeypatch):
     assert {t.class_name for t in tiles} <= {"HER2 0", "HER2 1+", "HER2 2+", "HER2 3+", "Ignore*"}
     pct = summary["class_percentages"]
     assert sum(pct.values()) == pytest.approx(100.0, abs=0.5)
+
+
+def test_dask_scheduler_executor_reaches_the_pipeline(tmp_path, fake_score, monkeypatch):
+    executors_mod = pytest.importorskip("her2_qupath.server.executors", reason="the server package is not present")
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)
+    seen: dict[str, Any] = {}
+
+    class FakeDask:
+        def __init__(self, address: str) -> None:
+            seen["address"] = address
+
+        def executor(self):
+            return pool
+
+        def close(self) -> None:
+            seen["closed"] = True
+
+    monkeypatch.setattr(executors_mod, "DaskBackend", FakeDask)
+    proj = project_with_images(tmp_path)
+    res = invoke(str(proj), "--images", "c1_HER2.svs", "--dask-scheduler", "tcp://10.0.0.5:8786")
+    pool.shutdown()
+    assert res.exit_code == 0, res.output
+    assert seen == {"address": "tcp://10.0.0.5:8786", "closed": True}
+    assert fake_score.executors == [pool]

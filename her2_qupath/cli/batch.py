@@ -33,12 +33,15 @@ __all__ = ["command"]
 @click.option("--no-write-back", is_flag=True, help="Only write GeoJSON files, even when QuPath is installed.")
 @click.option("--backend", type=click.Choice(["auto", "paquo", "json"]), default="auto", show_default=True,
               help="paquo needs QuPath (PAQUO_QUPATH_DIR); json reads project.qpproj directly.")
+@click.option("--dask-scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Send tile work to this Dask distributed cluster instead of the local pool.")
 @score_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def command(
     project: Path, roi_class: str | None, pairs_csv: Path | None, pair_pattern: str | None,
     pair_metadata: str | None, images: tuple[str, ...], image_roots: tuple[Path, ...], roi: Path | None,
-    dry_run: bool, resume: bool, force: bool, no_write_back: bool, backend: str, as_json: bool,
+    dry_run: bool, resume: bool, force: bool, no_write_back: bool, backend: str,
+    dask_scheduler: str | None, as_json: bool,
     **score_kw: Any,
 ) -> None:
     """Score the images of a QuPath PROJECT (folder or project.qpproj).
@@ -60,7 +63,7 @@ def command(
         pair_metadata=pair_metadata, images=images, image_roots=image_roots, roi=roi, dry_run=dry_run,
         resume=resume, force=force, backend=backend,  # type: ignore[arg-type]
         write_back=not no_write_back,
-        options=None if dry_run else build_options(**score_kw),
+        options=None if dry_run else build_options(**score_kw), dask_scheduler=dask_scheduler,
     )
     from tqdm import tqdm
 

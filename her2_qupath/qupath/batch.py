@@ -76,6 +76,7 @@ class BatchOptions:
     backend: Literal["auto", "paquo", "json"] = "auto"
     write_back: bool = True  # into the project when QuPath is available
     options: Any = None  # pipeline.ScoreOptions (None: the defaults)
+    dask_scheduler: str | None = None  # tcp://HOST:PORT: tile work on that Dask cluster
     config: ProjectConfig = field(default_factory=ProjectConfig)
 
 
@@ -285,10 +286,19 @@ def run_batch(
             "into the project needs QuPath (set PAQUO_QUPATH_DIR to the QuPath folder). "
             f"[{status.message}]"
         )
+    backend = None
+    executor = None
+    if opts.dask_scheduler and not opts.dry_run:
+        from ..server.executors import DaskBackend
+
+        backend = DaskBackend(opts.dask_scheduler)
+        executor = backend.executor()
     try:
-        return _run(project, opts, write_back=write_back, notes=notes,
+        return _run(project, opts, write_back=write_back, notes=notes, executor=executor,
                     image_progress=image_progress, tile_progress=tile_progress)
     finally:
+        if backend is not None:
+            backend.close()
         project.close()
 
 
@@ -298,6 +308,7 @@ def _run(
     *,
     write_back: bool,
     notes: list[str],
+    executor: Any,
     image_progress: ProgressFn | None,
     tile_progress: Callable[[str], ProgressFn | None] | None,
 ) -> BatchReport:
@@ -347,7 +358,7 @@ def _run(
     try:
         total = len(pairing.pairs)
         for i, pair in enumerate(pairing.pairs):
-            outcome = _one(project, pair, opts, options=options, run_id=run_id,
+            outcome = _one(project, pair, opts, options=options, run_id=run_id, executor=executor,
                            write_back=write_back, tile_progress=tile_progress)
             report.outcomes.append(outcome)
             log.info("%s %s: %s %s", outcome.entry_id, outcome.image, outcome.status, outcome.message)
@@ -373,6 +384,7 @@ def _one(
     *,
     options: Any,
     run_id: str,
+    executor: Any,
     write_back: bool,
     tile_progress: Callable[[str], ProgressFn | None] | None,
 ) -> ImageOutcome:
@@ -419,7 +431,7 @@ def _one(
             rois=rois or None, roi_class=None, options=options,
         )
         cb = tile_progress(e.name) if tile_progress else None
-        result = run_score(request, progress=cb)
+        result = run_score(request, progress=cb, executor=executor)
         detections = [mark_product_object(d, run_id=run_id) for d in result.detections]
         annotations = [mark_product_object(a, run_id=run_id) for a in result.annotations]
         summary = dict(result.summary)
