@@ -333,3 +333,14 @@ def test_dask_scheduler_executor_reaches_the_pipeline(tmp_path, fake_score, monk
     assert res.exit_code == 0, res.output
     assert seen == {"address": "tcp://10.0.0.5:8786", "closed": True}
     assert fake_score.executors == [pool]
+
+
+def test_write_back_skips_relocated_images(tmp_path, fake_paquo):
+    proj = project_with_images(tmp_path)
+    moved = tmp_path / "moved"
+    (tmp_path / "slides").rename(moved)
+    res = invoke(str(proj), "--images", "c1_HER2.svs", "--image-root", str(moved))
+    assert res.exit_code == 0, res.output
+    assert fake_paquo.hierarchies == {}  # nothing written into the project
+    assert "update the image paths" in res.output
+    assert (proj / "her2_qupath" / "1" / "detections.geojson").is_file()

@@ -48,6 +48,7 @@ from .project import (
     pair_images,
     project_file,
     project_write_lock,
+    uri_to_path,
 )
 
 __all__ = ["BatchOptions", "ImageOutcome", "BatchReport", "run_batch", "Status"]
@@ -448,7 +449,15 @@ def _one(
         }
         o.outputs = _write_entry_outputs(outdir, detections=detections, annotations=annotations,
                                          summary=full, config=cfg)
-        if write_back:
+        relocated = e.uri is not None and uri_to_path(e.uri) != e.path
+        if write_back and relocated:
+            # QuPath (and paquo) would not save an entry whose image URI is unreachable
+            o.message = (
+                f"results not written into the project: it records the image at {e.uri}, found at "
+                f"{e.path}; open the project in QuPath to update the image paths, then run again "
+                "(the GeoJSON results are written)"
+            )
+        elif write_back:
             project.write_objects(e, detections + annotations, metadata={
                 f"{PRODUCT_MARKER} run": run_id,
                 f"{PRODUCT_MARKER} HER2 score": str(summary.get("her2_score")),
