@@ -317,7 +317,7 @@ def test_recently_saved_project_looks_open(tmp_path):
     assert len(reasons) == 1 and "data/1/data.qpdata was saved" in reasons[0]
     with pytest.raises(ProjectLocked, match="--force") as info:
         ensure_project_closed(proj)
-    assert "Close project" in str(info.value)
+    assert "close the project in QuPath" in str(info.value)
     ensure_project_closed(proj, force=True)  # the user says it is closed
     short = ProjectConfig(recent_write_seconds=1.0)
     assert looks_open(proj, config=short) == []

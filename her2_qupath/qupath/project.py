@@ -755,7 +755,7 @@ def ensure_project_closed(
         raise ProjectLocked(
             f"project {project_dir} looks open: {'; '.join(reasons)}",
             hint=(
-                "close the project in QuPath (File > Close project, or quit QuPath), wait "
+                "close the project in QuPath (or quit QuPath), wait "
                 f"{config.recent_write_seconds:.0f} s and run again, or pass --force if it is surely closed"
             ),
         )
