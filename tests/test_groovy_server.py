@@ -26,11 +26,10 @@ def _scorer():
     from her2_qupath.server import scorers
 
     try:
-        import her2_qupath.slide  # noqa: F401
-        import her2_qupath.tiling  # noqa: F401
-
         import her2_qupath.pipeline  # noqa: F401
         import her2_qupath.qupath.geojson  # noqa: F401
+        import her2_qupath.slide  # noqa: F401
+        import her2_qupath.tiling  # noqa: F401
     except ImportError:
         return scorers.DabTileScorer()
     return None  # create_app's default: the pipeline
@@ -73,7 +72,7 @@ def qupath_uri(path: Path) -> str:
 
 def test_score_selected_against_real_server(groovy, real_server, tmp_path):  # noqa: F811
     url, image = real_server
-    tumor = feature(square(0, 0, 300), name="T1", cls={"name": "Tumor", "color": [200, 0, 0]}, fid=TUMOR_ID)
+    tumor = feature(square(0, 0, 200), name="T1", cls={"name": "Tumor", "color": [200, 0, 0]}, fid=TUMOR_ID)
     mine = feature(square(400, 400, 50), name="mine", cls="Stroma", fid=OTHER_ID)
     old = feature(square(10, 10, 20), kind="tile", name=f"{MARKER}: N/0", fid=OLD_ID)
     # at 1 µm/px the 512-px image holds 2 x 2 tiles of the default grid (512 px at 0.5 µm/px)
@@ -91,11 +90,11 @@ def test_score_selected_against_real_server(groovy, real_server, tmp_path):  # n
     assert classes <= {"HER2 0", "HER2 1+", "HER2 2+", "HER2 3+", "Ignore*"}
     assert all(len(t["properties"]["classification"]["color"]) == 3 for t in tiles)
     assert all(a["properties"]["name"].startswith(MARKER) for a in added)
-    # every tile lies in the selected region (the server scored only the ROI)
+    # the ROI lies inside the first of the 2 x 2 tiles (256 px each): only that one is scored
     for t in tiles:
         xs = [p[0] for p in t["geometry"]["coordinates"][0]]
         ys = [p[1] for p in t["geometry"]["coordinates"][0]]
-        assert max(xs) <= 300 and max(ys) <= 300
+        assert max(xs) <= 256 and max(ys) <= 256
     assert all(r["properties"].get("measurements") for r in regions)
     assert {r["properties"]["classification"]["name"] for r in regions} <= {"HER2 0", "HER2 1+", "HER2 2+", "HER2 3+"}
     assert [r["id"] for r in rec["removed"]] == [OLD_ID]
