@@ -28,6 +28,7 @@ __all__ = [
     "RegistrationConfig",
     "ServerConfig",
     "SlideConfig",
+    "ProjectConfig",
 ]
 
 #: QuPath classification names of the four HER2 classes, in order 0, 1+, 2+, 3+.
@@ -311,3 +312,20 @@ class SlideConfig:
     min_plausible_mpp: float = 0.01  # TIFF/PNG resolution tags outside this range
     max_plausible_mpp: float = 50.0  # (e.g. 72 dpi = 353 µm/px) are ignored
     whole_image_max_pixels: int = 200_000_000  # PNG/JPEG are decoded whole; refuse larger
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """QuPath project batch runs: pairing, locking heuristics and file naming."""
+
+    output_dirname: str = "her2_qupath"  # PROJECT/<this>/<entryID>/ holds per-image results
+    roi_filename: str = "rois.geojson"  # written by export_annotations.groovy per entry
+    detections_filename: str = "detections.geojson"
+    annotations_filename: str = "annotations.geojson"
+    summary_filename: str = "summary.json"
+    he_stains: tuple[str, ...] = ("HE", "H&E", "H-E", "H_E")  # stain names meaning H&E (case-insensitive)
+    case_metadata_key: str = "case"  # image metadata naming the case (pairing by metadata)
+    stain_metadata_key: str = "stain"  # image metadata naming the stain
+    recent_write_seconds: float = 120.0  # a project saved this recently looks open in QuPath
+    backup_dirname: str = "backups"  # under output_dirname
+    lock_filename: str = ".her2-qupath.lock"  # our own lock while writing the project
