@@ -418,13 +418,16 @@ def run_score(
 
 
 def _get_transform(request: ScoreRequest, he: Any, ihc: Any) -> tuple[Any, dict[str, Any]]:
-    from .registration import Transform, register
+    from .registration import Transform
+    from .registration.files import check_transform_fits, register_slides
 
     if request.transform is not None:
         transform = Transform.from_json(Path(request.transform))
+        check_transform_fits(transform, he.dimensions, ihc.dimensions)
         source = str(request.transform)
     else:
-        transform = register(he, ihc, request.options.registration)
+        transform = register_slides(request.he, request.ihc, request.options.registration,  # type: ignore[arg-type]
+                                    fixed_mpp=request.he_mpp, moving_mpp=request.ihc_mpp)
         source = "registered"
     quality = dict(getattr(transform, "quality", {}) or {})
     reliable = bool(quality.get("reliable", True))
