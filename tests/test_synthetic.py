@@ -35,9 +35,10 @@ def test_beer_lambert_model_without_noise() -> None:
     assert np.abs(rgb.astype(float) - expect).max() <= 0.5 + 1e-3
 
 
-def test_exact_cell_class_percentages_per_region() -> None:
+@pytest.mark.parametrize("layout", ["isolated", "packed"])
+def test_exact_cell_class_percentages_per_region(layout: str) -> None:
     regions = [{"0": 50, "1+": 10, "3+": 40}, {"0": 100}, {"0": 25, "1+": 25, "2+": 25, "3+": 25}]
-    _, _, _, truth = synthetic_ihc((768, 768), seed=2, regions=regions)
+    _, _, _, truth = synthetic_ihc((768, 768), seed=2, regions=regions, layout=layout)
     cells = truth["cells"]
     for r, want in enumerate(regions):
         sel = cells["region"] == r
@@ -49,10 +50,12 @@ def test_exact_cell_class_percentages_per_region() -> None:
         assert truth["regions"][r]["cell_counts"] == got.tolist()
 
 
-def test_drawn_membranes_follow_their_class() -> None:
+@pytest.mark.parametrize("layout", ["isolated", "packed"])
+def test_drawn_membranes_follow_their_class(layout: str) -> None:
     _, _, d, truth = synthetic_ihc(
-        (512, 512), seed=3, regions=[{"0": 25, "1+": 25, "2+": 25, "3+": 25}]
+        (512, 512), seed=3, regions=[{"0": 25, "1+": 25, "2+": 25, "3+": 25}], layout=layout
     )
+    assert truth["layout"] == layout
     c = truth["cells"]
     for k, mc in enumerate(MEMBRANE_CLASSES):
         sel = c["her2_class"] == k
@@ -61,8 +64,8 @@ def test_drawn_membranes_follow_their_class() -> None:
         ).all()
         assert (c["completeness"][sel] >= mc.completeness[0]).all()
     # each cell's own membrane carries its OD: inside the tissue, around a 3+
-    # cell (Voronoi cells of pitch 28 px at 0.5 um/px, at most 21 px from their
-    # centre) the strongest DAB is its membrane or a brighter neighbour's
+    # cell (at most 21 px from its centre at 0.5 um/px in either layout) the
+    # strongest DAB is its membrane or a brighter neighbour's
     tissue = truth["tissue_mask"]
     sel = np.flatnonzero(c["her2_class"] == 3)
     checked = 0
@@ -113,11 +116,16 @@ def test_bad_regions_and_sizes() -> None:
         synthetic_ihc((8, 8))
     with pytest.raises(UserInputError):
         synthetic_ihc((64, 64), nucleus_radius_um=6.0)
+    with pytest.raises(UserInputError):
+        synthetic_ihc((64, 64), nucleus_radius_um=7.0, layout="packed")
+    with pytest.raises(UserInputError):
+        synthetic_ihc((64, 64), layout="woven")
 
 
-def test_pair_known_affine() -> None:
+@pytest.mark.parametrize("layout", ["isolated", "packed"])
+def test_pair_known_affine(layout: str) -> None:
     he, ihc, m, truth = synthetic_pair(
-        (512, 512), seed=5, rotation_deg=10.0, translation=(20.0, -12.0)
+        (512, 512), seed=5, rotation_deg=10.0, translation=(20.0, -12.0), layout=layout
     )
     assert he.shape == ihc.shape == (512, 512, 3)
     assert m.shape == (3, 3) and np.allclose(m[2], [0, 0, 1])
