@@ -144,14 +144,13 @@ def analyse_tile(rgb: np.ndarray, params: _StainParams, class_map: np.ndarray | 
     are left out; each region also gets its own score in ``region_scores``.
     """
     from .scoring import score_class_map
-    from .stain import dab_class_map, deconvolve
+    from .stain import class_map_from_stains, deconvolve
 
     m = params.margin_px if params.level == "cell" else 0
     core = rgb[m:rgb.shape[0] - m, m:rgb.shape[1] - m] if m else rgb
     od = deconvolve(core, params.vectors, params.background)
     if class_map is None:
-        class_map = dab_class_map(core, params.stain, vectors=params.vectors,
-                                  background=params.background)
+        class_map = class_map_from_stains(od, params.stain, vectors=params.vectors)
     cells: list[Any] = []
     if params.level == "cell":
         from .cells import detect_cells
@@ -325,7 +324,10 @@ def _stain_vectors(options: ScoreOptions, thumb: np.ndarray, tissue_mask: np.nda
     if options.stain_vectors:
         return StainVectors.from_qupath(options.stain_vectors)
     if options.stain.estimate_vectors:
-        return estimate_vectors(thumb, tissue_mask, background=background, config=options.stain)
+        estimated = estimate_vectors(thumb, tissue_mask, background=background, config=options.stain)
+        if estimated is not None:
+            return estimated
+        log.warning("stain vectors could not be estimated from the slide; using the defaults")
     return StainVectors.default(options.stain)
 
 
