@@ -652,7 +652,7 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
         pic = side_by_side(draw_tiles(he_thumb, he_marks, width=max(1, round(he_thumb.shape[1] / 500))), pic)
     pct = summary["class_percentages"]
     lines = [f"{k}: {pct[k]:.1f} %" for k in ("0", "1+", "2+", "3+")]
-    lines += [f"H-score: {summary['h_score']:.0f}", f"2+/3+: {summary['percent_positive']:.1f} %",
+    lines += [f"H-score: {summary['h_score']:.0f}", f"WSI% (2+/3+ px): {summary['percent_positive']:.1f}",
               f"tiles: {summary['n_tiles_counted']}/{summary['n_tiles']}"]
     if summary.get("n_cells") is not None:
         lines.append(f"cells: {summary['n_cells']}")
