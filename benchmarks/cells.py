@@ -91,7 +91,7 @@ def main() -> None:
     nuclei = cells.detect_nuclei(chan, mpp)
     t_comp = best_of(lambda: cells.cell_compartments(nuclei, mpp), args.repeats)
     comp = cells.cell_compartments(nuclei, mpp)
-    t_meas = best_of(lambda: cells.measure_cells(od, nuclei, *comp, mpp), args.repeats)
+    t_meas = best_of(lambda: cells.measure_cells(od, nuclei, comp, mpp), args.repeats)
     t_poly = best_of(
         lambda: (cells.label_polygons(nuclei), cells.label_polygons(comp[0])), args.repeats
     )

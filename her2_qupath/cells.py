@@ -11,7 +11,8 @@ QuPath's cell detection:
    smoothing, subtraction of the local background (grey opening), a fixed OD
    threshold, hole filling and opening, then a marker-controlled watershed
    whose seeds are the maxima of the scale-normalised Laplacian of Gaussian,
-   so touching nuclei are split; an area filter in µm² ends it.
+   so touching nuclei are split; each nucleus ends at half its peak contrast;
+   an area filter in µm² ends it.
 3. **Cells**: each nucleus grows by at most ``expansion_um`` without
    overlapping its neighbours (:func:`skimage.segmentation.expand_labels`,
    as QuPath's "cell expansion").
@@ -22,9 +23,11 @@ QuPath's cell detection:
    (``"Membrane: DAB OD mean"`` …), computed with ``np.bincount`` and
    ``scipy.ndimage`` labelled statistics, never with loops over pixels.
 6. **Membrane completeness**: the ring is divided into
-   ``completeness_sectors`` equal angular sectors around the cell centroid; a
-   sector is stained when its mean DAB OD reaches the 1+ threshold;
-   completeness is the fraction of the sectors present that are stained.
+   ``completeness_sectors`` equal angular sectors around the cell centroid,
+   and each sector into layers parallel to the boundary; a sector's DAB OD is
+   its darkest layer's mean (the membrane line, wherever it runs in the band);
+   a sector is stained when that reaches the 1+ threshold; completeness is
+   the fraction of the sectors present that are stained.
 7. **Class** 0 / 1+ / 2+ / 3+ of each cell from the intensity of the stained
    part of its ring and its completeness (:func:`classify_cells`).
 
@@ -38,7 +41,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -56,6 +59,7 @@ __all__ = [
     "CellResult",
     "nucleus_channel",
     "detect_nuclei",
+    "Compartments",
     "cell_compartments",
     "measure_cells",
     "classify_cells",
@@ -118,10 +122,11 @@ def _check_config(config: CellConfig, stain: StainConfig) -> None:
                 f"CellConfig.{name} must lie in (0, 1], got {value}",
                 hint="give a fraction of the membrane ring, e.g. 0.7",
             )
-    if not 0 <= config.membrane_quantile <= 1:
+    if config.membrane_width_um <= 0 or config.membrane_layer_um <= 0:
         raise UserInputError(
-            f"CellConfig.membrane_quantile must lie in [0, 1], got {config.membrane_quantile}",
-            hint="0.8 (the upper quintile of each ring sector) is the default",
+            "CellConfig.membrane_width_um and membrane_layer_um must be positive, got "
+            f"{config.membrane_width_um} and {config.membrane_layer_um}",
+            hint="e.g. membrane_width_um=3, membrane_layer_um=0.5",
         )
     if config.completeness_sectors < 4:
         raise UserInputError(
@@ -283,12 +288,21 @@ def detect_nuclei(
 # ----------------------------------------------------------------------------- cells
 
 
+class Compartments(NamedTuple):
+    """Label images of the cell compartments (label i = cell i) and the boundary depth."""
+
+    cells: np.ndarray  # int32, nucleus + cytoplasm + membrane
+    membranes: np.ndarray  # int32, the band along the cell boundary, outside the nucleus
+    cytoplasm: np.ndarray  # int32, the rest of the cell outside the nucleus
+    depth: np.ndarray  # float32, distance (pixels) of each pixel to its cell's boundary
+
+
 def cell_compartments(
     nuclei: np.ndarray,
     mpp: float,
     config: CellConfig = CellConfig(),  # noqa: B008
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(cells, membranes, cytoplasm)`` label images grown from a nucleus label image.
+) -> Compartments:
+    """Cells, membranes and cytoplasm grown from a nucleus label image.
 
     Cells: each nucleus expanded by at most ``expansion_um`` without touching
     another (the label of a cell is the label of its nucleus). Membrane: the
@@ -305,14 +319,14 @@ def cell_compartments(
     cells = expand_labels(nuclei, distance=config.expansion_um / mpp).astype(np.int32, copy=False)
     inner = find_boundaries(cells, mode="inner")
     if inner.any():
-        to_edge = ndi.distance_transform_edt(~inner)
-        band = to_edge < config.membrane_width_um / mpp
+        depth = ndi.distance_transform_edt(~inner).astype(np.float32)
     else:
-        band = np.zeros(cells.shape, dtype=bool)
+        depth = np.full(cells.shape, np.inf, dtype=np.float32)
+    band = depth < config.membrane_width_um / mpp
     outside_nucleus = nuclei == 0
     membranes = np.where(band & outside_nucleus, cells, 0).astype(np.int32, copy=False)
     cytoplasm = np.where(~band & outside_nucleus, cells, 0).astype(np.int32, copy=False)
-    return cells, membranes, cytoplasm
+    return Compartments(cells, membranes, cytoplasm, depth)
 
 
 def _label_mean(labels: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -348,23 +362,26 @@ def _centroids(labels: np.ndarray, n: int) -> np.ndarray:
 
 def _membrane_sectors(
     membranes: np.ndarray,
+    depth: np.ndarray,
     dab: np.ndarray,
     centres_rc: np.ndarray,
     n: int,
     threshold: float,
     sectors: int,
-    quantile: float,
+    bin_px: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Angular completeness and stained-part intensity of each cell's membrane ring.
 
     Ring pixels are binned into ``sectors`` equal angles around the cell centre
-    ``centres_rc`` (row, col). A sector's DAB OD is the ``quantile`` of its ring
-    pixels (the upper quintile by default: the membrane line is found wherever
-    it lies across the band, as long as it covers a fifth of the band, while
-    isolated specks are ignored). A sector is stained when that value reaches
-    ``threshold``. Completeness = stained sectors / sectors holding ring pixels
-    (0 when the ring is empty); intensity = the median sector value over the
-    stained sectors (0 when none is stained).
+    ``centres_rc`` (row, col) and, within a sector, into layers of ``bin_px``
+    pixels by their depth from the cell boundary. A sector's DAB OD is the
+    largest layer mean: the membrane line is found wherever it runs across the
+    band (on the boundary between packed cells, or inside the band of a cell
+    whose true outline is smaller than its expansion), and averaging along the
+    layer keeps single specks from counting. A sector is stained when that
+    value reaches ``threshold``. Completeness = stained sectors / sectors
+    holding ring pixels (0 when the ring is empty); intensity = the median
+    value of the stained sectors (0 when none is stained).
     """
     if n == 0:
         return np.zeros(0), np.zeros(0)
@@ -372,28 +389,25 @@ def _membrane_sectors(
     lab = membranes[rr, cc].astype(np.int64) - 1
     angle = np.arctan2(rr - centres_rc[lab, 0], cc - centres_rc[lab, 1])
     sector = np.minimum(((angle + np.pi) * (sectors / (2 * np.pi))).astype(np.int64), sectors - 1)
-    key = lab * sectors + sector
-    values = dab[rr, cc]
-    # per-sector quantile without a Python loop: sort by (sector, value), index into each run
-    order = np.lexsort((values, key))
-    ordered = values[order]
-    count = np.bincount(key, minlength=n * sectors)
-    start = np.cumsum(count) - count
-    present = count > 0
-    pick = start + np.floor(quantile * np.maximum(count - 1, 0)).astype(np.int64)
-    sector_od = np.where(present, ordered[np.minimum(pick, max(len(ordered) - 1, 0))], -np.inf)
-    sector_od = sector_od.reshape(n, sectors)
-    present = present.reshape(n, sectors)
+    layer = (depth[rr, cc] / max(bin_px, 1e-6)).astype(np.int64)
+    layers = int(layer.max()) + 1 if layer.size else 1
+    key = (lab * sectors + sector) * layers + layer
+    size = n * sectors * layers
+    count = np.bincount(key, minlength=size)
+    total = np.bincount(key, weights=dab[rr, cc], minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        layer_mean = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
+    sector_od = layer_mean.reshape(n, sectors, layers).max(axis=2)
+    present = count.reshape(n, sectors, layers).sum(axis=2) > 0
     stained = present & (sector_od >= threshold)
     n_present = present.sum(axis=1)
     n_stained = stained.sum(axis=1)
     completeness = n_stained / np.maximum(n_present, 1)
     # median of the stained sectors: sort each row descending with the others at -inf
     desc = -np.sort(-np.where(stained, sector_od, -np.inf), axis=1)
-    lo = np.maximum(n_stained - 1, 0) // 2
-    hi = n_stained // 2
     rows = np.arange(n)
-    hi = np.minimum(hi, sectors - 1)
+    lo = np.maximum(n_stained - 1, 0) // 2
+    hi = np.minimum(n_stained // 2, sectors - 1)
     median = 0.5 * (desc[rows, lo] + desc[rows, hi])
     intensity = np.where(n_stained > 0, median, 0.0)
     return completeness.astype(np.float64), intensity.astype(np.float64)
@@ -402,9 +416,7 @@ def _membrane_sectors(
 def measure_cells(
     od: np.ndarray,
     nuclei: np.ndarray,
-    cells: np.ndarray,
-    membranes: np.ndarray,
-    cytoplasm: np.ndarray,
+    compartments: Compartments,
     mpp: float,
     config: CellConfig = CellConfig(),  # noqa: B008
     stain: StainConfig = StainConfig(),  # noqa: B008
@@ -419,6 +431,7 @@ def measure_cells(
     of the ring (the intensity of the part of the membrane that is stained).
     """
     mpp = _check_mpp(mpp)
+    cells, membranes, cytoplasm, depth = compartments
     n = int(cells.max()) if cells.size else 0
     hema = np.asarray(od[..., 0], dtype=np.float64)
     dab = np.asarray(od[..., 1], dtype=np.float64)
@@ -438,12 +451,13 @@ def measure_cells(
     centres = _centroids(cells, n)[:, ::-1] - 0.5  # (row, col) of pixel centres
     completeness, stained = _membrane_sectors(
         membranes,
+        depth,
         dab,
         centres,
         n,
         stain.thresholds[0],
         config.completeness_sectors,
-        config.membrane_quantile,
+        max(1.0, config.membrane_layer_um / mpp),
     )
     out["Membrane: completeness"] = completeness
     out["Membrane: stained DAB OD"] = stained
@@ -637,8 +651,9 @@ def detect_cells(
     od = deconvolve(a, vectors, background)
     nuclei = detect_nuclei(nucleus_channel(od, config), mpp, config)
     n = int(nuclei.max())
-    cells, membranes, cytoplasm = cell_compartments(nuclei, mpp, config)
-    measurements = measure_cells(od, nuclei, cells, membranes, cytoplasm, mpp, config, stain)
+    compartments = cell_compartments(nuclei, mpp, config)
+    cells, membranes, cytoplasm, _ = compartments
+    measurements = measure_cells(od, nuclei, compartments, mpp, config, stain)
     classes = classify_cells(measurements, config, stain)
     edge = np.zeros(n + 1, dtype=bool)
     edge[np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])] = True

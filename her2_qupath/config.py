@@ -28,6 +28,7 @@ __all__ = [
     "RegistrationConfig",
     "ServerConfig",
     "SlideConfig",
+    "ProjectConfig",
 ]
 
 #: QuPath classification names of the four HER2 classes, in order 0, 1+, 2+, 3+.
@@ -111,7 +112,7 @@ class CellConfig:
     nucleus_min_area_um2: float = 10.0
     nucleus_max_area_um2: float = 400.0
     expansion_um: float = 5.0  # bounded nucleus-to-cell expansion (QuPath's default)
-    membrane_width_um: float = 1.5  # width of the cell boundary band
+    membrane_width_um: float = 3.0  # width of the band inside the cell boundary searched for membrane
     complete_fraction: float = 0.7  # ring fraction above the 1+ threshold for "complete"
     # Nucleus detection (see docs/cells.md). "hematoxylin" suits membrane stains (HER2):
     # membranes are DAB, so DAB must not count as nucleus. "hematoxylin+dab" (pixelwise
@@ -125,7 +126,7 @@ class CellConfig:
     split_min_distance_um: float = 2.5  # minimum distance between two nucleus seeds
     boundary_fraction: float = 0.5  # nucleus edge at this fraction of its peak contrast (0: off)
     completeness_sectors: int = 36  # angular sectors of the membrane ring (10 degrees each)
-    membrane_quantile: float = 0.8  # a sector's DAB OD: this quantile of its ring pixels
+    membrane_layer_um: float = 0.5  # depth layers of a ring sector; its OD = the darkest layer
     min_positive_fraction: float = 0.1  # ring fraction above the 1+ threshold for any 1+
     strong_partial_fraction: float = 0.5  # strong (>= 3+ OD) but incomplete rings: 2+ from here
     polygon_tolerance_px: float = 0.5  # Douglas-Peucker tolerance of the exported outlines
@@ -264,14 +265,14 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RegistrationConfig:
     model: Literal["rigid", "affine", "nonrigid"] = "affine"
-    work_mpp: float = 20.0  # resolution of the coarse search (micrometres/pixel)
+    work_mpp: float = 2.0  # the affine stage never works finer than this (µm/px)
     rotation_step_deg: float = 5.0
     allow_mirror: bool = False
     min_quality: float = 0.5  # below this the mapping is flagged unreliable
-    # -- resolutions (the pixel counts bound the work for images without a pixel size) --
+    # -- resolutions: set by pixel counts over the larger image, bounded below by the MPPs --
     coarse_size: int = 256  # longest side (px) of the images of the rotation search
     max_work_size: int = 768  # longest side (px) of the finest affine level
-    nonrigid_mpp: float = 10.0  # resolution of the non-rigid refinement (µm/px)
+    nonrigid_mpp: float = 1.0  # the non-rigid stage never works finer than this (µm/px)
     max_nonrigid_size: int = 2048  # longest side (px) of the non-rigid level
     # -- tissue masks on the working images --
     min_od: float = 0.06  # OD (sum over RGB) below which a pixel is always glass
@@ -284,11 +285,12 @@ class RegistrationConfig:
     ecc_eps: float = 1e-6
     ecc_gauss: int = 5  # Gaussian filter size inside ECC (odd)
     # -- non-rigid refinement --
-    nonrigid_patch_px: int = 32  # block-matching patch side (non-rigid px)
+    nonrigid_patch_px: int = 48  # block-matching patch side (non-rigid px)
     nonrigid_step_px: int = 8  # spacing of the patches (non-rigid px)
     nonrigid_radius_px: int = 8  # search radius around the affine position (non-rigid px)
     nonrigid_max_patches: int = 20_000  # more tissue than this many patches: wider spacing
     nonrigid_min_ncc: float = 0.3  # weaker local matches are ignored
+    nonrigid_outlier_px: float = 3.0  # matches this far from the smoothed field are dropped (0: keep all)
     nonrigid_smoothing_px: float = 20.0  # Gaussian sigma of the displacement field (non-rigid px)
     nonrigid_grid_px: int = 10  # spacing of the stored field's grid (non-rigid px)
     quality_smoothing_px: float = 2.0  # Gaussian sigma before the correlation (working px)
@@ -320,3 +322,20 @@ class SlideConfig:
     min_plausible_mpp: float = 0.01  # TIFF/PNG resolution tags outside this range
     max_plausible_mpp: float = 50.0  # (e.g. 72 dpi = 353 µm/px) are ignored
     whole_image_max_pixels: int = 200_000_000  # PNG/JPEG are decoded whole; refuse larger
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """QuPath project batch runs: pairing, locking heuristics and file naming."""
+
+    output_dirname: str = "her2_qupath"  # PROJECT/<this>/<entryID>/ holds per-image results
+    roi_filename: str = "rois.geojson"  # written by export_annotations.groovy per entry
+    detections_filename: str = "detections.geojson"
+    annotations_filename: str = "annotations.geojson"
+    summary_filename: str = "summary.json"
+    he_stains: tuple[str, ...] = ("HE", "H&E", "H-E", "H_E")  # stain names meaning H&E (case-insensitive)
+    case_metadata_key: str = "case"  # image metadata naming the case (pairing by metadata)
+    stain_metadata_key: str = "stain"  # image metadata naming the stain
+    recent_write_seconds: float = 120.0  # a project saved this recently looks open in QuPath
+    backup_dirname: str = "backups"  # under output_dirname
+    lock_filename: str = ".her2-qupath.lock"  # our own lock while writing the project

@@ -144,14 +144,13 @@ def analyse_tile(rgb: np.ndarray, params: _StainParams, class_map: np.ndarray | 
     are left out; each region also gets its own score in ``region_scores``.
     """
     from .scoring import score_class_map
-    from .stain import dab_class_map, deconvolve
+    from .stain import class_map_from_stains, deconvolve
 
     m = params.margin_px if params.level == "cell" else 0
     core = rgb[m:rgb.shape[0] - m, m:rgb.shape[1] - m] if m else rgb
     od = deconvolve(core, params.vectors, params.background)
     if class_map is None:
-        class_map = dab_class_map(core, params.stain, vectors=params.vectors,
-                                  background=params.background)
+        class_map = class_map_from_stains(od, params.stain, vectors=params.vectors)
     cells: list[Any] = []
     if params.level == "cell":
         from .cells import detect_cells
@@ -325,7 +324,10 @@ def _stain_vectors(options: ScoreOptions, thumb: np.ndarray, tissue_mask: np.nda
     if options.stain_vectors:
         return StainVectors.from_qupath(options.stain_vectors)
     if options.stain.estimate_vectors:
-        return estimate_vectors(thumb, tissue_mask, background=background, config=options.stain)
+        estimated = estimate_vectors(thumb, tissue_mask, background=background, config=options.stain)
+        if estimated is not None:
+            return estimated
+        log.warning("stain vectors could not be estimated from the slide; using the defaults")
     return StainVectors.default(options.stain)
 
 
@@ -418,13 +420,16 @@ def run_score(
 
 
 def _get_transform(request: ScoreRequest, he: Any, ihc: Any) -> tuple[Any, dict[str, Any]]:
-    from .registration import Transform, register
+    from .registration import Transform
+    from .registration.files import check_transform_fits, register_slides
 
     if request.transform is not None:
         transform = Transform.from_json(Path(request.transform))
+        check_transform_fits(transform, he.dimensions, ihc.dimensions)
         source = str(request.transform)
     else:
-        transform = register(he, ihc, request.options.registration)
+        transform = register_slides(request.he, request.ihc, request.options.registration,  # type: ignore[arg-type]
+                                    fixed_mpp=request.he_mpp, moving_mpp=request.ihc_mpp)
         source = "registered"
     quality = dict(getattr(transform, "quality", {}) or {})
     reliable = bool(quality.get("reliable", True))
@@ -647,7 +652,7 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
         pic = side_by_side(draw_tiles(he_thumb, he_marks, width=max(1, round(he_thumb.shape[1] / 500))), pic)
     pct = summary["class_percentages"]
     lines = [f"{k}: {pct[k]:.1f} %" for k in ("0", "1+", "2+", "3+")]
-    lines += [f"H-score: {summary['h_score']:.0f}", f"2+/3+: {summary['percent_positive']:.1f} %",
+    lines += [f"H-score: {summary['h_score']:.0f}", f"WSI% (2+/3+ px): {summary['percent_positive']:.1f}",
               f"tiles: {summary['n_tiles_counted']}/{summary['n_tiles']}"]
     if summary.get("n_cells") is not None:
         lines.append(f"cells: {summary['n_cells']}")

@@ -157,6 +157,13 @@ def test_affine_accuracy_on_rat_kidney(kidney, kidney_affine):
 
 
 @pytest.mark.shared_data
+def test_a_common_pixel_size_only_changes_the_units(kidney, kidney_affine):
+    t = register(kidney["he"], kidney["ihc"], RegistrationConfig(model="affine"), fixed_mpp=4.0, moving_mpp=4.0)
+    assert t.quality["unit"] == "um" and kidney_affine.quality["unit"] == "px"
+    assert np.allclose(t.matrix, kidney_affine.matrix, atol=1e-6)
+
+
+@pytest.mark.shared_data
 def test_nonrigid_beats_every_affine(kidney, kidney_affine, kidney_nonrigid):
     assert kidney_nonrigid.field is not None, "the non-rigid refinement was rejected"
     med = _median_rtre(kidney_nonrigid, kidney)
@@ -220,6 +227,18 @@ def test_robust_to_rotation_mirror_shift_padding_and_bending(kidney, kidney_affi
     err = np.median(np.hypot(*(t.apply(kidney["lh"]) - pts).T)) / math.hypot(*kidney["ihc"].shape[:2])
     assert err <= 1.5 * base
     assert t.reliable
+
+
+@pytest.mark.shared_data
+def test_nonrigid_follows_a_synthetic_bend(kidney, kidney_nonrigid):
+    img, pts = _bend(kidney["ihc"], kidney["li"])
+    diag = math.hypot(*kidney["ihc"].shape[:2])
+    aff = register(kidney["he"], img, RegistrationConfig(model="affine"))
+    non = register(kidney["he"], img, RegistrationConfig(model="nonrigid"))
+    e_aff = np.median(np.hypot(*(aff.apply(kidney["lh"]) - pts).T)) / diag
+    e_non = np.median(np.hypot(*(non.apply(kidney["lh"]) - pts).T)) / diag
+    assert non.field is not None and e_non < e_aff
+    assert e_non <= 1.5 * _median_rtre(kidney_nonrigid, kidney)
 
 
 @pytest.mark.shared_data
@@ -544,3 +563,29 @@ def test_real_tile_grid_and_slide_files_bijection(tmp_path):
                                (48, 48), interpolation=cv2.INTER_AREA)
             assert got.shape == (48, 48, 3)
             assert np.abs(got.astype(float) - truth)[3:-3, 3:-3].mean() < 15.0
+
+
+def test_apply_inverse_round_trip_property():
+    """Any well-conditioned affine (mirrors included) round-trips points to 1e-6 px."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=60, deadline=None)
+    @hypothesis.given(
+        deg=st.floats(-180, 180), sx=st.floats(0.3, 3.0), sy=st.floats(0.3, 3.0), shear=st.floats(-0.5, 0.5),
+        tx=st.floats(-1e5, 1e5), ty=st.floats(-1e5, 1e5), mirror=st.booleans(),
+        pts=st.lists(st.tuples(st.floats(-1e5, 1e5), st.floats(-1e5, 1e5)), min_size=1, max_size=20),
+    )
+    def check(deg, sx, sy, shear, tx, ty, mirror, pts):
+        t = math.radians(deg)
+        rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+        lin = rot @ np.array([[sx, shear], [0.0, sy]]) @ np.diag([-1.0 if mirror else 1.0, 1.0])
+        m = np.eye(3)
+        m[:2, :2], m[:2, 2] = lin, (tx, ty)
+        tr = Transform(m, (100, 100), (100, 100))
+        p = np.asarray(pts, dtype=float)
+        assert np.allclose(tr.apply_inverse(tr.apply(p)), p, atol=1e-6 * (1 + np.abs(p).max()))
+        back = Transform.from_json(tr.to_json())
+        assert np.allclose(back.apply(p), tr.apply(p), rtol=1e-12, atol=1e-6)
+
+    check()

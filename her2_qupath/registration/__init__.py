@@ -10,6 +10,7 @@ and the QuPath affine convention.
 from __future__ import annotations
 
 from .core import register
+from .files import check_transform_fits, register_slides, warp_geojson, warp_points_csv
 from .mapping import map_tile, read_mapped_tile, tile_sample_grid, warp_geometry
 from .render import render_registration
 from .transform import DisplacementField, Transform
@@ -23,4 +24,8 @@ __all__ = [
     "tile_sample_grid",
     "warp_geometry",
     "render_registration",
+    "register_slides",
+    "check_transform_fits",
+    "warp_geojson",
+    "warp_points_csv",
 ]

@@ -1,6 +1,7 @@
 """Estimating the H&E → IHC transform from low-resolution images.
 
-Steps (all on optical-density images, so the stains need not look alike):
+Steps (on the hematoxylin channel and the optical-density tissue masks, so the
+stains need not look alike):
 
 1. **Coarse search** at ``config.coarse_size`` pixels: every rotation in steps
    of ``config.rotation_step_deg`` (and the mirror image when
@@ -8,16 +9,16 @@ Steps (all on optical-density images, so the stains need not look alike):
    are unknown, translated by phase correlation after matching the tissue
    centroids; the best few candidates are refined with ECC and the best kept.
 2. **Affine refinement**: OpenCV's ECC maximisation (``findTransformECC``,
-   Evangelidis & Psarakis 2008) in a pyramid up to ``config.work_mpp``
-   (Euclidean motion for ``rigid``, affine otherwise).
-3. **Non-rigid refinement** (``nonrigid``): dense optical flow (OpenCV's DIS)
-   between the fixed image and the affinely aligned moving image at
-   ``config.nonrigid_mpp``, averaged with tissue weights and smoothed with a
-   wide Gaussian, sampled on a coarse grid; kept only when it improves the
-   image similarity.
+   Evangelidis & Psarakis 2008) in a pyramid up to ``config.max_work_size``
+   pixels along the longest side (never finer than ``config.work_mpp``);
+   Euclidean motion for ``rigid``, affine otherwise.
+3. **Non-rigid refinement** (``nonrigid``): block matching by normalised
+   cross-correlation between the fixed image and the affinely aligned moving
+   image at up to ``config.max_nonrigid_size`` pixels, combined into a smooth
+   displacement field (:mod:`.nonrigid`); kept only when it improves the
+   image correlation.
 4. **Quality**: tissue-mask Dice and normalised cross-correlation of the
-   smoothed OD images after alignment, and how far the chosen alignment stands
-   out from the other candidate rotations. Below ``config.min_quality`` the
+   hematoxylin images after alignment. Below ``config.min_quality`` the
    transform is flagged ``reliable = False`` and a warning is logged.
 """
 
@@ -213,8 +214,8 @@ def _motion(cfg: RegistrationConfig) -> int:
 def _pyramid_units(extent: float, cfg: RegistrationConfig, physical: bool, finest: float) -> list[float]:
     """Working pixel sizes from coarse to fine for the affine stage."""
     coarse = max(extent / cfg.coarse_size, finest)
-    fine_target = cfg.work_mpp if physical else finest
-    fine = max(fine_target, extent / cfg.max_work_size, finest)
+    floor = max(cfg.work_mpp, finest) if physical else finest
+    fine = max(floor, extent / cfg.max_work_size)
     units = [coarse]
     u = coarse / 2.0
     while u > fine * 1.2:
@@ -309,7 +310,8 @@ def register(
     if cfg.model == "nonrigid":
         from .nonrigid import refine_nonrigid
 
-        nunit = max(cfg.nonrigid_mpp if physical else finest, extent / cfg.max_nonrigid_size, finest)
+        floor = max(cfg.nonrigid_mpp, finest) if physical else finest
+        nunit = max(floor, extent / cfg.max_nonrigid_size)
         npair = pair if abs(nunit - pair.unit) < 1e-9 else _pair_at(fsrc, msrc, nunit, fu, mu, cfg)
         fld = refine_nonrigid(npair, affine, cfg)
         if fld is not None:

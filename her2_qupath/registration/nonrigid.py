@@ -106,7 +106,16 @@ def refine_nonrigid(pair: Pair, affine: Transform, cfg: RegistrationConfig) -> D
     if len(pts) < 16:
         log.info("only %d reliable local matches: no non-rigid refinement", len(pts))
         return None
-    flow = _densify(f.feat.shape, pts, disp, conf, float(cfg.nonrigid_smoothing_px))
+    sigma = float(cfg.nonrigid_smoothing_px)
+    flow = _densify(f.feat.shape, pts, disp, conf, sigma)
+    if cfg.nonrigid_outlier_px > 0:
+        # drop matches that disagree with their smoothed neighbourhood, then smooth again
+        resid = np.hypot(*(disp - flow[pts[:, 1], pts[:, 0]]).T)
+        keep = resid <= cfg.nonrigid_outlier_px
+        if keep.sum() >= 16 and not keep.all():
+            log.debug("non-rigid: %d of %d matches are outliers", int((~keep).sum()), len(keep))
+            pts, disp, conf = pts[keep], disp[keep], conf[keep]
+            flow = _densify(f.feat.shape, pts, disp, conf, sigma)
     g = max(1, int(cfg.nonrigid_grid_px))
     h, w = f.feat.shape
     rows = np.arange(0, h + g, g)
