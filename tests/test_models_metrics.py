@@ -164,3 +164,37 @@ def test_tile_measurements_names() -> None:
     model = types.SimpleNamespace(num_labels=2, kind="tumor", spec=spec, labels=("Other", "Tumor"))
     rows = tile_measurements(model, np.array([[0.3, 0.7]]), np.array([[[0.1, 0.4]]]))
     assert rows == [{"Tumor probability": pytest.approx(0.7), "Attention max": pytest.approx(0.4)}]
+
+
+def test_slide_heatmaps_over_a_real_tile_grid(tmp_path) -> None:
+    import torch
+    from PIL import Image
+
+    from her2_qupath.config import TilingConfig
+    from her2_qupath.models.attention import slide_heatmaps
+    from her2_qupath.models.io import LoadedModel, build_network, make_spec
+    from her2_qupath.models.synthetic import stain_tiles
+    from her2_qupath.slide import open_slide
+    from her2_qupath.slide_writer import write_slide
+    from her2_qupath.tiling import tile_grid
+
+    tiles, _ = stain_tiles(6, 256, seed=1)
+    rgb = np.full((512, 768, 3), 255, np.uint8)
+    for k in range(6):
+        r, c = divmod(k, 3)
+        rgb[r * 256:(r + 1) * 256, c * 256:(c + 1) * 256] = tiles[k]
+    write_slide(tmp_path / "s.svs", rgb, mpp=0.5, compression=None)
+    torch.manual_seed(0)
+    spec = make_spec("tumor", "tiny", ("Other", "Tumor"), mpp=0.5, tile_size=256, input_size=64)
+    model = LoadedModel(spec=spec, network=build_network(spec).eval())
+    with open_slide(tmp_path / "s.svs") as slide:
+        grid = tile_grid(slide.dimensions, slide.mpp, TilingConfig(tile_size=256, mpp=0.5))
+        out = slide_heatmaps(model, slide, grid, tmp_path / "heat", thumbnail_max=384)
+    assert grid.n_rows == 2 and grid.n_cols == 3 and len(out.measurements) == 6
+    assert out.heatmap.shape == (2, 3) and not np.isnan(out.heatmap).any()
+    for t, p in zip(grid, out.probs[:, 1]):
+        assert out.heatmap[t.row, t.col] == pytest.approx(p)
+        assert out.measurements[list(grid).index(t)]["Tumor probability"] == pytest.approx(p)
+    for name in ("probability", "attention"):
+        with Image.open(out.paths[name]) as im:
+            assert im.size == (384, 256)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ __all__ = [
     "heatmap_overlay",
     "write_heatmap_png",
     "tile_measurements",
+    "SlideHeatmaps",
+    "slide_heatmaps",
 ]
 
 log = logging.getLogger(__name__)
@@ -224,3 +227,55 @@ def tile_measurements(model: LoadedModel, probs: np.ndarray,
             row["Attention max"] = float(np.max(attention[i]))
         rows.append(row)
     return rows
+
+
+@dataclass
+class SlideHeatmaps:
+    """Heatmaps of a classifier over a slide's tile grid."""
+
+    probs: np.ndarray  # N x K class probabilities, in grid order
+    attention: np.ndarray  # N x g x g rollout maps
+    heatmap: np.ndarray  # n_rows x n_cols probability of the chosen class, NaN where no tile
+    measurements: list[dict[str, float]]  # per tile, for QuPath detections
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def slide_heatmaps(model: LoadedModel, slide: Any, grid: Any, out_dir: str | os.PathLike[str] | None = None,
+                   *, column: int | None = None, thumbnail_max: int = 2048, batch_size: int = 8,
+                   cmap: str = "inferno", alpha: float = 0.5,
+                   progress: Callable[[int, int], None] | None = None) -> SlideHeatmaps:
+    """Classify every tile of ``grid`` with attention rollout; write PNG overlays to ``out_dir``.
+
+    ``column``: the class whose probability is mapped (default: the tumor class).
+    Writes ``probability_heatmap.png`` (one colour per tile) and
+    ``attention_heatmap.png`` (each tile's rollout map, scaled to its maximum) over
+    a thumbnail of the slide (longest side ``thumbnail_max``).
+    """
+    from ..tiling import read_tile
+
+    if column is None:
+        column = model.tumor_index
+    tiles = list(grid)
+
+    def reader() -> Iterable[np.ndarray]:
+        for k, t in enumerate(tiles):
+            yield read_tile(slide, t)
+            if progress is not None:
+                progress(k + 1, len(tiles))
+
+    probs, maps = attention_rollout(model, reader(), batch_size=batch_size, return_probs=True)
+    heat = probability_heatmap(probs[:, column], tiles if not hasattr(grid, "n_rows") else grid)
+    result = SlideHeatmaps(probs, maps, heat, tile_measurements(model, probs, maps))
+    if out_dir is None:
+        return result
+    out = Path(out_dir)
+    thumb = np.asarray(slide.thumbnail(max_size=thumbnail_max))
+    downsample = slide.dimensions[0] / thumb.shape[1]
+    cell = float(grid.level0_stride) / downsample  # one grid cell in thumbnail pixels
+    result.paths["probability"] = write_heatmap_png(out / "probability_heatmap.png", heat, thumb,
+                                                    cell_px=cell, alpha=alpha, cmap=cmap)
+    canvas_cell = max(4, int(round(cell)))
+    canvas = attention_heatmap(maps, grid, cell_px=canvas_cell)
+    result.paths["attention"] = write_heatmap_png(out / "attention_heatmap.png", canvas, thumb,
+                                                  cell_px=cell / canvas_cell, alpha=alpha, cmap=cmap)
+    return result
