@@ -192,3 +192,18 @@ def test_fused_vit_path_matches_transformers_logits(tiles: np.ndarray) -> None:
         ref = model.network(pixel_values=x).logits
         got = fast_vit(model.network)(x)
     assert torch.allclose(ref, got, atol=1e-5)
+
+
+def test_maskformer_segmenter_round_trip(tmp_path: Path, tiles: np.ndarray) -> None:
+    """MaskFormer weights (e.g. brought from elsewhere) load and segment like SegFormer's."""
+    import torch
+
+    torch.manual_seed(0)
+    spec = make_spec("segmenter", "maskformer-tiny", None, mpp=0.5, tile_size=64, input_size=64)
+    model = LoadedModel(spec=spec, network=build_network(spec).eval())
+    assert model.network.config.model_type == "maskformer"
+    before = segment_tiles(model, tiles[:2], precision="fp32")
+    loaded = load_model(save_model(model, tmp_path / "mf"), expected_kind="segmenter")
+    after = segment_tiles(loaded, tiles[:2], precision="fp32")
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert before[0].shape == (64, 64) and set(np.unique(before[0])) <= {0, 1, 2, 3, 4}

@@ -215,3 +215,13 @@ def test_stain_classifier_learns_in_bf16_mixed_precision(tmp_path: Path,
     import torch
 
     assert next(load_model(tmp_path / "bf16").network.parameters()).dtype == torch.float32
+
+
+def test_maskformer_training_path_runs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    x, m = stain_masks(16, 64, seed=3)
+    data = MaskDataset.from_arrays(x, m, [f"s{i % 4}" for i in range(16)])
+    result = train_segmenter(data, tmp_path / "mf", arch="maskformer-tiny", config=CFG, lr=1e-4,
+                             batch_size=4, epochs=2, input_size=64)
+    assert len(result.history) == 2 and np.isfinite(result.history[-1]["train_loss"])
+    assert "experimental" in caplog.text
+    assert load_model(tmp_path / "mf").network.config.model_type == "maskformer"

@@ -37,6 +37,7 @@ __all__ = [
     "classify_tiles",
     "segment_tiles",
     "stain_grades",
+    "semantic_logits",
 ]
 
 log = logging.getLogger(__name__)
@@ -319,7 +320,7 @@ def segment_tiles(model: LoadedModel, tiles: Iterable[Any] | np.ndarray, *,
 
     def head(runner: _Runner, xs: list[Any]) -> list[np.ndarray]:
         x, arrays = xs
-        logits = runner.network(pixel_values=x).logits.float()
+        logits = semantic_logits(runner.network, x)[1].float()
         maps = []
         for i, a in enumerate(arrays):
             up = F.interpolate(logits[i:i + 1], size=a.shape[:2], mode="bilinear", align_corners=False)
@@ -328,6 +329,22 @@ def segment_tiles(model: LoadedModel, tiles: Iterable[Any] | np.ndarray, *,
 
     return _run(model, tiles, precision=precision, batch_size=batch_size, progress=progress,
                 num_threads=num_threads, head=head)
+
+
+def semantic_logits(network: Any, pixel_values: Any, **labels: Any) -> tuple[Any, Any]:
+    """The network's outputs and per-class scores (B, K, h, w) of a SegFormer or MaskFormer.
+
+    MaskFormer's per-query class probabilities (less "no object") weight its
+    per-query mask probabilities, summed over queries (its semantic inference).
+    """
+    import torch
+
+    out = network(pixel_values=pixel_values, **labels)
+    if getattr(network.config, "model_type", None) == "maskformer":
+        cls = out.class_queries_logits.float().softmax(-1)[..., :-1]
+        masks = out.masks_queries_logits.float().sigmoid()
+        return out, torch.einsum("bqc,bqhw->bchw", cls, masks)
+    return out, out.logits
 
 
 def stain_grades(model: LoadedModel, probs: np.ndarray) -> np.ndarray:

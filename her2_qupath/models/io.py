@@ -39,6 +39,7 @@ __all__ = [
     "SEGMENTER_LABELS",
     "CLASSIFIER_ARCHS",
     "SEGMENTER_ARCHS",
+    "SEGMENTER_TYPES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Preprocessing",
@@ -88,7 +89,23 @@ SEGMENTER_ARCHS: dict[str, dict[str, Any]] = {
                          image_size=512),
     "tiny": dict(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128],
                  num_attention_heads=[1, 1, 2, 4], decoder_hidden_size=64, image_size=64),
+    # MaskFormer (Cheng et al. 2021) with a Swin backbone: the configuration of
+    # facebook/maskformer-swin-tiny-ade, and a tiny one for tests.
+    "maskformer-swin-tiny": dict(
+        family="maskformer", image_size=512,
+        backbone=dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7),
+        fpn_feature_size=256, mask_feature_size=256, num_queries=100,
+        decoder=dict(d_model=256, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
+                     decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048)),
+    "maskformer-tiny": dict(
+        family="maskformer", image_size=64,
+        backbone=dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 4], window_size=4),
+        fpn_feature_size=32, mask_feature_size=32, num_queries=10,
+        decoder=dict(d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+                     decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)),
 }
+#: transformers model types a segmenter directory may hold.
+SEGMENTER_TYPES: tuple[str, ...] = ("segformer", "maskformer")
 
 # Names accepted for each stain-map value (case- and space-insensitive).
 _VALUE_NAMES: dict[int, tuple[str, ...]] = {
@@ -259,10 +276,12 @@ def _check_labels(spec: ModelSpec, where: str) -> None:
 
 def _check_network_config(spec: ModelSpec, config: Any, where: str) -> None:
     model_type = getattr(config, "model_type", None)
-    want = "segformer" if spec.kind == "segmenter" else "vit"
-    if model_type != want:
-        raise ModelError(f"{where}: a {spec.kind} model must be a {want} network, config.json says {model_type!r}",
+    allowed = SEGMENTER_TYPES if spec.kind == "segmenter" else ("vit",)
+    if model_type not in allowed:
+        raise ModelError(f"{where}: a {spec.kind} model must be a {' or '.join(allowed)} network, "
+                         f"config.json says {model_type!r}",
                          hint="convert the weights as described in docs/models.md")
+    want = model_type
     if int(config.num_labels) != len(spec.labels):
         raise ModelError(f"{where}: the network has {config.num_labels} outputs but {SPEC_FILE} lists "
                          f"{len(spec.labels)} classes", hint="the label map does not belong to these weights")
@@ -331,7 +350,11 @@ def build_network(spec: ModelSpec, *, pretrained_dir: str | os.PathLike[str] | N
     id2label = dict(enumerate(spec.labels))
     label2id = {v: k for k, v in id2label.items()}
     seg = spec.kind == "segmenter"
-    cls = SegformerForSemanticSegmentation if seg else ViTForImageClassification
+    cls: Any = SegformerForSemanticSegmentation if seg else ViTForImageClassification
+    if seg and pretrained_dir is not None:
+        cls = _segmenter_class(_model_type(Path(pretrained_dir)))
+    elif seg and SEGMENTER_ARCHS.get(spec.arch, {}).get("family") == "maskformer":
+        return _build_maskformer(spec, id2label, label2id, arch_overrides)
     if pretrained_dir is not None:
         path = Path(pretrained_dir)
         if not (path / "config.json").is_file():
@@ -360,6 +383,35 @@ def build_network(spec: ModelSpec, *, pretrained_dir: str | os.PathLike[str] | N
         config = ViTConfig(num_labels=len(spec.labels), id2label=id2label,  # type: ignore[call-arg]
                            label2id=label2id, **params)
     return cls(config)
+
+
+def _model_type(path: Path) -> str | None:
+    try:
+        return json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _segmenter_class(model_type: str | None) -> Any:
+    from transformers import MaskFormerForInstanceSegmentation, SegformerForSemanticSegmentation
+
+    return MaskFormerForInstanceSegmentation if model_type == "maskformer" else SegformerForSemanticSegmentation
+
+
+def _build_maskformer(spec: ModelSpec, id2label: dict[int, str], label2id: dict[str, int],
+                      overrides: dict[str, Any] | None) -> Any:
+    from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation, SwinConfig
+
+    params = dict(SEGMENTER_ARCHS[spec.arch])
+    params.update(overrides or {})
+    backbone = SwinConfig(image_size=spec.preprocessing.input_size, patch_size=4,  # type: ignore[call-arg]
+                          out_features=["stage1", "stage2", "stage3", "stage4"], **params["backbone"])
+    decoder = dict(model_type="detr", num_queries=params["num_queries"], **params["decoder"])
+    config = MaskFormerConfig(backbone_config=backbone, decoder_config=decoder,  # type: ignore[call-arg]
+                              num_labels=len(spec.labels), id2label=id2label, label2id=label2id,
+                              fpn_feature_size=params["fpn_feature_size"],
+                              mask_feature_size=params["mask_feature_size"], num_queries=params["num_queries"])
+    return MaskFormerForInstanceSegmentation(config)
 
 
 def save_model(loaded: LoadedModel, out_dir: str | os.PathLike[str]) -> Path:
@@ -451,7 +503,7 @@ def load_model(path: str | os.PathLike[str], *, expected_kind: str | None = None
     not fit its kind, an input size that does not fit the network, or weights whose
     checksum differs from the one recorded at saving (``verify``).
     """
-    from transformers import SegformerForSemanticSegmentation, ViTForImageClassification
+    from transformers import ViTForImageClassification
 
     path = Path(path)
     spec = validate_model_dir(path, expected_kind=expected_kind)
@@ -461,7 +513,7 @@ def load_model(path: str | os.PathLike[str], *, expected_kind: str | None = None
             if not f.is_file() or sha256_file(f) != digest:
                 raise ModelError(f"{f} does not match the checksum recorded in {SPEC_FILE}",
                                  hint="the weights were replaced or damaged; re-save the model")
-    cls = SegformerForSemanticSegmentation if spec.kind == "segmenter" else ViTForImageClassification
+    cls = _segmenter_class(_model_type(path)) if spec.kind == "segmenter" else ViTForImageClassification
     try:
         with _quiet_transformers():
             network = cls.from_pretrained(path, local_files_only=True)

@@ -244,17 +244,16 @@ def _fit(task: str, spec: ModelSpec, network: Any, train_set: Any, val_set: Any,
         with torch.inference_mode():
             for x, y in prefetch(load_batch(b, val_set) for b in batched(range(len(val_set)), batch_size)):
                 xin = normalise(x, spec.preprocessing.mean, spec.preprocessing.std)
+                loss, logits = _forward(network, xin, y, seg)
                 if seg:
-                    outp = network(pixel_values=xin, labels=y)
-                    logits = torch.nn.functional.interpolate(outp.logits, size=y.shape[-2:],
+                    logits = torch.nn.functional.interpolate(logits, size=y.shape[-2:],
                                                              mode="bilinear", align_corners=False)
                     pred = logits.argmax(1)
                     valid = y != 255
                     cm += confusion_matrix(y[valid].numpy(), pred[valid].numpy(), k)
                 else:
-                    outp = network(pixel_values=xin, labels=y)
-                    cm += confusion_matrix(y.numpy(), outp.logits.argmax(1).numpy(), k)
-                loss_sum += float(outp.loss) * len(x)
+                    cm += confusion_matrix(y.numpy(), logits.argmax(1).numpy(), k)
+                loss_sum += float(loss) * len(x)
                 n += len(x)
         metrics = {"val_loss": loss_sum / max(1, n),
                    "val_accuracy": float(np.trace(cm) / max(1, cm.sum()))}
@@ -282,13 +281,13 @@ def _fit(task: str, spec: ModelSpec, network: Any, train_set: Any, val_set: Any,
                     x, _ = augment_batch(x, None, generator=gen, config=config, stain_target=stain_target)
             xin = normalise(x, spec.preprocessing.mean, spec.preprocessing.std)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                outp = network(pixel_values=xin, labels=y)
+                loss, _ = _forward(network, xin, y, seg)
             optimizer.zero_grad(set_to_none=True)
-            outp.loss.backward()
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            loss_sum += float(outp.loss.detach()) * len(x)
+            loss_sum += float(loss.detach()) * len(x)
             seen += len(x)
             step += 1
             if progress is not None:
@@ -329,6 +328,28 @@ def _fit(task: str, spec: ModelSpec, network: Any, train_set: Any, val_set: Any,
     if stopped_early:
         log.info("stopped early: no improvement of %s for %d epochs", monitor, config.patience)
     return TrainResult(out, best_epoch, best_metric, monitor, history, stopped_early)
+
+
+def _forward(network: Any, xin: Any, y: Any, seg: bool) -> tuple[Any, Any]:
+    """Loss and logits of a batch (MaskFormer takes one binary mask per class present)."""
+    from .infer import semantic_logits
+
+    if not seg:
+        out = network(pixel_values=xin, labels=y)
+        return out.loss, out.logits
+    if getattr(network.config, "model_type", None) == "maskformer":
+        import torch
+
+        mask_labels, class_labels = [], []
+        for yi in y:
+            classes = [int(c) for c in torch.unique(yi) if int(c) != 255]
+            mask_labels.append(torch.stack([(yi == c).float() for c in classes]) if classes
+                               else torch.zeros((0, *yi.shape)))
+            class_labels.append(torch.tensor(classes, dtype=torch.long))
+        out, logits = semantic_logits(network, xin, mask_labels=mask_labels, class_labels=class_labels)
+        return out.loss, logits
+    out, logits = semantic_logits(network, xin, labels=y)
+    return out.loss, logits
 
 
 def _split(dataset: Any, val_dataset: Any | None, config: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
@@ -464,6 +485,9 @@ def train_segmenter(dataset: MaskDataset, out_dir: str | os.PathLike[str], *, ar
                                  "data": dataset.description, "data_sha256": dataset.fingerprint(),
                                  "config": dataclasses.asdict(config)})
     network = build_network(spec, pretrained_dir=pretrained_dir, arch_overrides=arch_overrides)
+    if getattr(network.config, "model_type", None) == "maskformer":
+        log.warning("MaskFormer training is experimental: in short CPU runs it learnt far more slowly "
+                    "than SegFormer; prefer segformer-b0 unless you train for many epochs")
     train_set, val_set, split = _split(dataset, val_dataset, config)
     return _fit("segmenter", spec, network, train_set, val_set, out,
                 lr=config.seg_lr if lr is None else lr, batch_size=batch_size or config.seg_batch_size,
