@@ -207,3 +207,15 @@ def test_maskformer_segmenter_round_trip(tmp_path: Path, tiles: np.ndarray) -> N
     after = segment_tiles(loaded, tiles[:2], precision="fp32")
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
     assert before[0].shape == (64, 64) and set(np.unique(before[0])) <= {0, 1, 2, 3, 4}
+
+
+def test_evaluate_matches_data_classes_by_name_or_grade(tiles: np.ndarray) -> None:
+    from her2_qupath.models.datasets import TileDataset
+    from her2_qupath.models.evaluation import _dataset_targets, evaluate
+
+    model = _tiny("stain")  # no-stain, faint, weak, strong
+    data = TileDataset.from_arrays(tiles[:4], [0, 1, 2, 3], ["a", "a", "b", "b"], ["3+", "0", "faint", "weak"])
+    assert _dataset_targets(model, data).tolist() == [3, 0, 1, 2]
+    bad = TileDataset.from_arrays(tiles[:2], [0, 1], ["a", "b"], ["strong", "purple"])
+    with pytest.raises(ModelError, match="'purple' is not one of the model's classes"):
+        evaluate(model, bad)

@@ -196,14 +196,19 @@ def evaluate(model: LoadedModel, dataset: Any, *, precision: str = "fp32", batch
         for idx, v in enumerate(values):
             lut[v] = idx
         cm = np.zeros((k, k), dtype=np.int64)
-        maps = segment_tiles(model, _Sized(images, len(dataset)), precision=precision,
-                             batch_size=max(1, batch_size // 4), progress=progress)
-        for i, pred in enumerate(maps):
-            truth = dataset.target(i)
-            if truth.shape != pred.shape:
-                raise ModelError(f"mask {i} is {truth.shape}, its image {pred.shape}",
-                                 hint="masks must match their images pixel for pixel")
-            cm += confusion_matrix(lut[truth], lut[pred], k)
+        chunk = 64  # maps in memory at a time
+        for start in range(0, len(dataset), chunk):
+            stop = min(len(dataset), start + chunk)
+            maps = segment_tiles(model, [dataset.image(i) for i in range(start, stop)], precision=precision,
+                                 batch_size=max(1, batch_size // 4))
+            for i, pred in zip(range(start, stop), maps):
+                truth = dataset.target(i)
+                if truth.shape != pred.shape:
+                    raise ModelError(f"mask {i} is {truth.shape}, its image {pred.shape}",
+                                     hint="masks must match their images pixel for pixel")
+                cm += confusion_matrix(lut[truth], lut[pred], k)
+            if progress is not None:
+                progress(stop, len(dataset))
         ious = iou_per_class(cm)
         result.update(per_class_metrics(cm, model.labels))
         result["labels"] = list(model.labels)
