@@ -219,3 +219,13 @@ def test_evaluate_matches_data_classes_by_name_or_grade(tiles: np.ndarray) -> No
     bad = TileDataset.from_arrays(tiles[:2], [0, 1], ["a", "b"], ["strong", "purple"])
     with pytest.raises(ModelError, match="'purple' is not one of the model's classes"):
         evaluate(model, bad)
+
+
+def test_importing_the_package_and_commands_loads_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, her2_qupath.models, her2_qupath.cli.train, her2_qupath.cli.evaluate; "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
