@@ -119,7 +119,7 @@ class CellConfig:
     # maximum of the two ODs) suits nuclear stains (Ki67, ER, PR) whose positive nuclei are brown.
     nucleus_channel: Literal["hematoxylin", "hematoxylin+dab"] = "hematoxylin"
     nucleus_max_od: float = 1.5  # channel OD clipped here (saturated nuclei do not dominate)
-    background_radius_um: float = 8.0  # local background: grey opening of this radius (QuPath's default)
+    background_radius_um: float = 8.0  # local background: grey opening (QuPath's default)
     nucleus_threshold_od: float = 0.05  # channel OD above the local background for a nucleus
     opening_um: float = 1.5  # binary opening radius, removes specks and thin bridges
     split_sigma_um: float = 2.0  # Laplacian-of-Gaussian scale of the watershed seeds
