@@ -10,8 +10,9 @@ QuPath's cell detection:
 2. **Nuclei** (:func:`detect_nuclei`) on the nucleus channel: Gaussian
    smoothing, subtraction of the local background (grey opening), a fixed OD
    threshold, hole filling and opening, then a marker-controlled watershed
-   whose seeds are the maxima of the scale-normalised Laplacian of Gaussian,
-   so touching nuclei are split; each nucleus ends at half its peak contrast;
+   whose seeds are the maxima of the scale-normalised Laplacian of Gaussian
+   that its response separates by a dip of at least ``split_min_dip`` of
+   their peak (one seed per large pale nucleus), so touching nuclei are split; each nucleus ends at half its peak contrast;
    an area filter in µm² ends it.
 3. **Cells**: each nucleus grows by at most ``expansion_um`` without
    overlapping its neighbours (:func:`skimage.segmentation.expand_labels`,
