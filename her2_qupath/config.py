@@ -119,7 +119,7 @@ class CellConfig:
     # maximum of the two ODs) suits nuclear stains (Ki67, ER, PR) whose positive nuclei are brown.
     nucleus_channel: Literal["hematoxylin", "hematoxylin+dab"] = "hematoxylin"
     nucleus_max_od: float = 1.5  # channel OD clipped here (saturated nuclei do not dominate)
-    background_radius_um: float = 5.0  # local background: grey opening of this radius
+    background_radius_um: float = 8.0  # local background: grey opening (QuPath's default)
     nucleus_threshold_od: float = 0.05  # channel OD above the local background for a nucleus
     opening_um: float = 1.5  # binary opening radius, removes specks and thin bridges
     split_sigma_um: float = 2.0  # Laplacian-of-Gaussian scale of the watershed seeds
@@ -133,6 +133,10 @@ class CellConfig:
     # Cells are detected on the tile plus this margin and kept when their centroid lies in
     # the tile itself, so a cell cut by a tile border is counted exactly once.
     tile_margin_um: float = 15.0
+    # A LoG seed is kept only when its response dips by at least this fraction of its peak on
+    # every path to a higher seed (relative h-maxima): one large pale nucleus gives one seed.
+    # 0 keeps every LoG maximum.
+    split_min_dip: float = 0.25
 
 
 @dataclass(frozen=True)
