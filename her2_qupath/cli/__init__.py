@@ -24,6 +24,7 @@ __all__ = ["main", "cli"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "Run the whole pipeline on a built-in synthetic H&E/IHC pair."),
     "info": ("info", "Describe a slide: format, levels, pixel size, associated images."),
+    "serve": ("serve", "Run the scoring server for QuPath scripts, with a status page."),
 }
 
 
