@@ -392,10 +392,15 @@ class DabTileScorer:
         return [b for b in boxes if region.contains(Point(b[0] + b[2] / 2, b[1] + b[3] / 2))]
 
     def estimate_tiles(self, spec: JobSpec) -> int | None:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(spec.ihc) as im:
-            dims = im.size
+        try:
+            with Image.open(spec.ihc) as im:
+                dims = im.size
+        except (UnidentifiedImageError, OSError) as err:
+            from ..errors import SlideFormatError
+
+            raise SlideFormatError(f"cannot read {spec.ihc.name} as an image: {err}", hint="send a PNG, JPEG or TIFF") from err
         return _count_tiles(dims, int(spec.options.get("tile_size", 256)), _roi_bounds(spec))
 
     def __call__(
@@ -484,7 +489,7 @@ class DabTileScorer:
                 }
             )
         tissue_px = int(pixels[1:].sum())
-        pct = [100.0 * pixels[j + 1] / tissue_px if tissue_px else 0.0 for j in range(4)]
+        pct = [100.0 * int(pixels[j + 1]) / tissue_px if tissue_px else 0.0 for j in range(4)]
         score = 3 if pct[3] > rule.t3 else 2 if pct[2] + pct[3] > rule.t2 else 1 if sum(pct[1:]) > rule.t1 else 0
         summary = {
             "her2_score": score if tissue_px else None,
