@@ -23,6 +23,7 @@ __all__ = [
     "QuPathUnavailable",
     "OutputExists",
     "AccessDenied",
+    "JobCancelled",
 ]
 
 
@@ -83,3 +84,9 @@ class OutputExists(Her2Error, FileExistsError):
 
 class AccessDenied(Her2Error, PermissionError):
     """A path lies outside the directories the server may read (``--image-root``)."""
+
+
+class JobCancelled(Her2Error):
+    """A scoring run was cancelled before it finished (nothing was written)."""
+
+    exit_code = 130

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "Run the whole pipeline on a built-in synthetic H&E/IHC pair."),
     "info": ("info", "Describe a slide: format, levels, pixel size, associated images."),
     "serve": ("serve", "Run the scoring server for QuPath scripts, with a status page."),
+    "score": ("score", "Score HER2 on an IHC slide (and its H&E partner); write QuPath GeoJSON."),
 }
 
 

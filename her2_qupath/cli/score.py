@@ -1,0 +1,158 @@
+"""``her2-qupath score``: score one IHC slide (optionally with its H&E partner)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..config import GUIDELINES, ModelConfig, ScoringConfig, StainConfig, TilingConfig
+from ._common import mpp_option, progress
+
+__all__ = ["command", "build_options", "score_options"]
+
+_T = TilingConfig()
+_S = StainConfig()
+_M = ModelConfig()
+_SC = ScoringConfig()
+
+_existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+_existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def score_options(f: Any) -> Any:
+    """The scoring options shared by ``score`` and ``batch``."""
+    opts = [
+        click.option("--guideline", type=click.Choice(sorted(GUIDELINES)), default=_SC.guideline,
+                     show_default=True, help="Clinical rule used for the region and slide score."),
+        click.option("--level", type=click.Choice(["pixel", "cell"]), default=_SC.level,
+                     show_default=True, help="Count stained tumour-area pixels or tumour cells."),
+        click.option("--aggregation", type=click.Choice(["guideline", "paper"]),
+                     default=_SC.aggregation, show_default=True,
+                     help="Slide score by the guideline rule or by the paper's Algorithm 1."),
+        click.option("--tile-size", type=click.IntRange(32, 4096), default=_T.tile_size,
+                     show_default=True, help="Tile size f in pixels at the working pixel size."),
+        click.option("--working-mpp", type=click.FloatRange(0.05, 50), default=_T.mpp,
+                     show_default=True, help="Working pixel size (µm/px) the tiles are read at."),
+        click.option("--thresholds", default=",".join(str(t) for t in _S.thresholds),
+                     show_default=True, help="DAB OD thresholds for 1+, 2+, 3+ (QuPath's t1, 2·t1, 3·t1)."),
+        click.option("--stain-vectors", default=None,
+                     help="QuPath stain string (setColorDeconvolutionStains JSON) to use instead of H-DAB defaults."),
+        click.option("--estimate-stains", is_flag=True, help="Estimate stain vectors from the slide (Macenko)."),
+        click.option("--tumor-model", type=_existing_dir, default=None,
+                     help="Model directory of the H&E tumour classifier C (needs --he)."),
+        click.option("--stain-model", type=_existing_dir, default=None,
+                     help="Model directory of the IHC stain-intensity classifier L."),
+        click.option("--seg-model", type=_existing_dir, default=None,
+                     help="Model directory of the IHC stain segmenter M (replaces colour deconvolution)."),
+        click.option("--precision", type=click.Choice(["bf16", "fp32"]), default=_M.precision,
+                     show_default=True, help="Model inference precision."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _parse_thresholds(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as err:
+        raise click.BadParameter(f"{text!r} is not three comma-separated numbers",
+                                 param_hint="--thresholds") from err
+    if len(values) != 3 or not (0 < values[0] < values[1] < values[2]):
+        raise click.BadParameter("need three increasing positive numbers, e.g. 0.2,0.4,0.6",
+                                 param_hint="--thresholds")
+    return values  # type: ignore[return-value]
+
+
+def build_options(**kw: Any) -> Any:
+    """ScoreOptions from the shared CLI options (also used by ``batch``)."""
+    from ..pipeline import ScoreOptions
+
+    base = ScoreOptions()
+    return ScoreOptions(
+        tiling=replace(base.tiling, tile_size=kw["tile_size"], mpp=kw["working_mpp"]),
+        stain=replace(base.stain, thresholds=_parse_thresholds(kw["thresholds"]),
+                      estimate_vectors=kw["estimate_stains"]),
+        scoring=ScoringConfig(guideline=kw["guideline"], level=kw["level"],
+                              aggregation=kw["aggregation"]),
+        model=replace(base.model, precision=kw["precision"]),
+        tumor_model=kw["tumor_model"],
+        stain_model=kw["stain_model"],
+        seg_model=kw["seg_model"],
+        stain_vectors=kw["stain_vectors"],
+    )
+
+
+def print_summary(summary: dict[str, Any], outdir: Path) -> None:
+    pct = summary["class_percentages"]
+    click.echo(f"HER2 {summary['her2_score']}  ({summary['guideline']}, {summary['level']} level, "
+               f"{summary['aggregation']} aggregation)")
+    click.echo("  classes: " + "  ".join(f"{k}: {pct[k]:.1f}%" for k in ("0", "1+", "2+", "3+")))
+    click.echo(f"  H-score {summary['h_score']:.1f}   2+/3+ {summary['percent_positive']:.1f}%   "
+               f"tiles {summary['n_tiles_counted']}/{summary['n_tiles']}"
+               + (f"   cells {summary['n_cells']}" if summary.get("n_cells") is not None else ""))
+    for region in summary["regions"]:
+        if len(summary["regions"]) > 1:
+            click.echo(f"  {region['name']}: HER2 {region['her2_score']} "
+                       f"(H-score {region['h_score']:.1f}, {region['n_tiles']} tiles)")
+    if not summary.get("reliable", True):
+        click.echo("  WARNING: registration quality is poor; mapped results are marked unreliable",
+                   err=True)
+    click.echo(f"Results written to {outdir}/")
+
+
+@click.command("score")
+@click.option("--ihc", required=True, type=_existing_file, help="The HER2 IHC slide.")
+@click.option("--he", type=_existing_file, default=None,
+              help="The consecutive H&E slide; tiles are cut there and mapped to the IHC slide.")
+@click.option("--transform", type=_existing_file, default=None,
+              help="Transform JSON from `her2-qupath register` (else registered on the fly).")
+@click.option("--roi", type=_existing_file, default=None,
+              help="QuPath GeoJSON export of the regions to score (on the H&E slide with --he).")
+@click.option("--roi-class", default=None, help="Use only ROI annotations of this class, e.g. Tumor.")
+@mpp_option()
+@click.option("--he-mpp", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Pixel size of the H&E slide if it carries none.")
+@score_options
+@click.option("-o", "--output", "outdir", required=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def command(ihc: Path, he: Path | None, transform: Path | None, roi: Path | None,
+            roi_class: str | None, mpp: float | None, he_mpp: float | None, outdir: Path,
+            overwrite: bool, as_json: bool, **kw: Any) -> None:
+    """Score HER2 on an IHC slide and write QuPath GeoJSON, a summary and an overlay.
+
+    Without --roi all tissue is scored. Writes detections.geojson,
+    annotations.geojson, summary.json and overlay.png into OUTPUT (atomically;
+    with --he also he_detections.geojson and ihc_detections.geojson).
+    """
+    from ..errors import OutputExists, UserInputError
+    from ..pipeline import ScoreRequest, run_score, write_result
+
+    if outdir.exists() and any(outdir.iterdir()) and not overwrite:
+        raise OutputExists(f"output directory {outdir} is not empty",
+                           hint="choose a new -o directory or pass --overwrite")
+    if kw["tumor_model"] is not None and he is None:
+        raise UserInputError("--tumor-model classifies H&E tiles and needs --he",
+                             hint="add --he HE_SLIDE, or drop --tumor-model")
+    if transform is not None and he is None:
+        raise UserInputError("--transform maps H&E tiles and needs --he", hint="add --he HE_SLIDE")
+    rois = None
+    if roi is not None:
+        from ..qupath.geojson import read_geojson
+
+        rois = tuple(read_geojson(roi))
+    request = ScoreRequest(ihc=ihc, he=he, ihc_mpp=mpp, he_mpp=he_mpp, rois=rois,
+                           roi_class=roi_class, transform=transform, options=build_options(**kw))
+    with progress("Scoring tiles") as cb:
+        result = run_score(request, progress=cb)
+    write_result(result, outdir)
+    if as_json:
+        click.echo(json.dumps(result.summary, indent=2, default=str))
+    else:
+        print_summary(result.summary, outdir)

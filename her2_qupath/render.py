@@ -1,0 +1,159 @@
+"""Pictures a pathologist can glance at: class-map overlays, tile scores, legends.
+
+Everything here takes and returns RGB ``uint8`` arrays; :func:`save_png`
+writes one atomically. Pillow draws; no GUI toolkit is needed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._io import atomic_write_bytes
+from .config import HER2_CLASSES, HER2_COLORS
+
+__all__ = [
+    "CLASS_MAP_COLORS",
+    "TileMark",
+    "colorize_class_map",
+    "blend",
+    "draw_tiles",
+    "add_legend",
+    "side_by_side",
+    "checkerboard",
+    "encode_png",
+    "save_png",
+]
+
+#: Colours of the stain-map values {0 background, 1: HER2 0, 2: 1+, 3: 2+, 4: 3+}.
+CLASS_MAP_COLORS: np.ndarray = np.array(
+    [(255, 255, 255)] + [HER2_COLORS[name] for name in HER2_CLASSES], dtype=np.uint8
+)
+
+
+@dataclass(frozen=True)
+class TileMark:
+    """A tile outline to draw: a polygon in the picture's pixels and a HER2 class (0–3) or None."""
+
+    points: tuple[tuple[float, float], ...]  # closed ring, picture pixels
+    her2_class: int | None
+    counted: bool = True  # False: drawn dashed-grey (e.g. not tumour on H&E)
+
+
+def colorize_class_map(class_map: np.ndarray) -> np.ndarray:
+    """RGB picture of a stain class map (values 0–4); background stays white."""
+    values = np.clip(class_map.astype(np.intp), 0, len(CLASS_MAP_COLORS) - 1)
+    return CLASS_MAP_COLORS[values]
+
+
+def blend(base: np.ndarray, top: np.ndarray, alpha: float, mask: np.ndarray | None = None) -> np.ndarray:
+    """Alpha-blend ``top`` over ``base`` (where ``mask`` is true, if given)."""
+    out = base.astype(np.float32)
+    mixed = (1 - alpha) * out + alpha * top.astype(np.float32)
+    if mask is None:
+        out = mixed
+    else:
+        out[mask] = mixed[mask]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _font(size: int):  # type: ignore[no-untyped-def]
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def draw_tiles(rgb: np.ndarray, marks: Sequence[TileMark], *, width: int = 2) -> np.ndarray:
+    """Outline each tile in its class colour (uncounted tiles in grey)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(img)
+    for mark in marks:
+        if mark.her2_class is None or not mark.counted:
+            colour: tuple[int, int, int] = (150, 150, 150)
+        else:
+            colour = HER2_COLORS[HER2_CLASSES[mark.her2_class]]
+        draw.polygon(list(mark.points), outline=colour, width=width)
+    return np.asarray(img)
+
+
+def add_legend(rgb: np.ndarray, title: str, lines: Sequence[str] = (),
+               *, classes: bool = True) -> np.ndarray:
+    """Append a legend panel on the right: title, class swatches, free text lines."""
+    from PIL import Image, ImageDraw
+
+    h = rgb.shape[0]
+    font_size = max(12, min(22, h // 30))
+    big = _font(font_size + 4)
+    font = _font(font_size)
+    rows = [title] + (list(HER2_CLASSES) if classes else []) + list(lines)
+    panel_w = max(220, int(font_size * 0.62 * max(len(r) for r in rows)) + 3 * font_size)
+    panel_h = max(h, int((len(rows) + 2) * font_size * 1.6))
+    canvas = Image.new("RGB", (rgb.shape[1] + panel_w, panel_h), (255, 255, 255))
+    canvas.paste(Image.fromarray(rgb), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = rgb.shape[1] + font_size
+    y = font_size
+    draw.text((x, y), title, fill=(0, 0, 0), font=big)
+    y += int(font_size * 2)
+    if classes:
+        for name in HER2_CLASSES:
+            draw.rectangle([x, y, x + font_size, y + font_size], fill=HER2_COLORS[name],
+                           outline=(0, 0, 0))
+            draw.text((x + int(font_size * 1.5), y - 2), name, fill=(0, 0, 0), font=font)
+            y += int(font_size * 1.6)
+        y += font_size // 2
+    for line in lines:
+        draw.text((x, y), line, fill=(0, 0, 0), font=font)
+        y += int(font_size * 1.5)
+    return np.asarray(canvas)
+
+
+def _pad_to_height(rgb: np.ndarray, height: int) -> np.ndarray:
+    if rgb.shape[0] == height:
+        return rgb
+    pad = np.full((height - rgb.shape[0], rgb.shape[1], 3), 255, np.uint8)
+    return np.concatenate([rgb, pad], axis=0)
+
+
+def side_by_side(*images: np.ndarray, gap: int = 8) -> np.ndarray:
+    """Place images left to right on white, top-aligned."""
+    height = max(im.shape[0] for im in images)
+    parts: list[np.ndarray] = []
+    for i, im in enumerate(images):
+        if i:
+            parts.append(np.full((height, gap, 3), 255, np.uint8))
+        parts.append(_pad_to_height(im, height))
+    return np.concatenate(parts, axis=1)
+
+
+def checkerboard(a: np.ndarray, b: np.ndarray, *, squares: int = 8) -> np.ndarray:
+    """Alternate squares of two same-sized images: misalignment shows as broken edges."""
+    if a.shape != b.shape:
+        raise ValueError(f"checkerboard needs equal shapes, got {a.shape} and {b.shape}")
+    h, w = a.shape[:2]
+    side = max(1, max(h, w) // squares)
+    yy, xx = np.mgrid[0:h, 0:w]
+    pick_a = ((yy // side) + (xx // side)) % 2 == 0
+    return np.where(pick_a[..., None], a, b)
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def save_png(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
+    """Write an RGB array as PNG, atomically."""
+    atomic_write_bytes(path, encode_png(rgb))
