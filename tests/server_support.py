@@ -102,7 +102,7 @@ def comparable(summary: Mapping[str, Any]) -> dict[str, Any]:
     """A summary without fields that legitimately differ between runs (timings)."""
     out = dict(summary)
     prov = dict(out.get("provenance") or {})
-    for key in ("started", "finished", "duration_s", "elapsed_s", "host", "timestamp", "created"):
+    for key in ("run_id", "created", "seconds"):
         prov.pop(key, None)
     out["provenance"] = prov
     return out

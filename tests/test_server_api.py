@@ -13,9 +13,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from server_support import app_config, comparable, make_images, wait_for, wait_job
 
-from her2_qupath.errors import Her2Error
+from her2_qupath.errors import Her2Error, JobCancelled
 from her2_qupath.server import create_app
-from her2_qupath.server.scorers import DabTileScorer, JobSpec, ScoringCancelled
+from her2_qupath.server.scorers import DabTileScorer, JobSpec
 
 OPTS = {"tile_size": 128}
 
@@ -327,5 +327,5 @@ def test_cancel_during_scoring_event(tmp_path: Path, images: dict[str, Path]) ->
     """The scorer itself stops at a set cancel event (no job machinery)."""
     ev = threading.Event()
     ev.set()
-    with pytest.raises(ScoringCancelled):
+    with pytest.raises(JobCancelled):
         DabTileScorer()(JobSpec(ihc=images["three"], options=OPTS), tmp_path, cancel=ev)

@@ -31,7 +31,7 @@ from typing import Any
 
 from .._io import atomic_output_dir
 from ..config import ServerConfig
-from ..errors import Her2Error, UserInputError
+from ..errors import Her2Error, JobCancelled, UserInputError
 from .executors import DaskBackend, LocalBackend, worker_count
 from .http import ApiError
 from .scorers import JobSpec, Scorer, build_spec
@@ -454,9 +454,7 @@ class JobManager:
                 run.last_write = now
                 self.store.set_progress(job_id, done, total)
             if run.cancel.is_set():
-                from .scorers import ScoringCancelled
-
-                raise ScoringCancelled("scoring was cancelled")
+                raise JobCancelled("the scoring run was cancelled", hint="nothing was written")
 
         return progress
 
@@ -493,9 +491,7 @@ class JobManager:
             with atomic_output_dir(final) as tmp:
                 summary = self.run_spec(spec, tmp, progress=self._progress_callback(job_id, run), cancel=run.cancel)
                 if run.cancel.is_set():
-                    from .scorers import ScoringCancelled
-
-                    raise ScoringCancelled("scoring was cancelled")
+                    raise JobCancelled("the scoring run was cancelled", hint="nothing was written")
             self.store.finish(job_id, "done", summary=summary, result_bytes=_dir_bytes(final))
             log.info("job %s done", job_id)
             self.enforce_disk_limit()

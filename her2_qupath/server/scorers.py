@@ -34,14 +34,13 @@ from typing import Any, Protocol
 from .. import __version__
 from .._io import atomic_write_bytes, atomic_write_json
 from ..config import GUIDELINES, HER2_CLASSES, HER2_COLORS, PRODUCT_MARKER, ServerConfig, StainConfig
-from ..errors import Her2Error, UserInputError
+from ..errors import JobCancelled, UserInputError
 from .http import ApiError
 from .security import count_vertices, resolve_image
 
 __all__ = [
     "JobSpec",
     "Scorer",
-    "ScoringCancelled",
     "build_spec",
     "PipelineScorer",
     "DabTileScorer",
@@ -52,10 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-
-
-class ScoringCancelled(Her2Error):
-    """The job's cancel event was set while it ran."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +194,7 @@ class PipelineScorer:
     MODEL_FIELDS: Mapping[str, str] = {
         "tumor": "tumor_model",
         "stain": "stain_model",
-        "segmenter": "segmenter_model",
+        "segmenter": "seg_model",
     }
 
     def __init__(self, models_dir: str | os.PathLike[str] | None = None) -> None:
@@ -243,7 +238,7 @@ class PipelineScorer:
 
         rois = None
         if spec.rois is not None:
-            rois = read_geojson({"type": "FeatureCollection", "features": list(spec.rois)})
+            rois = tuple(read_geojson({"type": "FeatureCollection", "features": list(spec.rois)}))
         return ScoreRequest(
             ihc=spec.ihc,
             he=spec.he,
@@ -448,7 +443,7 @@ class DabTileScorer:
         if cancel is not None and cancel.is_set():
             for fut in pending:
                 fut.cancel()
-            raise ScoringCancelled("scoring was cancelled", hint="submit the job again to score it")
+            raise JobCancelled("the scoring run was cancelled", hint="nothing was written")
         return self._write(spec, outdir, image, boxes, counts)
 
     def _write(
