@@ -110,7 +110,7 @@ def test_job_lifecycle_and_results_match_direct_call(client: FlaskClient, images
     done = wait_job(_get(client), job["id"])
     assert done["state"] == "done", done
     assert done["progress"] == 1 and done["tiles_done"] == done["tiles_total"] == 16
-    assert done["her2_score"] == 3 and done["result_available"]
+    assert done["her2_score"] == "3+" and done["result_available"]
 
     result = client.get(f"/api/v1/jobs/{job['id']}/result")
     assert result.status_code == 200 and result.mimetype == "application/json"
@@ -118,7 +118,7 @@ def test_job_lifecycle_and_results_match_direct_call(client: FlaskClient, images
     direct_dir.mkdir()
     direct = DabTileScorer()(JobSpec(ihc=images["three"], options=OPTS), direct_dir)
     assert comparable(result.json) == comparable(json.loads(json.dumps(direct)))
-    assert result.json["class_percentages"] == {"HER2 0": 37.5, "HER2 1+": 25.0, "HER2 2+": 25.0, "HER2 3+": 12.5}
+    assert result.json["class_percentages"] == {"0": 37.5, "1+": 25.0, "2+": 25.0, "3+": 12.5}
 
     for kind, n in (("detections", 16), ("annotations", 1)):
         r = client.get(f"/api/v1/jobs/{job['id']}/{kind}")
@@ -147,7 +147,7 @@ def test_rois_and_roi_class(client: FlaskClient, images: dict[str, Path]) -> Non
                                            "options": OPTS})
     assert r.status_code == 200, r.json
     assert r.json["summary"]["n_tiles"] == 4
-    assert r.json["summary"]["class_percentages"]["HER2 3+"] == 50.0
+    assert r.json["summary"]["class_percentages"]["3+"] == 50.0
     assert len(r.json["annotations"]["features"]) == 1
     msg = _error(client.post("/api/v1/score", json={"ihc": str(images["three"]), "rois": rois,
                                                     "roi_class": "Necrosis"}), 400, "invalid_request")
@@ -157,7 +157,7 @@ def test_rois_and_roi_class(client: FlaskClient, images: dict[str, Path]) -> Non
 def test_sync_score_limits(make_app: Any, images: dict[str, Path]) -> None:
     client = make_app(max_sync_tiles=4).test_client()
     ok = client.post("/api/v1/score", json={"ihc": str(images["one"]), "options": {"tile_size": 256}})
-    assert ok.status_code == 200 and ok.json["tiles"] == 4 and ok.json["summary"]["her2_score"] == 1
+    assert ok.status_code == 200 and ok.json["tiles"] == 4 and ok.json["summary"]["her2_score"] == "1+"
     msg = _error(client.post("/api/v1/score", json={"ihc": str(images["three"]), "options": OPTS}), 413,
                  "too_many_tiles")
     assert "/api/v1/jobs" in msg  # the hint to use jobs
@@ -315,7 +315,7 @@ def test_status_page_shows_jobs(client: FlaskClient, images: dict[str, Path]) ->
     wait_job(_get(client), job["id"])
     page = client.get("/").data.decode()
     assert f'id="job-{job["id"]}"' in page
-    assert 'data-score="2"' in page and "HER2 2+" in page
+    assert 'data-score="2+"' in page and "HER2 2+" in page
     assert f'/api/v1/jobs/{job["id"]}/overlay.png' in page
     assert "37.5" in page  # the 1+ percentage of LAYOUT_2
     css = client.get("/static/style.css")

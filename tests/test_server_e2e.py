@@ -92,7 +92,7 @@ def test_end_to_end_on_loopback(served: Any, images: dict[str, Path], tmp_path: 
     got = fetch_result(s, srv.url, job["id"])
     want = direct(images["three"], options, tmp_path)
     assert got == want
-    assert got["summary"]["her2_score"] == 2  # endometrial: 12.5 % 3+ is not > 30 %, 37.5 % >= 2+ is > 10 %
+    assert got["summary"]["her2_score"] == "2+"  # endometrial: 12.5 % 3+ is not > 30 %, 37.5 % >= 2+ is > 10 %
     png = s.get(f"{srv.url}/api/v1/jobs/{job['id']}/overlay.png", timeout=10)
     assert png.headers["Content-Type"] == "image/png" and png.content.startswith(b"\x89PNG")
     sync = s.post(f"{srv.url}/api/v1/score", json={"ihc": "sub/one.png", "options": {"tile_size": 256}}, timeout=30)

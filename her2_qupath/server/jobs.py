@@ -540,7 +540,7 @@ class JobManager:
         for job_id, size in results:
             if total <= self.config.max_results_bytes:
                 break
+            self.store.mark_result_expired(job_id)  # first, so nobody is offered files about to go
             shutil.rmtree(self.result_path(job_id), ignore_errors=True)
-            self.store.mark_result_expired(job_id)
             total -= size
             log.info("result of job %s removed to keep results within %d bytes", job_id, self.config.max_results_bytes)

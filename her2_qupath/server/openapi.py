@@ -58,8 +58,8 @@ EXAMPLES: dict[str, Any] = {
         "links": {"self": f"/api/v1/jobs/{_JOB_ID}"},
     },
     "Summary": {
-        "her2_score": 2,
-        "class_percentages": {"HER2 0": 40.5, "HER2 1+": 31.0, "HER2 2+": 22.5, "HER2 3+": 6.0},
+        "her2_score": "2+",
+        "class_percentages": {"0": 40.5, "1+": 31.0, "2+": 22.5, "3+": 6.0},
         "h_score": 94.0,
         "percent_positive": 59.5,
         "n_tiles": 48,

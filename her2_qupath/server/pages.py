@@ -25,11 +25,14 @@ def _page_job(job: dict[str, Any]) -> dict[str, Any]:
     view = job_json(job)
     summary = json.loads(job["summary"]) if job.get("summary") else {}
     percentages = summary.get("class_percentages") or {}
-    view["class_percentages"] = [
-        {"name": name, "value": percentages.get(name), "color": "rgb({},{},{})".format(*HER2_COLORS[name])}
-        for name in HER2_CLASSES
-        if name in percentages
-    ]
+    view["class_percentages"] = []
+    for name in HER2_CLASSES:  # keys "0".."3+" (pipeline) or "HER2 0".."HER2 3+"
+        short = name.removeprefix("HER2 ")
+        value = percentages.get(short, percentages.get(name))
+        if value is not None:
+            view["class_percentages"].append(
+                {"name": name, "value": value, "color": "rgb({},{},{})".format(*HER2_COLORS[name])}
+            )
     view["h_score"] = summary.get("h_score")
     view["n_tiles"] = summary.get("n_tiles")
     view["percent"] = int(round(100 * view["progress"]))

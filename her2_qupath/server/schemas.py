@@ -141,7 +141,7 @@ _JOB = {
         "attempts": {"type": "integer", "minimum": 0},
         "cancel_requested": {"type": "boolean"},
         "result_available": {"type": "boolean"},
-        "her2_score": {"type": ["integer", "null"]},
+        "her2_score": {"type": ["string", "null"], "description": "0, 1+, 2+ or 3+ once done"},
         "links": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
@@ -151,7 +151,7 @@ _SUMMARY = {
     "percent positive, tile count, per-region scores and provenance.",
     "required": ["her2_score"],
     "properties": {
-        "her2_score": {"type": ["integer", "null"], "minimum": 0, "maximum": 3},
+        "her2_score": {"type": ["string", "null"], "description": "0, 1+, 2+ or 3+"},
         "class_percentages": {"type": "object", "additionalProperties": {"type": ["number", "string"]}},
         "h_score": {"type": ["number", "string", "null"]},
         "percent_positive": {"type": ["number", "string", "null"]},

@@ -330,6 +330,11 @@ def tile_class_counts(tile: Any, stain: StainConfig = StainConfig()) -> list[int
     return [int(v) for v in np.bincount(cls, minlength=5)]
 
 
+def _score_label(k: int) -> str:
+    """0, 1+, 2+, 3+: the labels the pipeline's summary uses."""
+    return HER2_CLASSES[k].removeprefix("HER2 ")
+
+
 def _geometry_box(x: int, y: int, w: int, h: int) -> dict[str, Any]:
     return {
         "type": "Polygon",
@@ -487,8 +492,8 @@ class DabTileScorer:
         pct = [100.0 * int(pixels[j + 1]) / tissue_px if tissue_px else 0.0 for j in range(4)]
         score = 3 if pct[3] > rule.t3 else 2 if pct[2] + pct[3] > rule.t2 else 1 if sum(pct[1:]) > rule.t1 else 0
         summary = {
-            "her2_score": score if tissue_px else None,
-            "class_percentages": {HER2_CLASSES[j]: round(pct[j], 4) for j in range(4)},
+            "her2_score": _score_label(score) if tissue_px else None,
+            "class_percentages": {_score_label(j): round(pct[j], 4) for j in range(4)},
             "h_score": round(pct[1] + 2 * pct[2] + 3 * pct[3], 4),
             "percent_positive": round(pct[1] + pct[2] + pct[3], 4),
             "n_tiles": len(detections),
@@ -518,7 +523,7 @@ class DabTileScorer:
             }
             for n, g in enumerate(region_geoms)
         ]
-        summary["regions"] = [{"index": n, "her2_score": score} for n in range(len(region_geoms))]
+        summary["regions"] = [{"index": n, "her2_score": _score_label(score)} for n in range(len(region_geoms))]
         atomic_write_json(outdir / "summary.json", summary)
         atomic_write_json(outdir / "detections.geojson", {"type": "FeatureCollection", "features": detections})
         atomic_write_json(outdir / "annotations.geojson", {"type": "FeatureCollection", "features": annotations})
