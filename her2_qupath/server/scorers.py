@@ -145,18 +145,17 @@ def _class_name(feature: Mapping[str, Any]) -> str | None:
 
 
 def _validate_geojson(features: list[dict[str, Any]]) -> None:
-    """QuPath's own rules (``qupath.geojson.validate_features``) when that module is present."""
+    """Parse the ROIs as QuPath objects (``qupath.geojson.read_geojson``) when that module is present.
+
+    Raises :class:`GeoJSONError` (HTTP 400) naming the bad feature, at submission
+    rather than when the job runs.
+    """
     try:
-        from ..qupath.geojson import validate_features
+        from ..qupath.geojson import read_geojson
     except ImportError:
         log.debug("qupath.geojson not available; ROIs checked by the JSON schema only")
         return
-    problems = validate_features(features)
-    if problems:
-        from ..errors import GeoJSONError
-
-        first = problems[0] if isinstance(problems, (list, tuple)) else problems
-        raise GeoJSONError(f"ROIs are not valid QuPath GeoJSON: {first}", hint="export them from QuPath")
+    read_geojson({"type": "FeatureCollection", "features": features})
 
 
 def _roi_bounds(spec: JobSpec) -> list[tuple[float, float, float, float]] | None:
