@@ -124,4 +124,6 @@ def test_dask_cluster_matches_local(serve: Any, slide: Path, expected: dict[str,
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                                   dashboard_address=None) as cluster:
         srv = serve(dask_scheduler=cluster.scheduler_address)
-        assert _run_job(srv.url, slide) == expected
+        with distributed.Client(cluster) as watcher, distributed.get_task_stream(watcher) as stream:
+            assert _run_job(srv.url, slide) == expected
+        assert stream.data, "no tile work reached the Dask workers"
