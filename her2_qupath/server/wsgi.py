@@ -20,6 +20,14 @@ class _Stop(BaseException):
 log = logging.getLogger(__name__)
 
 
+def _close_channels(server: Any) -> None:
+    """Close client connections, the listening socket and the trigger: the loop then ends."""
+    for channel in list(server._map.values()):
+        if channel is not server and channel is not getattr(server, "trigger", None):
+            channel.close()
+    server.close()
+
+
 def _create(app: Flask, host: str, port: int, threads: int) -> Any:
     import waitress
 
@@ -57,8 +65,8 @@ def serve(
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        server.close()
-        server.task_dispatcher.shutdown()
+        server.task_dispatcher.shutdown()  # let requests in flight finish (up to 5 s)
+        _close_channels(server)
         app.extensions["her2_qupath"].close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -89,6 +97,9 @@ class BackgroundServer:
         self.stop()
 
     def stop(self) -> None:
-        self._server.close()
+        if not self._thread.is_alive():
+            return
         self._server.task_dispatcher.shutdown()
+        # Sockets are closed on the loop's own thread (a trigger thunk), never under its select().
+        self._server.trigger.pull_trigger(lambda: _close_channels(self._server))
         self._thread.join(10)
