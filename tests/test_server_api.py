@@ -81,6 +81,22 @@ class BrokenScorer(DabTileScorer):
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise self.exc
 
+    def score_in_memory(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise self.exc
+
+
+class FilesOnlyScorer:
+    """A scorer with only the required interface (files in a folder, a tile estimate)."""
+
+    def __init__(self) -> None:
+        self.inner = DabTileScorer()
+
+    def estimate_tiles(self, spec: JobSpec) -> int | None:
+        return self.inner.estimate_tiles(spec)
+
+    def __call__(self, spec: JobSpec, outdir: Path, **kwargs: Any) -> dict[str, Any]:
+        return self.inner(spec, outdir, **kwargs)
+
 
 # --------------------------------------------------------------------------------------------
 
@@ -329,3 +345,15 @@ def test_cancel_during_scoring_event(tmp_path: Path, images: dict[str, Path]) ->
     ev.set()
     with pytest.raises(JobCancelled):
         DabTileScorer()(JobSpec(ihc=images["three"], options=OPTS), tmp_path, cancel=ev)
+
+
+def test_sync_score_with_a_files_only_scorer(make_app: Any, images: dict[str, Path]) -> None:
+    """/score falls back to the result files when a scorer has no in-memory path; same answer."""
+    body = {"ihc": str(images["two"]), "options": {"tile_size": 256}}
+    plain = make_app(FilesOnlyScorer()).test_client().post("/api/v1/score", json=body)
+    fast = make_app().test_client().post("/api/v1/score", json=body)
+    assert plain.status_code == fast.status_code == 200
+    assert plain.json == fast.json
+    assert plain.json["summary"]["her2_score"] == "2+" and len(plain.json["detections"]["features"]) == 4
+    health = make_app(FilesOnlyScorer()).test_client().get("/api/v1/health").json
+    assert health["models_available"] == 0

@@ -213,21 +213,32 @@ def score() -> Response:
             "the server is already scoring as many synchronous requests as it allows; retry shortly or submit a job",
             headers={"Retry-After": "1"},
         )
-    tmp = Path(tempfile.mkdtemp(dir=_tmp_dir(), prefix="score-"))
     try:
-
-        def progress(done: int, total: int) -> None:
-            if total > limit:
-                raise ApiError(413, "too_many_tiles", f"the request has {total} tiles (> {limit}); submit it as a job")
-
-        summary = state.manager.run_spec(spec, tmp, progress=progress)
-        detections = json.loads((tmp / "detections.geojson").read_text(encoding="utf-8"))
-        annotations = json.loads((tmp / "annotations.geojson").read_text(encoding="utf-8"))
-        summary = json.loads((tmp / "summary.json").read_text(encoding="utf-8")) if (tmp / "summary.json").is_file() else summary
+        out = _score_now(spec, limit)
     finally:
         state.sync_slots.release()
+    return jsonify(summary=out["summary"], detections=out["detections"], annotations=out["annotations"],
+                   tiles=estimate)
+
+
+def _score_now(spec: Any, limit: int) -> dict[str, Any]:
+    """Score in the request thread; in memory when the scorer can (no files, no overlay)."""
+    state = server_state()
+
+    def progress(done: int, total: int) -> None:
+        if total > limit:
+            raise ApiError(413, "too_many_tiles", f"the request has {total} tiles (> {limit}); submit it as a job")
+
+    in_memory = getattr(state.scorer, "score_in_memory", None)
+    if in_memory is not None:
+        return dict(in_memory(spec, progress=progress, executor=state.manager.backend.executor()))
+    tmp = Path(tempfile.mkdtemp(dir=_tmp_dir(), prefix="score-"))
+    try:
+        state.manager.run_spec(spec, tmp, progress=progress)
+        return {name: json.loads((tmp / f"{name}{ext}").read_text(encoding="utf-8"))
+                for name, ext in (("summary", ".json"), ("detections", ".geojson"), ("annotations", ".geojson"))}
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return jsonify(summary=summary, detections=detections, annotations=annotations, tiles=estimate)
 
 
 def _tmp_dir() -> Path:

@@ -46,6 +46,7 @@ __all__ = [
     "DabTileScorer",
     "default_scorer",
     "tile_class_counts",
+    "json_ready",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,15 @@ class Scorer(Protocol):
         cancel: Event | None = None,
         executor: Executor | None = None,
     ) -> dict[str, Any]: ...
+
+
+def json_ready(obj: Any) -> Any:
+    """Plain JSON data as the result files hold it: numpy values converted, NaN as "NaN"."""
+    import json
+
+    from .._io import _nan_to_str, json_default
+
+    return _nan_to_str(json.loads(json.dumps(obj, default=json_default)))
 
 
 def _features(rois: Any) -> list[dict[str, Any]] | None:
@@ -278,6 +288,27 @@ class PipelineScorer:
         write_result(result, outdir)
         return dict(result.summary)
 
+    def score_in_memory(
+        self,
+        spec: JobSpec,
+        *,
+        progress: Progress | None = None,
+        cancel: Event | None = None,
+        executor: Executor | None = None,
+    ) -> dict[str, Any]:
+        """Summary, detections and annotations as JSON-ready data: no files, no overlay PNG."""
+        from ..pipeline import run_score
+        from ..qupath.geojson import to_feature
+
+        result = run_score(self.request(spec), progress=progress, cancel=cancel, executor=executor)
+        return json_ready(
+            {
+                "summary": result.summary,
+                "detections": {"type": "FeatureCollection", "features": [to_feature(o) for o in result.detections]},
+                "annotations": {"type": "FeatureCollection", "features": [to_feature(o) for o in result.annotations]},
+            }
+        )
+
     def models(self) -> list[dict[str, Any]]:
         """The model directories under ``models_dir`` (each holds a ``config.json``)."""
         if self.models_dir is None or not self.models_dir.is_dir():
@@ -411,6 +442,36 @@ class DabTileScorer:
         cancel: Event | None = None,
         executor: Executor | None = None,
     ) -> dict[str, Any]:
+        image, boxes, counts = self._count(spec, progress=progress, cancel=cancel, executor=executor)
+        summary, detections, annotations = self._objects(spec, image, boxes, counts)
+        atomic_write_json(outdir / "summary.json", summary)
+        atomic_write_json(outdir / "detections.geojson", detections)
+        atomic_write_json(outdir / "annotations.geojson", annotations)
+        min_frac = float(spec.options.get("min_tissue_fraction", 0.25))
+        atomic_write_bytes(outdir / "overlay.png", self._overlay(image, boxes, counts, min_frac))
+        return summary
+
+    def score_in_memory(
+        self,
+        spec: JobSpec,
+        *,
+        progress: Progress | None = None,
+        cancel: Event | None = None,
+        executor: Executor | None = None,
+    ) -> dict[str, Any]:
+        """Summary, detections and annotations without files or overlay (synchronous /score)."""
+        image, boxes, counts = self._count(spec, progress=progress, cancel=cancel, executor=executor)
+        summary, detections, annotations = self._objects(spec, image, boxes, counts)
+        return {"summary": summary, "detections": detections, "annotations": annotations}
+
+    def _count(
+        self,
+        spec: JobSpec,
+        *,
+        progress: Progress | None,
+        cancel: Event | None,
+        executor: Executor | None,
+    ) -> tuple[Any, list[tuple[int, int, int, int]], dict[int, list[int]]]:
         import time
         from concurrent.futures import FIRST_COMPLETED, wait
 
@@ -448,16 +509,15 @@ class DabTileScorer:
             for fut in pending:
                 fut.cancel()
             raise JobCancelled("the scoring run was cancelled", hint="nothing was written")
-        return self._write(spec, outdir, image, boxes, counts)
+        return image, boxes, counts
 
-    def _write(
+    def _objects(
         self,
         spec: JobSpec,
-        outdir: Path,
         image: Any,
         boxes: Sequence[tuple[int, int, int, int]],
         counts: Mapping[int, list[int]],
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         import numpy as np
 
         min_frac = float(spec.options.get("min_tissue_fraction", 0.25))
@@ -523,11 +583,11 @@ class DabTileScorer:
             for n, g in enumerate(region_geoms)
         ]
         summary["regions"] = [{"index": n, "her2_score": _score_label(score)} for n in range(len(region_geoms))]
-        atomic_write_json(outdir / "summary.json", summary)
-        atomic_write_json(outdir / "detections.geojson", {"type": "FeatureCollection", "features": detections})
-        atomic_write_json(outdir / "annotations.geojson", {"type": "FeatureCollection", "features": annotations})
-        atomic_write_bytes(outdir / "overlay.png", self._overlay(image, boxes, counts, min_frac))
-        return summary
+        return (
+            summary,
+            {"type": "FeatureCollection", "features": detections},
+            {"type": "FeatureCollection", "features": annotations},
+        )
 
     def _overlay(self, image: Any, boxes: Sequence[tuple[int, int, int, int]], counts: Mapping[int, list[int]], min_frac: float) -> bytes:
         import numpy as np
