@@ -71,13 +71,14 @@ def median_time(fn: Any, repeats: int) -> float:
 def pick_scorer(choice: str) -> Any:
     if choice in ("auto", "pipeline"):
         try:
-            import her2_qupath.pipeline  # noqa: F401
             import her2_qupath.qupath.geojson  # noqa: F401
             import her2_qupath.slide  # noqa: F401
             import her2_qupath.tiling  # noqa: F401
 
+            import her2_qupath.pipeline  # noqa: F401
+
             return PipelineScorer()
-        except ImportError:
+        except (ImportError, AttributeError):
             if choice == "pipeline":
                 raise
     return DabTileScorer()
@@ -85,8 +86,12 @@ def pick_scorer(choice: str) -> Any:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=2.0, help="duration of each requests/s measurement")
-    ap.add_argument("--repeats", type=int, default=7, help="repetitions of each latency measurement")
+    ap.add_argument(
+        "--seconds", type=float, default=2.0, help="duration of each requests/s measurement"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=7, help="repetitions of each latency measurement"
+    )
     ap.add_argument("--scorer", choices=("auto", "pipeline", "dab"), default="auto")
     args = ap.parse_args()
 
@@ -94,8 +99,15 @@ def main() -> None:
     image = synthetic_ihc(tmp / "ihc.png")
     scorer = pick_scorer(args.scorer)
     options = {"tile_size": 256, "mpp": MPP}
-    app = create_app({"DATA_DIR": str(tmp / "data"), "IMAGE_ROOTS": (str(tmp),), "SCORER": scorer,
-                      "WORKERS": 1, "MAX_SYNC_TILES": 16})
+    app = create_app(
+        {
+            "DATA_DIR": str(tmp / "data"),
+            "IMAGE_ROOTS": (str(tmp),),
+            "SCORER": scorer,
+            "WORKERS": 1,
+            "MAX_SYNC_TILES": 16,
+        }
+    )
 
     def hello(environ: Any, start_response: Any) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "application/json")])
@@ -105,9 +117,15 @@ def main() -> None:
     try:
         with BackgroundServer(hello) as bare, BackgroundServer(app) as srv:  # type: ignore[arg-type]
             s = requests.Session()
-            results["hello_rps"] = rate(lambda: s.get(bare.url + "/").raise_for_status(), args.seconds)
-            results["health_rps"] = rate(lambda: s.get(srv.url + "/api/v1/health").raise_for_status(), args.seconds)
-            results["status_page_rps"] = rate(lambda: s.get(srv.url + "/").raise_for_status(), args.seconds)
+            results["hello_rps"] = rate(
+                lambda: s.get(bare.url + "/").raise_for_status(), args.seconds
+            )
+            results["health_rps"] = rate(
+                lambda: s.get(srv.url + "/api/v1/health").raise_for_status(), args.seconds
+            )
+            results["status_page_rps"] = rate(
+                lambda: s.get(srv.url + "/").raise_for_status(), args.seconds
+            )
             results["health_vs_hello"] = results["health_rps"] / results["hello_rps"]
             results["status_page_vs_hello"] = results["status_page_rps"] / results["hello_rps"]
 
@@ -122,7 +140,9 @@ def main() -> None:
                 if isinstance(scorer, PipelineScorer):
                     from her2_qupath.pipeline import ScoreRequest, run_score
 
-                    run_score(ScoreRequest(ihc=image, ihc_mpp=MPP, options=scorer.score_options(options)))
+                    run_score(
+                        ScoreRequest(ihc=image, ihc_mpp=MPP, options=scorer.score_options(options))
+                    )
                 else:
                     scorer(JobSpec(ihc=image, ihc_mpp=MPP, options=options), out)
 

@@ -63,7 +63,9 @@ def make_images(root: Path) -> dict[str, Path]:
     }
 
 
-def app_config(data_dir: Path, roots: Sequence[Path], scorer: Any, **overrides: Any) -> dict[str, Any]:
+def app_config(
+    data_dir: Path, roots: Sequence[Path], scorer: Any, **overrides: Any
+) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "TESTING": True,
         "DATA_DIR": str(data_dir),
@@ -89,8 +91,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         time.sleep(interval)
 
 
-def wait_job(get_json: Callable[[str], Mapping[str, Any]], job_id: str, timeout: float = 30.0,
-             states: Sequence[str] = ("done", "failed", "cancelled")) -> Mapping[str, Any]:
+def wait_job(
+    get_json: Callable[[str], Mapping[str, Any]],
+    job_id: str,
+    timeout: float = 30.0,
+    states: Sequence[str] = ("done", "failed", "cancelled"),
+) -> Mapping[str, Any]:
     def check() -> Mapping[str, Any] | None:
         job = get_json(f"/api/v1/jobs/{job_id}")
         return job if job["state"] in states else None

@@ -30,8 +30,12 @@ def make_app(tmp_path: Path, images: dict[str, Path]) -> Iterator[Any]:
     apps: list[Flask] = []
 
     def build(scorer: Any = None, **overrides: Any) -> Flask:
-        cfg = app_config(tmp_path / f"data{len(apps)}", [images["three"].parent], scorer or DabTileScorer(),
-                         **overrides)
+        cfg = app_config(
+            tmp_path / f"data{len(apps)}",
+            [images["three"].parent],
+            scorer or DabTileScorer(),
+            **overrides,
+        )
         app = create_app(cfg)
         apps.append(app)
         return app
@@ -111,7 +115,9 @@ def test_health_models_openapi(make_app: Any, tmp_path: Path) -> None:
     client = make_app(PipelineScorer(models), models_dir=str(models)).test_client()
     h = client.get("/api/v1/health")
     assert h.status_code == 200
-    assert h.json["status"] == "ok" and h.json["queue_length"] == 0 and h.json["executor"] == "local"
+    assert (
+        h.json["status"] == "ok" and h.json["queue_length"] == 0 and h.json["executor"] == "local"
+    )
     assert h.json["models_available"] == 1 and h.json["models_loaded"] == 0
     m = client.get("/api/v1/models").json
     assert m["models"] == [{"name": "stain-vit", "kind": "vit", "loaded": False}]
@@ -119,8 +125,9 @@ def test_health_models_openapi(make_app: Any, tmp_path: Path) -> None:
     assert doc.status_code == 200 and doc.json["openapi"].startswith("3.1")
 
 
-def test_job_lifecycle_and_results_match_direct_call(client: FlaskClient, images: dict[str, Path],
-                                                     tmp_path: Path) -> None:
+def test_job_lifecycle_and_results_match_direct_call(
+    client: FlaskClient, images: dict[str, Path], tmp_path: Path
+) -> None:
     job = _job(client, {"ihc": "file:" + str(images["three"]).replace(" ", "%20"), "options": OPTS})
     assert job["state"] == "queued" and job["progress"] == 0
     done = wait_job(_get(client), job["id"])
@@ -142,7 +149,11 @@ def test_job_lifecycle_and_results_match_direct_call(client: FlaskClient, images
         assert r.json["type"] == "FeatureCollection" and len(r.json["features"]) == n
         assert r.json == json.loads((direct_dir / f"{kind}.geojson").read_text())
     png = client.get(f"/api/v1/jobs/{job['id']}/overlay.png")
-    assert png.status_code == 200 and png.mimetype == "image/png" and png.data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (
+        png.status_code == 200
+        and png.mimetype == "image/png"
+        and png.data[:8] == b"\x89PNG\r\n\x1a\n"
+    )
 
     listing = client.get("/api/v1/jobs").json
     assert listing["count"] == 1 and listing["jobs"][0]["id"] == job["id"]
@@ -153,35 +164,65 @@ def test_job_lifecycle_and_results_match_direct_call(client: FlaskClient, images
 
 def test_rois_and_roi_class(client: FlaskClient, images: dict[str, Path]) -> None:
     def roi(x0: int, y0: int, x1: int, y1: int, cls: str) -> dict[str, Any]:
-        return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
-            [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
-            "properties": {"objectType": "annotation", "classification": {"name": cls, "color": [200, 0, 0]}}}
+        return {
+            "type": "Feature",
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
+            },
+            "properties": {
+                "objectType": "annotation",
+                "classification": {"name": cls, "color": [200, 0, 0]},
+            },
+        }
 
     # bottom-right 2x2 tiles of LAYOUT_3 are 2+, 2+, 3+, 3+ -> 50 % 3+
-    rois = {"type": "FeatureCollection", "features": [roi(256, 256, 512, 512, "Tumor"), roi(0, 0, 256, 256, "Stroma")]}
-    r = client.post("/api/v1/score", json={"ihc": str(images["three"]), "rois": rois, "roi_class": "Tumor",
-                                           "options": OPTS})
+    rois = {
+        "type": "FeatureCollection",
+        "features": [roi(256, 256, 512, 512, "Tumor"), roi(0, 0, 256, 256, "Stroma")],
+    }
+    r = client.post(
+        "/api/v1/score",
+        json={"ihc": str(images["three"]), "rois": rois, "roi_class": "Tumor", "options": OPTS},
+    )
     assert r.status_code == 200, r.json
     assert r.json["summary"]["n_tiles"] == 4
     assert r.json["summary"]["class_percentages"]["3+"] == 50.0
     assert len(r.json["annotations"]["features"]) == 1
-    msg = _error(client.post("/api/v1/score", json={"ihc": str(images["three"]), "rois": rois,
-                                                    "roi_class": "Necrosis"}), 400, "invalid_request")
+    msg = _error(
+        client.post(
+            "/api/v1/score",
+            json={"ihc": str(images["three"]), "rois": rois, "roi_class": "Necrosis"},
+        ),
+        400,
+        "invalid_request",
+    )
     assert "Necrosis" in msg
 
 
 def test_sync_score_limits(make_app: Any, images: dict[str, Path]) -> None:
     client = make_app(max_sync_tiles=4).test_client()
-    ok = client.post("/api/v1/score", json={"ihc": str(images["one"]), "options": {"tile_size": 256}})
-    assert ok.status_code == 200 and ok.json["tiles"] == 4 and ok.json["summary"]["her2_score"] == "1+"
-    msg = _error(client.post("/api/v1/score", json={"ihc": str(images["three"]), "options": OPTS}), 413,
-                 "too_many_tiles")
+    ok = client.post(
+        "/api/v1/score", json={"ihc": str(images["one"]), "options": {"tile_size": 256}}
+    )
+    assert (
+        ok.status_code == 200 and ok.json["tiles"] == 4 and ok.json["summary"]["her2_score"] == "1+"
+    )
+    msg = _error(
+        client.post("/api/v1/score", json={"ihc": str(images["three"]), "options": OPTS}),
+        413,
+        "too_many_tiles",
+    )
     assert "/api/v1/jobs" in msg  # the hint to use jobs
 
     state = client.application.extensions["her2_qupath"]
-    held = [state.sync_slots.acquire(blocking=False) for _ in range(state.config.max_sync_concurrency)]
+    held = [
+        state.sync_slots.acquire(blocking=False) for _ in range(state.config.max_sync_concurrency)
+    ]
     try:
-        r = client.post("/api/v1/score", json={"ihc": str(images["one"]), "options": {"tile_size": 256}})
+        r = client.post(
+            "/api/v1/score", json={"ihc": str(images["one"]), "options": {"tile_size": 256}}
+        )
         _error(r, 429, "busy")
         assert r.headers["Retry-After"] == "1"
     finally:
@@ -192,8 +233,11 @@ def test_sync_score_limits(make_app: Any, images: dict[str, Path]) -> None:
 
 def test_job_tile_limit_413(make_app: Any, images: dict[str, Path]) -> None:
     client = make_app(max_tiles_per_job=8).test_client()
-    msg = _error(client.post("/api/v1/jobs", json={"ihc": str(images["three"]), "options": OPTS}), 413,
-                 "too_many_tiles")
+    msg = _error(
+        client.post("/api/v1/jobs", json={"ihc": str(images["three"]), "options": OPTS}),
+        413,
+        "too_many_tiles",
+    )
     assert "16" in msg
 
 
@@ -232,7 +276,9 @@ def test_cancel_queued_and_running(make_app: Any, images: dict[str, Path]) -> No
     assert r.status_code == 202 and r.json["cancel_requested"]
     job = wait_job(_get(client), running["id"])
     assert job["state"] == "cancelled" and job["tiles_done"] < 16
-    assert not (client.application.extensions["her2_qupath"].manager.result_path(running["id"])).exists()
+    assert not (
+        client.application.extensions["her2_qupath"].manager.result_path(running["id"])
+    ).exists()
     _error(client.delete(f"/api/v1/jobs/{running['id']}"), 409)
     _error(client.delete("/api/v1/jobs/" + "0" * 32), 404, "not_found")
 
@@ -240,8 +286,13 @@ def test_cancel_queued_and_running(make_app: Any, images: dict[str, Path]) -> No
 def test_progress_is_reported_while_running(make_app: Any, images: dict[str, Path]) -> None:
     client = make_app(SlowScorer(0.05)).test_client()
     job = _job(client, {"ihc": str(images["three"]), "options": OPTS})
-    seen = wait_for(lambda: (j := client.get(f"/api/v1/jobs/{job['id']}").json)["state"] == "running"
-                    and 0 < j["progress"] < 1 and j)
+    seen = wait_for(
+        lambda: (
+            (j := client.get(f"/api/v1/jobs/{job['id']}").json)["state"] == "running"
+            and 0 < j["progress"] < 1
+            and j
+        )
+    )
     assert seen["tiles_total"] == 16 and 0 < seen["tiles_done"] < 16
     assert abs(seen["progress"] - seen["tiles_done"] / 16) < 1e-3
     assert wait_job(_get(client), job["id"])["state"] == "done"
@@ -249,10 +300,14 @@ def test_progress_is_reported_while_running(make_app: Any, images: dict[str, Pat
 
 @pytest.mark.parametrize(
     ("exc", "expected"),
-    [(Her2Error("the stain is odd", hint="check it"), "the stain is odd (check it)"),
-     (RuntimeError("boom"), "internal error: RuntimeError: boom")],
+    [
+        (Her2Error("the stain is odd", hint="check it"), "the stain is odd (check it)"),
+        (RuntimeError("boom"), "internal error: RuntimeError: boom"),
+    ],
 )
-def test_failing_scorer_fails_job(make_app: Any, images: dict[str, Path], exc: Exception, expected: str) -> None:
+def test_failing_scorer_fails_job(
+    make_app: Any, images: dict[str, Path], exc: Exception, expected: str
+) -> None:
     client = make_app(BrokenScorer(exc)).test_client()
     job = _job(client, {"ihc": str(images["one"])})
     done = wait_job(_get(client), job["id"])
@@ -270,7 +325,9 @@ def test_unreadable_image_is_400(make_app: Any, images: dict[str, Path]) -> None
 
 def test_internal_error_is_json_500(make_app: Any, images: dict[str, Path]) -> None:
     client = make_app(BrokenScorer(RuntimeError("secret detail"))).test_client()
-    msg = _error(client.post("/api/v1/score", json={"ihc": str(images["one"])}), 500, "internal_error")
+    msg = _error(
+        client.post("/api/v1/score", json={"ihc": str(images["one"])}), 500, "internal_error"
+    )
     assert "secret detail" not in msg and "Traceback" not in msg
 
 
@@ -279,17 +336,34 @@ def test_request_errors(client: FlaskClient, images: dict[str, Path]) -> None:
     r = client.put("/api/v1/jobs", json={})
     _error(r, 405, "method_not_allowed")
     assert "POST" in r.headers["Allow"]
-    _error(client.post("/api/v1/jobs", data="ihc=x", content_type="application/x-www-form-urlencoded"), 415)
+    _error(
+        client.post("/api/v1/jobs", data="ihc=x", content_type="application/x-www-form-urlencoded"),
+        415,
+    )
     _error(client.post("/api/v1/jobs", data="{not json", content_type="application/json"), 400)
-    _error(client.post("/api/v1/jobs", data='{"ihc": "a.png", "ihc_mpp": NaN}', content_type="application/json"),
-           400)
-    _error(client.post("/api/v1/jobs", data=b'{"ihc": "\xff"}', content_type="application/json"), 400)
-    msg = _error(client.post("/api/v1/jobs", json={"ihc": "a.png", "pickle": "x"}), 400, "invalid_request")
+    _error(
+        client.post(
+            "/api/v1/jobs", data='{"ihc": "a.png", "ihc_mpp": NaN}', content_type="application/json"
+        ),
+        400,
+    )
+    _error(
+        client.post("/api/v1/jobs", data=b'{"ihc": "\xff"}', content_type="application/json"), 400
+    )
+    msg = _error(
+        client.post("/api/v1/jobs", json={"ihc": "a.png", "pickle": "x"}), 400, "invalid_request"
+    )
     assert "pickle" in msg
-    msg = _error(client.post("/api/v1/jobs", json={"ihc": "a.png", "options": {"guideline": "lung"}}), 400)
+    msg = _error(
+        client.post("/api/v1/jobs", json={"ihc": "a.png", "options": {"guideline": "lung"}}), 400
+    )
     assert "guideline" in msg
     _error(client.post("/api/v1/jobs", json=[1, 2]), 400)
-    _error(client.post("/api/v1/jobs", json={"ihc": str(images["three"]) + ".missing"}), 404, "not_found")
+    _error(
+        client.post("/api/v1/jobs", json={"ihc": str(images["three"]) + ".missing"}),
+        404,
+        "not_found",
+    )
     _error(client.post("/api/v1/jobs", json={"ihc": "/etc/hostname"}), 403, "forbidden")
     _error(client.post("/api/v1/jobs", json={"ihc": "../../etc/hostname"}), 403, "forbidden")
     _error(client.post("/api/v1/jobs", json={"ihc": "file:/C:/slides/a.svs"}), 400)
@@ -332,7 +406,7 @@ def test_status_page_shows_jobs(client: FlaskClient, images: dict[str, Path]) ->
     page = client.get("/").data.decode()
     assert f'id="job-{job["id"]}"' in page
     assert 'data-score="2+"' in page and "HER2 2+" in page
-    assert f'/api/v1/jobs/{job["id"]}/overlay.png' in page
+    assert f"/api/v1/jobs/{job['id']}/overlay.png" in page
     assert "37.5" in page  # the 1+ percentage of LAYOUT_2
     css = client.get("/static/style.css")
     assert css.status_code == 200 and css.mimetype == "text/css"
@@ -354,6 +428,9 @@ def test_sync_score_with_a_files_only_scorer(make_app: Any, images: dict[str, Pa
     fast = make_app().test_client().post("/api/v1/score", json=body)
     assert plain.status_code == fast.status_code == 200
     assert plain.json == fast.json
-    assert plain.json["summary"]["her2_score"] == "2+" and len(plain.json["detections"]["features"]) == 4
+    assert (
+        plain.json["summary"]["her2_score"] == "2+"
+        and len(plain.json["detections"]["features"]) == 4
+    )
     health = make_app(FilesOnlyScorer()).test_client().get("/api/v1/health").json
     assert health["models_available"] == 0

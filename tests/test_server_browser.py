@@ -19,16 +19,28 @@ from her2_qupath.server.wsgi import BackgroundServer
 pytestmark = pytest.mark.browser
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROMIUM = next((Path(p) for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage"]
+CHROMIUM = next(
+    (Path(p) for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None
+)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if CHROMIUM is None or not CHROMEDRIVER.exists():
-        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+        pytest.skip(
+            "chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
+        )
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
@@ -51,17 +63,34 @@ def test_status_page_shows_finished_job(browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     images = make_images(tmp_path / "slides")
-    app = create_app(app_config(tmp_path / "data", [images["three"].parent], DabTileScorer(),
-                                token="browser-test-token", require_token=True))
+    app = create_app(
+        app_config(
+            tmp_path / "data",
+            [images["three"].parent],
+            DabTileScorer(),
+            token="browser-test-token",
+            require_token=True,
+        )
+    )
     try:
         with BackgroundServer(app) as srv:
             auth = {"Authorization": "Bearer browser-test-token"}
-            r = requests.post(f"{srv.url}/api/v1/jobs", json={"ihc": str(images["three"]),
-                                                              "options": {"tile_size": 128}},
-                              headers=auth, timeout=10)
+            r = requests.post(
+                f"{srv.url}/api/v1/jobs",
+                json={"ihc": str(images["three"]), "options": {"tile_size": 128}},
+                headers=auth,
+                timeout=10,
+            )
             job_id = r.json()["id"]
-            wait_for(lambda: requests.get(f"{srv.url}/api/v1/jobs/{job_id}", headers=auth,
-                                          timeout=10).json()["state"] == "done", timeout=30)
+            wait_for(
+                lambda: (
+                    requests.get(
+                        f"{srv.url}/api/v1/jobs/{job_id}", headers=auth, timeout=10
+                    ).json()["state"]
+                    == "done"
+                ),
+                timeout=30,
+            )
 
             browser.get(f"{srv.url}/")  # no token yet: refused
             assert "unauthorized" in browser.page_source
@@ -71,11 +100,17 @@ def test_status_page_shows_finished_job(browser: Any, tmp_path: Path) -> None:
             article = browser.find_element(By.ID, f"job-{job_id}")
             assert article.find_element(By.CSS_SELECTOR, ".badge").text == "done"
             assert article.find_element(By.CSS_SELECTOR, ".score").text == "HER2 3+"
-            rows = {tr.find_elements(By.TAG_NAME, "td")[0].text: tr.find_elements(By.TAG_NAME, "td")[1].text
-                    for tr in article.find_elements(By.CSS_SELECTOR, "table.classes tr")[1:]}
+            rows = {
+                tr.find_elements(By.TAG_NAME, "td")[0].text: tr.find_elements(By.TAG_NAME, "td")[
+                    1
+                ].text
+                for tr in article.find_elements(By.CSS_SELECTOR, "table.classes tr")[1:]
+            }
             assert rows["HER2 0"] == "37.5" and rows["HER2 3+"] == "12.5"
             img = article.find_element(By.CSS_SELECTOR, "img.overlay")
-            wait_for(lambda: browser.execute_script("return arguments[0].complete", img), timeout=10)
+            wait_for(
+                lambda: browser.execute_script("return arguments[0].complete", img), timeout=10
+            )
             assert browser.execute_script("return arguments[0].naturalWidth", img) > 0
             # the script ran under the page's CSP: swatches are coloured
             swatch = article.find_element(By.CSS_SELECTOR, ".swatch")

@@ -65,7 +65,9 @@ def served(tmp_path: Path, images: dict[str, Path]) -> Iterator[Any]:
     started: list[tuple[Any, BackgroundServer]] = []
 
     def start(**overrides: Any) -> BackgroundServer:
-        app = create_app(app_config(tmp_path / "data", [images["three"].parent], DabTileScorer(), **overrides))
+        app = create_app(
+            app_config(tmp_path / "data", [images["three"].parent], DabTileScorer(), **overrides)
+        )
         srv = BackgroundServer(app).__enter__()
         started.append((app, srv))
         return srv
@@ -92,17 +94,28 @@ def test_end_to_end_on_loopback(served: Any, images: dict[str, Path], tmp_path: 
     got = fetch_result(s, srv.url, job["id"])
     want = direct(images["three"], options, tmp_path)
     assert got == want
-    assert got["summary"]["her2_score"] == "2+"  # endometrial: 12.5 % 3+ is not > 30 %, 37.5 % >= 2+ is > 10 %
+    assert (
+        got["summary"]["her2_score"] == "2+"
+    )  # endometrial: 12.5 % 3+ is not > 30 %, 37.5 % >= 2+ is > 10 %
     png = s.get(f"{srv.url}/api/v1/jobs/{job['id']}/overlay.png", timeout=10)
     assert png.headers["Content-Type"] == "image/png" and png.content.startswith(b"\x89PNG")
-    sync = s.post(f"{srv.url}/api/v1/score", json={"ihc": "sub/one.png", "options": {"tile_size": 256}}, timeout=30)
+    sync = s.post(
+        f"{srv.url}/api/v1/score",
+        json={"ihc": "sub/one.png", "options": {"tile_size": 256}},
+        timeout=30,
+    )
     assert sync.status_code == 200
-    assert comparable(sync.json()["summary"]) == direct(images["one"], {"tile_size": 256}, tmp_path)["summary"]
+    assert (
+        comparable(sync.json()["summary"])
+        == direct(images["one"], {"tile_size": 256}, tmp_path)["summary"]
+    )
 
 
 def test_load_50_jobs_from_10_clients(served: Any, images: dict[str, Path], tmp_path: Path) -> None:
     srv = served(workers=2, max_queue=100)
-    variants = [(name, {"tile_size": size}) for name in ("three", "two", "one") for size in (128, 256)]
+    variants = [
+        (name, {"tile_size": size}) for name in ("three", "two", "one") for size in (128, 256)
+    ]
     expected = {i: direct(images[name], opts, tmp_path) for i, (name, opts) in enumerate(variants)}
 
     def client(k: int) -> list[tuple[str, int]]:
@@ -111,7 +124,11 @@ def test_load_50_jobs_from_10_clients(served: Any, images: dict[str, Path], tmp_
         for n in range(5):
             v = (k * 5 + n) % len(variants)
             name, opts = variants[v]
-            r = s.post(f"{srv.url}/api/v1/jobs", json={"ihc": str(images[name]), "options": opts}, timeout=30)
+            r = s.post(
+                f"{srv.url}/api/v1/jobs",
+                json={"ihc": str(images[name]), "options": opts},
+                timeout=30,
+            )
             assert r.status_code == 202, r.text
             submitted.append((r.json()["id"], v))
         return submitted
@@ -148,13 +165,22 @@ _LAUNCHER = textwrap.dedent(
 )
 
 
-def _launch(tmp_path: Path, data: Path, root: Path, delay: float, name: str) -> tuple[subprocess.Popen[bytes], str]:
+def _launch(
+    tmp_path: Path, data: Path, root: Path, delay: float, name: str
+) -> tuple[subprocess.Popen[bytes], str]:
     script = tmp_path / "launch.py"
     script.write_text(_LAUNCHER)
     portfile = tmp_path / f"{name}.port"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, str(script), str(data), str(root), str(portfile), str(delay)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(data), str(root), str(portfile), str(delay)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for(lambda: portfile.is_file() and portfile.read_text().strip(), timeout=60)
     except AssertionError:
@@ -163,14 +189,25 @@ def _launch(tmp_path: Path, data: Path, root: Path, delay: float, name: str) -> 
     return proc, f"http://127.0.0.1:{portfile.read_text().strip()}"
 
 
-def test_killed_server_finishes_all_queued_jobs_after_restart(images: dict[str, Path], tmp_path: Path) -> None:
+def test_killed_server_finishes_all_queued_jobs_after_restart(
+    images: dict[str, Path], tmp_path: Path
+) -> None:
     data, root = tmp_path / "data", images["three"].parent
     proc, url = _launch(tmp_path, data, root, 0.05, "first")
     s = requests.Session()
     try:
-        ids = [s.post(f"{url}/api/v1/jobs", json={"ihc": "case three.png", "options": {"tile_size": 128}},
-                      timeout=10).json()["id"] for _ in range(10)]
-        wait_for(lambda: s.get(f"{url}/api/v1/jobs/{ids[0]}", timeout=10).json()["tiles_done"] > 0, timeout=30)
+        ids = [
+            s.post(
+                f"{url}/api/v1/jobs",
+                json={"ihc": "case three.png", "options": {"tile_size": 128}},
+                timeout=10,
+            ).json()["id"]
+            for _ in range(10)
+        ]
+        wait_for(
+            lambda: s.get(f"{url}/api/v1/jobs/{ids[0]}", timeout=10).json()["tiles_done"] > 0,
+            timeout=30,
+        )
         states = [s.get(f"{url}/api/v1/jobs/{i}", timeout=10).json()["state"] for i in ids]
         assert states.count("queued") >= 9 and "done" not in states[1:]
     finally:
@@ -194,10 +231,25 @@ def test_killed_server_finishes_all_queued_jobs_after_restart(images: dict[str, 
 
 def test_serve_command_token_and_sigterm(tmp_path: Path, images: dict[str, Path]) -> None:
     """``her2-qupath serve``: prints the token, enforces it, stops cleanly on SIGTERM."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-c", "from her2_qupath.cli import main; main()", "serve", "--port", "0",
-           "--data-dir", str(tmp_path / "data"), "--image-root", str(images["three"].parent), "--require-token",
-           "--workers", "1"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-c",
+        "from her2_qupath.cli import main; main()",
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--image-root",
+        str(images["three"].parent),
+        "--require-token",
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -209,9 +261,13 @@ def test_serve_command_token_and_sigterm(tmp_path: Path, images: dict[str, Path]
         assert token == (tmp_path / "data" / "token").read_text().strip()
         assert requests.get(f"{url}/api/v1/health", timeout=10).status_code == 200
         assert requests.get(f"{url}/api/v1/jobs", timeout=10).status_code == 401
-        ok = requests.get(f"{url}/api/v1/jobs", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        ok = requests.get(
+            f"{url}/api/v1/jobs", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
         assert ok.status_code == 200 and ok.json()["count"] == 0
-        assert requests.get(f"{url}/?token={token}", timeout=10).status_code == 200  # redirected with a cookie
+        assert (
+            requests.get(f"{url}/?token={token}", timeout=10).status_code == 200
+        )  # redirected with a cookie
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -221,22 +277,39 @@ def test_serve_command_token_and_sigterm(tmp_path: Path, images: dict[str, Path]
 
 def test_dask_cluster_gives_the_same_results(tmp_path: Path, images: dict[str, Path]) -> None:
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
-        app = create_app(app_config(tmp_path / "data", [images["three"].parent], DabTileScorer(),
-                                    dask_scheduler=cluster.scheduler_address, workers=2))
+    with distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+    ) as cluster:
+        app = create_app(
+            app_config(
+                tmp_path / "data",
+                [images["three"].parent],
+                DabTileScorer(),
+                dask_scheduler=cluster.scheduler_address,
+                workers=2,
+            )
+        )
         try:
-            with distributed.Client(cluster) as watcher, distributed.get_task_stream(watcher) as stream, \
-                    BackgroundServer(app) as srv:
+            with (
+                distributed.Client(cluster) as watcher,
+                distributed.get_task_stream(watcher) as stream,
+                BackgroundServer(app) as srv,
+            ):
                 s = requests.Session()
                 assert s.get(f"{srv.url}/api/v1/health", timeout=10).json()["executor"] == "dask"
                 jobs = []
                 for name in ("three", "two", "one"):
-                    r = s.post(f"{srv.url}/api/v1/jobs", json={"ihc": str(images[name]),
-                                                              "options": {"tile_size": 128}}, timeout=10)
+                    r = s.post(
+                        f"{srv.url}/api/v1/jobs",
+                        json={"ihc": str(images[name]), "options": {"tile_size": 128}},
+                        timeout=10,
+                    )
                     jobs.append((r.json()["id"], name))
                 for job_id, name in jobs:
                     assert poll(s, srv.url, job_id, timeout=120)["state"] == "done"
-                    assert fetch_result(s, srv.url, job_id) == direct(images[name], {"tile_size": 128}, tmp_path)
+                    assert fetch_result(s, srv.url, job_id) == direct(
+                        images[name], {"tile_size": 128}, tmp_path
+                    )
             workers = {t["worker"] for t in stream.data if "tile_class_counts" in str(t["key"])}
             tasks = [t for t in stream.data if "tile_class_counts" in str(t["key"])]
             assert len(tasks) == 3 * 16  # every tile of the three images ran on the cluster
@@ -245,9 +318,13 @@ def test_dask_cluster_gives_the_same_results(tmp_path: Path, images: dict[str, P
             app.extensions["her2_qupath"].close(timeout_s=10)
 
 
-def test_local_pool_and_dask_pool_threads_are_released(tmp_path: Path, images: dict[str, Path]) -> None:
+def test_local_pool_and_dask_pool_threads_are_released(
+    tmp_path: Path, images: dict[str, Path]
+) -> None:
     before = threading.active_count()
-    app = create_app(app_config(tmp_path / "data", [images["three"].parent], DabTileScorer(), workers=2))
+    app = create_app(
+        app_config(tmp_path / "data", [images["three"].parent], DabTileScorer(), workers=2)
+    )
     c = app.test_client()
     r = c.post("/api/v1/score", json={"ihc": str(images["one"]), "options": {"tile_size": 256}})
     assert r.status_code == 200

@@ -29,7 +29,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _app(data: Path, images: dict[str, Path], scorer: Any = None, **overrides: Any) -> Any:
-    return create_app(app_config(data, [images["three"].parent], scorer or DabTileScorer(), **overrides))
+    return create_app(
+        app_config(data, [images["three"].parent], scorer or DabTileScorer(), **overrides)
+    )
 
 
 def _getter(app: Any) -> Any:
@@ -100,13 +102,19 @@ def test_crash_mid_job_recovers(tmp_path: Path, images: dict[str, Path], requeue
         app2.extensions["her2_qupath"].close()
 
 
-def test_graceful_shutdown_requeues_running_and_keeps_finished(tmp_path: Path, images: dict[str, Path]) -> None:
+def test_graceful_shutdown_requeues_running_and_keeps_finished(
+    tmp_path: Path, images: dict[str, Path]
+) -> None:
     data = tmp_path / "data"
     app = _app(data, images, DabTileScorer(delay_s=0.1))
     client = app.test_client()
-    quick = client.post("/api/v1/score", json={"ihc": str(images["one"]), "options": {"tile_size": 256}})
+    quick = client.post(
+        "/api/v1/score", json={"ihc": str(images["one"]), "options": {"tile_size": 256}}
+    )
     assert quick.status_code == 200
-    finished = client.post("/api/v1/jobs", json={"ihc": str(images["one"]), "options": {"tile_size": 256}}).json
+    finished = client.post(
+        "/api/v1/jobs", json={"ihc": str(images["one"]), "options": {"tile_size": 256}}
+    ).json
     wait_job(_getter(app), finished["id"])
     slow = client.post("/api/v1/jobs", json={"ihc": str(images["three"]), "options": OPTS}).json
     wait_job(_getter(app), slow["id"], states=("running",))
@@ -126,7 +134,9 @@ def test_graceful_shutdown_requeues_running_and_keeps_finished(tmp_path: Path, i
         app2.extensions["her2_qupath"].close()
 
 
-def test_leftover_temporary_and_orphan_results_are_removed(tmp_path: Path, images: dict[str, Path]) -> None:
+def test_leftover_temporary_and_orphan_results_are_removed(
+    tmp_path: Path, images: dict[str, Path]
+) -> None:
     data = tmp_path / "data"
     (data / "results" / ".abc.123.tmp").mkdir(parents=True)
     orphan = data / "results" / ("e" * 32)
@@ -181,9 +191,13 @@ def test_disk_bound_drops_oldest_results(tmp_path: Path, images: dict[str, Path]
         app2.extensions["her2_qupath"].close()
 
 
-def test_workers_default_to_cpu_count_and_data_dir_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_default_to_cpu_count_and_data_dir_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     backend = LocalBackend()
-    manager = JobManager(dataclasses.replace(ServerConfig(), workers=0), tmp_path, DabTileScorer(), backend)
+    manager = JobManager(
+        dataclasses.replace(ServerConfig(), workers=0), tmp_path, DabTileScorer(), backend
+    )
     try:
         assert manager.workers == (os.cpu_count() or 1)
     finally:
@@ -197,8 +211,10 @@ def test_jobs_run_in_parallel_on_workers(tmp_path: Path, images: dict[str, Path]
     app = _app(tmp_path / "data", images, DabTileScorer(delay_s=0.05), workers=2)
     try:
         c = app.test_client()
-        ids = [c.post("/api/v1/jobs", json={"ihc": str(images["three"]), "options": OPTS}).json["id"]
-               for _ in range(2)]
+        ids = [
+            c.post("/api/v1/jobs", json={"ihc": str(images["three"]), "options": OPTS}).json["id"]
+            for _ in range(2)
+        ]
         wait_for(lambda: c.get("/api/v1/health").json["running"] == 2, timeout=10)
         for job_id in ids:
             assert wait_job(_getter(app), job_id)["state"] == "done"

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, Phase, given, settings
+from jsonschema import Draft202012Validator
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
-from jsonschema import Draft202012Validator
 from server_support import app_config, make_images, wait_job
 
 from her2_qupath.server import create_app
@@ -31,7 +30,9 @@ IGNORED_METHODS = {"HEAD", "OPTIONS"}
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     root = tmp_path_factory.mktemp("slides")
     make_images(root)
-    application = create_app(app_config(tmp_path_factory.mktemp("data"), [root], DabTileScorer(), max_queue=1000))
+    application = create_app(
+        app_config(tmp_path_factory.mktemp("data"), [root], DabTileScorer(), max_queue=1000)
+    )
     application.config["IMAGES"] = root
     yield application
     application.extensions["her2_qupath"].close(timeout_s=10)
@@ -69,8 +70,11 @@ def test_document_is_valid_openapi_and_examples_validate() -> None:
         for method, op in ops.items():
             body = op.get("requestBody", {}).get("content", {}).get("application/json")
             bodies = [body] if body else []
-            bodies += [r["content"]["application/json"] for r in op["responses"].values()
-                       if "application/json" in r.get("content", {})]
+            bodies += [
+                r["content"]["application/json"]
+                for r in op["responses"].values()
+                if "application/json" in r.get("content", {})
+            ]
             for media in bodies:
                 if "example" in media:
                     _validator(doc, media["schema"]).validate(media["example"])
@@ -103,8 +107,14 @@ def test_live_responses_match_documented_schemas(app: Flask) -> None:
     for kind in ("result", "detections", "annotations", "overlay.png"):
         check(job_path + "/" + kind, "get", c.get(f"/api/v1/jobs/{job_id}/{kind}"))
     check(job_path, "delete", c.delete(f"/api/v1/jobs/{job_id}"))  # 409
-    check("/api/v1/score", "post", c.post("/api/v1/score", json={"ihc": str(root / "sub" / "one.png"),
-                                                                 "options": {"tile_size": 256}}))
+    check(
+        "/api/v1/score",
+        "post",
+        c.post(
+            "/api/v1/score",
+            json={"ihc": str(root / "sub" / "one.png"), "options": {"tile_size": 256}},
+        ),
+    )
     check("/api/v1/score", "post", c.post("/api/v1/score", json={"ihc": "/etc/hostname"}))  # 403
 
 
@@ -115,17 +125,30 @@ def test_fuzz_no_server_errors(app: Flask) -> None:
     repeatable); the failures of all operations are collected before the test fails.
     """
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
     failures: list[str] = []
     calls = 0
     operations = [result.ok() for result in schema.get_all_operations()]
-    documented = {f"{m.upper()} {path}" for path, ops in openapi_document()["paths"].items() for m in ops}
+    documented = {
+        f"{m.upper()} {path}" for path, ops in openapi_document()["paths"].items() for m in ops
+    }
     # schemathesis leaves out the route it loaded the document from
     assert {o.label for o in operations} == documented - {"GET /api/v1/openapi.json"}
     for operation in operations:
 
-        @settings(max_examples=15, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+        @settings(
+            max_examples=15,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.generate],
+        )
         @given(operation.as_strategy())
         def run(case: Any) -> None:
             nonlocal calls

@@ -15,7 +15,16 @@ from server_support import LAYOUT_3, app_config, comparable, ihc_rgb, wait_for, 
 from her2_qupath.server import create_app
 from her2_qupath.server.wsgi import BackgroundServer
 
-PIPELINE_MODULES = ("pipeline", "slide", "tiling", "tissue", "stain", "scoring", "render", "qupath.geojson")
+PIPELINE_MODULES = (
+    "pipeline",
+    "slide",
+    "tiling",
+    "tissue",
+    "stain",
+    "scoring",
+    "render",
+    "qupath.geojson",
+)
 MPP = 0.5
 OPTIONS = {"tile_size": 256, "mpp": MPP}
 
@@ -25,18 +34,22 @@ def _missing() -> list[str]:
     for name in PIPELINE_MODULES:
         try:
             importlib.import_module(f"her2_qupath.{name}")
-        except ImportError:
-            missing.append(name)
+        except (ImportError, AttributeError) as err:  # absent, or built against a newer config.py
+            missing.append(f"{name} ({type(err).__name__}: {err})")
     return missing
 
 
-pytestmark = pytest.mark.skipif(bool(_missing()), reason=f"pipeline modules not installed: {_missing()}")
+pytestmark = pytest.mark.skipif(
+    bool(_missing()), reason=f"pipeline modules not installed: {_missing()}"
+)
 
 
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1024 x 1024 synthetic IHC image (4 x 4 tiles of 256 px with known classes) at 0.5 µm/px."""
-    return write_png(tmp_path_factory.mktemp("slides") / "synthetic ihc.png", ihc_rgb(LAYOUT_3, tile=256))
+    return write_png(
+        tmp_path_factory.mktemp("slides") / "synthetic ihc.png", ihc_rgb(LAYOUT_3, tile=256)
+    )
 
 
 def _strip_ids(fc: dict[str, Any]) -> dict[str, Any]:
@@ -93,11 +106,22 @@ def serve(tmp_path: Path, slide: Path) -> Iterator[Any]:
 
 def _run_job(url: str, slide: Path) -> dict[str, Any]:
     s = requests.Session()
-    r = s.post(f"{url}/api/v1/jobs", json={"ihc": str(slide), "ihc_mpp": MPP, "options": OPTIONS}, timeout=60)
+    r = s.post(
+        f"{url}/api/v1/jobs",
+        json={"ihc": str(slide), "ihc_mpp": MPP, "options": OPTIONS},
+        timeout=60,
+    )
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
-    job = wait_for(lambda: (j := s.get(f"{url}/api/v1/jobs/{job_id}", timeout=10).json())["state"]
-                   in ("done", "failed", "cancelled") and j, timeout=180, interval=0.1)
+    job = wait_for(
+        lambda: (
+            (j := s.get(f"{url}/api/v1/jobs/{job_id}", timeout=10).json())["state"]
+            in ("done", "failed", "cancelled")
+            and j
+        ),
+        timeout=180,
+        interval=0.1,
+    )
     assert job["state"] == "done", job
     base = f"{url}/api/v1/jobs/{job_id}"
     assert s.get(f"{base}/overlay.png", timeout=10).content.startswith(b"\x89PNG")
@@ -113,16 +137,20 @@ def test_job_matches_run_score(serve: Any, slide: Path, expected: dict[str, Any]
     got = _run_job(srv.url, slide)
     assert got == expected
     assert got["summary"]["her2_score"] == "3+"  # LAYOUT_3: 12.5 % of the tissue at 3+
-    sync = requests.post(f"{srv.url}/api/v1/score", json={"ihc": str(slide), "ihc_mpp": MPP, "options": OPTIONS},
-                         timeout=120)
+    sync = requests.post(
+        f"{srv.url}/api/v1/score",
+        json={"ihc": str(slide), "ihc_mpp": MPP, "options": OPTIONS},
+        timeout=120,
+    )
     assert sync.status_code == 200, sync.text
     assert _summary(sync.json()["summary"]) == expected["summary"]
 
 
 def test_dask_cluster_matches_local(serve: Any, slide: Path, expected: dict[str, Any]) -> None:
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+    ) as cluster:
         srv = serve(dask_scheduler=cluster.scheduler_address)
         with distributed.Client(cluster) as watcher, distributed.get_task_stream(watcher) as stream:
             assert _run_job(srv.url, slide) == expected

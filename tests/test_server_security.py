@@ -37,7 +37,10 @@ from her2_qupath.server.security import (
         ("file://localhost/data/a.svs", "/data/a.svs"),
         ("FILE:/data/a.svs", "/data/a.svs"),
         ("file:/data/caf%C3%A9/%E7%97%85%E7%90%86.tif", "/data/café/病理.tif"),
-        ("file:/data/café/病理.tif", "/data/café/病理.tif"),  # Java's URI.toString keeps non-ASCII as is
+        (
+            "file:/data/café/病理.tif",
+            "/data/café/病理.tif",
+        ),  # Java's URI.toString keeps non-ASCII as is
         ("file:/data/a+b%2Bc.svs", "/data/a+b+c.svs"),  # '+' is not a space in a path
         ("file:/data/100%25%20done.svs", "/data/100% done.svs"),
         ("/data/My Slides/a.svs", "/data/My Slides/a.svs"),
@@ -89,7 +92,10 @@ def test_resolve_inside_roots(roots: tuple[Path, Path, Path]) -> None:
     assert resolve_image(str(target), [root]) == target
     assert resolve_image("sub dir/café.png", [root]) == target
     assert resolve_image("sub dir/../sub dir/café.png", [root]) == target
-    assert resolve_image("file:" + str(root).replace(" ", "%20") + "/sub%20dir/caf%C3%A9.png", [root]) == target
+    assert (
+        resolve_image("file:" + str(root).replace(" ", "%20") + "/sub%20dir/caf%C3%A9.png", [root])
+        == target
+    )
     assert resolve_image("link-in.png", [root]) == target  # a link that stays inside is fine
     other_root = roots[1]
     assert resolve_image("secret.png", [root, other_root]) == (other_root / "secret.png").resolve()
@@ -97,8 +103,16 @@ def test_resolve_inside_roots(roots: tuple[Path, Path, Path]) -> None:
 
 @pytest.mark.parametrize(
     "reference",
-    ["link-out.png", "dir-out/secret.png", "../other/secret.png", "sub dir/../../other/secret.png",
-     "{other}/secret.png", "file:{other}/secret.png", "/etc/hostname", "{other}/does-not-exist.png"],
+    [
+        "link-out.png",
+        "dir-out/secret.png",
+        "../other/secret.png",
+        "sub dir/../../other/secret.png",
+        "{other}/secret.png",
+        "file:{other}/secret.png",
+        "/etc/hostname",
+        "{other}/does-not-exist.png",
+    ],
 )
 def test_resolve_outside_roots_is_403(roots: tuple[Path, Path, Path], reference: str) -> None:
     root, other, _ = roots
@@ -135,7 +149,11 @@ def test_token_file_is_private_and_kept(tmp_path: Path) -> None:
 def test_loopback_rules() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert is_loopback("127.0.0.2") and is_loopback("[::1]")
-    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
+    assert (
+        not is_loopback("0.0.0.0")
+        and not is_loopback("192.168.1.5")
+        and not is_loopback("example.org")
+    )
     assert not token_required("127.0.0.1", False)
     assert token_required("127.0.0.1", True) and token_required("0.0.0.0", False)
 
@@ -144,8 +162,17 @@ def test_count_vertices() -> None:
     square = [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]
     assert count_vertices([{"type": "Polygon", "coordinates": square}]) == 5
     assert count_vertices([{"type": "MultiPolygon", "coordinates": [square, square]}]) == 10
-    assert count_vertices([{"type": "GeometryCollection",
-                            "geometries": [{"type": "Polygon", "coordinates": square}]}]) == 5
+    assert (
+        count_vertices(
+            [
+                {
+                    "type": "GeometryCollection",
+                    "geometries": [{"type": "Polygon", "coordinates": square}],
+                }
+            ]
+        )
+        == 5
+    )
     assert count_vertices([None, {"type": "Polygon"}]) == 0
 
 
@@ -162,8 +189,14 @@ def make_app(tmp_path: Path, images: dict[str, Path]) -> Iterator[Any]:
     apps: list[Flask] = []
 
     def build(**overrides: Any) -> Flask:
-        app = create_app(app_config(tmp_path / f"data{len(apps)}", [images["three"].parent], DabTileScorer(),
-                                    **overrides))
+        app = create_app(
+            app_config(
+                tmp_path / f"data{len(apps)}",
+                [images["three"].parent],
+                DabTileScorer(),
+                **overrides,
+            )
+        )
         apps.append(app)
         return app
 
@@ -178,9 +211,16 @@ def test_token_required_off_loopback(make_app: Any, images: dict[str, Path]) -> 
     assert state.auth_required and state.token == (state.data_dir / "token").read_text().strip()
     c = app.test_client()
     assert c.get("/api/v1/health").status_code == 200  # health needs no token
-    for method, url in [("get", "/api/v1/jobs"), ("get", "/api/v1/models"), ("get", "/api/v1/openapi.json"),
-                        ("get", "/"), ("post", "/api/v1/jobs"), ("post", "/api/v1/score"),
-                        ("delete", "/api/v1/jobs/" + "0" * 32), ("get", "/static/style.css")]:
+    for method, url in [
+        ("get", "/api/v1/jobs"),
+        ("get", "/api/v1/models"),
+        ("get", "/api/v1/openapi.json"),
+        ("get", "/"),
+        ("post", "/api/v1/jobs"),
+        ("post", "/api/v1/score"),
+        ("delete", "/api/v1/jobs/" + "0" * 32),
+        ("get", "/static/style.css"),
+    ]:
         r = getattr(c, method)(url)
         assert r.status_code == 401, (method, url)
         assert r.json["error"]["code"] == "unauthorized"
@@ -225,10 +265,14 @@ def test_dns_rebinding_host_refused_without_token(make_app: Any) -> None:
 
 def test_no_cors_and_safe_headers(make_app: Any) -> None:
     c = make_app().test_client()
-    for r in (c.get("/api/v1/health", headers={"Origin": "https://evil.example"}),
-              c.options("/api/v1/jobs", headers={"Origin": "https://evil.example",
-                                                 "Access-Control-Request-Method": "POST"}),
-              c.get("/")):
+    for r in (
+        c.get("/api/v1/health", headers={"Origin": "https://evil.example"}),
+        c.options(
+            "/api/v1/jobs",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        ),
+        c.get("/"),
+    ):
         assert not any(h.lower().startswith("access-control-") for h in r.headers.keys())
         assert r.headers["X-Content-Type-Options"] == "nosniff"
     page = c.get("/")
@@ -243,7 +287,11 @@ def test_size_and_vertex_limits(make_app: Any, images: dict[str, Path]) -> None:
     assert r.status_code == 413 and r.json["error"]["code"] == "request_entity_too_large"
     ring = [[i, (i * 7) % 13] for i in range(60)] + [[0, 0]]
     ring[0] = [0, 0]
-    roi = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": {}}
+    roi = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {},
+    }
     r = c.post("/api/v1/jobs", json={"ihc": str(images["one"]), "rois": [roi]})
     assert r.status_code == 413 and r.json["error"]["code"] == "too_many_vertices"
     assert "Simplify" in r.json["error"]["message"]

@@ -161,7 +161,9 @@ def get_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> tuple[Response, int]:
     job = _job_or_404(job_id)
     if job["state"] in TERMINAL_STATES:
-        raise ApiError(409, "conflict", f"job {job_id} is already {job['state']}; nothing to cancel")
+        raise ApiError(
+            409, "conflict", f"job {job_id} is already {job['state']}; nothing to cancel"
+        )
     after = server_state().manager.cancel(job_id)
     job = _job_or_404(job_id)
     return jsonify(job_json(job)), 200 if after == "cancelled" else 202
@@ -171,11 +173,19 @@ def _result_file(job_id: str, kind: str) -> Response:
     job = _job_or_404(job_id)
     if job["state"] != "done":
         detail = f": {job['error']}" if job["error"] and job["state"] in TERMINAL_STATES else ""
-        raise ApiError(409, "not_ready", f"job {job_id} is {job['state']}{detail}; results exist only when it is done")
+        raise ApiError(
+            409,
+            "not_ready",
+            f"job {job_id} is {job['state']}{detail}; results exist only when it is done",
+        )
     name, mimetype = RESULT_FILES[kind]
     path = server_state().manager.result_path(job_id) / name
     if job["result_expired"] or not path.is_file():
-        raise ApiError(410, "gone", f"the results of job {job_id} were removed (disk limit or expiry); submit it again")
+        raise ApiError(
+            410,
+            "gone",
+            f"the results of job {job_id} were removed (disk limit or expiry); submit it again",
+        )
     return send_file(path, mimetype=mimetype, max_age=0, conditional=False, etag=False)
 
 
@@ -217,8 +227,12 @@ def score() -> Response:
         out = _score_now(spec, limit)
     finally:
         state.sync_slots.release()
-    return jsonify(summary=out["summary"], detections=out["detections"], annotations=out["annotations"],
-                   tiles=estimate)
+    return jsonify(
+        summary=out["summary"],
+        detections=out["detections"],
+        annotations=out["annotations"],
+        tiles=estimate,
+    )
 
 
 def _score_now(spec: Any, limit: int) -> dict[str, Any]:
@@ -227,7 +241,11 @@ def _score_now(spec: Any, limit: int) -> dict[str, Any]:
 
     def progress(done: int, total: int) -> None:
         if total > limit:
-            raise ApiError(413, "too_many_tiles", f"the request has {total} tiles (> {limit}); submit it as a job")
+            raise ApiError(
+                413,
+                "too_many_tiles",
+                f"the request has {total} tiles (> {limit}); submit it as a job",
+            )
 
     in_memory = getattr(state.scorer, "score_in_memory", None)
     if in_memory is not None:
@@ -235,8 +253,14 @@ def _score_now(spec: Any, limit: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(dir=_tmp_dir(), prefix="score-"))
     try:
         state.manager.run_spec(spec, tmp, progress=progress)
-        return {name: json.loads((tmp / f"{name}{ext}").read_text(encoding="utf-8"))
-                for name, ext in (("summary", ".json"), ("detections", ".geojson"), ("annotations", ".geojson"))}
+        return {
+            name: json.loads((tmp / f"{name}{ext}").read_text(encoding="utf-8"))
+            for name, ext in (
+                ("summary", ".json"),
+                ("detections", ".geojson"),
+                ("annotations", ".geojson"),
+            )
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -59,7 +59,9 @@ def server_state() -> ServerState:
     return state
 
 
-def _server_config(config: ServerConfig | Mapping[str, Any] | None) -> tuple[ServerConfig, dict[str, Any]]:
+def _server_config(
+    config: ServerConfig | Mapping[str, Any] | None,
+) -> tuple[ServerConfig, dict[str, Any]]:
     if config is None:
         return ServerConfig(), {}
     if isinstance(config, ServerConfig):
@@ -67,7 +69,9 @@ def _server_config(config: ServerConfig | Mapping[str, Any] | None) -> tuple[Ser
     extra = dict(config)
     server = extra.pop("SERVER_CONFIG", None) or ServerConfig()
     fields = {f.name for f in dataclasses.fields(ServerConfig)}
-    overrides = {k.lower(): extra.pop(k) for k in list(extra) if k.lower() in fields and k.isupper()}
+    overrides = {
+        k.lower(): extra.pop(k) for k in list(extra) if k.lower() in fields and k.isupper()
+    }
     if overrides:
         server = dataclasses.replace(server, **overrides)
     return server, extra
@@ -144,12 +148,20 @@ def _authenticate() -> Response | None:
         except ValueError:
             host = ""
         if host.lower() not in _LOOPBACK_HOSTS:
-            raise ApiError(403, "forbidden_host", f"requests for host {host!r} are refused; use 127.0.0.1 or localhost")
+            raise ApiError(
+                403,
+                "forbidden_host",
+                f"requests for host {host!r} are refused; use 127.0.0.1 or localhost",
+            )
         return None
     query_token = request.args.get("token")
     if request.endpoint == "pages.index" and query_token is not None:
         if not token_matches(query_token, state.token):
-            raise ApiError(401, "unauthorized", "wrong token in ?token=; use the one the server printed at start")
+            raise ApiError(
+                401,
+                "unauthorized",
+                "wrong token in ?token=; use the one the server printed at start",
+            )
         response = redirect("/", code=303)
         response.set_cookie(TOKEN_COOKIE, query_token, httponly=True, samesite="Strict", path="/")
         return response
@@ -182,7 +194,9 @@ def _headers(response: Response) -> Response:
     return response
 
 
-def _error_json(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
+def _error_json(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
     response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status
     for key, value in (headers or {}).items():
@@ -208,11 +222,14 @@ def _error_response(err: Exception) -> Response:
         message = err.description or err.name
         if status == 413:
             limit = current_app.config.get("MAX_CONTENT_LENGTH")
-            message = f"request body too large (limit {limit} bytes); send ROIs in parts or simplify them"
+            message = (
+                f"request body too large (limit {limit} bytes); send ROIs in parts or simplify them"
+            )
         headers = {}
         if status == 405 and getattr(err, "valid_methods", None):
             headers["Allow"] = ", ".join(sorted(err.valid_methods))  # type: ignore[attr-defined]
         return _error_json(status, _snake(err.name), message, headers)
     log.exception("unexpected error answering %s %s", request.method, request.path)
-    return _error_json(500, "internal_error", f"internal error ({type(err).__name__}); see the server log")
-
+    return _error_json(
+        500, "internal_error", f"internal error ({type(err).__name__}); see the server log"
+    )

@@ -82,7 +82,9 @@ class DaskBackend:
                 from distributed import Client
 
                 try:
-                    self._client = Client(self.address, timeout=self.timeout_s, set_as_default=False)
+                    self._client = Client(
+                        self.address, timeout=self.timeout_s, set_as_default=False
+                    )
                 except OSError as err:
                     raise UserInputError(
                         f"cannot reach the Dask scheduler at {self.address}: {err}",

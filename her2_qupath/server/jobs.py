@@ -77,7 +77,9 @@ def default_data_dir() -> Path:
     try:
         import platformdirs
     except ImportError:
-        base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+        base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+            os.path.expanduser("~"), ".local", "share"
+        )
         return Path(base) / "her2-qupath"
     return Path(platformdirs.user_data_dir("her2-qupath", appauthor=False))
 
@@ -86,7 +88,11 @@ def iso_time(t: float | None) -> str | None:
     """Seconds since the epoch as ISO 8601 UTC (``2026-01-01T12:00:00.000Z``)."""
     if t is None:
         return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(t, timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 class QueueFull(ApiError):
@@ -106,7 +112,9 @@ class JobStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30
+        )
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -128,7 +136,9 @@ class JobStore:
                 raise
             self._db.execute("COMMIT")
 
-    def add(self, request: Mapping[str, Any], *, max_queue: int, retry_after_s: int) -> dict[str, Any]:
+    def add(
+        self, request: Mapping[str, Any], *, max_queue: int, retry_after_s: int
+    ) -> dict[str, Any]:
         """Insert a queued job, or raise :class:`QueueFull` when ``max_queue`` are waiting."""
         job_id = uuid.uuid4().hex
         with self._tx() as db:
@@ -150,7 +160,11 @@ class JobStore:
 
     def list(self, *, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
         """Newest first."""
-        sql = "SELECT * FROM jobs" + (" WHERE state = ?" if state else "") + " ORDER BY seq DESC LIMIT ?"
+        sql = (
+            "SELECT * FROM jobs"
+            + (" WHERE state = ?" if state else "")
+            + " ORDER BY seq DESC LIMIT ?"
+        )
         args: tuple[Any, ...] = (state, limit) if state else (limit,)
         with self._lock:
             return [dict(r) for r in self._db.execute(sql, args).fetchall()]
@@ -233,7 +247,10 @@ class JobStore:
 
     def interrupted(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [dict(r) for r in self._db.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall()]
+            return [
+                dict(r)
+                for r in self._db.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall()
+            ]
 
     def expired(self, cutoff: float) -> list[str]:
         with self._lock:
@@ -257,7 +274,9 @@ class JobStore:
 
     def mark_result_expired(self, job_id: str) -> None:
         with self._lock:
-            self._db.execute("UPDATE jobs SET result_expired = 1, result_bytes = 0 WHERE id = ?", (job_id,))
+            self._db.execute(
+                "UPDATE jobs SET result_expired = 1, result_bytes = 0 WHERE id = ?", (job_id,)
+            )
 
     def ids(self) -> set[str]:
         with self._lock:
@@ -336,7 +355,9 @@ class JobManager:
                 self.store.requeue(job["id"], "interrupted by a server restart; re-queued")
                 requeued += 1
             elif job["cancel_requested"]:
-                self.store.finish(job["id"], "cancelled", error="cancelled (the server stopped meanwhile)")
+                self.store.finish(
+                    job["id"], "cancelled", error="cancelled (the server stopped meanwhile)"
+                )
             else:
                 self.store.finish(
                     job["id"],
@@ -347,7 +368,9 @@ class JobManager:
         for tmp in self.results_dir.glob(".*.tmp"):
             shutil.rmtree(tmp, ignore_errors=True)
         if requeued or failed:
-            log.warning("after restart: %d interrupted job(s) re-queued, %d failed", requeued, failed)
+            log.warning(
+                "after restart: %d interrupted job(s) re-queued, %d failed", requeued, failed
+            )
         return requeued, failed
 
     def start(self) -> None:
@@ -380,7 +403,10 @@ class JobManager:
             t.join(max(0.0, deadline - time.monotonic()))
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
-            log.warning("jobs still running at shutdown (%s); they will be recovered at the next start", alive)
+            log.warning(
+                "jobs still running at shutdown (%s); they will be recovered at the next start",
+                alive,
+            )
         self._threads.clear()
         self.backend.close()
         if not alive:
@@ -391,7 +417,9 @@ class JobManager:
     # ---- requests -----------------------------------------------------------------------------
 
     def submit(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        job = self.store.add(body, max_queue=self.config.max_queue, retry_after_s=self.config.retry_after_s)
+        job = self.store.add(
+            body, max_queue=self.config.max_queue, retry_after_s=self.config.retry_after_s
+        )
         with self._wake:
             self._wake.notify()
         return job
@@ -467,7 +495,9 @@ class JobManager:
         cancel: threading.Event | None = None,
     ) -> dict[str, Any]:
         """Run the scorer on the backend's executor (used by jobs and by synchronous /score)."""
-        return self.scorer(spec, outdir, progress=progress, cancel=cancel, executor=self.backend.executor())
+        return self.scorer(
+            spec, outdir, progress=progress, cancel=cancel, executor=self.backend.executor()
+        )
 
     def _run(self, job: dict[str, Any]) -> None:
         job_id = job["id"]
@@ -489,7 +519,9 @@ class JobManager:
             spec = build_spec(body, self.config)
             final = self.result_path(job_id)
             with atomic_output_dir(final) as tmp:
-                summary = self.run_spec(spec, tmp, progress=self._progress_callback(job_id, run), cancel=run.cancel)
+                summary = self.run_spec(
+                    spec, tmp, progress=self._progress_callback(job_id, run), cancel=run.cancel
+                )
                 if run.cancel.is_set():
                     raise JobCancelled("the scoring run was cancelled", hint="nothing was written")
             self.store.finish(job_id, "done", summary=summary, result_bytes=_dir_bytes(final))
@@ -503,7 +535,9 @@ class JobManager:
                 self.store.finish(job_id, "failed", error=str(err))
             else:
                 log.exception("job %s failed with an unexpected error", job_id)
-                self.store.finish(job_id, "failed", error=f"internal error: {type(err).__name__}: {err}")
+                self.store.finish(
+                    job_id, "failed", error=f"internal error: {type(err).__name__}: {err}"
+                )
 
     def _stopped(self, job_id: str, run: _Running) -> None:
         if run.reason == "cancel":
@@ -514,7 +548,9 @@ class JobManager:
                 self.store.requeue(job_id, "interrupted by a server shutdown; re-queued")
             else:
                 self.store.finish(
-                    job_id, "failed", error="interrupted by a server shutdown (requeue_interrupted is off)"
+                    job_id,
+                    "failed",
+                    error="interrupted by a server shutdown (requeue_interrupted is off)",
                 )
         # "crash": leave the row as it is, as a killed process would
 
@@ -543,4 +579,8 @@ class JobManager:
             self.store.mark_result_expired(job_id)  # first, so nobody is offered files about to go
             shutil.rmtree(self.result_path(job_id), ignore_errors=True)
             total -= size
-            log.info("result of job %s removed to keep results within %d bytes", job_id, self.config.max_results_bytes)
+            log.info(
+                "result of job %s removed to keep results within %d bytes",
+                job_id,
+                self.config.max_results_bytes,
+            )

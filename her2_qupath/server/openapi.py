@@ -29,7 +29,9 @@ EXAMPLES: dict[str, Any] = {
                     "id": "6f1b0a7e-2a4c-4f0b-9c61-0d3c7b1f5a10",
                     "geometry": {
                         "type": "Polygon",
-                        "coordinates": [[[1000, 1000], [5000, 1000], [5000, 4000], [1000, 4000], [1000, 1000]]],
+                        "coordinates": [
+                            [[1000, 1000], [5000, 1000], [5000, 4000], [1000, 4000], [1000, 1000]]
+                        ],
                     },
                     "properties": {
                         "objectType": "annotation",
@@ -76,8 +78,16 @@ EXAMPLES: dict[str, Any] = {
         "executor": "local",
         "auth_required": False,
     },
-    "Models": {"models": [{"name": "stain-vit-small", "kind": "vit", "loaded": False}], "models_dir_configured": True},
-    "Error": {"error": {"code": "forbidden", "message": "IHC image '/etc/passwd' lies outside the server's image roots"}},
+    "Models": {
+        "models": [{"name": "stain-vit-small", "kind": "vit", "loaded": False}],
+        "models_dir_configured": True,
+    },
+    "Error": {
+        "error": {
+            "code": "forbidden",
+            "message": "IHC image '/etc/passwd' lies outside the server's image roots",
+        }
+    },
     "FeatureCollection": {"type": "FeatureCollection", "features": []},
 }
 EXAMPLES["JobList"] = {"jobs": [EXAMPLES["Job"]], "count": 1}
@@ -118,7 +128,9 @@ def _errors(*codes: int) -> dict[str, Any]:
     }
     out = {str(c): _json("Error", text[c]) for c in codes}
     if 429 in codes:
-        out["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+        out["429"]["headers"] = {
+            "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}
+        }
     return out
 
 
@@ -132,14 +144,19 @@ _JOB_PARAM = {
 _AUTH = (401,)
 
 
-def _result_op(summary: str, media: str, schema: dict[str, Any] | None, op_id: str) -> dict[str, Any]:
+def _result_op(
+    summary: str, media: str, schema: dict[str, Any] | None, op_id: str
+) -> dict[str, Any]:
     content: dict[str, Any] = {media: {"schema": schema or {"type": "string", "format": "binary"}}}
     return {
         "get": {
             "operationId": op_id,
             "summary": summary,
             "parameters": [_JOB_PARAM],
-            "responses": {"200": {"description": summary, "content": content}, **_errors(*_AUTH, 404, 409, 410)},
+            "responses": {
+                "200": {"description": summary, "content": content},
+                **_errors(*_AUTH, 404, 409, 410),
+            },
         }
     }
 
@@ -148,7 +165,12 @@ def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of every route (a fresh copy each call)."""
     score_body = {
         "required": True,
-        "content": {"application/json": {"schema": _ref("ScoreRequest"), "example": EXAMPLES["ScoreRequest"]}},
+        "content": {
+            "application/json": {
+                "schema": _ref("ScoreRequest"),
+                "example": EXAMPLES["ScoreRequest"],
+            }
+        },
     }
     paths: dict[str, Any] = {
         "/": {
@@ -157,9 +179,19 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Status page (HTML): server state, jobs, scores and overlays.",
                 "description": "With a token, open it once as /?token=TOKEN: the token is checked, kept in an "
                 "HttpOnly, SameSite=Strict cookie and the browser is redirected to /.",
-                "parameters": [{"name": "token", "in": "query", "required": False, "schema": {"type": "string"}}],
+                "parameters": [
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    }
+                ],
                 "responses": {
-                    "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "200": {
+                        "description": "The page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
                     "303": {"description": "Token accepted and stored in a cookie; go to /."},
                     **_errors(*_AUTH),
                 },
@@ -169,10 +201,22 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "operationId": "staticFile",
                 "summary": "Style sheet and script of the status page.",
-                "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "parameters": [
+                    {
+                        "name": "filename",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
                 "responses": {
-                    "200": {"description": "The file.", "content": {"text/css": {"schema": {"type": "string"}},
-                                                                     "text/javascript": {"schema": {"type": "string"}}}},
+                    "200": {
+                        "description": "The file.",
+                        "content": {
+                            "text/css": {"schema": {"type": "string"}},
+                            "text/javascript": {"schema": {"type": "string"}},
+                        },
+                    },
                     **_errors(*_AUTH, 404),
                 },
             }
@@ -189,7 +233,10 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "operationId": "listModels",
                 "summary": "Model directories the server can use (names for options.models).",
-                "responses": {"200": _json("Models", "Models found under --models-dir."), **_errors(*_AUTH)},
+                "responses": {
+                    "200": _json("Models", "Models found under --models-dir."),
+                    **_errors(*_AUTH),
+                },
             }
         },
         "/api/v1/openapi.json": {
@@ -197,7 +244,10 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "openapi",
                 "summary": "This document.",
                 "responses": {
-                    "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
                     **_errors(*_AUTH),
                 },
             }
@@ -211,7 +261,12 @@ def openapi_document() -> dict[str, Any]:
                     "202": _json(
                         "Job",
                         "Queued.",
-                        headers={"Location": {"schema": {"type": "string"}, "description": "URL of the job"}},
+                        headers={
+                            "Location": {
+                                "schema": {"type": "string"},
+                                "description": "URL of the job",
+                            }
+                        },
                     ),
                     **_errors(400, *_AUTH, 403, 404, 413, 415, 429),
                 },
@@ -220,9 +275,23 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "listJobs",
                 "summary": "Jobs, newest first.",
                 "parameters": [
-                    {"name": "state", "in": "query", "required": False, "schema": {"enum": list(JOB_STATES)}},
-                    {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"enum": list(JOB_STATES)},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 100,
+                        },
+                    },
                 ],
                 "responses": {"200": _json("JobList", "The jobs."), **_errors(400, *_AUTH)},
             },
@@ -240,21 +309,31 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [_JOB_PARAM],
                 "responses": {
                     "200": _json("Job", "Cancelled (it was queued)."),
-                    "202": _json("Job", "Cancellation requested; the running job stops at its next tile."),
+                    "202": _json(
+                        "Job", "Cancellation requested; the running job stops at its next tile."
+                    ),
                     **_errors(*_AUTH, 404, 409),
                 },
             },
         },
-        "/api/v1/jobs/{job_id}/result": _result_op("summary.json of a finished job.", "application/json",
-                                                   _ref("Summary"), "jobResult"),
-        "/api/v1/jobs/{job_id}/detections": _result_op("Tile/cell detections as QuPath GeoJSON.",
-                                                       "application/geo+json", _ref("FeatureCollection"),
-                                                       "jobDetections"),
-        "/api/v1/jobs/{job_id}/annotations": _result_op("Region annotations with scores as QuPath GeoJSON.",
-                                                        "application/geo+json", _ref("FeatureCollection"),
-                                                        "jobAnnotations"),
-        "/api/v1/jobs/{job_id}/overlay.png": _result_op("Overlay of the tile classes on the slide.", "image/png",
-                                                        None, "jobOverlay"),
+        "/api/v1/jobs/{job_id}/result": _result_op(
+            "summary.json of a finished job.", "application/json", _ref("Summary"), "jobResult"
+        ),
+        "/api/v1/jobs/{job_id}/detections": _result_op(
+            "Tile/cell detections as QuPath GeoJSON.",
+            "application/geo+json",
+            _ref("FeatureCollection"),
+            "jobDetections",
+        ),
+        "/api/v1/jobs/{job_id}/annotations": _result_op(
+            "Region annotations with scores as QuPath GeoJSON.",
+            "application/geo+json",
+            _ref("FeatureCollection"),
+            "jobAnnotations",
+        ),
+        "/api/v1/jobs/{job_id}/overlay.png": _result_op(
+            "Overlay of the tile classes on the slide.", "image/png", None, "jobOverlay"
+        ),
         "/api/v1/score": {
             "post": {
                 "operationId": "scoreNow",
@@ -280,7 +359,12 @@ def openapi_document() -> dict[str, Any]:
         "paths": copy.deepcopy(paths),
         "components": {
             "schemas": copy.deepcopy(SCHEMAS),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "The token printed at start (also <data-dir>/token)."}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The token printed at start (also <data-dir>/token).",
+                }
+            },
         },
     }

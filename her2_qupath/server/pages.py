@@ -14,8 +14,13 @@ from .app import server_state
 
 __all__ = ["bp"]
 
-bp = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
-               static_url_path="/static")
+bp = Blueprint(
+    "pages",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
 
 #: jobs shown on the page, newest first
 PAGE_JOBS = 50

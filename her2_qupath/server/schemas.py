@@ -152,7 +152,10 @@ _SUMMARY = {
     "required": ["her2_score"],
     "properties": {
         "her2_score": {"type": ["string", "null"], "description": "0, 1+, 2+ or 3+"},
-        "class_percentages": {"type": "object", "additionalProperties": {"type": ["number", "string"]}},
+        "class_percentages": {
+            "type": "object",
+            "additionalProperties": {"type": ["number", "string"]},
+        },
         "h_score": {"type": ["number", "string", "null"]},
         "percent_positive": {"type": ["number", "string", "null"]},
         "n_tiles": {"type": "integer", "minimum": 0},
@@ -224,7 +227,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _validator(name: str) -> Any:
     from jsonschema import Draft202012Validator
 
@@ -242,7 +245,9 @@ def parse_json(data: bytes) -> Any:
     try:
         return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise UserInputError(f"request body is not valid JSON: {err}", hint="send UTF-8 JSON") from err
+        raise UserInputError(
+            f"request body is not valid JSON: {err}", hint="send UTF-8 JSON"
+        ) from err
 
 
 def validate(name: str, instance: Any) -> None:

@@ -33,7 +33,14 @@ from typing import Any, Protocol
 
 from .. import __version__
 from .._io import atomic_write_bytes, atomic_write_json
-from ..config import GUIDELINES, HER2_CLASSES, HER2_COLORS, PRODUCT_MARKER, ServerConfig, StainConfig
+from ..config import (
+    GUIDELINES,
+    HER2_CLASSES,
+    HER2_COLORS,
+    PRODUCT_MARKER,
+    ServerConfig,
+    StainConfig,
+)
 from ..errors import JobCancelled, UserInputError
 from .http import ApiError
 from .security import count_vertices, resolve_image
@@ -215,9 +222,14 @@ class PipelineScorer:
 
         base = ScoreOptions()
         scoring = dataclasses.replace(
-            base.scoring, **{k: options[k] for k in ("guideline", "level", "aggregation") if k in options}
+            base.scoring,
+            **{k: options[k] for k in ("guideline", "level", "aggregation") if k in options},
         )
-        tiling_keys = {"tile_size": "tile_size", "mpp": "mpp", "min_tissue_fraction": "min_tissue_fraction"}
+        tiling_keys = {
+            "tile_size": "tile_size",
+            "mpp": "mpp",
+            "min_tissue_fraction": "min_tissue_fraction",
+        }
         tiling = dataclasses.replace(
             base.tiling, **{f: options[k] for k, f in tiling_keys.items() if k in options}
         )
@@ -226,7 +238,9 @@ class PipelineScorer:
         for key, name in (options.get("models") or {}).items():
             field_name = self.MODEL_FIELDS[key]
             if field_name not in fields:
-                raise UserInputError(f"this version scores without a {key} model", hint="omit options.models")
+                raise UserInputError(
+                    f"this version scores without a {key} model", hint="omit options.models"
+                )
             changes[field_name] = self.model_dir(name)
         return dataclasses.replace(base, **changes)
 
@@ -271,7 +285,9 @@ class PipelineScorer:
         with open_slide(spec.ihc, mpp=spec.ihc_mpp) as slide:
             dims = tuple(slide.dimensions)
             slide_mpp = slide.mpp
-        return _count_tiles((int(dims[0]), int(dims[1])), tile_size * work_mpp / slide_mpp, _roi_bounds(spec))
+        return _count_tiles(
+            (int(dims[0]), int(dims[1])), tile_size * work_mpp / slide_mpp, _roi_bounds(spec)
+        )
 
     def __call__(
         self,
@@ -304,8 +320,14 @@ class PipelineScorer:
         return json_ready(
             {
                 "summary": result.summary,
-                "detections": {"type": "FeatureCollection", "features": [to_feature(o) for o in result.detections]},
-                "annotations": {"type": "FeatureCollection", "features": [to_feature(o) for o in result.annotations]},
+                "detections": {
+                    "type": "FeatureCollection",
+                    "features": [to_feature(o) for o in result.detections],
+                },
+                "annotations": {
+                    "type": "FeatureCollection",
+                    "features": [to_feature(o) for o in result.annotations],
+                },
             }
         )
 
@@ -343,13 +365,14 @@ def _stain_matrix(stain: StainConfig) -> Any:
     return np.linalg.inv(np.stack([h, d, r]))
 
 
-def tile_class_counts(tile: Any, stain: StainConfig = StainConfig()) -> list[int]:
+def tile_class_counts(tile: Any, stain: StainConfig | None = None) -> list[int]:
     """Pixel counts ``[background, 0, 1+, 2+, 3+]`` of an RGB tile (DAB OD thresholds).
 
     Top-level and picklable, so it runs on a process pool or Dask workers.
     """
     import numpy as np
 
+    stain = stain or StainConfig()
     od = -np.log10((np.asarray(tile, np.float64) + 1.0) / 256.0)
     conc = od.reshape(-1, 3) @ _stain_matrix(stain)
     dab = conc[:, 1]
@@ -387,9 +410,9 @@ class DabTileScorer:
 
     name = "dab-tile"
 
-    def __init__(self, *, delay_s: float = 0.0, stain: StainConfig = StainConfig()) -> None:
+    def __init__(self, *, delay_s: float = 0.0, stain: StainConfig | None = None) -> None:
         self.delay_s = delay_s  # per-tile pause, for tests that need a job to stay running
-        self.stain = stain
+        self.stain = stain or StainConfig()
 
     def models(self) -> list[dict[str, Any]]:
         return []
@@ -404,7 +427,9 @@ class DabTileScorer:
         except (UnidentifiedImageError, OSError) as err:
             from ..errors import SlideFormatError
 
-            raise SlideFormatError(f"cannot read {path.name} as an image: {err}", hint="send a PNG, JPEG or TIFF") from err
+            raise SlideFormatError(
+                f"cannot read {path.name} as an image: {err}", hint="send a PNG, JPEG or TIFF"
+            ) from err
 
     def _tiles(self, spec: JobSpec, dims: tuple[int, int]) -> list[tuple[int, int, int, int]]:
         size = int(spec.options.get("tile_size", 256))
@@ -430,7 +455,9 @@ class DabTileScorer:
         except (UnidentifiedImageError, OSError) as err:
             from ..errors import SlideFormatError
 
-            raise SlideFormatError(f"cannot read {spec.ihc.name} as an image: {err}", hint="send a PNG, JPEG or TIFF") from err
+            raise SlideFormatError(
+                f"cannot read {spec.ihc.name} as an image: {err}", hint="send a PNG, JPEG or TIFF"
+            ) from err
         return _count_tiles(dims, int(spec.options.get("tile_size", 256)), _roi_bounds(spec))
 
     def __call__(
@@ -442,7 +469,9 @@ class DabTileScorer:
         cancel: Event | None = None,
         executor: Executor | None = None,
     ) -> dict[str, Any]:
-        image, boxes, counts = self._count(spec, progress=progress, cancel=cancel, executor=executor)
+        image, boxes, counts = self._count(
+            spec, progress=progress, cancel=cancel, executor=executor
+        )
         summary, detections, annotations = self._objects(spec, image, boxes, counts)
         atomic_write_json(outdir / "summary.json", summary)
         atomic_write_json(outdir / "detections.geojson", detections)
@@ -460,7 +489,9 @@ class DabTileScorer:
         executor: Executor | None = None,
     ) -> dict[str, Any]:
         """Summary, detections and annotations without files or overlay (synchronous /score)."""
-        image, boxes, counts = self._count(spec, progress=progress, cancel=cancel, executor=executor)
+        image, boxes, counts = self._count(
+            spec, progress=progress, cancel=cancel, executor=executor
+        )
         summary, detections, annotations = self._objects(spec, image, boxes, counts)
         return {"summary": summary, "detections": detections, "annotations": annotations}
 
@@ -541,7 +572,9 @@ class DabTileScorer:
                         "name": f"{PRODUCT_MARKER} tile",
                         "classification": _classification(k),
                         "measurements": {
-                            f"{PRODUCT_MARKER}: % {HER2_CLASSES[j]}": round(100.0 * c[j + 1] / tissue, 4)
+                            f"{PRODUCT_MARKER}: % {HER2_CLASSES[j]}": round(
+                                100.0 * c[j + 1] / tissue, 4
+                            )
                             for j in range(4)
                         },
                     },
@@ -549,7 +582,15 @@ class DabTileScorer:
             )
         tissue_px = int(pixels[1:].sum())
         pct = [100.0 * int(pixels[j + 1]) / tissue_px if tissue_px else 0.0 for j in range(4)]
-        score = 3 if pct[3] > rule.t3 else 2 if pct[2] + pct[3] > rule.t2 else 1 if sum(pct[1:]) > rule.t1 else 0
+        score = (
+            3
+            if pct[3] > rule.t3
+            else 2
+            if pct[2] + pct[3] > rule.t2
+            else 1
+            if sum(pct[1:]) > rule.t1
+            else 0
+        )
         summary = {
             "her2_score": _score_label(score) if tissue_px else None,
             "class_percentages": {_score_label(j): round(pct[j], 4) for j in range(4)},
@@ -566,7 +607,11 @@ class DabTileScorer:
                 "image": spec.ihc.name,
             },
         }
-        region_geoms = [f["geometry"] for f in spec.rois] if spec.rois else [_geometry_box(0, 0, image.shape[1], image.shape[0])]
+        region_geoms = (
+            [f["geometry"] for f in spec.rois]
+            if spec.rois
+            else [_geometry_box(0, 0, image.shape[1], image.shape[0])]
+        )
         annotations = [
             {
                 "type": "Feature",
@@ -576,20 +621,30 @@ class DabTileScorer:
                     "objectType": "annotation",
                     "name": f"{PRODUCT_MARKER} HER2 {score}+",
                     "classification": _classification(score),
-                    "measurements": {f"{PRODUCT_MARKER}: HER2 score": score,
-                                     f"{PRODUCT_MARKER}: H-score": summary["h_score"]},
+                    "measurements": {
+                        f"{PRODUCT_MARKER}: HER2 score": score,
+                        f"{PRODUCT_MARKER}: H-score": summary["h_score"],
+                    },
                 },
             }
             for n, g in enumerate(region_geoms)
         ]
-        summary["regions"] = [{"index": n, "her2_score": _score_label(score)} for n in range(len(region_geoms))]
+        summary["regions"] = [
+            {"index": n, "her2_score": _score_label(score)} for n in range(len(region_geoms))
+        ]
         return (
             summary,
             {"type": "FeatureCollection", "features": detections},
             {"type": "FeatureCollection", "features": annotations},
         )
 
-    def _overlay(self, image: Any, boxes: Sequence[tuple[int, int, int, int]], counts: Mapping[int, list[int]], min_frac: float) -> bytes:
+    def _overlay(
+        self,
+        image: Any,
+        boxes: Sequence[tuple[int, int, int, int]],
+        counts: Mapping[int, list[int]],
+        min_frac: float,
+    ) -> bytes:
         import numpy as np
         from PIL import Image
 
@@ -610,4 +665,3 @@ class DabTileScorer:
 def default_scorer(config: ServerConfig) -> Scorer:
     """The scorer a server uses unless ``create_app`` is given one: the real pipeline."""
     return PipelineScorer(config.models_dir)
-

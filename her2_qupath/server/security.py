@@ -51,7 +51,9 @@ def path_from_reference(reference: str) -> str:
     with a message, since this server reads its own file system only.
     """
     if "\x00" in reference:
-        raise UserInputError("image path contains a NUL character", hint="send the path as QuPath shows it")
+        raise UserInputError(
+            "image path contains a NUL character", hint="send the path as QuPath shows it"
+        )
     if reference.lower().startswith("file:"):
         parts = urlsplit(reference)
         if parts.netloc not in ("", "localhost"):
@@ -67,7 +69,9 @@ def path_from_reference(reference: str) -> str:
                 hint="send the URI exactly as QuPath stores it",
             ) from err
         if "\x00" in path:
-            raise UserInputError("image path contains a NUL character", hint="send the path as QuPath shows it")
+            raise UserInputError(
+                "image path contains a NUL character", hint="send the path as QuPath shows it"
+            )
     else:
         scheme = _SCHEME.match(reference)
         if scheme and not _WINDOWS_DRIVE.match(reference):
@@ -90,7 +94,9 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def resolve_image(reference: str, roots: Sequence[str | os.PathLike[str]], *, what: str = "image") -> Path:
+def resolve_image(
+    reference: str, roots: Sequence[str | os.PathLike[str]], *, what: str = "image"
+) -> Path:
     """The real path of ``reference`` if it lies below one of ``roots``.
 
     Relative paths are taken relative to each root in turn. Raises
@@ -177,7 +183,11 @@ def count_vertices(geometries: Iterable[Any]) -> int:
     for geom in geometries:
         if isinstance(geom, dict):
             if geom.get("type") == "GeometryCollection":
-                stack.extend(g.get("coordinates", []) for g in geom.get("geometries", []) if isinstance(g, dict))
+                stack.extend(
+                    g.get("coordinates", [])
+                    for g in geom.get("geometries", [])
+                    if isinstance(g, dict)
+                )
             else:
                 stack.append(geom.get("coordinates", []))
     while stack:

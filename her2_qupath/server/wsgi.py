@@ -17,6 +17,7 @@ __all__ = ["serve", "BackgroundServer"]
 class _Stop(BaseException):
     """A termination signal arrived (BaseException: no handler on the way swallows it)."""
 
+
 log = logging.getLogger(__name__)
 
 
@@ -32,8 +33,14 @@ def _create(app: Flask, host: str, port: int, threads: int) -> Any:
     import waitress
 
     # clear_untrusted_proxy_headers: no proxy is trusted, forwarded headers are dropped
-    return waitress.create_server(app, host=host, port=port, threads=threads, ident="her2-qupath",
-                                  clear_untrusted_proxy_headers=True)
+    return waitress.create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        ident="her2-qupath",
+        clear_untrusted_proxy_headers=True,
+    )
 
 
 def serve(
@@ -63,7 +70,9 @@ def serve(
     except _Stop as sig:
         log.warning("%s: stopping the server; running jobs are marked interrupted", sig)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(
+            signal.SIGINT, signal.SIG_IGN
+        )  # a second Ctrl-C must not cut the clean-up short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         server.task_dispatcher.shutdown()  # let requests in flight finish (up to 5 s)
         _close_channels(server)
@@ -79,7 +88,9 @@ class BackgroundServer:
     Leaving the block stops the WSGI server (not the app's job workers).
     """
 
-    def __init__(self, app: Flask, *, host: str = "127.0.0.1", port: int = 0, threads: int = 8) -> None:
+    def __init__(
+        self, app: Flask, *, host: str = "127.0.0.1", port: int = 0, threads: int = 8
+    ) -> None:
         self.app = app
         self._server = _create(app, host, port, threads)
         self.host = host
@@ -92,7 +103,10 @@ class BackgroundServer:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
