@@ -27,6 +27,8 @@ __all__ = [
     "TrainConfig",
     "RegistrationConfig",
     "ServerConfig",
+    "SlideConfig",
+    "ProjectConfig",
 ]
 
 #: QuPath classification names of the four HER2 classes, in order 0, 1+, 2+, 3+.
@@ -56,8 +58,10 @@ class TilingConfig:
     tile_size: int = 512  # f, pixels at the working MPP (paper default)
     mpp: float = 0.5  # working resolution, micrometres per pixel
     overlap: int = 0  # pixels at the working MPP shared by neighbours
-    min_tissue_fraction: float = 0.25  # keep a tile if >= this fraction is tissue
-    min_roi_overlap: float = 0.5  # keep a tile if >= this fraction lies in the ROIs
+    min_tissue_fraction: float = 0.05  # keep a tile if >= this fraction is tissue
+    min_roi_overlap: float = 0.01  # keep a tile if >= this fraction lies in the ROIs (pixels and
+    # cells outside the ROI are masked out of the analysis, so partly covered tiles count only
+    # their inside part)
     pad_value: int = 255  # edge tiles are padded with white (glass)
 
 
@@ -70,6 +74,8 @@ class TissueConfig:
     closing_um: float = 40.0  # morphological closing radius
     min_object_um2: float = 20_000.0  # drop tissue islands smaller than this
     min_hole_um2: float = 10_000.0  # fill holes smaller than this
+    max_od: float = 0.1  # ceiling of the Otsu threshold (light stroma stays tissue)
+    background_min: float = 200.0  # glass estimate with a channel below this -> white
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,17 @@ class StainConfig:
     thresholds: tuple[float, float, float] = (0.2, 0.4, 0.6)  # DAB OD for 1+, 2+, 3+
     tissue_od: float = 0.15  # total OD above which a pixel counts as tissue (not background)
     estimate_vectors: bool = False  # Macenko-style estimation from the slide
+    # Background (white point) estimation: bright, nearly grey pixels are glass.
+    background_max_saturation: float = 0.08  # (max - min) / max of RGB
+    background_min_brightness: float = 160.0  # mean RGB, 0-255
+    background_percentile: float = 0.0  # keep candidates at/above this brightness percentile
+    background_min_pixels: int = 100  # fewer candidates: fall back (see stain.estimate_background)
+    # Macenko-style stain vector estimation (Macenko et al., ISBI 2009).
+    macenko_min_od: float = 0.3  # OD sum (R+G+B) for a pixel to enter the estimate
+    macenko_alpha: float = 1.0  # angle percentiles alpha and 100 - alpha
+    macenko_min_pixels: int = 500
+    macenko_max_cos: float = 0.99  # the two directions must differ more than this
+    macenko_min_ref_cos: float = 0.8  # each must lie this close to its reference vector
 
 
 @dataclass(frozen=True)
@@ -95,45 +112,103 @@ class CellConfig:
     nucleus_min_area_um2: float = 10.0
     nucleus_max_area_um2: float = 400.0
     expansion_um: float = 5.0  # bounded nucleus-to-cell expansion (QuPath's default)
-    membrane_width_um: float = 1.5  # width of the cell boundary band
+    membrane_width_um: float = 3.0  # width of the band inside the cell boundary searched for membrane
     complete_fraction: float = 0.7  # ring fraction above the 1+ threshold for "complete"
+    # Nucleus detection (see docs/cells.md). "hematoxylin" suits membrane stains (HER2):
+    # membranes are DAB, so DAB must not count as nucleus. "hematoxylin+dab" (pixelwise
+    # maximum of the two ODs) suits nuclear stains (Ki67, ER, PR) whose positive nuclei are brown.
+    nucleus_channel: Literal["hematoxylin", "hematoxylin+dab"] = "hematoxylin"
+    nucleus_max_od: float = 1.5  # channel OD clipped here (saturated nuclei do not dominate)
+    background_radius_um: float = 5.0  # local background: grey opening of this radius
+    nucleus_threshold_od: float = 0.05  # channel OD above the local background for a nucleus
+    opening_um: float = 1.5  # binary opening radius, removes specks and thin bridges
+    split_sigma_um: float = 2.0  # Laplacian-of-Gaussian scale of the watershed seeds
+    split_min_distance_um: float = 2.5  # minimum distance between two nucleus seeds
+    boundary_fraction: float = 0.5  # nucleus edge at this fraction of its peak contrast (0: off)
+    completeness_sectors: int = 36  # angular sectors of the membrane ring (10 degrees each)
+    membrane_layer_um: float = 0.5  # depth layers of a ring sector; its OD = the darkest layer
+    min_positive_fraction: float = 0.1  # ring fraction above the 1+ threshold for any 1+
+    strong_partial_fraction: float = 0.5  # strong (>= 3+ OD) but incomplete rings: 2+ from here
+    polygon_tolerance_px: float = 0.5  # Douglas-Peucker tolerance of the exported outlines
+    # Cells are detected on the tile plus this margin and kept when their centroid lies in
+    # the tile itself, so a cell cut by a tile border is counted exactly once.
+    tile_margin_um: float = 15.0
 
 
 @dataclass(frozen=True)
 class GuidelineRule:
-    """A cumulative tumor-cell percentage rule: 3+ if >t3 %, else 2+ if >t2 %, ..."""
+    """A cumulative tumor-cell percentage rule: 3+ if >t3 %, else 2+ if >t2 %, ...
+
+    Comparisons are strict (``>``) unless the rule's wording says "at least"
+    (``>=``); ``inclusive`` flags that per threshold, in the order (t3, t2, t1).
+    ``t2_strong`` (endometrial) also scores 2+ when the percentage at 3+ exceeds
+    it although it does not exceed ``t3`` ("intense staining in <=30 %").
+    See docs/scoring.md for the wording of each guideline.
+    """
 
     name: str
     reference: str
     t3: float  # percent of tumor cells at 3+ for a 3+ score
     t2: float  # percent at >= 2+ for a 2+ score
     t1: float  # percent at >= 1+ for a 1+ score
+    inclusive: tuple[bool, bool, bool] = (False, False, False)  # ">=" for (t3, t2, t1)
+    t2_strong: float | None = None  # 2+ also when percent at 3+ > this (endometrial)
+    wording: str = ""  # the criteria as published, for reports
 
 
 GUIDELINES: dict[str, GuidelineRule] = {
     "breast": GuidelineRule(
         "breast",
-        "Wolff AC et al., ASCO/CAP HER2 testing in breast cancer, J Clin Oncol 2018;36:2105-22 "
-        "(affirmed in the 2023 update, J Clin Oncol 2023;41:3867-72)",
+        "Wolff AC et al., Human Epidermal Growth Factor Receptor 2 Testing in Breast Cancer: "
+        "ASCO/CAP Clinical Practice Guideline Focused Update, J Clin Oncol 2018;36:2105-22 "
+        "(affirmed in the 2023 update, Wolff AC et al., J Clin Oncol 2023;41:3867-72)",
         10.0,
         10.0,
         10.0,
+        wording=(
+            "3+: circumferential membrane staining that is complete, intense, in >10% of tumor "
+            "cells; 2+: weak to moderate complete membrane staining in >10% of tumor cells; "
+            "1+: incomplete membrane staining that is faint/barely perceptible in >10% of tumor "
+            "cells; 0: no staining, or incomplete faint/barely perceptible staining in <=10%"
+        ),
     ),
     "gastric": GuidelineRule(
         "gastric",
-        "Bartley AN et al., HER2 testing in gastroesophageal adenocarcinoma, CAP/ASCP/ASCO, "
-        "J Clin Oncol 2017;35:446-64",
+        "Bartley AN et al., HER2 Testing and Clinical Decision Making in Gastroesophageal "
+        "Adenocarcinoma: Guideline From CAP, ASCP, and ASCO, J Clin Oncol 2017;35:446-64 "
+        "(surgical-specimen criteria of Hofmann M et al., Histopathology 2008;52:797-805)",
         10.0,
         10.0,
         10.0,
+        inclusive=(True, True, True),
+        wording=(
+            "surgical specimen: 3+: strong complete, basolateral or lateral membranous "
+            "reactivity in >=10% of tumor cells; 2+: weak to moderate complete, basolateral or "
+            "lateral membranous reactivity in >=10%; 1+: faint/barely perceptible membranous "
+            "reactivity in >=10%, cells reactive only in part of their membrane; 0: no "
+            "reactivity or membranous reactivity in <10% of tumor cells"
+        ),
     ),
     "endometrial": GuidelineRule(
         "endometrial",
-        "Buza N et al., HER2 testing and reporting in endometrial serous carcinoma, "
-        "Mod Pathol 2021;34:1789-99",
+        "Buza N et al., Reproducibility of scoring criteria for HER2 immunohistochemistry in "
+        "endometrial serous carcinoma: a multi-institutional interobserver agreement study, "
+        "Mod Pathol 2021;34:1194-1202 (criteria proposed in Buza N, Arch Pathol Lab Med "
+        "2021;145:687-91, from the trial of Fader AN et al., J Clin Oncol 2018;36:2044-51)",
         30.0,
         10.0,
-        10.0,
+        1.0,
+        inclusive=(False, True, False),
+        t2_strong=1.0,
+        wording=(
+            "3+: intense complete or basolateral/lateral membranous staining in >30% of tumor "
+            "cells; 2+: complete or basolateral/lateral membranous staining that is weak to "
+            "moderate in >=10% of tumor cells, or intense in <=30%; 1+: faint/barely "
+            "perceptible incomplete membranous staining in any proportion, or weak complete "
+            "staining in <10%; 0: no staining. 'Any proportion' is read as >1% (t1, "
+            "t2_strong) so that isolated stained pixels do not decide the score; set 0 "
+            "for the literal rule"
+        ),
     ),
 }
 
@@ -143,6 +218,11 @@ class ScoringConfig:
     guideline: Guideline = "breast"
     level: Level = "pixel"
     aggregation: Aggregation = "guideline"
+    # A stain letter (N, F, W, S) is "present" in a tile when its class holds at
+    # least this fraction of the tile's analysed (non-background) pixels.
+    min_letter_fraction: float = 0.01
+    # Tiles whose H&E partner the tumor classifier calls non-tumor do not count.
+    exclude_non_tumor: bool = True
 
 
 @dataclass(frozen=True)
@@ -175,10 +255,37 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RegistrationConfig:
     model: Literal["rigid", "affine", "nonrigid"] = "affine"
-    work_mpp: float = 20.0  # resolution of the coarse search (micrometres/pixel)
+    work_mpp: float = 2.0  # the affine stage never works finer than this (µm/px)
     rotation_step_deg: float = 5.0
     allow_mirror: bool = False
     min_quality: float = 0.5  # below this the mapping is flagged unreliable
+    # -- resolutions: set by pixel counts over the larger image, bounded below by the MPPs --
+    coarse_size: int = 256  # longest side (px) of the images of the rotation search
+    max_work_size: int = 768  # longest side (px) of the finest affine level
+    nonrigid_mpp: float = 1.0  # the non-rigid stage never works finer than this (µm/px)
+    max_nonrigid_size: int = 2048  # longest side (px) of the non-rigid level
+    # -- tissue masks on the working images --
+    min_od: float = 0.06  # OD (sum over RGB) below which a pixel is always glass
+    mask_closing_px: int = 2  # closing radius, working pixels
+    mask_min_area_fraction: float = 0.0005  # drop specks smaller than this image fraction
+    min_tissue_fraction: float = 0.002  # less tissue than this: RegistrationError
+    # -- search and optimisation --
+    coarse_candidates: int = 3  # best rotations refined with ECC before choosing
+    ecc_iterations: int = 200
+    ecc_eps: float = 1e-6
+    ecc_gauss: int = 5  # Gaussian filter size inside ECC (odd)
+    # -- non-rigid refinement --
+    nonrigid_patch_px: int = 48  # block-matching patch side (non-rigid px)
+    nonrigid_step_px: int = 8  # spacing of the patches (non-rigid px)
+    nonrigid_radius_px: int = 8  # search radius around the affine position (non-rigid px)
+    nonrigid_max_patches: int = 20_000  # more tissue than this many patches: wider spacing
+    nonrigid_min_ncc: float = 0.3  # weaker local matches are ignored
+    nonrigid_outlier_px: float = 3.0  # matches this far from the smoothed field are dropped (0: keep all)
+    nonrigid_smoothing_px: float = 20.0  # Gaussian sigma of the displacement field (non-rigid px)
+    nonrigid_grid_px: int = 10  # spacing of the stored field's grid (non-rigid px)
+    quality_smoothing_px: float = 2.0  # Gaussian sigma before the correlation (working px)
+    quality_ncc_floor: float = 0.3  # correlation at or below this: quality 0
+    quality_ncc_full: float = 0.6  # correlation at or above this: quality = tissue Dice
 
 
 @dataclass(frozen=True)
@@ -206,3 +313,31 @@ class ServerConfig:
     purge_interval_s: float = 60.0  # how often expired results are removed
     shutdown_grace_s: float = 10.0  # wait for running jobs to stop on SIGTERM/SIGINT
     wsgi_threads: int = 8  # request threads of the WSGI server
+
+
+@dataclass(frozen=True)
+class SlideConfig:
+    """Slide reading: tile cache, thumbnails and which pixel sizes are believable."""
+
+    tile_cache_mb: float = 128.0  # decoded tiles kept per open slide (LRU)
+    thumbnail_max_size: int = 1024  # default longest side of Slide.thumbnail()
+    min_plausible_mpp: float = 0.01  # TIFF/PNG resolution tags outside this range
+    max_plausible_mpp: float = 50.0  # (e.g. 72 dpi = 353 µm/px) are ignored
+    whole_image_max_pixels: int = 200_000_000  # PNG/JPEG are decoded whole; refuse larger
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """QuPath project batch runs: pairing, locking heuristics and file naming."""
+
+    output_dirname: str = "her2_qupath"  # PROJECT/<this>/<entryID>/ holds per-image results
+    roi_filename: str = "rois.geojson"  # written by export_annotations.groovy per entry
+    detections_filename: str = "detections.geojson"
+    annotations_filename: str = "annotations.geojson"
+    summary_filename: str = "summary.json"
+    he_stains: tuple[str, ...] = ("HE", "H&E", "H-E", "H_E")  # stain names meaning H&E (case-insensitive)
+    case_metadata_key: str = "case"  # image metadata naming the case (pairing by metadata)
+    stain_metadata_key: str = "stain"  # image metadata naming the stain
+    recent_write_seconds: float = 120.0  # a project saved this recently looks open in QuPath
+    backup_dirname: str = "backups"  # under output_dirname
+    lock_filename: str = ".her2-qupath.lock"  # our own lock while writing the project

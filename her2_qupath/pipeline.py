@@ -114,10 +114,9 @@ class ScoreResult:
 class TileAnalysis:
     """What one IHC tile yields: its stain class map score and optional cells."""
 
-    score: Any  # scoring.TileScore
-    dab_mean: float
+    score: Any  # scoring.TileScore over the tile (inside the ROIs when there are ROIs)
     cells: list[Any] = field(default_factory=list)  # cells.Cell, tile-pixel coordinates
-    cell_classes: np.ndarray | None = None
+    region_scores: dict[int, Any] = field(default_factory=dict)  # ROI index -> TileScore
 
 
 # --------------------------------------------------------------------------- tile work
@@ -131,29 +130,78 @@ class _StainParams:
     vectors: Any  # stain.StainVectors
     background: tuple[float, float, float]
     mpp: float
+    min_letter_fraction: float
+    margin_px: int = 0  # cell level: tiles are read with this margin (see CellConfig)
 
 
-def analyse_tile(rgb: np.ndarray, params: _StainParams, class_map: np.ndarray | None = None) -> TileAnalysis:
-    """Score one IHC tile: stain class map (given, or by deconvolution), cells if asked."""
+def analyse_tile(rgb: np.ndarray, params: _StainParams, class_map: np.ndarray | None = None,
+                 regions: dict[int, np.ndarray] | None = None) -> TileAnalysis:
+    """Score one IHC tile: stain class map (given, or by deconvolution), cells if asked.
+
+    ``regions`` maps ROI indices to bool masks (the tile's shape) of the pixels
+    inside each region of interest. Then only pixels inside a region count
+    (others are background) and cells whose centroid lies outside every region
+    are left out; each region also gets its own score in ``region_scores``.
+    """
     from .scoring import score_class_map
     from .stain import dab_class_map, deconvolve
 
-    od = deconvolve(rgb, params.vectors, params.background)
+    m = params.margin_px if params.level == "cell" else 0
+    core = rgb[m:rgb.shape[0] - m, m:rgb.shape[1] - m] if m else rgb
+    od = deconvolve(core, params.vectors, params.background)
     if class_map is None:
-        class_map = dab_class_map(rgb, params.stain, vectors=params.vectors,
+        class_map = dab_class_map(core, params.stain, vectors=params.vectors,
                                   background=params.background)
-    tissue = class_map > 0
-    dab_mean = float(od[..., 1][tissue].mean()) if tissue.any() else float("nan")
-    score = score_class_map(class_map)
-    analysis = TileAnalysis(score=score, dab_mean=dab_mean)
+    cells: list[Any] = []
     if params.level == "cell":
         from .cells import detect_cells
 
-        result = detect_cells(rgb, params.mpp, params.cells, params.stain,
-                              vectors=params.vectors, background=params.background)
-        analysis.cells = list(result.cells)
-        analysis.cell_classes = np.array([c.her2_class for c in result.cells], dtype=np.int8)
-    return analysis
+        found = detect_cells(rgb, params.mpp, params.cells, params.stain,
+                             vectors=params.vectors, background=params.background).cells
+        cells = _cells_in_core(found, m, core.shape[:2])
+
+    def score_within(mask: np.ndarray | None) -> tuple[Any, list[Any]]:
+        cmap = class_map if mask is None else np.where(mask, class_map, 0).astype(class_map.dtype)
+        inside = cells if mask is None else [c for c in cells if _centroid_in(mask, c.centroid)]
+        counts = None
+        if params.level == "cell":
+            counts = np.bincount(np.array([c.her2_class for c in inside], dtype=np.intp),
+                                 minlength=4)[:4]
+        score = score_class_map(cmap, dab_od=od[..., 1], cell_counts=counts,
+                                min_letter_fraction=params.min_letter_fraction)
+        return score, inside
+
+    if not regions:
+        score, inside = score_within(None)
+        return TileAnalysis(score=score, cells=inside)
+    union = np.logical_or.reduce(list(regions.values()))
+    score, inside = score_within(union)
+    region_scores = {r: score_within(m)[0] for r, m in regions.items()} if len(regions) > 1 \
+        else {r: score for r in regions}
+    return TileAnalysis(score=score, cells=inside, region_scores=region_scores)
+
+
+def _cells_in_core(cells: Sequence[Any], margin: int, shape: tuple[int, int]) -> list[Any]:
+    """Cells whose centroid lies in the tile proper, moved to the tile's own pixel frame."""
+    if margin == 0:
+        return list(cells)
+    from shapely import affinity
+
+    out = []
+    for c in cells:
+        x, y = c.centroid[0] - margin, c.centroid[1] - margin
+        if 0 <= x < shape[1] and 0 <= y < shape[0]:
+            out.append(dataclasses.replace(
+                c, centroid=(x, y),
+                nucleus_polygon=affinity.translate(c.nucleus_polygon, -margin, -margin),
+                cell_polygon=affinity.translate(c.cell_polygon, -margin, -margin)))
+    return out
+
+
+def _centroid_in(mask: np.ndarray, centroid: tuple[float, float]) -> bool:
+    rows, cols = mask.shape
+    x, y = centroid
+    return bool(mask[min(rows - 1, max(0, int(y))), min(cols - 1, max(0, int(x)))])
 
 
 _SLIDE_CACHE: dict[tuple[str, float | None], Any] = {}
@@ -182,9 +230,24 @@ class _ChunkJob:
     tiles: tuple[Any, ...]  # tiling.Tile (IHC grid) or H&E tiles when `transform` is set
     transform_json: str | None
     params: _StainParams
+    rois: tuple[Any, ...] | None = None  # shapely ROIs
+    tile_rois: tuple[tuple[int, ...], ...] | None = None  # per tile: the ROIs it intersects
+
+
+def _with_margin(tile: Any, margin: int) -> Any:
+    """The same tile grown by ``margin`` working pixels on every side."""
+    if margin == 0:
+        return tile
+    mx = margin * tile.width / tile.size
+    my = margin * tile.height / tile.size
+    return dataclasses.replace(tile, x=tile.x - mx, y=tile.y - my, width=tile.width + 2 * mx,
+                               height=tile.height + 2 * my, size=tile.size + 2 * margin)
 
 
 def _read_ihc_tile(job: _ChunkJob, tile: Any, transform: Any) -> np.ndarray:
+    """The IHC pixels of ``tile`` (with the cell margin at cell level)."""
+    if job.params.level == "cell":
+        tile = _with_margin(tile, job.params.margin_px)
     slide = _cached_slide(job.ihc_path, job.ihc_mpp)
     if transform is None:
         from .tiling import read_tile
@@ -203,9 +266,20 @@ def _transform_from(job: _ChunkJob) -> Any:
     return Transform.from_json(job.transform_json)
 
 
+def _region_masks(job: _ChunkJob, k: int) -> dict[int, np.ndarray] | None:
+    """Masks of the ROIs that tile ``k`` of the job intersects (None without ROIs)."""
+    if job.rois is None or job.tile_rois is None:
+        return None
+    from .tiling import tile_mask
+
+    tile = job.tiles[k]
+    return {r: tile_mask(job.rois[r], tile) for r in job.tile_rois[k]}
+
+
 def _run_chunk(job: _ChunkJob) -> list[TileAnalysis]:
     transform = _transform_from(job)
-    return [analyse_tile(_read_ihc_tile(job, t, transform), job.params) for t in job.tiles]
+    return [analyse_tile(_read_ihc_tile(job, t, transform), job.params,
+                         regions=_region_masks(job, k)) for k, t in enumerate(job.tiles)]
 
 
 def _read_chunk(job: _ChunkJob) -> list[np.ndarray]:
@@ -234,7 +308,7 @@ def _select_rois(request: ScoreRequest) -> tuple[list[Any], list[str]]:
 
     selected = rois_from_objects(list(request.rois), roi_class=request.roi_class)
     if not selected:
-        classes = sorted({str(o.classification) for o in request.rois})
+        classes = sorted({o.class_name or "unclassified" for o in request.rois})
         raise UserInputError(
             f"no annotation of class {request.roi_class!r} among the {len(request.rois)} ROIs",
             hint=f"classes present: {', '.join(classes) or 'none'}; check --roi-class",
@@ -244,13 +318,14 @@ def _select_rois(request: ScoreRequest) -> tuple[list[Any], list[str]]:
     return geoms, names
 
 
-def _stain_vectors(options: ScoreOptions, thumb: np.ndarray, tissue_mask: np.ndarray) -> Any:
+def _stain_vectors(options: ScoreOptions, thumb: np.ndarray, tissue_mask: np.ndarray,
+                   background: Any) -> Any:
     from .stain import StainVectors, estimate_vectors
 
     if options.stain_vectors:
         return StainVectors.from_qupath(options.stain_vectors)
     if options.stain.estimate_vectors:
-        return estimate_vectors(thumb, tissue_mask)
+        return estimate_vectors(thumb, tissue_mask, background=background, config=options.stain)
     return StainVectors.default(options.stain)
 
 
@@ -284,11 +359,11 @@ def run_score(
     try:
         ihc_mpp = ihc.mpp  # raises MPPMissing naming --mpp
         roi_geoms, roi_names = _select_rois(request)
+        ihc_tissue = detect_tissue(ihc, opts.tissue)
         ihc_thumb = ihc.thumbnail(mpp=opts.tissue.thumbnail_mpp)
-        ihc_tissue = detect_tissue(ihc_thumb, opts.tissue, mpp=opts.tissue.thumbnail_mpp * 1.0)
-        ihc_tissue = _rescale_tissue(ihc_tissue, ihc, ihc_thumb)
-        background = estimate_background(ihc_thumb, mask=~_resize_mask(ihc_tissue.mask, ihc_thumb.shape[:2]))
-        vectors = _stain_vectors(opts, ihc_thumb, _resize_mask(ihc_tissue.mask, ihc_thumb.shape[:2]))
+        thumb_tissue = _resize_mask(ihc_tissue.mask, ihc_thumb.shape[:2])
+        background = estimate_background(ihc_thumb, mask=~thumb_tissue, config=opts.stain)
+        vectors = _stain_vectors(opts, ihc_thumb, thumb_tissue, background)
         _check_cancel(cancel)
 
         transform = None
@@ -300,8 +375,7 @@ def run_score(
         else:
             he_mpp = he.mpp
             transform, transform_info = _get_transform(request, he, ihc)
-            he_thumb = he.thumbnail(mpp=opts.tissue.thumbnail_mpp)
-            he_tissue = _rescale_tissue(detect_tissue(he_thumb, opts.tissue, mpp=opts.tissue.thumbnail_mpp), he, he_thumb)
+            he_tissue = detect_tissue(he, opts.tissue)
             grid = tile_grid(he.dimensions, he_mpp, opts.tiling, tissue=he_tissue,
                              rois=roi_geoms or None)
         tiles = list(grid.tiles)
@@ -326,8 +400,11 @@ def run_score(
             he_probs = _classify_he_tiles(he, tiles, opts, step, cancel)
 
         params = _StainParams(opts.stain, opts.cells, opts.scoring.level, vectors,
-                              tuple(float(b) for b in background), opts.tiling.mpp)
-        analyses = _analyse_tiles(request, tiles, params, transform, opts, step, cancel, executor)
+                              tuple(float(b) for b in background), opts.tiling.mpp,
+                              opts.scoring.min_letter_fraction,
+                              round(opts.cells.tile_margin_um / opts.tiling.mpp))
+        analyses = _analyse_tiles(request, tiles, params, transform, roi_geoms, opts, step,
+                                  cancel, executor)
         stain_cls = _classify_stain_tiles(request, tiles, params, transform, opts, cancel) \
             if opts.stain_model else None
         _check_cancel(cancel)
@@ -340,27 +417,17 @@ def run_score(
             he.close()
 
 
-def _rescale_tissue(mask: Any, slide: Any, thumb: np.ndarray) -> Any:
-    """Make the mask's downsample exact for this slide (thumbnail sizes are rounded)."""
-    downsample = slide.dimensions[0] / thumb.shape[1]
-    if abs(mask.downsample - downsample) / downsample < 1e-6:
-        return mask
-    return dataclasses.replace(mask, downsample=downsample)
-
-
 def _get_transform(request: ScoreRequest, he: Any, ihc: Any) -> tuple[Any, dict[str, Any]]:
-    from .registration import Transform, register
+    from .registration import Transform
+    from .registration.files import check_transform_fits, register_slides
 
     if request.transform is not None:
-        try:
-            text = Path(request.transform).read_text(encoding="utf-8")
-        except OSError as err:
-            raise UserInputError(f"cannot read transform {request.transform}: {err.strerror}",
-                                 hint="give the JSON written by `her2-qupath register`") from err
-        transform = Transform.from_json(text)
+        transform = Transform.from_json(Path(request.transform))
+        check_transform_fits(transform, he.dimensions, ihc.dimensions)
         source = str(request.transform)
     else:
-        transform = register(he, ihc, request.options.registration)
+        transform = register_slides(request.he, request.ihc, request.options.registration,  # type: ignore[arg-type]
+                                    fixed_mpp=request.he_mpp, moving_mpp=request.ihc_mpp)
         source = "registered"
     quality = dict(getattr(transform, "quality", {}) or {})
     reliable = bool(quality.get("reliable", True))
@@ -373,12 +440,31 @@ def _chunks(tiles: Sequence[Any]) -> list[tuple[Any, ...]]:
     return [tuple(tiles[i:i + CHUNK_TILES]) for i in range(0, len(tiles), CHUNK_TILES)]
 
 
+def _tile_rois(tiles: list[Any], rois: list[Any]) -> list[tuple[int, ...]] | None:
+    """For each tile, the indices of the ROIs whose interior it overlaps."""
+    if not rois:
+        return None
+    from shapely import STRtree
+
+    tree = STRtree(rois)
+    polys = [t.polygon for t in tiles]
+    pairs = tree.query(polys, predicate="intersects")
+    out: list[list[int]] = [[] for _ in tiles]
+    for ti, ri in zip(*pairs):
+        if polys[ti].intersection(rois[ri]).area > 0:
+            out[ti].append(int(ri))
+    return [tuple(sorted(o)) for o in out]
+
+
 def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: _StainParams, transform: Any,
-                   opts: ScoreOptions, step: Callable[[int], None],
+                   rois: list[Any], opts: ScoreOptions, step: Callable[[int], None],
                    cancel: threading.Event | None, executor: cf.Executor | None) -> list[TileAnalysis]:
     transform_json = transform.to_json() if transform is not None else None
-    jobs = [_ChunkJob(str(request.ihc), request.ihc_mpp, chunk, transform_json, params)
-            for chunk in _chunks(tiles)]
+    tile_rois = _tile_rois(tiles, rois)
+    jobs = [_ChunkJob(str(request.ihc), request.ihc_mpp, chunk, transform_json, params,
+                      tuple(rois) if rois else None,
+                      None if tile_rois is None else tuple(tile_rois[i:i + len(chunk)]))
+            for i, chunk in zip(range(0, len(tiles), CHUNK_TILES), _chunks(tiles))]
     results: list[list[TileAnalysis] | None] = [None] * len(jobs)
     if opts.seg_model is not None:
         from .models import load_model, segment_tiles
@@ -387,9 +473,12 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: _StainParams
         for i, job in enumerate(jobs):
             _check_cancel(cancel)
             rgbs = _read_chunk(job)
-            maps = segment_tiles(model, rgbs, precision=opts.model.precision,
+            m = params.margin_px if params.level == "cell" else 0
+            cores = [r[m:r.shape[0] - m, m:r.shape[1] - m] if m else r for r in rgbs]
+            maps = segment_tiles(model, cores, precision=opts.model.precision,
                                  batch_size=opts.model.batch_size)
-            results[i] = [analyse_tile(rgb, params, class_map=m) for rgb, m in zip(rgbs, maps)]
+            results[i] = [analyse_tile(rgb, params, class_map=m, regions=_region_masks(job, k))
+                          for k, (rgb, m) in enumerate(zip(rgbs, maps))]
             step(len(job.tiles))
         return [a for chunk in results if chunk is not None for a in chunk]
 
@@ -444,7 +533,8 @@ def _classify_stain_tiles(request: ScoreRequest, tiles: list[Any], params: _Stai
     out: list[np.ndarray] = []
     for chunk in _chunks(tiles):
         _check_cancel(cancel)
-        job = _ChunkJob(str(request.ihc), request.ihc_mpp, chunk, transform_json, params)
+        job = _ChunkJob(str(request.ihc), request.ihc_mpp, chunk, transform_json,
+                        dataclasses.replace(params, margin_px=0))
         p = classify_tiles(model, _read_chunk(job), precision=opts.model.precision,
                            batch_size=opts.model.batch_size)
         out.append(np.argmax(np.asarray(p), axis=1))
@@ -459,57 +549,48 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
               stain_cls: np.ndarray | None, roi_geoms: list[Any], roi_names: list[str],
               transform: Any, transform_info: dict[str, Any] | None, ihc_thumb: np.ndarray,
               background: Any, vectors: Any, seconds: float) -> ScoreResult:
-    from .scoring import aggregate, paper_slide_score
+    from .scoring import aggregate
 
     opts = request.options
     rule = GUIDELINES[opts.scoring.guideline]
-    threshold = opts.model.tumor_threshold
-    counted = [True] * len(tiles)
-    if he_probs is not None:
-        counted = [bool(p >= threshold) for p in he_probs]
+    # T = x (+) x1 (+) x2: the class map's majority, the H&E tumour call and the stain
+    # classifier travel together on each TileScore; aggregate() leaves out tiles whose
+    # H&E partner is not tumour and reports classifier agreement.
     for i, a in enumerate(analyses):
-        a.score = _annotate_tile_score(a.score, counted[i],
-                                       None if he_probs is None else float(he_probs[i]),
-                                       None if stain_cls is None else int(stain_cls[i]))
-
-    region_index = [getattr(t, "roi_index", None) for t in tiles]
+        prob = None if he_probs is None else float(he_probs[i])
+        extra = {
+            "tumor": None if prob is None else prob >= opts.model.tumor_threshold,
+            "tumor_probability": prob,
+            "classifier_class": None if stain_cls is None else int(stain_cls[i]),
+            "row": tiles[i].row, "col": tiles[i].col,
+        }
+        a.score = dataclasses.replace(a.score, **extra)
+        a.region_scores = {r: dataclasses.replace(sc, **extra) for r, sc in a.region_scores.items()}
+    scores = [a.score for a in analyses]
+    slide_region = aggregate(scores, opts.scoring, name="Slide")
+    regions = [aggregate([a.region_scores[r] for a in analyses if r in a.region_scores],
+                         opts.scoring, name=name)
+               for r, name in enumerate(roi_names)]
     use_cells = opts.scoring.level == "cell"
-    slide_scores = [a.score for a, c in zip(analyses, counted) if c]
-    slide_region = aggregate(slide_scores, rule, level=opts.scoring.level)
-    regions: list[dict[str, Any]] = []
-    region_objs: list[tuple[Any, Any, str]] = []
-    if roi_geoms:
-        for r, (geom, name) in enumerate(zip(roi_geoms, roi_names)):
-            scores = [a.score for a, c, ri in zip(analyses, counted, region_index) if c and ri == r]
-            reg = aggregate(scores, rule, level=opts.scoring.level)
-            regions.append({"name": name, **_region_dict(reg)})
-            region_objs.append((geom, reg, name))
-    else:
-        regions.append({"name": "Slide", **_region_dict(slide_region)})
-
-    if opts.scoring.aggregation == "paper":
-        wsi_class, wsi_percent = paper_slide_score(slide_scores)
-        her2_score = HER2_CLASSES[wsi_class].removeprefix("HER2 ")
-    else:
-        her2_score = slide_region.her2_score
-        wsi_percent = slide_region.percent_positive
-
-    detections, he_detections = _tile_objects(tiles, analyses, counted, he_probs, transform,
-                                              use_cells, opts)
-    annotations = _region_objects(region_objs, slide_region, ihc, he, transform, her2_score, opts)
+    detections, he_detections = _tile_objects(tiles, analyses, transform, use_cells)
+    annotations = _region_objects(roi_geoms, regions, slide_region, ihc, he, transform)
+    reliable = True if transform_info is None else bool(transform_info["reliable"])
     summary = {
-        "her2_score": her2_score,
+        "her2_score": slide_region.her2_score,
         "guideline": rule.name,
         "guideline_reference": rule.reference,
         "level": opts.scoring.level,
         "aggregation": opts.scoring.aggregation,
         "class_percentages": slide_region.class_percentages,
-        "percent_positive": wsi_percent,
+        "percent_positive": slide_region.percent_positive,
         "h_score": slide_region.h_score,
+        "guideline_score": slide_region.to_dict()["guideline_score"],
+        "paper_score": slide_region.to_dict()["paper_score"],
         "n_tiles": len(tiles),
-        "n_tiles_counted": int(sum(counted)),
+        "n_tiles_counted": slide_region.n_tiles,
         "n_cells": slide_region.n_cells if use_cells else None,
-        "regions": regions,
+        "tile_classes": slide_region.to_dict()["tile_classes"],
+        "regions": [r.to_dict() for r in (regions or [slide_region])],
         "sources": {
             "tumor": "model C" if he_probs is not None else
                      ("ROI annotations" if roi_geoms else "all tissue"),
@@ -517,15 +598,17 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
             "stain_classifier": "model L" if stain_cls is not None else None,
             "mapping": None if transform_info is None else transform_info["source"],
         },
+        "classifier_agreement": slide_region.classifier_agreement,
         "registration": transform_info,
-        "reliable": True if transform_info is None else transform_info["reliable"],
-        "agreement": _agreement(analyses, stain_cls, counted),
+        "reliable": reliable,
         "slide": {"path": str(request.ihc), "dimensions": list(ihc.dimensions), "mpp": ihc.mpp},
+        "he_slide": None if he is None else {"path": str(request.he),
+                                            "dimensions": list(he.dimensions), "mpp": he.mpp},
         "grid": {"rows": grid.n_rows, "cols": grid.n_cols, "tile_size": opts.tiling.tile_size,
                  "mpp": opts.tiling.mpp},
         "provenance": _provenance(request, background, vectors, seconds),
     }
-    overlay = _overlay(ihc, he, tiles, analyses, counted, transform, summary, opts, vectors,
+    overlay = _overlay(ihc, he, tiles, analyses, transform, summary, opts, vectors,
                        background)
     return ScoreResult(summary, detections, annotations, he_detections, overlay)
 
@@ -534,11 +617,19 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
 OVERLAY_MAX_SIZE = 1400
 
 
+def _mark(polygon: Any, score: Any, scale: float) -> Any:
+    from .render import TileMark
+
+    ring = polygon.exterior.coords if polygon.geom_type == "Polygon" else polygon.envelope.exterior.coords
+    return TileMark(tuple((x * scale, y * scale) for x, y in ring), score.tile_class,
+                    bool(score.counts_toward_score))
+
+
 def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
-             counted: list[bool], transform: Any, summary: dict[str, Any], opts: ScoreOptions,
+             transform: Any, summary: dict[str, Any], opts: ScoreOptions,
              vectors: Any, background: Any) -> np.ndarray:
     """IHC thumbnail with pixel classes and tile scores (H&E beside it when given) + legend."""
-    from .render import TileMark, add_legend, blend, colorize_class_map, draw_tiles, side_by_side
+    from .render import add_legend, blend, colorize_class_map, draw_tiles, side_by_side
     from .stain import dab_class_map
 
     thumb = ihc.thumbnail(max_size=OVERLAY_MAX_SIZE)
@@ -550,14 +641,12 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
         from .registration import map_tile
 
         polys = [map_tile(transform, t) for t in tiles]
-    marks = [TileMark(tuple((x * scale, y * scale) for x, y in p.exterior.coords),
-                      int(a.score.tile_class), c) for p, a, c in zip(polys, analyses, counted)]
+    marks = [_mark(p, a.score, scale) for p, a in zip(polys, analyses)]
     pic = draw_tiles(pic, marks, width=max(1, round(thumb.shape[1] / 500)))
     if he is not None:
         he_thumb = he.thumbnail(max_size=OVERLAY_MAX_SIZE)
         he_scale = he_thumb.shape[1] / he.dimensions[0]
-        he_marks = [TileMark(tuple((x * he_scale, y * he_scale) for x, y in t.polygon.exterior.coords),
-                             int(a.score.tile_class), c) for t, a, c in zip(tiles, analyses, counted)]
+        he_marks = [_mark(t.polygon, a.score, he_scale) for t, a in zip(tiles, analyses)]
         pic = side_by_side(draw_tiles(he_thumb, he_marks, width=max(1, round(he_thumb.shape[1] / 500))), pic)
     pct = summary["class_percentages"]
     lines = [f"{k}: {pct[k]:.1f} %" for k in ("0", "1+", "2+", "3+")]
@@ -571,124 +660,101 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
     return add_legend(pic, title, lines)
 
 
-def _annotate_tile_score(score: Any, counted: bool, tumor_prob: float | None,
-                         stain_class: int | None) -> Any:
-    changes: dict[str, Any] = {}
-    if hasattr(score, "tumor"):
-        changes["tumor"] = counted
-    if hasattr(score, "tumor_probability"):
-        changes["tumor_probability"] = tumor_prob
-    if hasattr(score, "classifier_class"):
-        changes["classifier_class"] = stain_class
-    return dataclasses.replace(score, **changes) if changes else score
-
-
-def _agreement(analyses: list[TileAnalysis], stain_cls: np.ndarray | None,
-               counted: list[bool]) -> dict[str, Any] | None:
-    """How often the stain classifier L agrees with the class map's majority class."""
-    if stain_cls is None:
-        return None
-    pairs = [(int(a.score.tile_class), int(c)) for a, c, k in zip(analyses, stain_cls, counted) if k]
-    if not pairs:
-        return {"tiles": 0, "fraction": None}
-    same = sum(1 for x, y in pairs if x == y)
-    return {"tiles": len(pairs), "fraction": same / len(pairs)}
-
-
-def _region_dict(reg: Any) -> dict[str, Any]:
-    return {
-        "her2_score": reg.her2_score,
-        "class_percentages": reg.class_percentages,
-        "percent_positive": reg.percent_positive,
-        "h_score": reg.h_score,
-        "n_tiles": reg.n_tiles,
-        "n_cells": reg.n_cells,
-    }
-
-
-def _measure_tile(a: TileAnalysis, tumor_prob: float | None) -> dict[str, float]:
-    s = a.score
-    m: dict[str, float] = {}
-    for name in ("0", "1+", "2+", "3+"):
-        m[f"HER2 {name}: %"] = float(s.class_percentages[name])
-    m["Background: %"] = float(s.background_percent)
-    m["DAB: Mean OD"] = a.dab_mean
-    m["H-score"] = float(s.h_score)
-    m["HER2 class"] = float(s.tile_class)
-    if tumor_prob is not None:
-        m["Tumor probability"] = tumor_prob
+def _measure_tile(score: Any) -> dict[str, float]:
+    m = {f"HER2 {k}: %": float(v) for k, v in score.class_percentages.items()}
+    m["Background: %"] = float(score.background_percent)
+    m["DAB: Mean OD"] = float("nan") if score.dab_od_mean is None else float(score.dab_od_mean)
+    m["H-score"] = float(score.h_score)
+    m["HER2 class"] = float("nan") if score.tile_class is None else float(score.tile_class)
+    if score.tumor_probability is not None:
+        m["Tumor probability"] = float(score.tumor_probability)
+    if score.classifier_class is not None:
+        m["Stain classifier class"] = float(score.classifier_class)
+    m["Tile row"] = float(score.row)
+    m["Tile column"] = float(score.col)
     return m
 
 
-def _tile_objects(tiles: list[Any], analyses: list[TileAnalysis], counted: list[bool],
-                  he_probs: np.ndarray | None, transform: Any, use_cells: bool,
-                  opts: ScoreOptions) -> tuple[list[Any], list[Any]]:
+def _tile_class_name(score: Any) -> str:
+    """``HER2 0`` … ``HER2 3+``, or QuPath's ``Ignore*`` for tiles that do not count."""
+    if not score.counts_toward_score or score.tile_class is None:
+        return "Ignore*"
+    return HER2_CLASSES[int(score.tile_class)]
+
+
+def _place_cell_geometry(geom: Any, tile: Any, transform: Any) -> Any:
+    """Tile pixels at the working MPP → level-0 pixels of the IHC slide."""
     from shapely import affinity
 
+    g = affinity.scale(geom, xfact=tile.width / tile.size, yfact=tile.height / tile.size,
+                       origin=(0, 0))
+    g = affinity.translate(g, xoff=tile.x, yoff=tile.y)
+    if transform is not None:
+        from .registration import warp_geometry
+
+        g = warp_geometry(transform, g)
+    return g
+
+
+def _tile_objects(tiles: list[Any], analyses: list[TileAnalysis], transform: Any,
+                  use_cells: bool) -> tuple[list[Any], list[Any]]:
     from .qupath.geojson import cell_object, tile_object
 
     detections: list[Any] = []
     he_detections: list[Any] = []
-    for i, (tile, a) in enumerate(zip(tiles, analyses)):
-        prob = None if he_probs is None else float(he_probs[i])
-        meas = _measure_tile(a, prob)
-        meas["Tile row"] = float(tile.row)
-        meas["Tile column"] = float(tile.col)
-        cls = HER2_CLASSES[int(a.score.tile_class)] if counted[i] else "Ignore*"
+    for tile, a in zip(tiles, analyses):
+        meas = _measure_tile(a.score)
         if transform is None:
             ihc_poly = tile.polygon
         else:
             from .registration import map_tile
 
             ihc_poly = map_tile(transform, tile)
-            he_detections.append(tile_object(tile.polygon, "Tumor" if counted[i] else "Non-tumor",
-                                             meas, name=a.score.label))
-        detections.append(tile_object(ihc_poly, cls, meas, name=a.score.label))
-        if use_cells and a.cells:
-            # cell polygons are in tile pixels at the working MPP: scale to level 0 and place
-            sx = tile.width / tile.size
-            sy = tile.height / tile.size
+            he_class = "Tumor" if a.score.tumor is not False else "Non-tumor"
+            he_detections.append(tile_object(tile.polygon, he_class, meas, name=a.score.label))
+        detections.append(tile_object(ihc_poly, _tile_class_name(a.score), meas,
+                                      name=a.score.label))
+        if use_cells and a.score.counts_toward_score:
             for cell in a.cells:
-                geoms = []
-                for g in (cell.cell_polygon, cell.nucleus_polygon):
-                    g = affinity.scale(g, xfact=sx, yfact=sy, origin=(0, 0))
-                    g = affinity.translate(g, xoff=tile.x, yoff=tile.y)
-                    if transform is not None:
-                        from .registration import warp_geometry
-
-                        g = warp_geometry(transform, g)
-                    geoms.append(g)
-                detections.append(cell_object(geoms[0], geoms[1],
-                                              HER2_CLASSES[int(cell.her2_class)],
-                                              dict(cell.measurements)))
+                detections.append(cell_object(
+                    _place_cell_geometry(cell.cell_polygon, tile, transform),
+                    _place_cell_geometry(cell.nucleus_polygon, tile, transform),
+                    cell.classification, dict(cell.measurements)))
     return detections, he_detections
 
 
-def _region_objects(region_objs: list[tuple[Any, Any, str]], slide_region: Any, ihc: Any,
-                    he: Any, transform: Any, her2_score: str, opts: ScoreOptions) -> list[Any]:
+def _region_measurements(reg: Any) -> dict[str, float]:
+    meas = {f"HER2 {k}: %": float(v) for k, v in reg.class_percentages.items()}
+    meas["H-score"] = float(reg.h_score)
+    meas["Percent positive (2+/3+)"] = float(reg.percent_positive)
+    meas["HER2 score"] = float(reg.score)
+    meas["Tiles"] = float(reg.n_tiles)
+    meas["Tiles excluded"] = float(reg.n_tiles_excluded)
+    if reg.n_cells is not None:
+        meas["Cells"] = float(reg.n_cells)
+    return meas
+
+
+def _region_objects(roi_geoms: list[Any], regions: list[Any], slide_region: Any, ihc: Any,
+                    he: Any, transform: Any) -> list[Any]:
+    """One result annotation per ROI (or one for the slide), in IHC coordinates."""
     from shapely.geometry import box
 
     from .qupath.geojson import annotation_object
 
+    if roi_geoms:
+        items = list(zip(roi_geoms, regions))
+    else:
+        dims = ihc.dimensions if he is None else he.dimensions
+        items = [(box(0, 0, *dims), slide_region)]
     out = []
-    items = region_objs or [(box(0, 0, *ihc.dimensions) if he is None else box(0, 0, *he.dimensions),
-                             slide_region, "Slide")]
-    for geom, reg, name in items:
+    for geom, reg in items:
         if transform is not None:
             from .registration import warp_geometry
 
             geom = warp_geometry(transform, geom)
-        score = reg.her2_score if region_objs else her2_score
-        meas = {f"HER2 {k}: %": float(v) for k, v in reg.class_percentages.items()}
-        meas.update({"H-score": float(reg.h_score), "Percent positive (2+/3+)": float(reg.percent_positive),
-                     "Tiles": float(reg.n_tiles)})
-        if reg.n_cells is not None:
-            meas["Cells"] = float(reg.n_cells)
-        meas["HER2 score"] = float(("0", "1+", "2+", "3+").index(score))
-        out.append(annotation_object(
-            geom, f"HER2 {score}", meas,
-            name=f"{PRODUCT_MARKER}: {name} HER2 {score}",
-        ))
+        out.append(annotation_object(geom, f"HER2 {reg.her2_score}", _region_measurements(reg),
+                                     name=f"{PRODUCT_MARKER}: {reg.name} HER2 {reg.her2_score}"))
     return out
 
 

@@ -19,8 +19,7 @@ def progress(desc: str, *, unit: str = "tile") -> Iterator[ProgressCallback]:
     """A tqdm bar on stderr, driven by the library's ``(done, total)`` callbacks."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False,
-               disable=None)
+    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False, disable=None)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:
@@ -34,6 +33,9 @@ def progress(desc: str, *, unit: str = "tile") -> Iterator[ProgressCallback]:
         bar.close()
 
 
-def mpp_option(help_text: str = "Pixel size in µm/px, for images that carry none (PNG, JPEG, some TIFFs).") -> Callable:
-    return click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
-                        help=help_text)
+def mpp_option(
+    help_text: str = "Pixel size in µm/px, for images that carry none (PNG, JPEG, some TIFFs).",
+) -> Callable:
+    return click.option(
+        "--mpp", type=click.FloatRange(min=0, min_open=True), default=None, help=help_text
+    )

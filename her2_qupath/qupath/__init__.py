@@ -1,0 +1,1 @@
+"""QuPath interoperability: GeoJSON objects and projects."""

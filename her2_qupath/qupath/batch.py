@@ -1,0 +1,474 @@
+"""Score every IHC image (or H&E + IHC pair) of a QuPath project.
+
+:func:`run_batch` lists the project's images, pairs them, finds each image's
+ROIs, runs :func:`her2_qupath.pipeline.run_score` per image and writes
+
+* ``PROJECT/her2_qupath/<entryID>/detections.geojson``, ``annotations.geojson``
+  and ``summary.json`` for every scored image (always: QuPath imports them);
+* the objects straight into the project when QuPath is installed (paquo),
+  after a backup and only when the project does not look open in QuPath;
+* ``PROJECT/her2_qupath/batch_summary.csv`` / ``.json`` and, without QuPath,
+  ``IMPORT.txt`` saying how to bring the results into QuPath.
+
+One image that cannot be scored is reported and skipped; the others go on.
+``dry_run`` reads everything and writes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .. import __version__
+from .._io import atomic_write_json, atomic_write_text
+from ..config import PRODUCT_MARKER, ProjectConfig
+from ..errors import QuPathUnavailable
+from .project import (
+    ImageEntry,
+    ImagePair,
+    ProjectView,
+    _classification_name,
+    backup_project,
+    ensure_project_closed,
+    entry_output_dir,
+    filter_entries,
+    find_roi_file,
+    is_product_object,
+    mark_product_object,
+    open_project,
+    pair_images,
+    project_file,
+    project_write_lock,
+    uri_to_path,
+)
+
+__all__ = ["BatchOptions", "ImageOutcome", "BatchReport", "run_batch", "Status"]
+
+log = logging.getLogger(__name__)
+
+Status = Literal["scored", "would-score", "skipped", "missing", "failed"]
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Everything ``her2-qupath batch`` accepts."""
+
+    project: Path
+    roi_class: str | None = None
+    pairs_csv: Path | None = None
+    pair_pattern: str | None = None
+    pair_metadata: str | None = None
+    images: tuple[str, ...] = ()
+    image_roots: tuple[Path, ...] = ()
+    roi: Path | None = None
+    dry_run: bool = False
+    resume: bool = False
+    force: bool = False
+    backend: Literal["auto", "paquo", "json"] = "auto"
+    write_back: bool = True  # into the project when QuPath is available
+    options: Any = None  # pipeline.ScoreOptions (None: the defaults)
+    dask_scheduler: str | None = None  # tcp://HOST:PORT: tile work on that Dask cluster
+    config: ProjectConfig = field(default_factory=ProjectConfig)
+
+
+@dataclass
+class ImageOutcome:
+    """What happened to one IHC image (and its H&E partner)."""
+
+    entry_id: str
+    image: str
+    case: str
+    status: Status
+    message: str = ""
+    he_entry_id: str | None = None
+    he_image: str | None = None
+    path: str | None = None
+    mpp: float | None = None
+    qupath_version: str | None = None
+    n_rois: int | None = None
+    roi_source: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    written_to_project: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchReport:
+    """The whole run: per-image outcomes, unpaired images and where things went."""
+
+    project: str
+    backend: str
+    qupath_versions: dict[str, int]
+    run_id: str
+    dry_run: bool
+    outcomes: list[ImageOutcome]
+    unpaired: list[dict[str, str]]
+    entries: list[dict[str, Any]]
+    output_dir: str
+    backup_dir: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, status: Status) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def failed_run(self) -> bool:
+        """True when images failed or were missing and none has results (scored now or before)."""
+        if self.dry_run:
+            return False
+        bad = any(o.status in ("failed", "missing") for o in self.outcomes)
+        return bad and not any(o.status in ("scored", "skipped") for o in self.outcomes)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {
+            "counts": {s: self.count(s) for s in ("scored", "would-score", "skipped", "missing", "failed")}
+        }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _matches_class(obj: Any, roi_class: str) -> bool:
+    name = _classification_name(obj)
+    if not name:
+        return False
+    parts = [p.strip().casefold() for p in name.split(":")]
+    return name.casefold() == roi_class.casefold() or roi_class.casefold() in parts
+
+
+def _load_rois(
+    project: ProjectView, entry: ImageEntry, opts: BatchOptions
+) -> tuple[list[Any] | None, str | None]:
+    """The user's annotations for ``entry`` (never ours) and where they came from."""
+    objs = project.user_annotations(entry)
+    source = "project" if objs is not None else None
+    if objs is None or opts.roi is not None:
+        path = find_roi_file(entry, project_dir=project.project_dir, roi=opts.roi, config=opts.config)
+        if path is None:
+            return None, None
+        from .geojson import read_geojson
+
+        objs = list(read_geojson(path))
+        source = os.fspath(path)
+    objs = [
+        o
+        for o in objs
+        if str(getattr(o, "object_type", "annotation")).lower() == "annotation" and not is_product_object(o)
+    ]
+    return objs, source
+
+
+def _flat_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for key in ("her2_score", "h_score", "percent_positive", "n_tiles"):
+        row[key] = summary.get(key)
+    pct = summary.get("class_percentages")
+    if isinstance(pct, dict):
+        for k, v in pct.items():
+            row[f"pct {k}"] = v
+    elif isinstance(pct, (list, tuple)):
+        for k, v in zip(("0", "1+", "2+", "3+"), pct, strict=False):
+            row[f"pct {k}"] = v
+    return row
+
+
+def _write_entry_outputs(
+    outdir: Path,
+    *,
+    detections: Sequence[Any],
+    annotations: Sequence[Any],
+    summary: dict[str, Any],
+    config: ProjectConfig,
+) -> list[str]:
+    """The three per-image files, each written atomically (exported ROIs beside them stay)."""
+    from .geojson import write_geojson
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    det = outdir / config.detections_filename
+    ann = outdir / config.annotations_filename
+    summ = outdir / config.summary_filename
+    write_geojson(det, list(detections))
+    write_geojson(ann, list(annotations))
+    atomic_write_json(summ, summary)
+    return [os.fspath(det), os.fspath(ann), os.fspath(summ)]
+
+
+CSV_FIELDS = [
+    "entry_id", "image", "case", "he_image", "status", "her2_score", "h_score", "percent_positive",
+    "n_tiles", "pct 0", "pct 1+", "pct 2+", "pct 3+", "n_rois", "roi_source",
+    "mpp", "qupath_version", "written_to_project", "seconds", "path", "message",
+]
+
+
+def _csv_text(outcomes: Sequence[ImageOutcome]) -> str:
+    buf = io.StringIO()
+    extra: list[str] = []
+    rows = []
+    for o in outcomes:
+        row = {k: v for k, v in dataclasses.asdict(o).items() if k not in ("summary", "outputs")}
+        row.update(_flat_summary(o.summary))
+        extra += [k for k in row if k not in CSV_FIELDS and k not in extra and k != "he_entry_id"]
+        rows.append(row)
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS + extra, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _import_text(report: BatchReport, config: ProjectConfig) -> str:
+    scored = [o for o in report.outcomes if o.status == "scored"]
+    lines = [
+        "HER2 results of this project, ready to import into QuPath",
+        "",
+        "Direct write-back into the project needs QuPath: set PAQUO_QUPATH_DIR to the QuPath",
+        "folder (e.g. /opt/QuPath) and run her2-qupath batch again.",
+        "",
+        "Without it, open the project in QuPath and either",
+        "  * Automate > Project scripts... (or Shared scripts...) > import_results,",
+        "    then '...' > Run for project (all images at once), or",
+        "  * open an image and drag its detections.geojson and annotations.geojson",
+        "    onto the viewer.",
+        "",
+        "Files per image (entry ID / image name):",
+    ]
+    for o in scored:
+        lines.append(f"  {o.entry_id:>6}  {o.image}")
+        for f in o.outputs:
+            lines.append(f"          {f}")
+    if not scored:
+        lines.append("  (none scored)")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_batch(
+    opts: BatchOptions,
+    *,
+    image_progress: ProgressFn | None = None,
+    tile_progress: Callable[[str], ProgressFn | None] | None = None,
+) -> BatchReport:
+    """Score the project's images; see the module docstring for what is written where."""
+    pfile = project_file(opts.project)
+    project_dir = pfile.parent
+    cfg = opts.config
+    from . import _paquo
+
+    status = _paquo.qupath_status()
+    use_paquo = opts.backend == "paquo" or (opts.backend == "auto" and status.available)
+    if opts.backend == "paquo" and not status.available:
+        raise QuPathUnavailable(status.message)
+    write_back = use_paquo and opts.write_back and not opts.dry_run
+    if write_back:
+        ensure_project_closed(project_dir, force=opts.force, config=cfg)
+    project = open_project(
+        pfile,
+        backend="paquo" if use_paquo else "json",
+        mode="r+" if write_back else "r",
+        image_roots=list(opts.image_roots),
+    )
+    notes: list[str] = []
+    if not use_paquo:
+        notes.append(
+            "QuPath not found: results are written as GeoJSON for import; direct write-back "
+            "into the project needs QuPath (set PAQUO_QUPATH_DIR to the QuPath folder). "
+            f"[{status.message}]"
+        )
+    backend = None
+    executor = None
+    if opts.dask_scheduler and not opts.dry_run:
+        from ..server.executors import DaskBackend
+
+        backend = DaskBackend(opts.dask_scheduler)
+        executor = backend.executor()
+    try:
+        return _run(project, opts, write_back=write_back, notes=notes, executor=executor,
+                    image_progress=image_progress, tile_progress=tile_progress)
+    finally:
+        if backend is not None:
+            backend.close()
+        project.close()
+
+
+def _run(
+    project: ProjectView,
+    opts: BatchOptions,
+    *,
+    write_back: bool,
+    notes: list[str],
+    executor: Any,
+    image_progress: ProgressFn | None,
+    tile_progress: Callable[[str], ProgressFn | None] | None,
+) -> BatchReport:
+    cfg = opts.config
+    project_dir = project.project_dir
+    all_entries = project.images()
+    entries = filter_entries(all_entries, opts.images)
+    if opts.images and not entries:
+        notes.append(f"no image matches --images {' '.join(opts.images)}")
+    pairing = pair_images(
+        entries,
+        pattern=opts.pair_pattern,
+        pairs_csv=opts.pairs_csv,
+        metadata_key=opts.pair_metadata,
+        config=cfg,
+    )
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    versions: dict[str, int] = {}
+    for e in all_entries:
+        key = e.qupath_version or "unknown"
+        versions[key] = versions.get(key, 0) + 1
+    report = BatchReport(
+        project=os.fspath(project.path),
+        backend=project.backend,
+        qupath_versions=versions,
+        run_id=run_id,
+        dry_run=opts.dry_run,
+        outcomes=[],
+        unpaired=[{"entry_id": e.entry_id, "image": e.name, "reason": r} for e, r in pairing.unpaired],
+        entries=[e.describe() for e in all_entries],
+        output_dir=os.fspath(project_dir / cfg.output_dirname),
+        notes=notes,
+    )
+    options = opts.options
+    if options is None and not opts.dry_run:
+        from ..pipeline import ScoreOptions
+
+        options = ScoreOptions()
+
+    lock = None
+    if write_back:
+        touched = [p.ihc.entry_id for p in pairing.pairs if p.ihc.exists]
+        if touched:
+            lock = project_write_lock(project_dir, config=cfg)
+            lock.__enter__()
+            report.backup_dir = os.fspath(backup_project(project_dir, touched, config=cfg))
+    try:
+        total = len(pairing.pairs)
+        for i, pair in enumerate(pairing.pairs):
+            outcome = _one(project, pair, opts, options=options, run_id=run_id, executor=executor,
+                           write_back=write_back, tile_progress=tile_progress)
+            report.outcomes.append(outcome)
+            log.info("%s %s: %s %s", outcome.entry_id, outcome.image, outcome.status, outcome.message)
+            if image_progress is not None:
+                image_progress(i + 1, total)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+    if not opts.dry_run:
+        out = project_dir / cfg.output_dirname
+        atomic_write_text(out / "batch_summary.csv", _csv_text(report.outcomes))
+        atomic_write_json(out / "batch_summary.json", report.to_json())
+        if not write_back:
+            atomic_write_text(out / "IMPORT.txt", _import_text(report, cfg))
+    return report
+
+
+def _one(
+    project: ProjectView,
+    pair: ImagePair,
+    opts: BatchOptions,
+    *,
+    options: Any,
+    run_id: str,
+    executor: Any,
+    write_back: bool,
+    tile_progress: Callable[[str], ProgressFn | None] | None,
+) -> ImageOutcome:
+    cfg = opts.config
+    e, he = pair.ihc, pair.he
+    o = ImageOutcome(
+        entry_id=e.entry_id, image=e.name, case=pair.case, status="failed",
+        he_entry_id=he.entry_id if he else None, he_image=he.name if he else None,
+        path=os.fspath(e.path) if e.path else None, mpp=e.mpp, qupath_version=e.qupath_version,
+    )
+    outdir = entry_output_dir(project.project_dir, e, cfg)
+    if not e.exists:
+        o.status, o.message = "missing", e.problem or "image file not found"
+        return o
+    if he is not None and not he.exists:
+        o.status, o.message = "missing", f"H&E partner {he.name}: {he.problem or 'image file not found'}"
+        return o
+    if opts.resume and (outdir / cfg.summary_filename).is_file():
+        o.status, o.message = "skipped", f"already scored ({outdir / cfg.summary_filename}); --resume"
+        return o
+    t0 = time.perf_counter()
+    try:
+        rois, source = _load_rois(project, e, opts)
+        o.roi_source = source
+        if opts.roi_class:
+            rois = [r for r in rois or [] if _matches_class(r, opts.roi_class)]
+            if not rois:
+                o.message = (
+                    f"no annotation of class {opts.roi_class!r} "
+                    + (f"in {source}" if source else "found")
+                    + " (draw/classify it in QuPath and run export_annotations.groovy, pass --roi, "
+                    "or drop --roi-class to score the whole image)"
+                )
+                return o
+        o.n_rois = len(rois) if rois else 0
+        if opts.dry_run:
+            o.status = "would-score"
+            o.message = f"{o.n_rois} ROI(s)" if o.n_rois else "whole image"
+            return o
+        from ..pipeline import ScoreRequest, run_score
+
+        request = ScoreRequest(
+            ihc=e.path, he=he.path if he else None, ihc_mpp=e.mpp, he_mpp=he.mpp if he else None,
+            rois=rois or None, roi_class=None, options=options,
+        )
+        cb = tile_progress(e.name) if tile_progress else None
+        result = run_score(request, progress=cb, executor=executor)
+        detections = [mark_product_object(d, run_id=run_id) for d in result.detections]
+        annotations = [mark_product_object(a, run_id=run_id) for a in result.annotations]
+        summary = dict(result.summary)
+        o.summary = summary
+        full = {
+            "entry": e.describe(),
+            "he_entry": he.describe() if he else None,
+            "run_id": run_id,
+            "product": PRODUCT_MARKER,
+            "version": __version__,
+            "roi_source": source,
+            "n_rois": o.n_rois,
+            "result": summary,
+        }
+        o.outputs = _write_entry_outputs(outdir, detections=detections, annotations=annotations,
+                                         summary=full, config=cfg)
+        relocated = e.uri is not None and uri_to_path(e.uri) != e.path
+        if write_back and relocated:
+            # QuPath (and paquo) would not save an entry whose image URI is unreachable
+            o.message = (
+                f"results not written into the project: it records the image at {e.uri}, found at "
+                f"{e.path}; open the project in QuPath to update the image paths, then run again "
+                "(the GeoJSON results are written)"
+            )
+        elif write_back:
+            project.write_objects(e, detections + annotations, metadata={
+                f"{PRODUCT_MARKER} run": run_id,
+                f"{PRODUCT_MARKER} HER2 score": str(summary.get("her2_score")),
+            })
+            project.save()
+            o.written_to_project = True
+        o.status = "scored"
+    except Exception as err:  # noqa: BLE001 - one bad image must not stop the batch; it is reported
+        log.warning("%s (%s) failed: %s", e.name, e.entry_id, err, exc_info=log.isEnabledFor(logging.DEBUG))
+        o.status = "failed"
+        o.message = f"{type(err).__name__}: {err}"
+    finally:
+        o.seconds = round(time.perf_counter() - t0, 3)
+    return o

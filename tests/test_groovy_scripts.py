@@ -1,0 +1,364 @@
+"""The QuPath scripts in groovy_scripts/, run by Debian's groovy against stand-in QuPath classes.
+
+The stand-ins (tests/groovy_stubs) hold an image, its hierarchy and the
+project; they record every object a script adds, removes or exports. The
+scoring scripts talk HTTP to a server on a loopback port (a stand-in speaking
+the server's API here; the real server in test_groovy_server.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "groovy_scripts"
+STUBS = REPO / "tests" / "groovy_stubs"
+
+pytestmark = pytest.mark.groovy
+
+
+def _java_home() -> str | None:
+    if os.environ.get("JAVA_HOME") and Path(os.environ["JAVA_HOME"], "bin", "java").exists():
+        return os.environ["JAVA_HOME"]
+    for cand in sorted(Path("/usr/lib/jvm").glob("java-*-openjdk*")) if Path("/usr/lib/jvm").is_dir() else []:
+        if (cand / "bin" / "java").exists():
+            return str(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def groovy() -> str:
+    exe = shutil.which("groovy")
+    if exe is None:
+        pytest.skip("groovy is not installed (apt-get install groovy)")
+    if _java_home() is None:
+        pytest.skip("no JDK found for groovy (set JAVA_HOME)")
+    return exe
+
+
+def feature(geom: list[list[float]], *, kind: str = "annotation", name: str | None = None,
+            cls: Any = None, fid: str | None = None, measurements: dict | None = None) -> dict:
+    props: dict[str, Any] = {"objectType": kind}
+    if name is not None:
+        props["name"] = name
+    if cls is not None:
+        props["classification"] = cls
+    if measurements:
+        props["measurements"] = measurements
+    f = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [geom]}, "properties": props}
+    if fid:
+        f["id"] = fid
+    return f
+
+
+def square(x: float, y: float, s: float) -> list[list[float]]:
+    return [[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]
+
+
+def run_script(groovy: str, name: str, state: dict, tmp_path: Path, settings: dict[str, str] | None = None,
+               ) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run groovy_scripts/<name> with its settings lines changed as a user would edit them."""
+    text = (SCRIPTS / name).read_text(encoding="utf-8")
+    for key, value in (settings or {}).items():
+        text, n = re.subn(rf"(@Field \w+ {key} = ).*", lambda m, v=value: m.group(1) + v, text, count=1)
+        assert n == 1, f"setting {key} not found in {name}"
+    script = tmp_path / name
+    script.write_text(text, encoding="utf-8")
+    state_file = tmp_path / f"{name}.state.json"
+    state_file.write_text(json.dumps(state), encoding="utf-8")
+    out = tmp_path / f"{name}.out.json"
+    env = dict(os.environ, JAVA_HOME=_java_home() or "")
+    proc = subprocess.run(
+        [groovy, "-cp", str(STUBS), str(STUBS / "run_with_stub.groovy"), str(state_file), str(script), str(out)],
+        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+    )
+    record = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    return proc, record
+
+
+# --------------------------------------------------------------------------- stand-in server
+
+HER2_2 = {"name": "HER2 2+", "color": [255, 128, 0]}
+
+
+class StandIn:
+    """A server speaking the /api/v1 job API with canned results; records requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.polls = 0
+        self.token: str | None = None
+        self.fail_submit: tuple[int, dict] | None = None
+        self.job_error: str | None = None
+        self.detections = {"type": "FeatureCollection", "features": [
+            feature(square(110, 110, 20), kind="tile", name="NFW/2+", cls=HER2_2,
+                    measurements={"HER2: 2+ %": 61.0}),
+            feature(square(140, 140, 20), kind="tile", name="NF/1+",
+                    cls={"name": "HER2 1+", "color": [255, 215, 0]}),
+        ]}
+        self.annotations = {"type": "FeatureCollection", "features": [
+            feature(square(100, 100, 100), name="her2-qupath: Region 1 HER2 2+", cls=HER2_2,
+                    measurements={"H-score": 140.0}),
+        ]}
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def _send(self, code: int, obj: Any) -> None:
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _auth(self) -> bool:
+                outer.requests.append({"method": self.command, "path": self.path,
+                                       "auth": self.headers.get("Authorization")})
+                if outer.token and self.headers.get("Authorization") != f"Bearer {outer.token}":
+                    self._send(401, {"error": {"code": "unauthorized", "message": "a valid token is required"}})
+                    return False
+                return True
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self._auth():
+                    return
+                outer.requests[-1]["body"] = body
+                if outer.fail_submit:
+                    self._send(*outer.fail_submit)
+                    return
+                self._send(202, {"id": "job-1"})
+
+            def do_GET(self) -> None:  # noqa: N802
+                if not self._auth():
+                    return
+                if self.path == "/api/v1/jobs/job-1":
+                    outer.polls += 1
+                    if outer.polls < 2:
+                        self._send(200, {"id": "job-1", "state": "running", "progress": 0.5,
+                                         "tiles_done": 2, "tiles_total": 4, "error": None})
+                    elif outer.job_error:
+                        self._send(200, {"id": "job-1", "state": "failed", "progress": 0.5,
+                                         "tiles_done": 2, "tiles_total": 4, "error": outer.job_error})
+                    else:
+                        self._send(200, {"id": "job-1", "state": "done", "progress": 1.0,
+                                         "tiles_done": 4, "tiles_total": 4, "error": None})
+                elif self.path == "/api/v1/jobs/job-1/detections":
+                    self._send(200, outer.detections)
+                elif self.path == "/api/v1/jobs/job-1/annotations":
+                    self._send(200, outer.annotations)
+                elif self.path == "/api/v1/jobs/job-1/result":
+                    self._send(200, {"her2_score": "2+", "h_score": 140.0})
+                else:
+                    self._send(404, {"error": {"code": "not_found", "message": f"no route {self.path}"}})
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                self._auth()
+                self._send(200, {"id": "job-1", "state": "cancelled"})
+
+        return H
+
+
+@pytest.fixture()
+def standin():
+    s = StandIn()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), s.handler())
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    s.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        yield s
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        t.join(5)
+
+
+def image_state(tmp_path: Path, *, selected: bool = True) -> dict:
+    tumor = feature(square(100, 100, 100), name="T1", cls={"name": "Tumor", "color": [200, 0, 0]}, fid="user-tumor")
+    other = feature(square(500, 500, 50), name="stroma", cls="Stroma", fid="user-stroma")
+    user_det = feature(square(120, 160, 5), kind="detection", name="my cell", fid="user-det")
+    old_inside = feature(square(150, 150, 20), kind="tile", name="her2-qupath: NF/1+", fid="old-in")
+    old_outside = feature(square(800, 800, 20), kind="tile", name="her2-qupath: N/0", fid="old-out")
+    return {
+        "image_uri": "file:/slides/case%201/HER2%20caf%C3%A9.svs",
+        "image_name": "case1_HER2.svs",
+        "pixel_size": 0.2527,
+        "entry_id": "7",
+        "project_dir": str(tmp_path / "proj"),
+        "project_images": [
+            {"id": "7", "name": "case1_HER2.svs", "uri": "file:/slides/case%201/HER2%20caf%C3%A9.svs"},
+            {"id": "8", "name": "case1_HE.svs", "uri": "file:/slides/case%201/HE.svs"},
+        ],
+        "objects": [tumor, other, user_det, old_inside, old_outside],
+        "selected_ids": ["user-tumor"] if selected else [],
+    }
+
+
+def _user(objs: list[dict]) -> list[str]:
+    return sorted(json.dumps(o, sort_keys=True) for o in objs if not str(o["properties"].get("name", "")).startswith("her2-qupath"))
+
+
+# --------------------------------------------------------------------------- scoring scripts
+
+
+def test_score_selected_sends_image_rois_and_adds_results(groovy, standin, tmp_path):
+    state = image_state(tmp_path)
+    proc, rec = run_script(groovy, "score_selected_annotations.groovy", state, tmp_path,
+                           {"SERVER_URL": f"'{standin.url}'", "POLL_SECONDS": "0.05", "GUIDELINE": "'gastric'"})
+    assert proc.returncode == 0, proc.stderr
+    assert "ERROR" not in proc.stdout, proc.stdout
+    post = next(r for r in standin.requests if r["method"] == "POST")
+    assert post["path"] == "/api/v1/jobs"
+    body = post["body"]
+    assert body["ihc"] == state["image_uri"]
+    assert body["ihc_mpp"] == pytest.approx(0.2527)
+    assert body["options"] == {"guideline": "gastric", "level": "pixel", "aggregation": "guideline"}
+    feats = body["rois"]["features"]
+    assert [f["properties"]["name"] for f in feats] == ["T1"]
+    assert feats[0]["geometry"]["coordinates"][0] == square(100, 100, 100)
+    # progress reached the log
+    assert "running 50% (2/4 tiles)" in proc.stdout and "HER2 2+" in proc.stdout
+    # added: 2 tiles + 1 annotation, each named with the marker, classes kept
+    added = rec["added"]
+    assert len(added) == 3
+    assert all(a["properties"]["name"].startswith("her2-qupath") for a in added)
+    assert sorted(a["properties"]["objectType"] for a in added) == ["annotation", "tile", "tile"]
+    assert {a["properties"]["classification"]["name"] for a in added} == {"HER2 1+", "HER2 2+"}
+    # removed: only the earlier product object inside the scored region
+    assert [r["id"] for r in rec["removed"]] == ["old-in"]
+    assert _user(rec["hierarchy"]) == _user(state["objects"])
+    assert rec["updates"] == 1
+
+
+def test_score_whole_image_when_nothing_selected(groovy, standin, tmp_path):
+    state = image_state(tmp_path, selected=False)
+    proc, rec = run_script(groovy, "score_selected_annotations.groovy", state, tmp_path,
+                           {"SERVER_URL": f"'{standin.url}'", "POLL_SECONDS": "0.05"})
+    assert proc.returncode == 0, proc.stderr
+    body = next(r for r in standin.requests if r["method"] == "POST")["body"]
+    assert body["rois"] is None
+    assert sorted(r["id"] for r in rec["removed"]) == ["old-in", "old-out"]
+    assert _user(rec["hierarchy"]) == _user(state["objects"])
+
+
+def test_server_error_is_one_clear_message(groovy, standin, tmp_path):
+    standin.fail_submit = (403, {"error": {"code": "forbidden", "message": "image outside the allowed roots"}})
+    proc, rec = run_script(groovy, "score_selected_annotations.groovy", image_state(tmp_path), tmp_path,
+                           {"SERVER_URL": f"'{standin.url}'"})
+    assert proc.returncode == 0
+    assert "ERROR: her2-qupath:" in proc.stdout
+    assert "image outside the allowed roots" in proc.stdout and "TOKEN" in proc.stdout
+    assert "Exception" not in proc.stdout + proc.stderr
+    assert rec["added"] == [] and rec["removed"] == []
+
+
+def test_failed_job_and_token(groovy, standin, tmp_path):
+    standin.token = "s3cret"
+    standin.job_error = "slide has no pixel size; pass mpp"
+    proc, rec = run_script(groovy, "score_selected_annotations.groovy", image_state(tmp_path), tmp_path,
+                           {"SERVER_URL": f"'{standin.url}'", "TOKEN": "'s3cret'", "POLL_SECONDS": "0.05"})
+    assert all(r["auth"] == "Bearer s3cret" for r in standin.requests)
+    assert "scoring failed on the server: slide has no pixel size; pass mpp" in proc.stdout
+    assert rec["added"] == []
+
+
+def test_unreachable_server(groovy, tmp_path):
+    proc, rec = run_script(groovy, "score_selected_annotations.groovy", image_state(tmp_path), tmp_path,
+                           {"SERVER_URL": "'http://127.0.0.1:9'"})
+    assert proc.returncode == 0
+    assert "cannot reach the HER2 server at http://127.0.0.1:9" in proc.stdout
+    assert "her2-qupath serve" in proc.stdout
+    assert rec["added"] == []
+
+
+def test_score_pair_finds_he_partner_by_name(groovy, standin, tmp_path):
+    state = image_state(tmp_path)
+    proc, rec = run_script(groovy, "score_pair.groovy", state, tmp_path,
+                           {"SERVER_URL": f"'{standin.url}'", "POLL_SECONDS": "0.05"})
+    assert proc.returncode == 0, proc.stderr
+    assert "ERROR" not in proc.stdout, proc.stdout
+    body = next(r for r in standin.requests if r["method"] == "POST")["body"]
+    assert body["ihc"] == state["image_uri"]
+    assert body["he"] == "file:/slides/case%201/HE.svs"
+    assert len(rec["added"]) == 3
+
+
+def test_score_pair_missing_partner(groovy, standin, tmp_path):
+    state = image_state(tmp_path)
+    state["project_images"] = state["project_images"][:1]
+    proc, rec = run_script(groovy, "score_pair.groovy", state, tmp_path, {"SERVER_URL": f"'{standin.url}'"})
+    assert "no image named 'case1_HE.svs' in this project" in proc.stdout
+    assert not [r for r in standin.requests if r["method"] == "POST"]
+    assert rec["added"] == []
+
+
+# --------------------------------------------------------------------------- import / export
+
+
+def test_import_results_replaces_only_product_objects(groovy, standin, tmp_path):
+    state = image_state(tmp_path)
+    out = tmp_path / "proj" / "her2_qupath" / "7"
+    out.mkdir(parents=True)
+    (out / "detections.geojson").write_text(json.dumps(standin.detections))
+    (out / "annotations.geojson").write_text(json.dumps(standin.annotations))
+    proc, rec = run_script(groovy, "import_results.groovy", state, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "added 3 objects, replaced 2 earlier ones" in proc.stdout
+    assert sorted(r["id"] for r in rec["removed"]) == ["old-in", "old-out"]
+    assert _user(rec["hierarchy"]) == _user(state["objects"])
+    # a second import leaves the same hierarchy (idempotent)
+    state2 = dict(state, objects=rec["hierarchy"], selected_ids=[])
+    proc2, rec2 = run_script(groovy, "import_results.groovy", state2, tmp_path)
+    assert len(rec2["hierarchy"]) == len(rec["hierarchy"])
+    assert _user(rec2["hierarchy"]) == _user(state["objects"])
+
+
+def test_import_results_without_results_is_a_note(groovy, tmp_path):
+    proc, rec = run_script(groovy, "import_results.groovy", image_state(tmp_path), tmp_path)
+    assert proc.returncode == 0
+    assert "no results for 'case1_HER2.svs'" in proc.stdout and "her2-qupath batch" in proc.stdout
+    assert rec["added"] == [] and rec["removed"] == []
+
+
+def test_export_annotations_where_batch_finds_them(groovy, tmp_path):
+    from her2_qupath.qupath.project import ImageEntry, find_roi_file
+
+    state = image_state(tmp_path)
+    proc, rec = run_script(groovy, "export_annotations.groovy", state, tmp_path, {"ONLY_CLASS": "'Tumor'"})
+    assert proc.returncode == 0, proc.stderr
+    entry = ImageEntry(entry_id="7", name="case1_HER2.svs", uri=state["image_uri"], path=None, exists=False)
+    found = find_roi_file(entry, project_dir=tmp_path / "proj")
+    assert found == tmp_path / "proj" / "her2_qupath" / "7" / "rois.geojson"
+    data = json.loads(found.read_text())
+    assert data["type"] == "FeatureCollection"
+    assert [f["properties"]["name"] for f in data["features"]] == ["T1"]
+    # all classes, still never the product's own objects
+    proc, rec = run_script(groovy, "export_annotations.groovy", state, tmp_path)
+    names = sorted(f["properties"].get("name") for f in json.loads(found.read_text())["features"])
+    assert names == ["T1", "stroma"]
+
+
+def test_selecting_only_earlier_results_is_refused(groovy, standin, tmp_path):
+    state = image_state(tmp_path)
+    state["objects"].append(feature(square(100, 100, 100), name="her2-qupath: Region 1 HER2 1+", fid="old-region"))
+    state["selected_ids"] = ["old-region"]
+    proc, rec = run_script(groovy, "score_selected_annotations.groovy", state, tmp_path,
+                           {"SERVER_URL": f"'{standin.url}'"})
+    assert "results of an earlier run" in proc.stdout
+    assert not [r for r in standin.requests if r["method"] == "POST"] and rec["added"] == []

@@ -1,0 +1,346 @@
+"""``her2-qupath batch`` on projects, without QuPath (GeoJSON out) and with a stand-in paquo project."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from shapely.geometry import box
+from test_project import make_project
+from test_project_writeback import FakeHierarchy, make_class, user_objects
+
+from her2_qupath.cli import cli
+from her2_qupath.qupath import batch as batch_mod
+from her2_qupath.qupath.geojson import QuPathObject, read_geojson, write_geojson
+from her2_qupath.qupath.project import JsonProject, WriteReport
+
+
+class FakeResult:
+    def __init__(self, request: Any) -> None:
+        n = len(request.rois or []) or 1
+        self.summary = {"her2_score": "2+", "h_score": 150.0, "percent_positive": 30.0, "n_tiles": 4 * n,
+                        "class_percentages": {"0": 40.0, "1+": 30.0, "2+": 20.0, "3+": 10.0}, "regions": []}
+        self.detections = [QuPathObject(box(x, 0, x + 10, 10), "tile", "HER2 2+", name="NFW/2+")
+                           for x in range(0, 40, 10)]
+        self.annotations = [QuPathObject(box(0, 0, 100, 100), "annotation", "HER2 2+",
+                                         name="her2-qupath: Region 1 HER2 2+", measurements={"H-score": 150.0})]
+        self.he_detections: list = []
+
+
+class Calls(list):
+    """The requests run_score received, and the executor of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.executors: list[Any] = []
+
+
+@pytest.fixture()
+def fake_score(monkeypatch):
+    """Stand in for pipeline.run_score: records requests, fails for images named *bad*."""
+    calls = Calls()
+
+    def run_score(request, *, progress=None, cancel=None, executor=None):
+        calls.append(request)
+        calls.executors.append(executor)
+        if progress:
+            progress(1, 2)
+            progress(2, 2)
+        if "bad" in request.ihc.name:
+            raise ValueError(f"cannot decode {request.ihc.name}")
+        return FakeResult(request)
+
+    import her2_qupath.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "run_score", run_score)
+    monkeypatch.setenv("PAQUO_QUPATH_DIR", "/nonexistent/QuPath")
+    return calls
+
+
+def project_with_images(tmp_path: Path) -> Path:
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for n in ("c1_HER2.svs", "c1_HE.svs", "c2_HER2.svs", "bad_HER2.svs"):
+        (slides / n).write_bytes(b"not read by the stand-in")
+    images = [{"name": n, "uri": (slides / n).as_uri(), "mpp": 0.25}
+              for n in ("c1_HER2.svs", "c1_HE.svs", "c2_HER2.svs", "bad_HER2.svs")]
+    images.append({"name": "c3_HER2.svs", "uri": "file:/gone/c3_HER2.svs"})
+    return make_project(tmp_path / "proj", images)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(cli, ["batch", *args], catch_exceptions=False)
+
+
+def test_batch_without_qupath_writes_geojson_and_summaries(tmp_path, fake_score):
+    proj = project_with_images(tmp_path)
+    rois = proj / "her2_qupath" / "1" / "rois.geojson"  # as export_annotations.groovy writes it
+    rois.parent.mkdir(parents=True)
+    write_geojson(rois, [QuPathObject(box(0, 0, 50, 50), classification="Tumor", name="T"),
+                         QuPathObject(box(60, 0, 90, 50), classification="Stroma")])
+    res = invoke(str(proj), "--pair-pattern", r"(?P<case>.+)_(?P<stain>HE|HER2)", "--roi-class", "Tumor")
+    assert res.exit_code == 0, res.output
+    assert "direct write-back" in res.output and "PAQUO_QUPATH_DIR" in res.output
+    out = proj / "her2_qupath"
+    rows = {r["image"]: r for r in csv.DictReader((out / "batch_summary.csv").open())}
+    assert rows["c1_HER2.svs"]["status"] == "scored" and rows["c1_HER2.svs"]["he_image"] == "c1_HE.svs"
+    assert rows["c1_HER2.svs"]["her2_score"] == "2+" and rows["c1_HER2.svs"]["pct 3+"] == "10.0"
+    # c2 and bad have no Tumor ROI: reported, not scored with the whole image
+    assert rows["c2_HER2.svs"]["status"] == "failed" and "no annotation of class 'Tumor'" in rows["c2_HER2.svs"]["message"]
+    assert rows["c3_HER2.svs"]["status"] == "missing" and "/gone/c3_HER2.svs" in rows["c3_HER2.svs"]["message"]
+    # the request: IHC + paired H&E, pixel sizes from the project, only the Tumor ROI
+    (req,) = fake_score
+    assert req.ihc.name == "c1_HER2.svs" and req.he.name == "c1_HE.svs"
+    assert req.ihc_mpp == pytest.approx(0.25) and [r.name for r in req.rois] == ["T"]
+    dets = read_geojson(out / "1" / "detections.geojson")
+    anns = read_geojson(out / "1" / "annotations.geojson")
+    assert len(dets) == 4 and all(d.name.startswith("her2-qupath: ") and d.metadata.get("her2-qupath") for d in dets)
+    assert [a.name for a in anns] == ["her2-qupath: Region 1 HER2 2+"]
+    summary = json.loads((out / "1" / "summary.json").read_text())
+    assert summary["result"]["her2_score"] == "2+" and summary["entry"]["qupath_version"] == "0.5.1"
+    assert rois.is_file()  # the exported ROIs stay beside the results
+    report = json.loads((out / "batch_summary.json").read_text())
+    assert report["counts"]["scored"] == 1 and report["qupath_versions"] == {"0.5.1": 5}
+    assert "import_results" in (out / "IMPORT.txt").read_text()
+
+
+def test_one_bad_image_does_not_stop_the_others(tmp_path, fake_score):
+    proj = project_with_images(tmp_path)
+    res = invoke(str(proj), "--images", "*HER2*")
+    assert res.exit_code == 0, res.output
+    statuses = {r["image"]: r["status"] for r in csv.DictReader((proj / "her2_qupath" / "batch_summary.csv").open())}
+    assert statuses == {"c1_HER2.svs": "scored", "c2_HER2.svs": "scored", "bad_HER2.svs": "failed",
+                        "c3_HER2.svs": "missing"}
+    assert "ValueError: cannot decode bad_HER2.svs" in res.output
+    assert [r.rois for r in fake_score] == [None, None, None]  # no ROIs found: whole images
+
+
+def test_failed_run_exits_nonzero(tmp_path, fake_score):
+    proj = project_with_images(tmp_path)
+    res = invoke(str(proj), "--images", "bad*")
+    assert res.exit_code == 1
+    assert "failed 1" in res.output
+
+
+def test_dry_run_writes_nothing(tmp_path, fake_score):
+    proj = project_with_images(tmp_path)
+    before = snapshot(tmp_path)
+    res = invoke(str(proj), "--dry-run", "--pair-pattern", r"(?P<case>.+)_(?P<stain>HE|HER2)")
+    assert res.exit_code == 0, res.output
+    assert snapshot(tmp_path) == before and fake_score == []
+    assert "would-score" in res.output and "unpaired" in res.output
+
+
+def test_resume_skips_scored_images(tmp_path, fake_score):
+    proj = project_with_images(tmp_path)
+    assert invoke(str(proj), "--images", "c*").exit_code == 0
+    n = len(fake_score)
+    res = invoke(str(proj), "--images", "c*", "--resume")
+    assert res.exit_code == 0 and len(fake_score) == n
+    assert res.output.count("skipped") >= 3
+
+
+# --------------------------------------------------------------------------- write-back path
+
+
+class FakePaquoProject(JsonProject):
+    """A JSON project that pretends to be paquo: user annotations and hierarchies in memory."""
+
+    backend = "paquo"
+    hierarchies: dict[str, FakeHierarchy] = {}
+    saves = 0
+
+    def user_annotations(self, entry):
+        return [QuPathObject(box(0, 0, 50, 50), classification="Tumor", name="T")]
+
+    metadata: dict[str, dict] = {}
+
+    def write_objects(self, entry, objects, *, metadata=None):
+        from her2_qupath.qupath._paquo import replace_product_objects
+
+        self.metadata[entry.entry_id] = dict(metadata or {})
+        h = self.hierarchies.setdefault(entry.entry_id, _seeded())
+        return replace_product_objects(h, objects, make_path_class=make_class, entry_id=entry.entry_id)
+
+    def save(self):
+        FakePaquoProject.saves += 1
+
+
+def _seeded() -> FakeHierarchy:
+    from test_project_writeback import seeded
+
+    return seeded()
+
+
+@pytest.fixture()
+def fake_paquo(monkeypatch, fake_score):
+    from her2_qupath.qupath import _paquo
+
+    monkeypatch.setattr(_paquo, "qupath_status", lambda: _paquo.QuPathStatus(True, "stand-in"))
+    FakePaquoProject.hierarchies = {}
+    monkeypatch.setattr(batch_mod, "open_project",
+                        lambda path, backend, mode, image_roots: FakePaquoProject(path, image_roots=image_roots))
+    return FakePaquoProject
+
+
+def test_write_back_backs_up_and_replaces_only_ours(tmp_path, fake_paquo):
+    proj = project_with_images(tmp_path)
+    res = invoke(str(proj), "--images", "c1_HER2.svs", "--roi-class", "Tumor")
+    assert res.exit_code == 0, res.output
+    h = fake_paquo.hierarchies["1"]
+    first_user = user_objects(h)
+    assert len(first_user) == 3 and len(h.annotations) + len(h.detections) == 3 + 5
+    assert fake_paquo.metadata["1"]["her2-qupath HER2 score"] == "2+"
+    backups = sorted((proj / "her2_qupath" / "backups").iterdir())
+    assert len(backups) == 1 and (backups[0] / "data" / "1" / "data.qpdata").is_file()
+    assert not (proj / "her2_qupath" / "IMPORT.txt").exists()
+    time.sleep(0.01)
+    res = invoke(str(proj), "--images", "c1_HER2.svs", "--roi-class", "Tumor")
+    assert res.exit_code == 0, res.output
+    assert user_objects(h) == first_user and len(h.annotations) + len(h.detections) == 3 + 5
+    assert len(list((proj / "her2_qupath" / "backups").iterdir())) == 2
+    assert not (proj / ".her2-qupath.lock").exists()
+
+
+def test_write_back_refused_when_project_looks_open(tmp_path, fake_paquo):
+    proj = project_with_images(tmp_path)
+    os.utime(proj / "project.qpproj")  # just saved by QuPath
+    res = CliRunner().invoke(cli, ["batch", str(proj), "--images", "c1_HER2.svs"])
+    assert res.exit_code != 0
+    assert "looks open" in str(res.exception) and "--force" in str(res.exception)
+    assert fake_paquo.hierarchies == {}
+    res = invoke(str(proj), "--images", "c1_HER2.svs", "--force")
+    assert res.exit_code == 0 and "1" in fake_paquo.hierarchies
+
+
+def test_no_write_back_flag_keeps_geojson_only(tmp_path, fake_paquo):
+    proj = project_with_images(tmp_path)
+    res = invoke(str(proj), "--images", "c1_HER2.svs", "--no-write-back")
+    assert res.exit_code == 0
+    assert fake_paquo.hierarchies == {} and (proj / "her2_qupath" / "1" / "detections.geojson").is_file()
+
+
+# --------------------------------------------------------------------------- the real QuPath 0.4.0 project
+
+
+@pytest.mark.shared_data
+def test_real_foci_project_batch(shared_data, tmp_path, fake_score):
+    src = shared_data / "qupath" / "foci-0.4.0"
+    if not src.is_dir():
+        pytest.skip(f"{src} not present")
+    proj = tmp_path / "foci"
+    shutil.copytree(src, proj)
+    for p in proj.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    before = snapshot(proj)
+    dry = invoke(str(proj), "--dry-run", "--json")
+    assert dry.exit_code == 0
+    report = json.loads(dry.output)
+    assert len(report["entries"]) == 44 and report["qupath_versions"] == {"0.4.0": 44}
+    assert report["counts"]["missing"] == 44 and report["backend"] == "json"
+    assert all("image file not found: /home/phm/" in o["message"] for o in report["outcomes"])
+    assert snapshot(proj) == before
+    # one image found below --image-root: it is scored, the 43 others are reported missing
+    name = report["outcomes"][5]["image"]
+    root = tmp_path / "found"
+    root.mkdir()
+    (root / name).write_bytes(b"x")
+    res = invoke(str(proj), "--image-root", str(root))
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((proj / "her2_qupath" / "batch_summary.csv").open()))
+    assert len(rows) == 44
+    assert [r["image"] for r in rows if r["status"] == "scored"] == [name]
+    assert sum(r["status"] == "missing" for r in rows) == 43
+    assert {r["qupath_version"] for r in rows} == {"0.4.0"}
+    eid = report["outcomes"][5]["entry_id"]
+    assert (proj / "her2_qupath" / eid / "detections.geojson").is_file()
+    assert {k: v for k, v in snapshot(proj).items() if not k.startswith("her2_qupath")} == before
+    _ = WriteReport  # the write-back type is exercised in test_project_writeback
+
+
+# --------------------------------------------------------------------------- the real pipeline
+
+
+def _pipeline_or_skip() -> None:
+    import importlib
+
+    for mod in ("her2_qupath.slide", "her2_qupath.tiling", "her2_qupath.stain", "her2_qupath.scoring"):
+        try:
+            importlib.import_module(mod)
+        except ImportError as err:
+            pytest.skip(f"{mod} cannot be imported ({err}): the real pipeline cannot run")
+
+
+def test_batch_with_the_real_pipeline(tmp_path, monkeypatch):
+    """A real IHC picture (scikit-image's DAB + hematoxylin sample) in a project, scored end to end."""
+    _pipeline_or_skip()
+    from skimage import data
+    from skimage.io import imsave
+
+    monkeypatch.setenv("PAQUO_QUPATH_DIR", "/nonexistent/QuPath")
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    image = slides / "IHC sample é.png"
+    imsave(image, data.immunohistochemistry(), check_contrast=False)
+    # 1 µm/px: the 512-px picture holds 2 x 2 tiles of the default grid
+    proj = make_project(tmp_path / "proj", [{"name": image.name, "uri": image.as_uri(), "mpp": 1.0}])
+    res = invoke(str(proj))
+    assert res.exit_code == 0, res.output
+    out = proj / "her2_qupath" / "1"
+    summary = json.loads((out / "summary.json").read_text())["result"]
+    assert summary["her2_score"] in ("0", "1+", "2+", "3+")
+    dets = read_geojson(out / "detections.geojson")
+    tiles = [d for d in dets if d.object_type == "tile"]
+    assert len(tiles) == summary["n_tiles"] > 0
+    assert all(t.name.startswith("her2-qupath") for t in dets)
+    assert {t.class_name for t in tiles} <= {"HER2 0", "HER2 1+", "HER2 2+", "HER2 3+", "Ignore*"}
+    pct = summary["class_percentages"]
+    assert sum(pct.values()) == pytest.approx(100.0, abs=0.5)
+
+
+def test_dask_scheduler_executor_reaches_the_pipeline(tmp_path, fake_score, monkeypatch):
+    executors_mod = pytest.importorskip("her2_qupath.server.executors", reason="the server package is not present")
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)
+    seen: dict[str, Any] = {}
+
+    class FakeDask:
+        def __init__(self, address: str) -> None:
+            seen["address"] = address
+
+        def executor(self):
+            return pool
+
+        def close(self) -> None:
+            seen["closed"] = True
+
+    monkeypatch.setattr(executors_mod, "DaskBackend", FakeDask)
+    proj = project_with_images(tmp_path)
+    res = invoke(str(proj), "--images", "c1_HER2.svs", "--dask-scheduler", "tcp://10.0.0.5:8786")
+    pool.shutdown()
+    assert res.exit_code == 0, res.output
+    assert seen == {"address": "tcp://10.0.0.5:8786", "closed": True}
+    assert fake_score.executors == [pool]
+
+
+def test_write_back_skips_relocated_images(tmp_path, fake_paquo):
+    proj = project_with_images(tmp_path)
+    moved = tmp_path / "moved"
+    (tmp_path / "slides").rename(moved)
+    res = invoke(str(proj), "--images", "c1_HER2.svs", "--image-root", str(moved))
+    assert res.exit_code == 0, res.output
+    assert fake_paquo.hierarchies == {}  # nothing written into the project
+    assert "update the image paths" in res.output
+    assert (proj / "her2_qupath" / "1" / "detections.geojson").is_file()
