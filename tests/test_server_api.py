@@ -109,6 +109,9 @@ def test_health_models_openapi(make_app: Any, tmp_path: Path) -> None:
     models = tmp_path / "models"
     (models / "stain-vit").mkdir(parents=True)
     (models / "stain-vit" / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    (models / "seg").mkdir()
+    (models / "seg" / "config.json").write_text(json.dumps({"model_type": "segformer"}))
+    (models / "seg" / "her2_qupath.json").write_text(json.dumps({"kind": "segmenter"}))
     (models / "not-a-model").mkdir()
     from her2_qupath.server.scorers import PipelineScorer
 
@@ -118,9 +121,12 @@ def test_health_models_openapi(make_app: Any, tmp_path: Path) -> None:
     assert (
         h.json["status"] == "ok" and h.json["queue_length"] == 0 and h.json["executor"] == "local"
     )
-    assert h.json["models_available"] == 1 and h.json["models_loaded"] == 0
+    assert h.json["models_available"] == 2 and h.json["models_loaded"] == 0
     m = client.get("/api/v1/models").json
-    assert m["models"] == [{"name": "stain-vit", "kind": "vit", "loaded": False}]
+    assert m["models"] == [
+        {"name": "seg", "kind": "segmenter", "loaded": False},
+        {"name": "stain-vit", "kind": "vit", "loaded": False},
+    ]
     doc = client.get("/api/v1/openapi.json")
     assert doc.status_code == 200 and doc.json["openapi"].startswith("3.1")
 
@@ -434,3 +440,24 @@ def test_sync_score_with_a_files_only_scorer(make_app: Any, images: dict[str, Pa
     )
     health = make_app(FilesOnlyScorer()).test_client().get("/api/v1/health").json
     assert health["models_available"] == 0
+
+
+def test_qupath_file_uris_with_unicode_and_spaces(
+    client: FlaskClient, images: dict[str, Path]
+) -> None:
+    """URIs as QuPath stores them: percent-encoded UTF-8 (zwei-f%C3%A4lle.png), file:/ and file:///."""
+    from urllib.parse import quote
+
+    body = {"options": {"tile_size": 256}}
+    encoded = quote(str(images["two"]))
+    assert "%C3%A4" in encoded
+    for uri in ("file:" + encoded, "file://" + encoded, "file://localhost" + encoded):
+        r = client.post("/api/v1/score", json={"ihc": uri, **body})
+        assert r.status_code == 200, (uri, r.json)
+        assert r.json["summary"]["her2_score"] == "2+"
+    spaced = "file:" + quote(str(images["three"]))
+    assert "%20" in spaced
+    assert (
+        client.post("/api/v1/score", json={"ihc": spaced, **body}).json["summary"]["her2_score"]
+        == "3+"
+    )

@@ -332,22 +332,35 @@ class PipelineScorer:
         )
 
     def models(self) -> list[dict[str, Any]]:
-        """The model directories under ``models_dir`` (each holds a ``config.json``)."""
+        """The model directories under ``models_dir`` (each holds a ``config.json``).
+
+        ``kind`` (tumor, stain, segmenter) comes from the product's model file
+        ``her2_qupath.json``, else the network type in ``config.json``. Models are
+        loaded by each run, so none is reported as held in memory.
+        """
         if self.models_dir is None or not self.models_dir.is_dir():
             return []
         found = []
         for sub in sorted(self.models_dir.iterdir()):
             if sub.is_dir() and (sub / "config.json").is_file():
-                kind = None
-                try:
-                    import json
-
-                    meta = json.loads((sub / "config.json").read_text(encoding="utf-8"))
-                    kind = meta.get("her2_qupath_kind") or meta.get("model_type")
-                except (OSError, ValueError):
-                    log.warning("model %s has an unreadable config.json", sub)
-                found.append({"name": sub.name, "kind": kind, "loaded": False})
+                found.append({"name": sub.name, "kind": _model_kind(sub), "loaded": False})
         return found
+
+
+def _model_kind(path: Path) -> str | None:
+    import json
+
+    for name, key in (("her2_qupath.json", "kind"), ("config.json", "model_type")):
+        try:
+            value = json.loads((path / name).read_text(encoding="utf-8")).get(key)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, AttributeError):
+            log.warning("model %s has an unreadable %s", path, name)
+            continue
+        if isinstance(value, str):
+            return value
+    return None
 
 
 # --------------------------------------------------------------------------------------------
