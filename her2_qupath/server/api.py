@@ -16,7 +16,7 @@ from .app import server_state
 from .http import ApiError
 from .jobs import TERMINAL_STATES, iso_time
 from .schemas import JOB_STATES, parse_json, validate
-from .scorers import build_spec
+from .scorers import build_spec, check_vertex_limit
 
 __all__ = ["bp"]
 
@@ -35,6 +35,8 @@ def _json_body(schema: str) -> dict[str, Any]:
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the request body as application/json")
     body = parse_json(request.get_data(cache=False))
+    if isinstance(body, dict):  # before the schema: validating a huge ROI list is the slow part
+        check_vertex_limit(body.get("rois"), server_state().config.max_roi_vertices)
     validate(schema, body)
     return dict(body)
 

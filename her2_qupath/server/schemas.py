@@ -250,10 +250,27 @@ def parse_json(data: bytes) -> Any:
         ) from err
 
 
+@functools.lru_cache(maxsize=None)
+def _fast_validator(name: str) -> Any:
+    """jsonschema-rs (compiled) when installed: checks a 100 000-vertex ROI list in milliseconds."""
+    try:
+        import jsonschema_rs
+    except ImportError:
+        return None
+    return jsonschema_rs.validator_for(SCHEMAS[name])
+
+
 def validate(name: str, instance: Any) -> None:
-    """Raise :class:`UserInputError` naming the first problem if ``instance`` breaks schema ``name``."""
+    """Raise :class:`UserInputError` naming the first problem if ``instance`` breaks schema ``name``.
+
+    Valid bodies are confirmed by jsonschema-rs when it is installed; the
+    message for an invalid one always comes from ``jsonschema``.
+    """
     from jsonschema.exceptions import best_match
 
+    fast = _fast_validator(name)
+    if fast is not None and fast.is_valid(instance):
+        return
     error = best_match(_validator(name).iter_errors(instance))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(body)"

@@ -49,6 +49,7 @@ __all__ = [
     "JobSpec",
     "Scorer",
     "build_spec",
+    "check_vertex_limit",
     "PipelineScorer",
     "DabTileScorer",
     "default_scorer",
@@ -106,6 +107,22 @@ def _features(rois: Any) -> list[dict[str, Any]] | None:
     return list(rois)
 
 
+def check_vertex_limit(features: Any, limit: int) -> None:
+    """Raise 413 when ROI features hold more than ``limit`` vertices (any JSON shape accepted)."""
+    if isinstance(features, dict):
+        features = features.get("features")
+    if not isinstance(features, list):
+        return
+    vertices = count_vertices(f.get("geometry") for f in features if isinstance(f, dict))
+    if vertices > limit:
+        raise ApiError(
+            413,
+            "too_many_vertices",
+            f"the ROIs have {vertices} vertices, more than this server accepts ({limit}); "
+            "simplify them in QuPath (Objects > Annotations > Simplify shape) or score the slide in parts",
+        )
+
+
 def build_spec(body: Mapping[str, Any], config: ServerConfig) -> JobSpec:
     """Check a schema-valid request body against the server's roots and limits.
 
@@ -117,15 +134,7 @@ def build_spec(body: Mapping[str, Any], config: ServerConfig) -> JobSpec:
     roots = config.image_roots
     features = _features(body.get("rois"))
     if features is not None:
-        vertices = count_vertices(f.get("geometry") for f in features)
-        if vertices > config.max_roi_vertices:
-            raise ApiError(
-                413,
-                "too_many_vertices",
-                f"the ROIs have {vertices} vertices, more than this server accepts "
-                f"({config.max_roi_vertices}); simplify them in QuPath "
-                "(Objects > Annotations > Simplify shape) or score the slide in parts",
-            )
+        check_vertex_limit(features, config.max_roi_vertices)
         if roi_class := body.get("roi_class"):
             features = [f for f in features if _class_name(f) == roi_class]
             if not features:
