@@ -330,3 +330,38 @@ def test_local_pool_and_dask_pool_threads_are_released(
     assert r.status_code == 200
     app.extensions["her2_qupath"].close(timeout_s=10)
     wait_for(lambda: threading.active_count() <= before, timeout=10)
+
+
+def test_sigterm_mid_job_marks_it_interrupted(images: dict[str, Path], tmp_path: Path) -> None:
+    """A graceful stop: the running job is queued again at once, then finishes after a restart."""
+    data, root = tmp_path / "data", images["three"].parent
+    proc, url = _launch(tmp_path, data, root, 0.2, "first")
+    s = requests.Session()
+    try:
+        job_id = s.post(
+            f"{url}/api/v1/jobs",
+            json={"ihc": "case three.png", "options": {"tile_size": 128}},
+            timeout=10,
+        ).json()["id"]
+        wait_for(
+            lambda: s.get(f"{url}/api/v1/jobs/{job_id}", timeout=10).json()["tiles_done"] > 0,
+            timeout=30,
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    from her2_qupath.server.jobs import JobStore
+
+    store = JobStore(data / "jobs.sqlite3")
+    row = store.get(job_id)
+    store.close()
+    assert row is not None and row["state"] == "queued" and "shutdown" in row["error"]
+    assert not (data / "results" / job_id).exists()
+
+    proc2, url2 = _launch(tmp_path, data, root, 0.0, "second")
+    try:
+        assert poll(s, url2, job_id)["state"] == "done"
+    finally:
+        proc2.send_signal(signal.SIGTERM)
+        proc2.communicate(timeout=30)
