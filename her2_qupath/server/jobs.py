@@ -462,8 +462,9 @@ class JobManager:
                 self.purge()
             job = self.store.claim()
             if job is None:
-                with self._wake:
-                    self._wake.wait(timeout=1.0)
+                with self._wake:  # shutdown sets _stop, then notifies under this lock
+                    if not self._stop.is_set():
+                        self._wake.wait(timeout=1.0)
                 continue
             self._run(job)
 
