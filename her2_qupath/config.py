@@ -306,6 +306,7 @@ class ServerConfig:
     require_token: bool = False  # True: token on every route but health even on loopback
     workers: int = 0  # jobs run at once; 0: the CPU count
     dask_scheduler: str | None = None  # tcp://HOST:PORT of a Dask cluster for tile work
+    dask_timeout_s: float = 10.0  # connecting to the Dask scheduler (checked at start)
     models_dir: str | None = None  # directory whose sub-directories are model directories
     max_sync_concurrency: int = 2  # synchronous /score requests computed at once
     retry_after_s: int = 10  # Retry-After of a 429 (queue full)

@@ -365,3 +365,23 @@ def test_sigterm_mid_job_marks_it_interrupted(images: dict[str, Path], tmp_path:
     finally:
         proc2.send_signal(signal.SIGTERM)
         proc2.communicate(timeout=30)
+
+
+def test_unreachable_dask_scheduler_stops_the_start(
+    tmp_path: Path, images: dict[str, Path]
+) -> None:
+    from her2_qupath.errors import UserInputError
+
+    cfg = app_config(
+        tmp_path / "data",
+        [images["three"].parent],
+        DabTileScorer(),
+        dask_scheduler="tcp://127.0.0.1:1",
+        dask_timeout_s=0.5,
+    )
+    with pytest.raises(UserInputError, match="cannot reach the Dask scheduler"):
+        create_app(cfg)
+    with pytest.raises(UserInputError, match="tcp://HOST:PORT"):
+        create_app({**cfg, "DASK_SCHEDULER": "10.0.0.5:8786"})
+    # the data directory was released: a server can start on it
+    create_app({**cfg, "DASK_SCHEDULER": None}).extensions["her2_qupath"].close()

@@ -126,7 +126,11 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
     app.after_request(_headers)
     app.register_error_handler(Exception, _error_response)
     if start_workers:
-        manager.start()
+        try:
+            manager.start()
+        except BaseException:
+            manager.shutdown(timeout_s=0)  # release the data directory
+            raise
     return app
 
 

@@ -105,5 +105,5 @@ class DaskBackend:
 def make_backend(config: ServerConfig) -> LocalBackend | DaskBackend:
     """Dask when ``config.dask_scheduler`` is set, else the local pool."""
     if config.dask_scheduler:
-        return DaskBackend(config.dask_scheduler)
+        return DaskBackend(config.dask_scheduler, timeout_s=config.dask_timeout_s)
     return LocalBackend()

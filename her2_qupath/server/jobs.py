@@ -377,6 +377,8 @@ class JobManager:
         """Recover interrupted jobs, purge expired results, start the worker threads."""
         if self.started:
             return
+        if self.backend.kind == "dask":
+            self.backend.executor()  # connect now: an unreachable cluster stops the start, not each job
         self.recover()
         self.purge()
         for n in range(self.workers):

@@ -250,7 +250,7 @@ def parse_json(data: bytes) -> Any:
         ) from err
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fast_validator(name: str) -> Any:
     """jsonschema-rs (compiled) when installed: checks a 100 000-vertex ROI list in milliseconds."""
     try:
