@@ -461,3 +461,27 @@ def test_qupath_file_uris_with_unicode_and_spaces(
         client.post("/api/v1/score", json={"ihc": spaced, **body}).json["summary"]["her2_score"]
         == "3+"
     )
+
+
+def test_status_page_escapes_job_errors(make_app: Any, images: dict[str, Path]) -> None:
+    hostile = "<script>alert(1)</script>"
+    client = make_app(BrokenScorer(Her2Error(f"bad stain {hostile}"))).test_client()
+    job = _job(client, {"ihc": str(images["one"])})
+    assert wait_job(_get(client), job["id"])["state"] == "failed"
+    page = client.get("/").data.decode()
+    assert hostile not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_image_roots_given_as_a_list_or_string(tmp_path: Path, images: dict[str, Path]) -> None:
+    for n, roots in enumerate(([str(images["three"].parent)], str(images["three"].parent))):
+        cfg = app_config(tmp_path / f"data{n}", [], DabTileScorer(), start_workers=False)
+        cfg["IMAGE_ROOTS"] = roots
+        app = create_app(cfg)
+        try:
+            assert app.extensions["her2_qupath"].config.image_roots == (
+                str(images["three"].parent),
+            )
+            r = app.test_client().post("/api/v1/jobs", json={"ihc": "case three.png"})
+            assert r.status_code == 202
+        finally:
+            app.extensions["her2_qupath"].close()

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, jsonify, request, send_file, url_for
 from .. import __version__
 from .app import server_state
 from .http import ApiError
-from .jobs import TERMINAL_STATES, iso_time
+from .jobs import TERMINAL_STATES, QueueFull, iso_time
 from .schemas import JOB_STATES, parse_json, validate
 from .scorers import build_spec, check_vertex_limit
 
@@ -134,6 +134,8 @@ def openapi() -> Response:
 @bp.post("/jobs")
 def create_job() -> tuple[Response, int, dict[str, str]]:
     state = server_state()
+    if state.manager.queue_length() >= state.config.max_queue:  # early: before any file is opened
+        raise QueueFull(state.config.max_queue, state.config.retry_after_s)
     body = _json_body("ScoreRequest")
     spec = build_spec(body, state.config)
     _check_tiles(spec, state.config.max_tiles_per_job, sync=False)

@@ -72,6 +72,9 @@ def _server_config(
     overrides = {
         k.lower(): extra.pop(k) for k in list(extra) if k.lower() in fields and k.isupper()
     }
+    roots = overrides.get("image_roots")
+    if isinstance(roots, (list, str)):
+        overrides["image_roots"] = (roots,) if isinstance(roots, str) else tuple(roots)
     if overrides:
         server = dataclasses.replace(server, **overrides)
     return server, extra
