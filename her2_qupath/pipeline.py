@@ -144,14 +144,13 @@ def analyse_tile(rgb: np.ndarray, params: _StainParams, class_map: np.ndarray | 
     are left out; each region also gets its own score in ``region_scores``.
     """
     from .scoring import score_class_map
-    from .stain import dab_class_map, deconvolve
+    from .stain import class_map_from_stains, deconvolve
 
     m = params.margin_px if params.level == "cell" else 0
     core = rgb[m:rgb.shape[0] - m, m:rgb.shape[1] - m] if m else rgb
     od = deconvolve(core, params.vectors, params.background)
     if class_map is None:
-        class_map = dab_class_map(core, params.stain, vectors=params.vectors,
-                                  background=params.background)
+        class_map = class_map_from_stains(od, params.stain, vectors=params.vectors)
     cells: list[Any] = []
     if params.level == "cell":
         from .cells import detect_cells
@@ -325,7 +324,10 @@ def _stain_vectors(options: ScoreOptions, thumb: np.ndarray, tissue_mask: np.nda
     if options.stain_vectors:
         return StainVectors.from_qupath(options.stain_vectors)
     if options.stain.estimate_vectors:
-        return estimate_vectors(thumb, tissue_mask, background=background, config=options.stain)
+        estimated = estimate_vectors(thumb, tissue_mask, background=background, config=options.stain)
+        if estimated is not None:
+            return estimated
+        log.warning("stain vectors could not be estimated from the slide; using the defaults")
     return StainVectors.default(options.stain)
 
 
@@ -572,7 +574,7 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
                          opts.scoring, name=name)
                for r, name in enumerate(roi_names)]
     use_cells = opts.scoring.level == "cell"
-    detections, he_detections = _tile_objects(tiles, analyses, transform, use_cells)
+    detections, he_detections = _tile_objects(tiles, analyses, transform, opts.scoring)
     annotations = _region_objects(roi_geoms, regions, slide_region, ihc, he, transform)
     reliable = True if transform_info is None else bool(transform_info["reliable"])
     summary = {
@@ -609,7 +611,7 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
         "provenance": _provenance(request, background, vectors, seconds),
     }
     overlay = _overlay(ihc, he, tiles, analyses, transform, summary, opts, vectors,
-                       background)
+                       background, roi_geoms)
     return ScoreResult(summary, detections, annotations, he_detections, overlay)
 
 
@@ -617,19 +619,46 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
 OVERLAY_MAX_SIZE = 1400
 
 
-def _mark(polygon: Any, score: Any, scale: float) -> Any:
+def tile_her2_class(score: Any, scoring: ScoringConfig) -> int | None:
+    """A tile's own HER2 class (0–3), by the run's rule: the guideline rule on the tile's
+    pixel or cell counts, or with ``aggregation="paper"`` the paper's majority stain class.
+    None when the tile has nothing to score (no stained tissue, or no cell at cell level)."""
+    from .scoring import guideline_score
+
+    if scoring.aggregation == "paper":
+        return score.tile_class
+    counts = score.cell_counts if scoring.level == "cell" else score.her2_pixel_counts
+    if counts is None or sum(counts) == 0:
+        return None
+    return guideline_score(counts, GUIDELINES[scoring.guideline])
+
+
+def _rings(geom: Any, scale: float) -> list[tuple[tuple[float, float], ...]]:
+    """Exterior rings of a (multi)polygon, scaled to picture pixels."""
+    parts = [geom] if geom.geom_type == "Polygon" else [
+        g for g in getattr(geom, "geoms", []) if g.geom_type == "Polygon"]
+    return [tuple((x * scale, y * scale) for x, y in p.exterior.coords) for p in parts]
+
+
+def _mark(polygon: Any, score: Any, scale: float, scoring: ScoringConfig) -> Any:
     from .render import TileMark
 
-    ring = polygon.exterior.coords if polygon.geom_type == "Polygon" else polygon.envelope.exterior.coords
-    return TileMark(tuple((x * scale, y * scale) for x, y in ring), score.tile_class,
-                    bool(score.counts_toward_score))
+    ring = _rings(polygon if polygon.geom_type == "Polygon" else polygon.envelope, scale)[0]
+    return TileMark(ring, tile_her2_class(score, scoring), bool(score.counts_toward_score))
 
 
 def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
              transform: Any, summary: dict[str, Any], opts: ScoreOptions,
-             vectors: Any, background: Any) -> np.ndarray:
-    """IHC thumbnail with pixel classes and tile scores (H&E beside it when given) + legend."""
-    from .render import add_legend, blend, colorize_class_map, draw_tiles, side_by_side
+             vectors: Any, background: Any, rois: list[Any]) -> np.ndarray:
+    """IHC thumbnail with pixel classes, tile scores and ROIs (H&E beside it when given) + legend."""
+    from .render import (
+        add_legend,
+        blend,
+        colorize_class_map,
+        draw_outlines,
+        draw_tiles,
+        side_by_side,
+    )
     from .stain import dab_class_map
 
     thumb = ihc.thumbnail(max_size=OVERLAY_MAX_SIZE)
@@ -641,16 +670,21 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
         from .registration import map_tile
 
         polys = [map_tile(transform, t) for t in tiles]
-    marks = [_mark(p, a.score, scale) for p, a in zip(polys, analyses)]
-    pic = draw_tiles(pic, marks, width=max(1, round(thumb.shape[1] / 500)))
+    width = max(1, round(thumb.shape[1] / 500))
+    marks = [_mark(p, a.score, scale, opts.scoring) for p, a in zip(polys, analyses)]
+    pic = draw_tiles(pic, marks, width=width)
+    ihc_rois = rois if transform is None else [_warp(transform, g) for g in rois]
+    pic = draw_outlines(pic, [r for g in ihc_rois for r in _rings(g, scale)], width=2 * width)
     if he is not None:
         he_thumb = he.thumbnail(max_size=OVERLAY_MAX_SIZE)
         he_scale = he_thumb.shape[1] / he.dimensions[0]
-        he_marks = [_mark(t.polygon, a.score, he_scale) for t, a in zip(tiles, analyses)]
-        pic = side_by_side(draw_tiles(he_thumb, he_marks, width=max(1, round(he_thumb.shape[1] / 500))), pic)
+        he_marks = [_mark(t.polygon, a.score, he_scale, opts.scoring) for t, a in zip(tiles, analyses)]
+        he_pic = draw_tiles(he_thumb, he_marks, width=width)
+        he_pic = draw_outlines(he_pic, [r for g in rois for r in _rings(g, he_scale)], width=2 * width)
+        pic = side_by_side(he_pic, pic)
     pct = summary["class_percentages"]
     lines = [f"{k}: {pct[k]:.1f} %" for k in ("0", "1+", "2+", "3+")]
-    lines += [f"H-score: {summary['h_score']:.0f}", f"2+/3+: {summary['percent_positive']:.1f} %",
+    lines += [f"H-score: {summary['h_score']:.0f}", f"WSI% (2+/3+ px): {summary['percent_positive']:.1f}",
               f"tiles: {summary['n_tiles_counted']}/{summary['n_tiles']}"]
     if summary.get("n_cells") is not None:
         lines.append(f"cells: {summary['n_cells']}")
@@ -665,7 +699,10 @@ def _measure_tile(score: Any) -> dict[str, float]:
     m["Background: %"] = float(score.background_percent)
     m["DAB: Mean OD"] = float("nan") if score.dab_od_mean is None else float(score.dab_od_mean)
     m["H-score"] = float(score.h_score)
-    m["HER2 class"] = float("nan") if score.tile_class is None else float(score.tile_class)
+    m["HER2 majority stain class"] = float("nan") if score.tile_class is None else float(score.tile_class)
+    if score.cell_counts is not None:
+        m["Num cells"] = float(sum(score.cell_counts))
+        m.update({f"Cells HER2 {k}: %": float(v) for k, v in score.percentages("cell").items()})
     if score.tumor_probability is not None:
         m["Tumor probability"] = float(score.tumor_probability)
     if score.classifier_class is not None:
@@ -675,11 +712,18 @@ def _measure_tile(score: Any) -> dict[str, float]:
     return m
 
 
-def _tile_class_name(score: Any) -> str:
+def _tile_class_name(score: Any, scoring: ScoringConfig) -> str:
     """``HER2 0`` … ``HER2 3+``, or QuPath's ``Ignore*`` for tiles that do not count."""
-    if not score.counts_toward_score or score.tile_class is None:
+    k = tile_her2_class(score, scoring)
+    if not score.counts_toward_score or k is None:
         return "Ignore*"
-    return HER2_CLASSES[int(score.tile_class)]
+    return HER2_CLASSES[k]
+
+
+def _warp(transform: Any, geom: Any) -> Any:
+    from .registration import warp_geometry
+
+    return warp_geometry(transform, geom)
 
 
 def _place_cell_geometry(geom: Any, tile: Any, transform: Any) -> Any:
@@ -689,15 +733,11 @@ def _place_cell_geometry(geom: Any, tile: Any, transform: Any) -> Any:
     g = affinity.scale(geom, xfact=tile.width / tile.size, yfact=tile.height / tile.size,
                        origin=(0, 0))
     g = affinity.translate(g, xoff=tile.x, yoff=tile.y)
-    if transform is not None:
-        from .registration import warp_geometry
-
-        g = warp_geometry(transform, g)
-    return g
+    return g if transform is None else _warp(transform, g)
 
 
 def _tile_objects(tiles: list[Any], analyses: list[TileAnalysis], transform: Any,
-                  use_cells: bool) -> tuple[list[Any], list[Any]]:
+                  scoring: ScoringConfig) -> tuple[list[Any], list[Any]]:
     from .qupath.geojson import cell_object, tile_object
 
     detections: list[Any] = []
@@ -712,9 +752,9 @@ def _tile_objects(tiles: list[Any], analyses: list[TileAnalysis], transform: Any
             ihc_poly = map_tile(transform, tile)
             he_class = "Tumor" if a.score.tumor is not False else "Non-tumor"
             he_detections.append(tile_object(tile.polygon, he_class, meas, name=a.score.label))
-        detections.append(tile_object(ihc_poly, _tile_class_name(a.score), meas,
+        detections.append(tile_object(ihc_poly, _tile_class_name(a.score, scoring), meas,
                                       name=a.score.label))
-        if use_cells and a.score.counts_toward_score:
+        if scoring.level == "cell" and a.score.counts_toward_score:
             for cell in a.cells:
                 detections.append(cell_object(
                     _place_cell_geometry(cell.cell_polygon, tile, transform),
@@ -750,9 +790,7 @@ def _region_objects(roi_geoms: list[Any], regions: list[Any], slide_region: Any,
     out = []
     for geom, reg in items:
         if transform is not None:
-            from .registration import warp_geometry
-
-            geom = warp_geometry(transform, geom)
+            geom = _warp(transform, geom)
         out.append(annotation_object(geom, f"HER2 {reg.her2_score}", _region_measurements(reg),
                                      name=f"{PRODUCT_MARKER}: {reg.name} HER2 {reg.her2_score}"))
     return out

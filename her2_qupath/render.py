@@ -22,6 +22,7 @@ __all__ = [
     "colorize_class_map",
     "blend",
     "draw_tiles",
+    "draw_outlines",
     "add_legend",
     "side_by_side",
     "checkerboard",
@@ -85,13 +86,26 @@ def draw_tiles(rgb: np.ndarray, marks: Sequence[TileMark], *, width: int = 2) ->
     return np.asarray(img)
 
 
+def draw_outlines(rgb: np.ndarray, rings: Sequence[Sequence[tuple[float, float]]],
+                  colour: tuple[int, int, int] = (0, 110, 0), *, width: int = 3) -> np.ndarray:
+    """Draw closed outlines (e.g. the regions of interest) in one colour."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(img)
+    for ring in rings:
+        if len(ring) >= 3:
+            draw.line(list(ring) + [ring[0]], fill=colour, width=width, joint="curve")
+    return np.asarray(img)
+
+
 def add_legend(rgb: np.ndarray, title: str, lines: Sequence[str] = (),
                *, classes: bool = True) -> np.ndarray:
     """Append a legend panel on the right: title, class swatches, free text lines."""
     from PIL import Image, ImageDraw
 
     h = rgb.shape[0]
-    font_size = max(12, min(22, h // 30))
+    font_size = max(12, min(34, h // 36))
     big = _font(font_size + 4)
     font = _font(font_size)
     rows = [title] + (list(HER2_CLASSES) if classes else []) + list(lines)

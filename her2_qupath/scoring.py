@@ -353,11 +353,10 @@ def _percent_positive(her2_counts: Sequence[int] | np.ndarray) -> float:
 
 
 class PaperScore(NamedTuple):
-    """Algorithm 1's outputs: ``WSI_score`` (0..3) and ``WSI%``, over ``n_tiles`` tiles."""
+    """Algorithm 1's outputs: ``WSI_score`` (0..3) and ``WSI%``."""
 
     score: int
     percent_positive: float
-    n_tiles: int
 
 
 def algorithm1(tile_classes: Sequence[int] | np.ndarray) -> int | None:
@@ -375,13 +374,14 @@ def algorithm1(tile_classes: Sequence[int] | np.ndarray) -> int | None:
 
 
 def paper_slide_score(tile_scores: Iterable[TileScore]) -> PaperScore:
-    """The seed paper's Algorithm 1 over tiles: ``(WSI_score, WSI%, n_tiles)``.
+    """The seed paper's Algorithm 1 over tiles: ``(WSI_score, WSI%)``.
 
     Only tiles that count toward the score are used (tissue present, H&E
     partner not called non-tumor). ``WSI_score`` is the highest tile class among
     tiles scored 2+ or 3+, else the majority tile class; ``WSI%`` is
     ``100 * (2+ and 3+ pixels) / analysed pixels`` over those tiles. Without
-    any such tile the result is ``(0, 0.0, 0)``; check ``n_tiles``.
+    any such tile the result is ``(0, 0.0)`` (``aggregate(...).n_tiles`` and
+    ``algorithm1`` tell an empty slide apart).
     """
     hist = np.zeros(4, dtype=np.int64)
     px = np.zeros(4, dtype=np.int64)
@@ -396,7 +396,7 @@ def paper_slide_score(tile_scores: Iterable[TileScore]) -> PaperScore:
             hist[tc] += 1
             px += t.her2_pixel_counts
     score = algorithm1(hist)
-    return PaperScore(0 if score is None else score, _percent_positive(px), int(hist.sum()))
+    return PaperScore(0 if score is None else score, _percent_positive(px))
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ def compose_rgb(
     return out
 
 
-def _render_cells(
+def _render_packed(
     shape: tuple[int, int],
     tissue: np.ndarray,
     region_map: np.ndarray,
@@ -179,7 +179,162 @@ def _render_cells(
     stroma_od: float,
     cytoplasm_dab: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Hematoxylin OD, DAB OD, cytoplasm mask and the cell table."""
+    """Hematoxylin OD, DAB OD, cytoplasm mask and the cell table.
+
+    Cell centres lie on a jittered square grid of pitch ``2 * cell_radius``;
+    each cell is its Voronoi region (nearest centre) bounded by a disc of
+    ``1.5 * cell_radius``, so neighbouring cells share their borders as in an
+    epithelium. A cell's membrane is the band of ``membrane_width`` inside its
+    border, stained along an arc of its ``completeness`` from a random angle.
+    """
+    h, w = shape
+    s = 2.0 * cell_radius_um / mpp  # grid pitch in pixels
+    rn = nucleus_radius_um / mpp
+    mw = max(membrane_width_um / mpp, 1.0)
+    if rn >= s / 2 - mw - 1:
+        raise UserInputError(
+            "nucleus radius must be smaller than the cell radius minus the membrane width",
+            hint="e.g. cell_radius_um=7, nucleus_radius_um=3.5, membrane_width_um=1.5",
+        )
+    r_max = np.float32(0.75 * s)
+    jit = 0.25 * s
+    gh, gw = int(np.ceil(h / s)), int(np.ceil(w / s))
+    cy = (np.arange(gh)[:, None] * s + s / 2 + rng.uniform(-jit, jit, (gh, gw))).astype(np.float32)
+    cx = (np.arange(gw)[None, :] * s + s / 2 + rng.uniform(-jit, jit, (gh, gw))).astype(np.float32)
+    iy = np.clip(cy.round().astype(int), 0, h - 1)
+    ix = np.clip(cx.round().astype(int), 0, w - 1)
+    reg = region_map[iy, ix].astype(np.int64) - 1  # -1 outside tissue
+    present = tissue[iy, ix] & (reg >= 0)
+    # Exact class percentages per region: assign shuffled, rounded quotas.
+    cls = np.full((gh, gw), -1, dtype=np.int64)
+    for r in range(fractions.shape[0]):
+        idx = np.flatnonzero((reg == r) & present)
+        n = idx.size
+        quota = np.floor(fractions[r] * n + 0.5).astype(int)
+        quota[np.argmax(fractions[r])] += n - quota.sum()
+        labels = np.repeat(np.arange(4), quota)
+        rng.shuffle(labels)
+        cls.flat[idx] = labels
+    mem_od = np.zeros((gh, gw), dtype=np.float32)
+    comp = np.zeros((gh, gw), dtype=np.float32)
+    for k, mc in enumerate(MEMBRANE_CLASSES):
+        m = cls == k
+        mem_od[m] = rng.uniform(*mc.od, m.sum())
+        comp[m] = rng.uniform(*mc.completeness, m.sum())
+    theta0 = rng.uniform(0, 2 * np.pi, (gh, gw)).astype(np.float32)
+    rnuc = (rn * rng.uniform(0.85, 1.1, (gh, gw))).astype(np.float32)
+    hn = (nucleus_od * rng.uniform(0.8, 1.2, (gh, gw))).astype(np.float32)
+
+    # Padded centre arrays: absent cells sit far away so they never win.
+    far = np.float32(1e7)
+    pcy = np.full((gh + 2, gw + 2), far, dtype=np.float32)
+    pcx = np.full((gh + 2, gw + 2), far, dtype=np.float32)
+    pcy[1:-1, 1:-1] = np.where(present, cy, far)
+    pcx[1:-1, 1:-1] = np.where(present, cx, far)
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+    def padded(a: np.ndarray) -> np.ndarray:
+        p = np.zeros((gh + 2, gw + 2), dtype=a.dtype)
+        p[1:-1, 1:-1] = a
+        return p
+
+    attrs = {
+        "rnuc": padded(rnuc),
+        "theta0": padded(theta0),
+        "comp": padded(comp),
+        "hn": padded(hn),
+        "mem_od": padded(mem_od),
+    }
+
+    hmap = np.zeros((h, w), dtype=np.float32)
+    dmap = np.zeros((h, w), dtype=np.float32)
+    cyto = np.zeros((h, w), dtype=bool)
+    xs = np.arange(w, dtype=np.float32)
+    cols = np.arange(w)[None, :]
+    gxs = np.minimum((np.arange(w) / s).astype(np.int64), gw - 1)
+    gys_all = np.minimum((np.arange(h) / s).astype(np.int64), gh - 1)
+    two_pi = np.float32(2 * np.pi)
+    # One strip per grid row: every pixel in it shares the 3 x 3 neighbourhood
+    # of grid rows, so the candidate centres are per-column vectors.
+    bounds = [0, *(np.flatnonzero(np.diff(gys_all)) + 1).tolist(), h]
+    for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
+        if r1 <= r0:
+            continue
+        gy = int(gys_all[r0])
+        ys = np.arange(r0, r1, dtype=np.float32)
+        ccy9 = np.stack([pcy[gy + 1 + dy, gxs + 1 + dx] for dy, dx in offsets])  # (9, w)
+        ccx9 = np.stack([pcx[gy + 1 + dy, gxs + 1 + dx] for dy, dx in offsets])
+        ccy = ccy9[:, None, :]
+        ccx = ccx9[:, None, :]
+        ddy = ys[None, :, None] - ccy
+        ddx = xs[None, None, :] - ccx
+        d2 = ddy * ddy + ddx * ddx  # squared distances to the 9 candidates: (9, rows, w)
+        k1 = np.argmin(d2, axis=0)
+        d1sq = np.take_along_axis(d2, k1[None], 0)[0]
+        c1y = ccy9[k1, cols]
+        c1x = ccx9[k1, cols]
+        # attributes of each pixel's cell, picked from the 9 candidates
+        at = {
+            k: np.stack([v[gy + 1 + dy, gxs + 1 + dx] for dy, dx in offsets])[k1, cols]
+            for k, v in attrs.items()
+        }
+        # distance to the Voronoi border: min over others of (d_j^2 - d_1^2) / (2 |c_j - c_1|)
+        sep = np.sqrt((ccy - c1y[None]) ** 2 + (ccx - c1x[None]) ** 2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            border = np.where(sep > 0, (d2 - d1sq[None]) / (2 * sep), np.inf)
+        border = border.min(axis=0)
+        d1 = np.sqrt(d1sq)
+        border = np.minimum(border, r_max - d1)  # bounded expansion (absent cells are far)
+        inside = border >= 0
+        nuc = inside & (d1 <= at["rnuc"])
+        ang = np.mod(np.arctan2(ys[:, None] - c1y, xs[None, :] - c1x) - at["theta0"], two_pi)
+        ring = inside & ~nuc & (border < mw) & (ang < at["comp"] * two_pi)
+        cy_mask = inside & ~nuc
+        t = tissue[r0:r1]
+        hh = np.where(t, np.float32(stroma_od), np.float32(0.0))
+        hh = np.where(cy_mask, np.float32(cytoplasm_od), hh)
+        hh = np.where(nuc, at["hn"], hh)
+        dd = np.where(ring, at["mem_od"], np.float32(0.0))
+        if cytoplasm_dab > 0:
+            dd = np.where(cy_mask & ~ring, at["mem_od"] * np.float32(cytoplasm_dab), dd)
+        hmap[r0:r1] = hh * t
+        dmap[r0:r1] = dd * t
+        cyto[r0:r1] = cy_mask & t
+    sel = present & (cls >= 0)
+    cells = {
+        "x": cx[sel].astype(np.float64),
+        "y": cy[sel].astype(np.float64),
+        "nucleus_radius": rnuc[sel].astype(np.float64),
+        "her2_class": cls[sel].astype(np.int64),
+        "membrane_od": mem_od[sel].astype(np.float64),
+        "completeness": comp[sel].astype(np.float64),
+        "region": reg[sel].astype(np.int64),
+    }
+    return hmap, dmap, cyto, cells
+
+
+def _render_isolated(
+    shape: tuple[int, int],
+    tissue: np.ndarray,
+    region_map: np.ndarray,
+    fractions: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    mpp: float,
+    cell_radius_um: float,
+    nucleus_radius_um: float,
+    membrane_width_um: float,
+    nucleus_od: float,
+    cytoplasm_od: float,
+    stroma_od: float,
+    cytoplasm_dab: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Isolated round cells, one per square of a jittered grid, stroma between them.
+
+    Each cell is a disc of ``cell_radius`` with a hematoxylin nucleus and a
+    DAB membrane ring of ``membrane_width`` at its rim. Returns hematoxylin OD,
+    DAB OD, the cytoplasm mask and the cell table.
+    """
     h, w = shape
     rc = cell_radius_um / mpp
     rn = nucleus_radius_um / mpp
@@ -277,6 +432,13 @@ def _class_map_from_truth(
     return out
 
 
+#: layout name -> (renderer, default cell radius um, default nucleus radius um)
+LAYOUTS: dict[str, tuple[Any, float, float]] = {
+    "isolated": (_render_isolated, 6.0, 3.0),
+    "packed": (_render_packed, 7.0, 3.5),
+}
+
+
 def _generate(
     shape: tuple[int, int],
     *,
@@ -284,8 +446,9 @@ def _generate(
     mpp: float,
     regions: Sequence[Mapping[str, float]],
     tissue_fraction: float,
-    cell_radius_um: float,
-    nucleus_radius_um: float,
+    layout: str,
+    cell_radius_um: float | None,
+    nucleus_radius_um: float | None,
     membrane_width_um: float,
     nucleus_od: float,
     cytoplasm_od: float,
@@ -293,6 +456,11 @@ def _generate(
     cytoplasm_dab: float,
 ) -> dict[str, Any]:
     h, w = (int(shape[0]), int(shape[1]))
+    if layout not in LAYOUTS:
+        raise UserInputError(f"unknown layout {layout!r}", hint=f"use one of {sorted(LAYOUTS)}")
+    render, default_cell, default_nucleus = LAYOUTS[layout]
+    cell_radius_um = default_cell if cell_radius_um is None else cell_radius_um
+    nucleus_radius_um = default_nucleus if nucleus_radius_um is None else nucleus_radius_um
     if h < 32 or w < 32:
         raise UserInputError(f"shape {shape} is too small", hint="use at least 32 x 32 pixels")
     if mpp <= 0:
@@ -308,7 +476,7 @@ def _generate(
         np.searchsorted(edges, np.arange(w), side="right") - 1, 0, fractions.shape[0] - 1
     )
     region_map = np.where(tissue, (band + 1)[None, :], 0).astype(np.uint8)
-    hmap, dmap, cyto, cells = _render_cells(
+    hmap, dmap, cyto, cells = render(
         (h, w),
         tissue,
         region_map,
@@ -324,6 +492,7 @@ def _generate(
         cytoplasm_dab=cytoplasm_dab,
     )
     return {
+        "layout": layout,
         "rng": rng,
         "tissue": tissue,
         "region_map": region_map,
@@ -365,6 +534,7 @@ def _truth(
     px = np.bincount(class_map.ravel(), minlength=5)
     return {
         "mpp": mpp,
+        "layout": g["layout"],
         "background": tuple(float(x) for x in background),
         "thresholds": tuple(config.thresholds),
         "tissue_mask": g["tissue"],
@@ -386,8 +556,9 @@ def synthetic_ihc(
     background: Sequence[float] = (238.0, 233.0, 243.0),
     noise: float = 0.01,
     tissue_fraction: float = 0.6,
-    cell_radius_um: float = 6.0,
-    nucleus_radius_um: float = 3.0,
+    layout: str = "isolated",
+    cell_radius_um: float | None = None,
+    nucleus_radius_um: float | None = None,
     membrane_width_um: float = 1.5,
     nucleus_od: float = 0.6,
     cytoplasm_od: float = 0.12,
@@ -402,9 +573,18 @@ def synthetic_ihc(
     vectors ``config.hematoxylin``/``config.dab``) before noise. ``truth`` holds
     ``tissue_mask``, ``region_map`` (0 outside tissue, i+1 in region i),
     ``class_map`` (the pixel classes 0..4 the thresholds give on the true DAB
-    OD), ``cells`` (arrays ``x, y, cell_radius, nucleus_radius, her2_class,
-    membrane_od, completeness, region`` in pixels), per-region cell and pixel
-    counts and percentages, ``background``, ``mpp``.
+    OD), ``cells`` (arrays ``x, y, nucleus_radius, her2_class,
+    membrane_od, completeness, region`` in pixels, and ``cell_radius`` for the
+    isolated layout), per-region cell and pixel counts and percentages,
+    ``background``, ``mpp``, ``layout``.
+
+    ``layout="isolated"`` (default) draws round cells of ``cell_radius_um``
+    (default 6) apart, with stroma between them and the membrane ring at the
+    rim; ``layout="packed"`` draws an epithelium: polygonal (Voronoi) cells of
+    pitch ``2 * cell_radius_um`` (default 7) sharing their borders, each with
+    its membrane band inside its border — harder for a cell analysis, since a
+    negative cell's border touches its stained neighbours'. Nucleus radius
+    defaults to 3 / 3.5 um.
 
     ``cytoplasm_dab`` (fraction of the membrane OD put into the cytoplasm)
     makes stained cells read as stained areas at pixel level.
@@ -415,6 +595,7 @@ def synthetic_ihc(
         mpp=mpp,
         regions=regions,
         tissue_fraction=tissue_fraction,
+        layout=layout,
         cell_radius_um=cell_radius_um,
         nucleus_radius_um=nucleus_radius_um,
         membrane_width_um=membrane_width_um,
@@ -454,12 +635,13 @@ def synthetic_pair(
     ``truth`` is :func:`synthetic_ihc`'s truth in the H&E frame, plus
     ``ihc_cells_xy`` (cell centres mapped into the IHC frame), ``ihc_tissue_mask``
     and ``ihc_region_map`` (warped). ``tissue_kwargs`` go to the tissue layout
-    (``cell_radius_um``, ``nucleus_radius_um``, ``membrane_width_um``, ...).
+    (``layout``, ``cell_radius_um``, ``nucleus_radius_um``, ``membrane_width_um``, ...).
     """
     import cv2
 
     allowed = {
         "tissue_fraction",
+        "layout",
         "cell_radius_um",
         "nucleus_radius_um",
         "membrane_width_um",
@@ -471,10 +653,11 @@ def synthetic_pair(
     bad = set(tissue_kwargs) - allowed
     if bad:
         raise UserInputError(f"unknown options {sorted(bad)}", hint=f"use {sorted(allowed)}")
-    opts = {
+    opts: dict[str, Any] = {
         "tissue_fraction": 0.5,
-        "cell_radius_um": 6.0,
-        "nucleus_radius_um": 3.0,
+        "layout": "isolated",
+        "cell_radius_um": None,
+        "nucleus_radius_um": None,
         "membrane_width_um": 1.5,
         "nucleus_od": 0.6,
         "cytoplasm_od": 0.12,

@@ -92,7 +92,7 @@ def print_summary(summary: dict[str, Any], outdir: Path) -> None:
     click.echo(f"HER2 {summary['her2_score']}  ({summary['guideline']}, {summary['level']} level, "
                f"{summary['aggregation']} aggregation)")
     click.echo("  classes: " + "  ".join(f"{k}: {pct[k]:.1f}%" for k in ("0", "1+", "2+", "3+")))
-    click.echo(f"  H-score {summary['h_score']:.1f}   2+/3+ {summary['percent_positive']:.1f}%   "
+    click.echo(f"  H-score {summary['h_score']:.1f}   WSI% (2+/3+ pixels) {summary['percent_positive']:.1f}   "
                f"tiles {summary['n_tiles_counted']}/{summary['n_tiles']}"
                + (f"   cells {summary['n_cells']}" if summary.get("n_cells") is not None else ""))
     for region in summary["regions"]:

@@ -1,0 +1,104 @@
+"""The demo's known answer, and the `score` command's files, messages and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from her2_qupath.cli import cli
+from her2_qupath.demo import DEMO_REGIONS, run_demo
+from her2_qupath.qupath.geojson import load_features, validate_features
+from her2_qupath.slide_writer import write_slide
+from her2_qupath.synthetic import synthetic_ihc
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, list]:
+    out = tmp_path_factory.mktemp("demo")
+    result, rows = run_demo(out, size=1536, seed=3)
+    return out, result, rows
+
+
+def test_demo_recovers_the_known_scores(demo) -> None:
+    _out, result, rows = demo
+    assert len(rows) == len(DEMO_REGIONS)
+    for row in rows:
+        assert row["measured"] == row["expected"], row
+        assert row["max_percent_error"] < 6.0, row
+    reg = result.summary["registration"]
+    assert reg["reliable"] and reg["quality"]["dice"] > 0.9
+    # the registration found the true affine: H&E tile centres land where the truth puts them
+    m = np.array(result.summary["demo"]["truth_matrix"])
+    for he_obj, ihc_obj in zip(result.he_detections[:5], [d for d in result.detections
+                                                          if d.object_type == "tile"][:5]):
+        c = he_obj.geometry.centroid
+        want = m @ np.array([c.x, c.y, 1.0])
+        got = ihc_obj.geometry.centroid
+        assert np.hypot(got.x - want[0], got.y - want[1]) < 4.0
+
+
+def test_demo_writes_importable_files(demo) -> None:
+    out, result, _rows = demo
+    res = out / "results"
+    for name in ("detections.geojson", "annotations.geojson", "he_detections.geojson",
+                 "ihc_detections.geojson"):
+        assert validate_features(load_features(res / name)) > 0
+    summary = json.loads((res / "summary.json").read_text())
+    assert summary["level"] == "cell" and summary["n_cells"] > 500
+    assert (out / "inputs" / "he.svs").stat().st_size > 0
+
+
+def _ihc(tmp_path: Path, mpp: float | None = 0.5) -> Path:
+    rgb = synthetic_ihc((768, 768), seed=2, mpp=0.5)[0]
+    path = tmp_path / ("ihc.svs" if mpp else "ihc.png")
+    write_slide(path, rgb, mpp=mpp, kind="svs" if mpp else "png")
+    return path
+
+
+def test_score_cli_writes_outputs_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    ihc = _ihc(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["score", "--ihc", str(ihc), "-o", str(tmp_path / "out"), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output[r.output.index("{"):])
+    assert summary["her2_score"] in {"0", "1+", "2+", "3+"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "annotations.geojson", "detections.geojson", "overlay.png", "summary.json"]
+    before = (tmp_path / "out" / "summary.json").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "her2_qupath", "score", "--ihc", str(ihc),
+                           "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "not empty" in proc.stderr and "--overwrite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "out" / "summary.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--roi-class", "Tumor"], "no ROIs"),
+    (["--tumor-model", "."], "needs --he"),
+    (["--thresholds", "0.5,0.2,0.6"], "increasing"),
+])
+def test_score_cli_user_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    ihc = _ihc(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "her2_qupath", "score", "--ihc", str(ihc),
+                           "-o", str(tmp_path / "o"), *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_score_cli_png_needs_mpp(tmp_path: Path) -> None:
+    png = _ihc(tmp_path, mpp=None)
+    proc = subprocess.run([sys.executable, "-m", "her2_qupath", "score", "--ihc", str(png),
+                           "-o", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--mpp" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "her2_qupath", "score", "--ihc", str(png),
+                           "--mpp", "0.5", "-o", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
