@@ -14,10 +14,6 @@ from flask import Flask
 __all__ = ["serve", "BackgroundServer"]
 
 
-class _Stop(BaseException):
-    """A termination signal arrived (BaseException: no handler on the way swallows it)."""
-
-
 log = logging.getLogger(__name__)
 
 
@@ -57,23 +53,29 @@ def serve(
     data directory is released; nothing finished is touched.
     """
     server = _create(app, host, port, threads)
+    stopping: list[str] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        # Raised in the main thread, out of the server's select loop.
-        raise _Stop(signal.Signals(signum).name)
+        # Only a flag and a byte down the server's wake-up pipe (no lock taken): the
+        # loop finishes the event it is handling and then sees the flag.
+        stopping.append(signal.Signals(signum).name)
+        server.pull_trigger()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if on_ready is not None:
             on_ready(host, int(server.effective_port))
-        server.run()
-    except _Stop as sig:
-        log.warning("%s: stopping the server; running jobs are marked interrupted", sig)
+        while not stopping:
+            server.asyncore.loop(
+                timeout=server.adj.asyncore_loop_timeout,
+                map=server._map,
+                use_poll=server.adj.asyncore_use_poll,
+                count=1,
+            )
+        log.warning("%s: stopping the server; running jobs are marked interrupted", stopping[0])
     finally:
-        signal.signal(
-            signal.SIGINT, signal.SIG_IGN
-        )  # a second Ctrl-C must not cut the clean-up short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in previous:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         server.task_dispatcher.shutdown()  # let requests in flight finish (up to 5 s)
         _close_channels(server)
         app.extensions["her2_qupath"].close()
