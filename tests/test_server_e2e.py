@@ -165,6 +165,16 @@ _LAUNCHER = textwrap.dedent(
 )
 
 
+def _finish(proc: subprocess.Popen[Any], timeout: float = 30.0) -> tuple[Any, Any]:
+    """Wait for a stopped server; kill it (and fail) if it does not exit in time."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"the server did not exit within {timeout} s: {err!s:.2000}") from None
+
+
 def _launch(
     tmp_path: Path, data: Path, root: Path, delay: float, name: str
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -212,7 +222,7 @@ def test_killed_server_finishes_all_queued_jobs_after_restart(
         assert states.count("queued") >= 9 and "done" not in states[1:]
     finally:
         proc.send_signal(signal.SIGKILL)  # a crash: no clean-up at all
-        proc.communicate(timeout=30)
+        _finish(proc)
 
     proc2, url2 = _launch(tmp_path, data, root, 0.0, "second")
     try:
@@ -225,7 +235,7 @@ def test_killed_server_finishes_all_queued_jobs_after_restart(
         assert s.get(f"{url2}/api/v1/jobs?limit=1000", timeout=10).json()["count"] == 10
     finally:
         proc2.send_signal(signal.SIGTERM)
-        _, err = proc2.communicate(timeout=30)
+        _, err = _finish(proc2)
     assert proc2.returncode == 0, err.decode()[-2000:]
 
 
@@ -270,7 +280,7 @@ def test_serve_command_token_and_sigterm(tmp_path: Path, images: dict[str, Path]
         )  # redirected with a cookie
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        _, err = _finish(proc)
     assert proc.returncode == 0, err
     assert "stopping the server" in err
 
@@ -349,7 +359,7 @@ def test_sigterm_mid_job_marks_it_interrupted(images: dict[str, Path], tmp_path:
         )
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        _, err = _finish(proc)
     assert proc.returncode == 0, err.decode()[-2000:]
     from her2_qupath.server.jobs import JobStore
 
@@ -364,7 +374,7 @@ def test_sigterm_mid_job_marks_it_interrupted(images: dict[str, Path], tmp_path:
         assert poll(s, url2, job_id)["state"] == "done"
     finally:
         proc2.send_signal(signal.SIGTERM)
-        proc2.communicate(timeout=30)
+        _finish(proc2)
 
 
 def test_unreachable_dask_scheduler_stops_the_start(
