@@ -305,6 +305,19 @@ class ServerConfig:
     max_results_bytes: int = 2 * 1024**3
     requeue_interrupted: bool = True
     image_roots: tuple[str, ...] = field(default_factory=tuple)
+    data_dir: str | None = None  # None: the user's data directory (XDG / platformdirs)
+    token: str | None = None  # None: generated (and kept 0600 in data_dir) when one is needed
+    require_token: bool = False  # True: token on every route but health even on loopback
+    workers: int = 0  # jobs run at once; 0: the CPU count
+    dask_scheduler: str | None = None  # tcp://HOST:PORT of a Dask cluster for tile work
+    dask_timeout_s: float = 10.0  # connecting to the Dask scheduler (checked at start)
+    models_dir: str | None = None  # directory whose sub-directories are model directories
+    max_sync_concurrency: int = 2  # synchronous /score requests computed at once
+    retry_after_s: int = 10  # Retry-After of a 429 (queue full)
+    progress_write_interval_s: float = 0.25  # throttle of job-progress writes to SQLite
+    purge_interval_s: float = 60.0  # how often expired results are removed
+    shutdown_grace_s: float = 10.0  # wait for running jobs to stop on SIGTERM/SIGINT
+    wsgi_threads: int = 8  # request threads of the WSGI server
 
 
 @dataclass(frozen=True)
