@@ -71,11 +71,10 @@ def median_time(fn: Any, repeats: int) -> float:
 def pick_scorer(choice: str) -> Any:
     if choice in ("auto", "pipeline"):
         try:
+            import her2_qupath.pipeline  # noqa: F401
             import her2_qupath.qupath.geojson  # noqa: F401
             import her2_qupath.slide  # noqa: F401
             import her2_qupath.tiling  # noqa: F401
-
-            import her2_qupath.pipeline  # noqa: F401
 
             return PipelineScorer()
         except (ImportError, AttributeError):
