@@ -10,8 +10,9 @@ QuPath's cell detection:
 2. **Nuclei** (:func:`detect_nuclei`) on the nucleus channel: Gaussian
    smoothing, subtraction of the local background (grey opening), a fixed OD
    threshold, hole filling and opening, then a marker-controlled watershed
-   whose seeds are the maxima of the scale-normalised Laplacian of Gaussian,
-   so touching nuclei are split; each nucleus ends at half its peak contrast;
+   whose seeds are the maxima of the scale-normalised Laplacian of Gaussian
+   that its response separates by a dip of at least ``split_min_dip`` of
+   their peak (one seed per large pale nucleus), so touching nuclei are split; each nucleus ends at half its peak contrast;
    an area filter in µm² ends it.
 3. **Cells**: each nucleus grows by at most ``expansion_um`` without
    overlapping its neighbours (:func:`skimage.segmentation.expand_labels`,
@@ -133,6 +134,12 @@ def _check_config(config: CellConfig, stain: StainConfig) -> None:
             f"CellConfig.completeness_sectors must be at least 4, got {config.completeness_sectors}",
             hint="36 sectors (10 degrees each) is the default",
         )
+    if not 0 <= config.split_min_dip < 1:
+        raise UserInputError(
+            f"CellConfig.split_min_dip must lie in [0, 1), got {config.split_min_dip}",
+            hint="give the fraction of a seed's LoG peak its response must dip by, e.g. 0.25 "
+            "(0 keeps every seed)",
+        )
     if config.nucleus_min_area_um2 >= config.nucleus_max_area_um2:
         raise UserInputError(
             "CellConfig.nucleus_min_area_um2 must be below nucleus_max_area_um2, got "
@@ -196,6 +203,32 @@ def _fill_small_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:
     return mask | fill[holes]
 
 
+def _significant_peaks(
+    blob: np.ndarray, mask: np.ndarray, peaks: np.ndarray, config: CellConfig
+) -> np.ndarray:
+    """Which LoG ``peaks`` (rows of ``(row, col)``) are separated from a higher peak by a dip.
+
+    A peak is kept when every path inside ``mask`` to a higher peak of ``blob``
+    descends below ``(1 - split_min_dip)`` times its own value: the relative
+    *dynamics* of the maximum (Grimaud 1992; Soille 2003, h-maxima) reaches
+    ``split_min_dip``. Computed as the h-maxima transform of ``log(blob)`` with
+    ``h = -log(1 - split_min_dip)``; LoG values below a fifth of
+    ``nucleus_threshold_od`` are raised to that floor (below it the response is
+    noise, and its logarithm would turn tiny wiggles into deep dips). Two seeds
+    of one pale, elongated or vesicular nucleus are joined by a ridge that
+    hardly dips, and are merged; two touching nuclei are separated by a
+    valley of the response, and are kept apart.
+    """
+    from skimage.morphology import h_maxima
+
+    floor = max(0.2 * config.nucleus_threshold_od, 1e-6)
+    log_blob = np.log(np.maximum(blob, floor)).astype(np.float32, copy=False)
+    log_blob[~mask] = np.log(floor)
+    h = -math.log(1.0 - min(config.split_min_dip, 0.999))
+    significant = h_maxima(log_blob, h).astype(bool)
+    return significant[peaks[:, 0], peaks[:, 1]]
+
+
 def detect_nuclei(
     hematoxylin_od: np.ndarray,
     mpp: float,
@@ -220,8 +253,11 @@ def detect_nuclei(
     4. seeds: local maxima, at least ``split_min_distance_um`` apart, of the
        scale-normalised Laplacian of Gaussian ``-s^2 LoG_s`` of the clipped OD
        with ``s = split_sigma_um`` (blob centres of nuclei of radius about
-       ``s * sqrt(2)``); a watershed of the LoG response from these seeds,
-       restricted to the mask, splits touching nuclei;
+       ``s * sqrt(2)``), keeping only those whose response dips by at least
+       ``split_min_dip`` (a fraction of the peak) on the way to any higher
+       peak (:func:`_significant_peaks`), so one large pale nucleus gives one
+       seed; a watershed of the LoG response from these seeds, restricted to
+       the mask, splits touching nuclei;
     5. keep nuclei whose area lies in ``[nucleus_min_area_um2, nucleus_max_area_um2]``.
     """
     from scipy import ndimage as ndi
@@ -260,6 +296,8 @@ def detect_nuclei(
         labels=mask.astype(np.int32),
         exclude_border=False,
     )
+    if config.split_min_dip > 0 and len(peaks):
+        peaks = peaks[_significant_peaks(blob, mask, peaks, config)]
     markers = np.zeros(a.shape, dtype=np.int32)
     markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     labels = watershed(-blob, markers, mask=mask).astype(np.int32, copy=False)

@@ -119,7 +119,7 @@ class CellConfig:
     # maximum of the two ODs) suits nuclear stains (Ki67, ER, PR) whose positive nuclei are brown.
     nucleus_channel: Literal["hematoxylin", "hematoxylin+dab"] = "hematoxylin"
     nucleus_max_od: float = 1.5  # channel OD clipped here (saturated nuclei do not dominate)
-    background_radius_um: float = 5.0  # local background: grey opening of this radius
+    background_radius_um: float = 8.0  # local background: grey opening (QuPath's default)
     nucleus_threshold_od: float = 0.05  # channel OD above the local background for a nucleus
     opening_um: float = 1.5  # binary opening radius, removes specks and thin bridges
     split_sigma_um: float = 2.0  # Laplacian-of-Gaussian scale of the watershed seeds
@@ -133,6 +133,10 @@ class CellConfig:
     # Cells are detected on the tile plus this margin and kept when their centroid lies in
     # the tile itself, so a cell cut by a tile border is counted exactly once.
     tile_margin_um: float = 15.0
+    # A LoG seed is kept only when its response dips by at least this fraction of its peak on
+    # every path to a higher seed (relative h-maxima): one large pale nucleus gives one seed.
+    # 0 keeps every LoG maximum.
+    split_min_dip: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -311,6 +315,19 @@ class ServerConfig:
     max_results_bytes: int = 2 * 1024**3
     requeue_interrupted: bool = True
     image_roots: tuple[str, ...] = field(default_factory=tuple)
+    data_dir: str | None = None  # None: the user's data directory (XDG / platformdirs)
+    token: str | None = None  # None: generated (and kept 0600 in data_dir) when one is needed
+    require_token: bool = False  # True: token on every route but health even on loopback
+    workers: int = 0  # jobs run at once; 0: the CPU count
+    dask_scheduler: str | None = None  # tcp://HOST:PORT of a Dask cluster for tile work
+    dask_timeout_s: float = 10.0  # connecting to the Dask scheduler (checked at start)
+    models_dir: str | None = None  # directory whose sub-directories are model directories
+    max_sync_concurrency: int = 2  # synchronous /score requests computed at once
+    retry_after_s: int = 10  # Retry-After of a 429 (queue full)
+    progress_write_interval_s: float = 0.25  # throttle of job-progress writes to SQLite
+    purge_interval_s: float = 60.0  # how often expired results are removed
+    shutdown_grace_s: float = 10.0  # wait for running jobs to stop on SIGTERM/SIGINT
+    wsgi_threads: int = 8  # request threads of the WSGI server
 
 
 @dataclass(frozen=True)

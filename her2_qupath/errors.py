@@ -22,6 +22,7 @@ __all__ = [
     "ProjectLocked",
     "QuPathUnavailable",
     "OutputExists",
+    "AccessDenied",
     "JobCancelled",
 ]
 
@@ -79,6 +80,10 @@ class QuPathUnavailable(Her2Error, RuntimeError):
 
 class OutputExists(Her2Error, FileExistsError):
     """An output would overwrite something the user did not ask to replace."""
+
+
+class AccessDenied(Her2Error, PermissionError):
+    """A path lies outside the directories the server may read (``--image-root``)."""
 
 
 class JobCancelled(Her2Error):

@@ -228,6 +228,34 @@ def test_touching_nuclei_are_split() -> None:
     assert (idx >= 0).all() and len(set(idx.tolist())) == 3
 
 
+@pytest.mark.parametrize("mpp", [0.25, 0.5])
+@pytest.mark.parametrize(
+    ("semi_axes_um", "n_touching"), [((5.0, 5.0), 1), ((6.0, 4.5), 1), ((3.5, 3.5), 2)]
+)
+def test_large_pale_nucleus_gives_one_seed(
+    mpp: float, semi_axes_um: tuple[float, float], n_touching: int
+) -> None:
+    """A large pale nucleus (10-12 µm, OD 0.25) is one nucleus; two touching small ones stay two.
+
+    The scale-2 µm Laplacian of Gaussian of a flat nucleus larger than its scale
+    peaks near the rim, giving several seeds for one nucleus; the relative-dip
+    criterion (``split_min_dip``) merges them, since the ridge between them
+    hardly dips, while two touching nuclei (here with ``n_touching=2``, discs of
+    radius 3.5 µm whose centres are 7 µm apart, OD 0.5) are separated by a valley.
+    """
+    yy, xx = (np.mgrid[0 : int(60 / mpp), 0 : int(60 / mpp)] + 0.5) * mpp
+    a, b = semi_axes_um
+    od = np.zeros(yy.shape)
+    centres = [(30.0, 30.0)] if n_touching == 1 else [(26.5, 30.0), (33.5, 30.0)]
+    value = 0.25 if n_touching == 1 else 0.5
+    for cx, cy in centres:
+        od[((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1] = value
+    od += np.random.default_rng(0).normal(0.0, 0.02, od.shape)
+    assert detect_nuclei(od, mpp).max() == n_touching
+    if n_touching == 1:  # without the criterion the LoG maxima split it
+        assert detect_nuclei(od, mpp, CellConfig(split_min_dip=0.0)).max() >= 2
+
+
 def _deconv(rgb: np.ndarray) -> np.ndarray:
     from her2_qupath.stain import deconvolve
 
@@ -283,6 +311,7 @@ def test_class_rule_is_monotone_in_intensity_and_completeness() -> None:
         ({"rgb": np.zeros((8, 8, 3), np.float32)}, "RGB"),
         ({"config": CellConfig(nucleus_channel="dab")}, "nucleus_channel"),  # type: ignore[arg-type]
         ({"config": CellConfig(complete_fraction=1.5)}, "complete_fraction"),
+        ({"config": CellConfig(split_min_dip=1.0)}, "split_min_dip"),
         ({"stain": StainConfig(thresholds=(0.6, 0.4, 0.2))}, "thresholds"),
     ],
 )
@@ -340,6 +369,22 @@ def ground_truth_nuclei(path: Path, min_px: int = 30) -> tuple[np.ndarray, np.nd
     return np.concatenate(pts), np.concatenate(pos)
 
 
+def annotated_distance(path: Path) -> np.ndarray:
+    """Distance (pixels) of every pixel to the nearest annotated pixel of any colour.
+
+    Annotated = red or blue fill or green boundary of a DeepLIIF ground-truth
+    image; black is unannotated background.
+    """
+    from scipy import ndimage as ndi
+    from skimage.io import imread
+
+    g = imread(path)[..., :3].astype(np.int16)
+    red = (g[..., 0] > 128) & (g[..., 1] < 100) & (g[..., 2] < 100)
+    blue = (g[..., 2] > 128) & (g[..., 0] < 100) & (g[..., 1] < 100)
+    green = (g[..., 1] > 128) & (g[..., 0] < 100) & (g[..., 2] < 100)
+    return ndi.distance_transform_edt(~(red | blue | green))
+
+
 def match_one_to_one(found: np.ndarray, truth: np.ndarray, radius: float) -> np.ndarray:
     """Optimal one-to-one pairs (i_found, j_truth) within ``radius`` (Hungarian assignment)."""
     from scipy.optimize import linear_sum_assignment
@@ -356,6 +401,7 @@ def match_one_to_one(found: np.ndarray, truth: np.ndarray, radius: float) -> np.
 
 KI67_MPP = 0.25  # nuclei 20-30 px across: 40x scanning
 MATCH_RADIUS_PX = 6.0
+UNANNOTATED_PX = 20.0  # detections this far from any annotation lie in unannotated tissue
 
 
 @pytest.mark.shared_data
@@ -378,7 +424,7 @@ def test_nucleus_detection_on_real_ki67_ground_truth(shared_data: Path, downsamp
         pytest.skip("no Ki67 ground truth in the shared data")
     config = CellConfig(nucleus_channel="hematoxylin+dab")
     threshold = StainConfig().thresholds[0]
-    tp = n_found = n_truth = agree = 0
+    tp = n_found = n_truth = agree = n_inside = 0
     per_tile = {}
     for gt_path in tiles:
         rgb = imread(gt_path.with_name(gt_path.name.replace(".groundtruth", "")))[..., :3]
@@ -389,6 +435,12 @@ def test_nucleus_detection_on_real_ki67_ground_truth(shared_data: Path, downsamp
         result = detect_cells(rgb, KI67_MPP * downsample, config)
         pairs = match_one_to_one(result.centroids * downsample, truth, MATCH_RADIUS_PX)
         called = result.measurements["Nucleus: DAB OD mean"][pairs[:, 0]] >= threshold
+        # Secondary figure: detections far from any annotated object (of any colour) lie where
+        # the annotator drew nothing; a matched detection is never among them.
+        far = annotated_distance(gt_path)
+        rc = np.clip((result.centroids * downsample).astype(int), 0, np.array(far.shape[::-1]) - 1)
+        inside = int((far[rc[:, 1], rc[:, 0]] <= UNANNOTATED_PX).sum())
+        n_inside += inside
         tile_agree = int((called == positive[pairs[:, 1]]).sum())
         p, r = len(pairs) / max(len(result), 1), len(pairs) / len(truth)
         per_tile[gt_path.name] = (
@@ -396,6 +448,7 @@ def test_nucleus_detection_on_real_ki67_ground_truth(shared_data: Path, downsamp
             r,
             2 * p * r / max(p + r, 1e-9),
             tile_agree / max(len(pairs), 1),
+            len(pairs) / max(inside, 1),
         )
         tp += len(pairs)
         n_found += len(result)
@@ -404,18 +457,25 @@ def test_nucleus_detection_on_real_ki67_ground_truth(shared_data: Path, downsamp
     precision, recall = tp / n_found, tp / n_truth
     f1 = 2 * precision * recall / (precision + recall)
     agreement = agree / tp
+    precision_annotated = tp / max(n_inside, 1)
     print(
-        f"\nKi67 nuclei at {KI67_MPP * downsample} µm/px: P={precision:.3f} R={recall:.3f} F1={f1:.3f} pos/neg agreement={agreement:.3f}"
+        f"\nKi67 nuclei at {KI67_MPP * downsample} µm/px: P={precision:.3f} R={recall:.3f} F1={f1:.3f} pos/neg agreement={agreement:.3f} P(annotated areas)={precision_annotated:.3f}"
     )
-    for name, (p, r, f, a) in per_tile.items():
-        print(f"  {name}: P={p:.3f} R={r:.3f} F1={f:.3f} agreement={a:.3f}")
-    # Thresholds (see docs/cells.md): pooled F1 >= 0.6 and recall >= 0.65 over both tiles,
-    # F1 >= 0.7 on the tile whose annotation is complete (22_2); 34_3 annotates only part of its
-    # nuclei, which caps precision. Positive/negative calls of matched nuclei: >= 95 % agree.
-    assert f1 >= 0.6 and recall >= 0.65
+    for name, (p, r, f, a, pa) in per_tile.items():
+        print(
+            f"  {name}: P={p:.3f} R={r:.3f} F1={f:.3f} agreement={a:.3f} P(annotated areas)={pa:.3f}"
+        )
+    # Thresholds (see docs/cells.md), the measured values less 0.01-0.02 (the detector is
+    # deterministic): pooled F1 >= 0.70 (measured 0.718/0.719 at 0.25/0.5 µm/px), precision
+    # >= 0.67 (0.685/0.687), recall >= 0.735 (0.754); F1 >= 0.765 on 22_2 (0.782), the tile
+    # whose annotation is complete; 34_3 leaves nuclei unannotated, which caps its precision.
+    # Precision over detections within UNANNOTATED_PX of an annotated object >= 0.71
+    # (0.727/0.730). Positive/negative calls of matched nuclei agree >= 98 % (99.4 %).
+    assert f1 >= 0.70 and precision >= 0.67 and recall >= 0.735
     if "22_2.groundtruth.png" in per_tile:
-        assert per_tile["22_2.groundtruth.png"][2] >= 0.7
-    assert agreement >= 0.95
+        assert per_tile["22_2.groundtruth.png"][2] >= 0.765
+    assert precision_annotated >= 0.71
+    assert agreement >= 0.98
 
 
 def draw_sheet(dab: float, mpp: float = 0.5, *, spacing_um: float = 11.0, seed: int = 0):

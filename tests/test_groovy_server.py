@@ -38,10 +38,11 @@ def _scorer():
 @pytest.fixture()
 def real_server(tmp_path):
     pytest.importorskip("her2_qupath.server.app", reason="the server package is not present")
-    from her2_qupath.server.app import create_app
     from skimage import data
     from skimage.io import imsave
     from werkzeug.serving import make_server
+
+    from her2_qupath.server.app import create_app
 
     slides = tmp_path / "slides"
     slides.mkdir()

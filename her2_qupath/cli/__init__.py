@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "Run the whole pipeline on a built-in synthetic H&E/IHC pair."),
     "batch": ("batch", "Score every IHC image (or H&E + IHC pair) of a QuPath project."),
     "info": ("info", "Describe a slide: format, levels, pixel size, associated images."),
+    "serve": ("serve", "Run the scoring server for QuPath scripts, with a status page."),
     "register": ("register", "Register an H&E slide to its IHC slide; write the transform JSON."),
     "warp": ("warp", "Map points or QuPath GeoJSON between H&E and IHC with a transform."),
     "score": ("score", "Score HER2 on an IHC slide (and its H&E partner); write QuPath GeoJSON."),

@@ -1,0 +1,121 @@
+"""Running the app: waitress (a production WSGI server, pure Python) in front of Flask."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType, TracebackType
+from typing import Any
+
+from flask import Flask
+
+__all__ = ["serve", "BackgroundServer"]
+
+
+log = logging.getLogger(__name__)
+
+
+def _close_channels(server: Any) -> None:
+    """Close client connections, the listening socket and the trigger: the loop then ends."""
+    for channel in list(server._map.values()):
+        if channel is not server and channel is not getattr(server, "trigger", None):
+            channel.close()
+    server.close()
+
+
+def _create(app: Flask, host: str, port: int, threads: int) -> Any:
+    import waitress
+
+    # clear_untrusted_proxy_headers: no proxy is trusted, forwarded headers are dropped
+    return waitress.create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        ident="her2-qupath",
+        clear_untrusted_proxy_headers=True,
+    )
+
+
+def serve(
+    app: Flask,
+    *,
+    host: str,
+    port: int,
+    threads: int,
+    on_ready: Callable[[str, int], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop: running jobs are marked interrupted.
+
+    Interrupted jobs are re-queued (or failed, ``requeue_interrupted``) and the
+    data directory is released; nothing finished is touched.
+    """
+    server = _create(app, host, port, threads)
+    stopping: list[str] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # Only a flag and a byte down the server's wake-up pipe (no lock taken): the
+        # loop finishes the event it is handling and then sees the flag.
+        stopping.append(signal.Signals(signum).name)
+        server.pull_trigger()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if on_ready is not None:
+            on_ready(host, int(server.effective_port))
+        while not stopping:
+            server.asyncore.loop(
+                timeout=server.adj.asyncore_loop_timeout,
+                map=server._map,
+                use_poll=server.adj.asyncore_use_poll,
+                count=1,
+            )
+        log.warning("%s: stopping the server; running jobs are marked interrupted", stopping[0])
+    finally:
+        for sig in previous:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
+        server.task_dispatcher.shutdown()  # let requests in flight finish (up to 5 s)
+        _close_channels(server)
+        app.extensions["her2_qupath"].close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class BackgroundServer:
+    """The app on a loopback port in a background thread (tests, benchmarks).
+
+    ``with BackgroundServer(app) as srv: requests.get(srv.url + "/api/v1/health")``.
+    Leaving the block stops the WSGI server (not the app's job workers).
+    """
+
+    def __init__(
+        self, app: Flask, *, host: str = "127.0.0.1", port: int = 0, threads: int = 8
+    ) -> None:
+        self.app = app
+        self._server = _create(app, host, port, threads)
+        self.host = host
+        self.port = int(self._server.effective_port)
+        self.url = f"http://{host}:{self.port}"
+        self._thread = threading.Thread(target=self._server.run, name="her2-wsgi", daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self._server.task_dispatcher.shutdown()
+        # Sockets are closed on the loop's own thread (a trigger thunk), never under its select().
+        self._server.trigger.pull_trigger(lambda: _close_channels(self._server))
+        self._thread.join(10)
