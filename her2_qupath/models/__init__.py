@@ -24,7 +24,7 @@ _EXPORTS: dict[str, str] = {
     "classify_tiles": "infer", "segment_tiles": "infer", "stain_grades": "infer", "bf16_supported": "infer",
     "attention_rollout": "attention", "probability_heatmap": "attention",
     "heatmap_overlay": "attention", "write_heatmap_png": "attention", "tile_measurements": "attention",
-    "attention_heatmap": "attention", "slide_heatmaps": "attention", "SlideHeatmaps": "attention",
+    "attention_heatmap": "attention", "slide_heatmaps": "attention", "heatmap_images": "attention", "SlideHeatmaps": "attention",
     "TileDataset": "datasets", "MaskDataset": "datasets", "load_tile_folders": "datasets",
     "load_mask_pairs": "datasets", "load_qupath_annotations": "datasets",
     "discover_dataset": "datasets", "split_by_group": "datasets",

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -23,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write_bytes
 from ..errors import ModelError, UserInputError
 from .io import LoadedModel
 
@@ -37,6 +35,7 @@ __all__ = [
     "tile_measurements",
     "SlideHeatmaps",
     "slide_heatmaps",
+    "heatmap_images",
 ]
 
 log = logging.getLogger(__name__)
@@ -196,12 +195,10 @@ def _cells_to_pixels(heat: np.ndarray, shape: tuple[int, int], cell_px: float | 
 def write_heatmap_png(path: str | os.PathLike[str], heatmap: np.ndarray,
                       thumbnail: np.ndarray | None = None, **overlay: Any) -> Path:
     """Write :func:`heatmap_overlay` as a PNG (atomically)."""
-    from PIL import Image
+    from ..render import save_png
 
-    rgb = heatmap_overlay(heatmap, thumbnail, **overlay)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return atomic_write_bytes(path, buf.getvalue())
+    save_png(path, heatmap_overlay(heatmap, thumbnail, **overlay))
+    return Path(path)
 
 
 def tile_measurements(model: LoadedModel, probs: np.ndarray,
@@ -268,14 +265,26 @@ def slide_heatmaps(model: LoadedModel, slide: Any, grid: Any, out_dir: str | os.
     result = SlideHeatmaps(probs, maps, heat, tile_measurements(model, probs, maps))
     if out_dir is None:
         return result
+    from ..render import save_png
+
     out = Path(out_dir)
+    for name, rgb in heatmap_images(result, slide, grid, thumbnail_max=thumbnail_max,
+                                    alpha=alpha, cmap=cmap).items():
+        path = out / f"{name}_heatmap.png"
+        save_png(path, rgb)
+        result.paths[name] = path
+    return result
+
+
+def heatmap_images(heatmaps: SlideHeatmaps, slide: Any, grid: Any, *, thumbnail_max: int = 2048,
+                   alpha: float = 0.5, cmap: str = "inferno") -> dict[str, np.ndarray]:
+    """The probability and attention heatmaps as RGB pictures over a thumbnail of the slide."""
     thumb = np.asarray(slide.thumbnail(max_size=thumbnail_max))
     downsample = slide.dimensions[0] / thumb.shape[1]
     cell = float(grid.level0_stride) / downsample  # one grid cell in thumbnail pixels
-    result.paths["probability"] = write_heatmap_png(out / "probability_heatmap.png", heat, thumb,
-                                                    cell_px=cell, alpha=alpha, cmap=cmap)
     canvas_cell = max(4, int(round(cell)))
-    canvas = attention_heatmap(maps, grid, cell_px=canvas_cell)
-    result.paths["attention"] = write_heatmap_png(out / "attention_heatmap.png", canvas, thumb,
-                                                  cell_px=cell / canvas_cell, alpha=alpha, cmap=cmap)
-    return result
+    canvas = attention_heatmap(heatmaps.attention, grid, cell_px=canvas_cell)
+    return {
+        "probability": heatmap_overlay(heatmaps.heatmap, thumb, cell_px=cell, alpha=alpha, cmap=cmap),
+        "attention": heatmap_overlay(canvas, thumb, cell_px=cell / canvas_cell, alpha=alpha, cmap=cmap),
+    }
