@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -196,14 +198,31 @@ def test_project_file_errors(tmp_path):
 
 
 def test_paquo_backend_without_qupath_says_how_and_starts_no_jvm(tmp_path, monkeypatch):
-    import jpype
-
     monkeypatch.setenv("PAQUO_QUPATH_DIR", str(tmp_path / "no-qupath-here"))
     proj = make_project(tmp_path / "proj", [{"name": "a.svs", "uri": "file:/a.svs"}])
     with pytest.raises(QuPathUnavailable, match="PAQUO_QUPATH_DIR"):
         open_project(proj, backend="paquo")
     assert open_project(proj).backend == "json"  # auto degrades
-    assert not jpype.isJVMStarted()
+    # the same calls in a fresh interpreter (a test with QuPath may have started this one's JVM)
+    code = (
+        "import sys, jpype\n"
+        "from her2_qupath.errors import QuPathUnavailable\n"
+        "from her2_qupath.qupath.project import open_project\n"
+        "try:\n"
+        "    open_project(sys.argv[1], backend='paquo')\n"
+        "except QuPathUnavailable:\n"
+        "    pass\n"
+        "else:\n"
+        "    sys.exit('opened without QuPath')\n"
+        "assert open_project(sys.argv[1]).backend == 'json'\n"
+        "print('JVM started:', jpype.isJVMStarted())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code, str(proj)], env=env, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "JVM started: False"
 
 
 def test_filter_entries_by_glob_and_id():

@@ -1,0 +1,174 @@
+"""``her2-qupath batch`` writing into a real QuPath project through paquo (needs QuPath).
+
+Two generated slides in a project made by paquo, the user's own objects on each,
+the real pipeline run twice by the CLI, then the project reopened and every
+object compared: the user's byte for byte, ours against the GeoJSON the same
+run wrote (type, geometry, class, measurements, name), the entry metadata
+against the run's summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from shapely.geometry import box
+
+from her2_qupath.cli import cli
+from her2_qupath.config import PRODUCT_MARKER
+from her2_qupath.qupath.geojson import read_geojson
+
+pytestmark = pytest.mark.qupath
+
+
+@pytest.fixture(scope="module")
+def qupath() -> None:
+    from her2_qupath.qupath._paquo import qupath_status
+
+    status = qupath_status()
+    if not status.available:
+        pytest.skip(f"needs QuPath for paquo: {status.message}")
+    for mod in ("her2_qupath.slide", "her2_qupath.tiling", "her2_qupath.stain", "her2_qupath.scoring"):
+        pytest.importorskip(mod, reason=f"{mod} is needed to run the real pipeline")
+
+
+def _slides(folder: Path) -> list[Path]:
+    """Two IHC slides: scikit-image's DAB + hematoxylin sample and its mirror image, 1 µm/px."""
+    import numpy as np
+    from skimage import data
+
+    from her2_qupath.slide_writer import write_slide
+
+    folder.mkdir()
+    rgb = data.immunohistochemistry()
+    out = []
+    for i, img in enumerate((rgb, np.ascontiguousarray(rgb[:, ::-1]))):
+        # a single-resolution strip TIFF: every QuPath reads it, Bio-Formats or not
+        out.append(write_slide(folder / f"case{i + 1}_HER2.tif", img, mpp=1.0, kind="plain", compression="zlib"))
+    return out
+
+
+def _java_type(obj: Any) -> str:
+    """QuPath's own class of the object (paquo wraps every detection as a detection)."""
+    return str(obj.java_object.getClass().getSimpleName())
+
+
+def _user_view(obj: Any) -> tuple:
+    pc = obj.path_class
+    return (_java_type(obj), obj.roi.wkb, pc.name if pc else None, obj.name, obj.locked,
+            tuple(sorted(obj.measurements.items())))
+
+
+def _make_project(proj_dir: Path, slides: list[Path]) -> dict[str, list[tuple]]:
+    """A project with the slides and the user's objects; returns each entry's user objects."""
+    from paquo.classes import QuPathPathClass
+    from paquo.projects import QuPathProject
+
+    user: dict[str, list[tuple]] = {}
+    with QuPathProject(proj_dir, mode="x") as qp:
+        for slide in slides:
+            entry = qp.add_image(slide)
+            h = entry.hierarchy
+            tumor = h.add_annotation(roi=box(40, 40, 300, 300), path_class=QuPathPathClass("Tumor"))
+            tumor.name = "Tumor 1"
+            h.add_annotation(roi=box(320, 320, 480, 470), measurements={"Area µm^2": 24000.0})
+            det = h.add_detection(roi=box(5, 5, 15, 15), path_class=QuPathPathClass("Positive"),
+                                  measurements={"DAB: Mean": 0.3})
+            det.name = f"my {PRODUCT_MARKER} cell"  # the marker not at the start: the user's
+            locked = h.add_annotation(roi=box(0, 400, 100, 500), path_class=QuPathPathClass("Stroma"))
+            locked.locked = True
+    with QuPathProject(proj_dir, mode="r") as qp:
+        for entry in qp.images:
+            objs = [*entry.hierarchy.annotations, *entry.hierarchy.detections]
+            user[str(entry.entry_id)] = sorted(_user_view(o) for o in objs)
+    # a project QuPath saved a second ago "looks open"; this one was closed a minute ago
+    old = time.time() - 120
+    for p in proj_dir.rglob("*"):
+        os.utime(p, (old, old))
+    return user
+
+
+def _batch(proj_dir: Path) -> dict[str, Any]:
+    res = CliRunner().invoke(cli, ["batch", str(proj_dir), "--roi-class", "Tumor", "--json"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output[res.output.index("{"):])
+
+
+KINDS = {"annotation": "PathAnnotationObject", "detection": "PathDetectionObject",
+         "tile": "PathTileObject", "cell": "PathCellObject"}
+
+
+def _check_written(qp_entry: Any, out_dir: Path, run_id: str, summary: dict[str, Any]) -> int:
+    """Every object of this product in the entry matches the GeoJSON written beside it."""
+    expected = [*read_geojson(out_dir / "detections.geojson"), *read_geojson(out_dir / "annotations.geojson")]
+    assert expected, "the run wrote no objects"
+    h = qp_entry.hierarchy
+    ours = [o for o in [*h.annotations, *h.detections] if (o.name or "").startswith(PRODUCT_MARKER)]
+    assert len(ours) == len(expected)
+    remaining = list(ours)
+    for exp in expected:
+        # QuPath stores a rectangle from its top-left corner: same shape, other vertex order
+        want = exp.geometry.normalize()
+        match = [o for o in remaining if o.roi.normalize().equals_exact(want, 1e-6) and o.name == exp.name]
+        assert len(match) == 1, f"{exp.name}: {len(match)} objects in the project match its geometry"
+        got = match[0]
+        remaining.remove(got)
+        assert _java_type(got) == KINDS[exp.object_type]
+        assert (got.path_class.name if got.path_class else None) == (exp.class_name.split(":")[-1].strip()
+                                                                     if exp.class_name else None)
+        if exp.class_name and ":" in exp.class_name:  # derived classes keep their parent
+            assert got.path_class.parent is not None
+            assert got.path_class.parent.name == exp.class_name.split(":")[0].strip()
+        numeric = {k: float(v) for k, v in (exp.measurements or {}).items() if isinstance(v, (int, float))}
+        assert set(got.measurements) == set(numeric)
+        for key, value in numeric.items():  # QuPath keeps detection measurements as 32-bit floats
+            assert got.measurements[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+    assert not remaining
+    meta = dict(qp_entry.metadata)
+    assert meta[f"{PRODUCT_MARKER} run"] == run_id
+    assert meta[f"{PRODUCT_MARKER} HER2 score"] == str(summary["her2_score"])
+    return len(ours)
+
+
+def test_batch_writes_into_a_real_project_twice(tmp_path, monkeypatch, qupath):
+    from paquo.projects import QuPathProject
+
+    monkeypatch.delenv("HER2_QUPATH_CONFIG", raising=False)
+    slides = _slides(tmp_path / "slides")
+    proj_dir = tmp_path / "proj"
+    user_before = _make_project(proj_dir, slides)
+    assert len(user_before) == 2 and all(len(v) == 4 for v in user_before.values())
+
+    counts = []
+    for run in range(2):
+        report = _batch(proj_dir)
+        assert report["backend"] == "paquo" and report["counts"]["scored"] == 2, report
+        assert report["backup_dir"] and Path(report["backup_dir"]).is_dir()
+        for o in report["outcomes"]:
+            assert o["written_to_project"] and o["roi_source"] == "project" and o["n_rois"] == 1, o
+        with QuPathProject(proj_dir, mode="r") as qp:
+            entries = {str(e.entry_id): e for e in qp.images}
+            assert set(entries) == set(user_before)
+            n = {}
+            for o in report["outcomes"]:
+                e = entries[o["entry_id"]]
+                objs = [*e.hierarchy.annotations, *e.hierarchy.detections]
+                user_now = sorted(_user_view(x) for x in objs if not (x.name or "").startswith(PRODUCT_MARKER))
+                assert user_now == user_before[o["entry_id"]], f"run {run + 1} changed the user's objects"
+                out_dir = proj_dir / "her2_qupath" / o["entry_id"]
+                n[o["entry_id"]] = _check_written(e, out_dir, report["run_id"], o["summary"])
+        counts.append(n)
+        time.sleep(0.01)
+        old = time.time() - 120  # as if QuPath had been closed since
+        for p in proj_dir.rglob("*"):
+            os.utime(p, (old, old))
+    # the second run replaced the first run's objects instead of adding to them
+    assert counts[0] == counts[1]
+    assert len(list((proj_dir / "her2_qupath" / "backups").iterdir())) == 2
+    assert not (proj_dir / ".her2-qupath.lock").exists()
