@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from shapely.geometry import box
 
 from her2_qupath.cli import cli
-from her2_qupath.config import PRODUCT_MARKER
+from her2_qupath.config import HER2_COLORS, PRODUCT_MARKER
 from her2_qupath.qupath.geojson import read_geojson
 
 pytestmark = pytest.mark.qupath
@@ -64,6 +64,9 @@ def _user_view(obj: Any) -> tuple:
             tuple(sorted(obj.measurements.items())))
 
 
+USER_CLASSES = [("Tumor", (200, 0, 0)), ("Stroma", (150, 200, 150)), ("Positive", (250, 62, 62))]
+
+
 def _make_project(proj_dir: Path, slides: list[Path]) -> dict[str, list[tuple]]:
     """A project with the slides and the user's objects; returns each entry's user objects."""
     from paquo.classes import QuPathPathClass
@@ -71,6 +74,7 @@ def _make_project(proj_dir: Path, slides: list[Path]) -> dict[str, list[tuple]]:
 
     user: dict[str, list[tuple]] = {}
     with QuPathProject(proj_dir, mode="x") as qp:
+        qp.path_classes = [QuPathPathClass(n, color=c) for n, c in USER_CLASSES]
         for slide in slides:
             entry = qp.add_image(slide)
             h = entry.hierarchy
@@ -122,6 +126,8 @@ def _check_written(qp_entry: Any, out_dir: Path, run_id: str, summary: dict[str,
         assert _java_type(got) == KINDS[exp.object_type]
         assert (got.path_class.name if got.path_class else None) == (exp.class_name.split(":")[-1].strip()
                                                                      if exp.class_name else None)
+        if got.path_class is not None and got.path_class.name in HER2_COLORS:
+            assert got.path_class.color.to_rgb() == HER2_COLORS[got.path_class.name]
         if exp.class_name and ":" in exp.class_name:  # derived classes keep their parent
             assert got.path_class.parent is not None
             assert got.path_class.parent.name == exp.class_name.split(":")[0].strip()
@@ -155,6 +161,15 @@ def test_batch_writes_into_a_real_project_twice(tmp_path, monkeypatch, qupath):
         with QuPathProject(proj_dir, mode="r") as qp:
             entries = {str(e.entry_id): e for e in qp.images}
             assert set(entries) == set(user_before)
+            # the class list: the user's classes as they were, then each class written, once
+            classes = [(pc.id, pc.color.to_rgb() if pc.color else None) for pc in qp.path_classes]
+            assert classes[:len(USER_CLASSES)] == USER_CLASSES
+            ids = [c for c, _ in classes]
+            assert len(ids) == len(set(ids))
+            written = {o.path_class.id for e in entries.values() for o in [*e.hierarchy.annotations,
+                       *e.hierarchy.detections] if (o.name or "").startswith(PRODUCT_MARKER) and o.path_class}
+            assert written and written <= set(ids)
+            assert all(dict(classes)[c] == HER2_COLORS[c] for c in written if c in HER2_COLORS)
             n = {}
             for o in report["outcomes"]:
                 e = entries[o["entry_id"]]

@@ -196,3 +196,31 @@ def test_paquo_project_written_twice_keeps_user_objects(tmp_path):
             ours = [o for o in [*anns, *img.hierarchy.detections] if (o.name or "").startswith("her2-qupath")]
             assert len(ours) == 7
             assert {o.path_class.name for o in ours if o.path_class} >= {"HER2 3+"}
+            _check_objects_read_back(ours, results("3+"))
+
+
+def _check_objects_read_back(ours: list[Any], expected: list[QuPathObject]) -> None:
+    """Each object QuPath holds is the one written: QuPath type, shape, class and colour, values, name."""
+    from her2_qupath.config import HER2_COLORS
+
+    java_type = {"annotation": "PathAnnotationObject", "tile": "PathTileObject", "cell": "PathCellObject",
+                 "detection": "PathDetectionObject"}
+    left = list(ours)
+    for exp in expected:
+        want = exp.geometry.normalize()
+        got = [o for o in left if o.name == exp.name and o.roi.normalize().equals_exact(want, 1e-9)]
+        assert len(got) == 1, exp.name
+        o = got[0]
+        left.remove(o)
+        assert str(o.java_object.getClass().getSimpleName()) == java_type[exp.object_type]
+        names = list(exp.names)
+        assert o.path_class.name == names[-1]
+        assert (o.path_class.parent.name if o.path_class.parent else None) == (names[-2] if len(names) > 1 else None)
+        assert o.path_class.color.to_rgb() == HER2_COLORS[names[-1]]
+        assert dict(o.measurements) == pytest.approx(exp.measurements)
+        if exp.object_type == "cell":
+            from paquo.pathobjects import QuPathPathCellObject
+
+            nucleus = QuPathPathCellObject(o.java_object).nucleus_roi
+            assert nucleus.normalize().equals_exact(exp.nucleus_geometry.normalize(), 1e-9)
+    assert not left

@@ -236,12 +236,34 @@ class PaquoProject:
         if self.mode == "r":
             raise ProjectError("project opened read-only", hint="open it with mode='r+' to write")
         image = self._image(entry)
-        report = replace_product_objects(image.hierarchy, objects, entry_id=entry.entry_id)
-        for key, value in (metadata or {}).items():
+        for key in metadata or {}:
             if not key.startswith(PRODUCT_MARKER):
                 raise ProjectError(f"metadata key {key!r} lacks the product marker", hint="prefix it")
+        report = replace_product_objects(image.hierarchy, objects, entry_id=entry.entry_id)
+        for key, value in (metadata or {}).items():
             image.metadata[key] = str(value)
+        self._add_project_classes(objects)
         return report
+
+    def _add_project_classes(self, objects: Sequence[Any]) -> None:
+        """Append the classes of ``objects`` that the project's class list lacks (QuPath's class pane).
+
+        The user's classes keep their order and colours; only missing ones are added.
+        """
+        current = list(self._qp.path_classes)
+        known = {str(pc.id) for pc in current}
+        added = []
+        for obj in objects:
+            name, color = _classification(obj)
+            if not name:
+                continue
+            pc = _default_path_class(name, color)
+            if str(pc.id) not in known:
+                known.add(str(pc.id))
+                added.append(pc)
+        if added:
+            self._qp.path_classes = [*current, *added]
+            log.debug("added classes to the project's class list: %s", ", ".join(str(pc.id) for pc in added))
 
     def save(self) -> None:
         if self.mode != "r":
