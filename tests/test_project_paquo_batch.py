@@ -1,4 +1,4 @@
-"""``her2-qupath batch`` writing into a real QuPath project through paquo (needs QuPath).
+"""Real QuPath through paquo: batch write-back into a project, and a published 0.4.0 project read.
 
 Two generated slides in a project made by paquo, the user's own objects on each,
 the real pipeline run twice by the CLI, then the project reopened and every
@@ -187,3 +187,49 @@ def test_batch_writes_into_a_real_project_twice(tmp_path, monkeypatch, qupath):
     assert counts[0] == counts[1]
     assert len(list((proj_dir / "her2_qupath" / "backups").iterdir())) == 2
     assert not (proj_dir / ".her2-qupath.lock").exists()
+
+
+# --------------------------------------------------------------------------- a real QuPath 0.4.0 project
+
+
+@pytest.mark.shared_data
+def test_real_0_4_project_read_through_paquo(shared_data, tmp_path, qupath):
+    """The published 0.4.0 project: paquo and the JSON reader agree; the annotations are QuPath's own count."""
+    import shutil
+    from collections import Counter
+
+    from her2_qupath.qupath.project import open_project
+
+    src = shared_data / "qupath" / "foci-0.4.0"
+    if not src.is_dir():
+        pytest.skip(f"{src} not present")
+    proj = tmp_path / "foci"
+    shutil.copytree(src, proj)
+    for p in proj.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    before = {q: q.read_bytes() for q in sorted(proj.rglob("*")) if q.is_file()}
+    by_json = {e.entry_id: e.describe() for e in open_project(proj, backend="json").images()}
+    view = open_project(proj, backend="paquo", mode="r")
+    try:
+        entries = view.images()
+        assert {e.entry_id: e.describe() for e in entries} == by_json
+        assert len(entries) == 44 and {e.qupath_version for e in entries} == {"0.4.0"}
+        # QuPath wrote data/<id>/summary.json beside each hierarchy: the truth for the counts
+        checked = 0
+        for e in entries:
+            hier = json.loads((proj / "data" / e.entry_id / "summary.json").read_text())["hierarchy"]
+            want_n = hier["objectTypeCounts"].get("Annotations", 0)
+            if want_n == 0 and checked:
+                continue
+            anns = view.user_annotations(e)
+            assert anns is not None and len(anns) == want_n
+            got = Counter(a.class_name or "Unclassified" for a in anns)
+            assert got == Counter(hier["annotationClassificationCounts"])
+            assert all(a.object_type == "annotation" and a.geometry.is_valid and a.geometry.area > 0 for a in anns)
+            checked += 1
+            if checked == 3:
+                break
+        assert checked == 3
+    finally:
+        view.close()
+    assert {q: q.read_bytes() for q in sorted(proj.rglob("*")) if q.is_file()} == before  # read-only
