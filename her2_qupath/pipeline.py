@@ -796,6 +796,30 @@ def _region_objects(roi_geoms: list[Any], regions: list[Any], slide_region: Any,
     return out
 
 
+#: (module, distribution) of the packages whose versions a result records
+_RECORDED_PACKAGES = (("tifffile", "tifffile"), ("shapely", "shapely"), ("skimage", "scikit-image"),
+                      ("cv2", "opencv-python-headless"), ("torch", "torch"),
+                      ("transformers", "transformers"))
+
+
+def _package_version(module: str, dist: str) -> str | None:
+    """The version of a package: the imported module's, else the installed distribution's.
+
+    Never imports the package (torch and transformers take seconds to import and
+    are loaded only by runs with models); None when it is not installed.
+    """
+    import sys
+    from importlib import metadata
+
+    loaded = sys.modules.get(module)
+    if loaded is not None:
+        return getattr(loaded, "__version__", None)
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _provenance(request: ScoreRequest, background: Any, vectors: Any, seconds: float) -> dict[str, Any]:
     from ._io import sha256_file
     from .config import GUIDELINES as _G
@@ -815,11 +839,7 @@ def _provenance(request: ScoreRequest, background: Any, vectors: Any, seconds: f
             models[name] = {"path": str(d), "sha256": model_fingerprint(d)}
     versions = {"her2_qupath": __version__, "python": platform.python_version(),
                 "numpy": np.__version__}
-    for mod in ("tifffile", "shapely", "skimage", "cv2", "torch", "transformers"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing optional package is recorded as absent
-            versions[mod] = None
+    versions.update({mod: _package_version(mod, dist) for mod, dist in _RECORDED_PACKAGES})
     return {
         "run_id": str(uuid.uuid4()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
