@@ -130,11 +130,12 @@ def comparable(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class SlowScorer(PipelineScorer):
-    """The real pipeline with slower tiles: each tile it reports costs ``delay_s`` more.
+    """The real pipeline, slowed down: each tile it reports costs ``delay_s`` more.
 
-    The pause comes before a progress report, as if the tiles had taken longer;
-    a cancellation ends it early and stops the run (:class:`JobCancelled`), as
-    the pipeline stops at its next tile.
+    The pause follows each progress report (the pipeline reports a chunk of
+    tiles at a time), so a job is seen part-done for a while; a cancellation
+    ends the pause early and stops the run (:class:`JobCancelled`), as the
+    pipeline stops at its next tile.
     """
 
     def __init__(self, delay_s: float = 0.05) -> None:
@@ -155,11 +156,11 @@ class SlowScorer(PipelineScorer):
 
         def slowed(done: int, total: int) -> None:
             nonlocal reported
-            if stop.wait(self.delay_s * max(0, done - reported)):
-                raise JobCancelled("the scoring run was cancelled", hint="nothing was written")
-            reported = done
             if progress is not None:
                 progress(done, total)
+            pause, reported = self.delay_s * max(0, done - reported), done
+            if stop.wait(pause):
+                raise JobCancelled("the scoring run was cancelled", hint="nothing was written")
 
         return super().__call__(spec, outdir, progress=slowed, cancel=cancel, executor=executor)
 
