@@ -416,6 +416,12 @@ def run_score(
         result = _assemble(request, ihc, he, grid, tiles, analyses, he_probs, stain_cls,
                            roi_geoms, roi_names, transform, transform_info, ihc_thumb,
                            background, vectors, time.perf_counter() - t_start)
+        if transform is not None:
+            from .registration import render_registration
+
+            result.images["registration"] = render_registration(
+                he.thumbnail(max_size=OVERLAY_MAX_SIZE), ihc.thumbnail(max_size=OVERLAY_MAX_SIZE),
+                transform, max_size=OVERLAY_MAX_SIZE)
         if tumor_calls is not None:
             result.images.update(tumor_calls.images)
             for obj, extra in zip(result.he_detections, tumor_calls.measurements):
