@@ -87,9 +87,6 @@ def test_warp_geojson_keeps_structure_and_properties(tmp_path, transform_file, w
     want_feats = feats if wrap != "feature" else [feats[1]]
     got_feats = got["features"] if wrap == "collection" else (got if wrap == "list" else [got])
     assert type(got) is type(data) and len(got_feats) == len(want_feats)
-    from her2_qupath.qupath.geojson import load_features, validate_features
-
-    assert validate_features(load_features(out)) == len(want_feats)  # QuPath's rules still hold
     for g, w in zip(got_feats, want_feats, strict=True):
         assert g["properties"] == w["properties"] and g.get("id") == w.get("id")
         assert g["geometry"]["type"] == w["geometry"]["type"]
