@@ -254,6 +254,16 @@ class TrainConfig:
     val_fraction: float = 0.2
     patience: int = 5  # early stopping, epochs without improvement
     seed: int = 0
+    weight_decay: float = 0.05  # AdamW
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warm-up
+    warmup_fraction: float = 0.05  # share of all steps spent warming the learning rate up
+    augment: bool = True  # flips, 90-degree rotations, HED stain and brightness jitter
+    hed_jitter: float = 0.05  # sigma of the per-channel HED scale/shift (Tellez et al. 2018)
+    brightness_jitter: float = 0.1  # maximal relative brightness/contrast change
+    max_tiles_per_annotation: int = 64  # cap when cutting tiles from QuPath annotations
+    min_annotation_overlap: float = 0.5  # a tile is cut if this share lies inside the annotation
+    num_threads: int | None = None  # torch threads; None: all CPUs this process may use
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast mixed precision where the CPU has it
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,7 @@ class ScoreResult:
     annotations: list[Any]
     he_detections: list[Any]
     overlay: np.ndarray
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # further PNGs, e.g. heatmaps
 
 
 @dataclass
@@ -398,8 +399,10 @@ def run_score(
 
         if progress is not None:
             progress(0, total_steps)
+        tumor_calls = None
         if he is not None and opts.tumor_model:
-            he_probs = _classify_he_tiles(he, tiles, opts, step, cancel)
+            tumor_calls = _classify_he_tiles(he, grid, opts, step, cancel)
+            he_probs = tumor_calls.probs
 
         params = _StainParams(opts.stain, opts.cells, opts.scoring.level, vectors,
                               tuple(float(b) for b in background), opts.tiling.mpp,
@@ -410,9 +413,20 @@ def run_score(
         stain_cls = _classify_stain_tiles(request, tiles, params, transform, opts, cancel) \
             if opts.stain_model else None
         _check_cancel(cancel)
-        return _assemble(request, ihc, he, grid, tiles, analyses, he_probs, stain_cls,
-                         roi_geoms, roi_names, transform, transform_info, ihc_thumb,
-                         background, vectors, time.perf_counter() - t_start)
+        result = _assemble(request, ihc, he, grid, tiles, analyses, he_probs, stain_cls,
+                           roi_geoms, roi_names, transform, transform_info, ihc_thumb,
+                           background, vectors, time.perf_counter() - t_start)
+        if transform is not None:
+            from .registration import render_registration
+
+            result.images["registration"] = render_registration(
+                he.thumbnail(max_size=OVERLAY_MAX_SIZE), ihc.thumbnail(max_size=OVERLAY_MAX_SIZE),
+                transform, max_size=OVERLAY_MAX_SIZE)
+        if tumor_calls is not None:
+            result.images.update(tumor_calls.images)
+            for obj, extra in zip(result.he_detections, tumor_calls.measurements):
+                obj.measurements.update(extra)
+        return result
     finally:
         ihc.close()
         if he is not None:
@@ -504,31 +518,40 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: _StainParams
     return [a for chunk in results if chunk is not None for a in chunk]
 
 
-def _classify_he_tiles(he: Any, tiles: list[Any], opts: ScoreOptions, step: Callable[[int], None],
-                       cancel: threading.Event | None) -> np.ndarray:
-    """Tumour probability of each H&E tile from the model C."""
-    from .models import classify_tiles, load_model
+@dataclass
+class _TumorCalls:
+    """The H&E tumour classifier's output over the grid: probabilities, measurements, heatmaps."""
+
+    probs: np.ndarray  # tumour probability per tile, grid order
+    measurements: list[dict[str, float]]
+    images: dict[str, np.ndarray]
+
+
+def _classify_he_tiles(he: Any, grid: Any, opts: ScoreOptions, step: Callable[[int], None],
+                       cancel: threading.Event | None) -> _TumorCalls:
+    """Tumour probability of each H&E tile from the model C, with attention rollout heatmaps."""
+    from .models import heatmap_images, load_model, slide_heatmaps
 
     model = load_model(opts.tumor_model, expected_kind="tumor")  # type: ignore[arg-type]
-    tumor_index = model.tumor_index
-    probs: list[np.ndarray] = []
-    from .tiling import read_tile
+    seen = 0
 
-    for chunk in _chunks(tiles):
+    def progress(done: int, total: int) -> None:
+        nonlocal seen
         _check_cancel(cancel)
-        rgbs = [read_tile(he, t) for t in chunk]
-        p = classify_tiles(model, rgbs, precision=opts.model.precision,
-                           batch_size=opts.model.batch_size)
-        probs.append(np.asarray(p)[:, tumor_index])
-        step(len(chunk))
-    return np.concatenate(probs)
+        step(done - seen)
+        seen = done
+
+    hm = slide_heatmaps(model, he, grid, batch_size=opts.model.batch_size, progress=progress)
+    images = {f"{name}_heatmap": rgb for name, rgb in
+              heatmap_images(hm, he, grid, thumbnail_max=OVERLAY_MAX_SIZE).items()}
+    return _TumorCalls(np.asarray(hm.probs)[:, model.tumor_index], hm.measurements, images)
 
 
 def _classify_stain_tiles(request: ScoreRequest, tiles: list[Any], params: _StainParams,
                           transform: Any, opts: ScoreOptions,
                           cancel: threading.Event | None) -> np.ndarray:
     """Stain-intensity class (0–3) of each IHC tile from the model L."""
-    from .models import classify_tiles, load_model
+    from .models import classify_tiles, load_model, stain_grades
 
     model = load_model(opts.stain_model, expected_kind="stain")  # type: ignore[arg-type]
     transform_json = transform.to_json() if transform is not None else None
@@ -539,7 +562,7 @@ def _classify_stain_tiles(request: ScoreRequest, tiles: list[Any], params: _Stai
                         dataclasses.replace(params, margin_px=0))
         p = classify_tiles(model, _read_chunk(job), precision=opts.model.precision,
                            batch_size=opts.model.batch_size)
-        out.append(np.argmax(np.asarray(p), axis=1))
+        out.append(stain_grades(model, p))
     return np.concatenate(out)
 
 
@@ -876,4 +899,6 @@ def write_result(result: ScoreResult, outdir: str | os.PathLike[str], *,
             write_geojson(tmp / "he_detections.geojson", result.he_detections)
         atomic_write_json(tmp / "summary.json", result.summary)
         save_png(tmp / "overlay.png", result.overlay)
+        for name, rgb in result.images.items():
+            save_png(tmp / f"{name}.png", rgb)
     return Path(outdir)

@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "register": ("register", "Register an H&E slide to its IHC slide; write the transform JSON."),
     "warp": ("warp", "Map points or QuPath GeoJSON between H&E and IHC with a transform."),
     "score": ("score", "Score HER2 on an IHC slide (and its H&E partner); write QuPath GeoJSON."),
+    "train": ("train", "Train the tumor/stain classifiers or the stain segmenter on your data."),
+    "evaluate": ("evaluate", "Evaluate a model on a labelled set: metrics JSON and plots."),
 }
 
 
