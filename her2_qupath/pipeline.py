@@ -30,6 +30,7 @@ import platform
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,20 +205,28 @@ def _centroid_in(mask: np.ndarray, centroid: tuple[float, float]) -> bool:
     return bool(mask[min(rows - 1, max(0, int(y))), min(cols - 1, max(0, int(x)))])
 
 
-_SLIDE_CACHE: dict[tuple[str, float | None], Any] = {}
+#: Open slides kept per process for tile work (workers of a pool or a Dask cluster).
+#: Beyond this many the least recently used is dropped (and closed once no reader holds
+#: it), so a long-running server does not accumulate file handles.
+SLIDE_CACHE_SIZE = 8
+_SLIDE_CACHE: OrderedDict[tuple[str, float | None, int, int], Any] = OrderedDict()
 _SLIDE_CACHE_LOCK = threading.Lock()
 
 
 def _cached_slide(path: str, mpp: float | None) -> Any:
-    """One open slide per process and path (workers of a pool or a Dask cluster)."""
+    """One open slide per process and file version, shared by the threads of that process."""
     from .slide import open_slide
 
-    key = (path, mpp)
+    st = os.stat(path)
+    key = (path, mpp, st.st_mtime_ns, st.st_size)  # a rewritten file is opened afresh
     with _SLIDE_CACHE_LOCK:
         slide = _SLIDE_CACHE.get(key)
         if slide is None:
             slide = open_slide(path, mpp=mpp)
             _SLIDE_CACHE[key] = slide
+            while len(_SLIDE_CACHE) > SLIDE_CACHE_SIZE:
+                _SLIDE_CACHE.popitem(last=False)
+        _SLIDE_CACHE.move_to_end(key)
         return slide
 
 
