@@ -6,10 +6,10 @@
 * latency of a small synchronous ``POST /api/v1/score`` against calling the
   library directly on the same input: overhead ratio = server / direct.
 
-The scorer is the real pipeline when its modules are installed, else the
-light DAB scorer (``--scorer`` chooses). Usage::
+The scorer is the server's default, the real pipeline (``run_score``), on a
+512 x 512 synthetic IHC image at 0.5 µm/px. Usage::
 
-    python benchmarks/server.py [--seconds 2] [--repeats 7] [--scorer auto|pipeline|dab]
+    python benchmarks/server.py [--seconds 2] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -23,30 +23,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from her2_qupath.server import create_app  # noqa: E402
-from her2_qupath.server.scorers import DabTileScorer, JobSpec, PipelineScorer  # noqa: E402
+from her2_qupath.server.scorers import PipelineScorer  # noqa: E402
 from her2_qupath.server.wsgi import BackgroundServer  # noqa: E402
 
 MPP = 0.5
 
 
-def synthetic_ihc(path: Path) -> Path:
-    """A 512 x 512 image of brown (DAB) and blue (hematoxylin) tissue at 0.5 µm/px."""
-    from PIL import Image
+def synthetic_slide(path: Path) -> Path:
+    """A 512 x 512 synthetic IHC image (hematoxylin + DAB cells) that carries its 0.5 µm/px."""
+    from her2_qupath.slide_writer import write_slide
+    from her2_qupath.synthetic import synthetic_ihc
 
-    rng = np.random.default_rng(0)
-    img = np.full((512, 512, 3), 255, np.uint8)
-    img[32:480, 32:480] = (170, 120, 90)
-    img[32:256, 32:256] = (120, 80, 60)
-    noise = rng.integers(-8, 9, img.shape)
-    img = np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
-    Image.fromarray(img).save(path)
-    return path
+    rgb = synthetic_ihc((512, 512), seed=0, mpp=MPP)[0]
+    return write_slide(path, rgb, mpp=MPP, kind="png")
 
 
 def rate(fn: Any, seconds: float) -> float:
@@ -68,21 +62,6 @@ def median_time(fn: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
-def pick_scorer(choice: str) -> Any:
-    if choice in ("auto", "pipeline"):
-        try:
-            import her2_qupath.pipeline  # noqa: F401
-            import her2_qupath.qupath.geojson  # noqa: F401
-            import her2_qupath.slide  # noqa: F401
-            import her2_qupath.tiling  # noqa: F401
-
-            return PipelineScorer()
-        except (ImportError, AttributeError):
-            if choice == "pipeline":
-                raise
-    return DabTileScorer()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -91,12 +70,11 @@ def main() -> None:
     ap.add_argument(
         "--repeats", type=int, default=7, help="repetitions of each latency measurement"
     )
-    ap.add_argument("--scorer", choices=("auto", "pipeline", "dab"), default="auto")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="her2-bench-"))
-    image = synthetic_ihc(tmp / "ihc.png")
-    scorer = pick_scorer(args.scorer)
+    image = synthetic_slide(tmp / "ihc.png")
+    scorer = PipelineScorer()
     options = {"tile_size": 256, "mpp": MPP}
     app = create_app(
         {
@@ -112,7 +90,7 @@ def main() -> None:
         start_response("200 OK", [("Content-Type", "application/json")])
         return [b'{"status":"ok"}']
 
-    results: dict[str, Any] = {"scorer": getattr(scorer, "name", type(scorer).__name__)}
+    results: dict[str, Any] = {"scorer": scorer.name}
     try:
         with BackgroundServer(hello) as bare, BackgroundServer(app) as srv:  # type: ignore[arg-type]
             s = requests.Session()
@@ -135,15 +113,11 @@ def main() -> None:
                 r.raise_for_status()
 
             def direct() -> None:
-                out = Path(tempfile.mkdtemp(dir=tmp))
-                if isinstance(scorer, PipelineScorer):
-                    from her2_qupath.pipeline import ScoreRequest, run_score
+                from her2_qupath.pipeline import ScoreRequest, run_score
 
-                    run_score(
-                        ScoreRequest(ihc=image, ihc_mpp=MPP, options=scorer.score_options(options))
-                    )
-                else:
-                    scorer(JobSpec(ihc=image, ihc_mpp=MPP, options=options), out)
+                run_score(
+                    ScoreRequest(ihc=image, ihc_mpp=MPP, options=scorer.score_options(options))
+                )
 
             results["direct_score_s"] = median_time(direct, args.repeats)
             results["server_score_s"] = median_time(via_server, args.repeats)

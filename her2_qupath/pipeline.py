@@ -30,6 +30,7 @@ import platform
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,20 +205,28 @@ def _centroid_in(mask: np.ndarray, centroid: tuple[float, float]) -> bool:
     return bool(mask[min(rows - 1, max(0, int(y))), min(cols - 1, max(0, int(x)))])
 
 
-_SLIDE_CACHE: dict[tuple[str, float | None], Any] = {}
+#: Open slides kept per process for tile work (workers of a pool or a Dask cluster).
+#: Beyond this many the least recently used is dropped (and closed once no reader holds
+#: it), so a long-running server does not accumulate file handles.
+SLIDE_CACHE_SIZE = 8
+_SLIDE_CACHE: OrderedDict[tuple[str, float | None, int, int], Any] = OrderedDict()
 _SLIDE_CACHE_LOCK = threading.Lock()
 
 
 def _cached_slide(path: str, mpp: float | None) -> Any:
-    """One open slide per process and path (workers of a pool or a Dask cluster)."""
+    """One open slide per process and file version, shared by the threads of that process."""
     from .slide import open_slide
 
-    key = (path, mpp)
+    st = os.stat(path)
+    key = (path, mpp, st.st_mtime_ns, st.st_size)  # a rewritten file is opened afresh
     with _SLIDE_CACHE_LOCK:
         slide = _SLIDE_CACHE.get(key)
         if slide is None:
             slide = open_slide(path, mpp=mpp)
             _SLIDE_CACHE[key] = slide
+            while len(_SLIDE_CACHE) > SLIDE_CACHE_SIZE:
+                _SLIDE_CACHE.popitem(last=False)
+        _SLIDE_CACHE.move_to_end(key)
         return slide
 
 
@@ -416,6 +425,12 @@ def run_score(
         result = _assemble(request, ihc, he, grid, tiles, analyses, he_probs, stain_cls,
                            roi_geoms, roi_names, transform, transform_info, ihc_thumb,
                            background, vectors, time.perf_counter() - t_start)
+        if transform is not None:
+            from .registration import render_registration
+
+            result.images["registration"] = render_registration(
+                he.thumbnail(max_size=OVERLAY_MAX_SIZE), ihc.thumbnail(max_size=OVERLAY_MAX_SIZE),
+                transform, max_size=OVERLAY_MAX_SIZE)
         if tumor_calls is not None:
             result.images.update(tumor_calls.images)
             for obj, extra in zip(result.he_detections, tumor_calls.measurements):
@@ -813,6 +828,30 @@ def _region_objects(roi_geoms: list[Any], regions: list[Any], slide_region: Any,
     return out
 
 
+#: (module, distribution) of the packages whose versions a result records
+_RECORDED_PACKAGES = (("tifffile", "tifffile"), ("shapely", "shapely"), ("skimage", "scikit-image"),
+                      ("cv2", "opencv-python-headless"), ("torch", "torch"),
+                      ("transformers", "transformers"))
+
+
+def _package_version(module: str, dist: str) -> str | None:
+    """The version of a package: the imported module's, else the installed distribution's.
+
+    Never imports the package (torch and transformers take seconds to import and
+    are loaded only by runs with models); None when it is not installed.
+    """
+    import sys
+    from importlib import metadata
+
+    loaded = sys.modules.get(module)
+    if loaded is not None:
+        return getattr(loaded, "__version__", None)
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _provenance(request: ScoreRequest, background: Any, vectors: Any, seconds: float) -> dict[str, Any]:
     from ._io import sha256_file
     from .config import GUIDELINES as _G
@@ -832,11 +871,7 @@ def _provenance(request: ScoreRequest, background: Any, vectors: Any, seconds: f
             models[name] = {"path": str(d), "sha256": model_fingerprint(d)}
     versions = {"her2_qupath": __version__, "python": platform.python_version(),
                 "numpy": np.__version__}
-    for mod in ("tifffile", "shapely", "skimage", "cv2", "torch", "transformers"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing optional package is recorded as absent
-            versions[mod] = None
+    versions.update({mod: _package_version(mod, dist) for mod, dist in _RECORDED_PACKAGES})
     return {
         "run_id": str(uuid.uuid4()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

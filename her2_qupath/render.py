@@ -154,7 +154,7 @@ def checkerboard(a: np.ndarray, b: np.ndarray, *, squares: int = 8) -> np.ndarra
     if a.shape != b.shape:
         raise ValueError(f"checkerboard needs equal shapes, got {a.shape} and {b.shape}")
     h, w = a.shape[:2]
-    side = max(1, max(h, w) // squares)
+    side = max(8, max(h, w) // squares)
     yy, xx = np.mgrid[0:h, 0:w]
     pick_a = ((yy // side) + (xx // side)) % 2 == 0
     return np.where(pick_a[..., None], a, b)

@@ -1,15 +1,29 @@
-"""Helpers shared by the server tests: synthetic IHC images with known classes, app builders."""
+"""Helpers shared by the server tests: IHC images with known classes, the real scorer slowed, app builders.
+
+Every server test scores with the product's pipeline (``PipelineScorer``);
+:class:`SlowScorer` only makes its tiles take longer, so a job stays running
+long enough to watch, cancel or interrupt it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from her2_qupath.config import StainConfig
+from her2_qupath.errors import JobCancelled
+from her2_qupath.server.scorers import JobSpec, PipelineScorer
+
+#: pixel size the test images carry (µm/px), also the pipeline's working resolution
+MPP = 0.5
 
 #: DAB concentrations well inside each class of StainConfig's thresholds 0.2/0.4/0.6
 DAB_BY_CLASS = (0.05, 0.3, 0.5, 0.8)
@@ -39,19 +53,20 @@ def ihc_rgb(tile_classes: Sequence[Sequence[int | None]], tile: int = 128) -> np
 
 
 def write_png(path: Path, rgb: np.ndarray) -> Path:
-    from PIL import Image
+    """A PNG slide that carries its pixel size (:data:`MPP`), as the pipeline needs."""
+    from her2_qupath.slide_writer import write_slide
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path)
-    return path
+    return write_slide(path, rgb, mpp=MPP, kind="png")
 
 
 #: 4x4 tiles: 6 of class 0, 4 of 1+, 4 of 2+, 2 of 3+ -> 37.5 / 25 / 25 / 12.5 % -> breast 3+
 LAYOUT_3 = [[0, 0, 0, 1], [0, 0, 0, 1], [1, 1, 2, 2], [2, 2, 3, 3]]
 #: 4x4 tiles: 8 of class 0, 6 of 1+, 2 of 2+ -> 50 / 37.5 / 12.5 / 0 % -> breast 2+
 LAYOUT_2 = [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 2, 2]]
-#: 4x4 tiles, a glass border: only the 4 centre tiles are tissue, all 1+ -> breast 1+
-LAYOUT_1 = [[None] * 4, [None, 1, 1, None], [None, 1, 1, None], [None] * 4]
+#: 4x4 tiles, glass along the top and left edges: 9 tiles of tissue, all 1+ -> breast 1+
+#: (at 128 px and 0.5 µm/px the tissue is 192 x 192 µm, above TissueConfig.min_object_um2)
+LAYOUT_1 = [[None] * 4, [None, 1, 1, 1], [None, 1, 1, 1], [None, 1, 1, 1]]
 
 
 def make_images(root: Path) -> dict[str, Path]:
@@ -112,3 +127,102 @@ def comparable(summary: Mapping[str, Any]) -> dict[str, Any]:
         prov.pop(key, None)
     out["provenance"] = prov
     return out
+
+
+class SlowScorer(PipelineScorer):
+    """The real pipeline, slowed down: each tile it reports costs ``delay_s`` more.
+
+    The pause follows each progress report (the pipeline reports a chunk of
+    tiles at a time), so a job is seen part-done for a while; a cancellation
+    ends the pause early and stops the run (:class:`JobCancelled`), as the
+    pipeline stops at its next tile.
+    """
+
+    def __init__(self, delay_s: float = 0.05) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    def __call__(
+        self,
+        spec: JobSpec,
+        outdir: Path,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+        executor: Executor | None = None,
+    ) -> dict[str, Any]:
+        stop = cancel or threading.Event()
+        reported = 0
+
+        def slowed(done: int, total: int) -> None:
+            nonlocal reported
+            if progress is not None:
+                progress(done, total)
+            pause, reported = self.delay_s * max(0, done - reported), done
+            if stop.wait(pause):
+                raise JobCancelled("the scoring run was cancelled", hint="nothing was written")
+
+        return super().__call__(spec, outdir, progress=slowed, cancel=cancel, executor=executor)
+
+
+def strip_ids(fc: Mapping[str, Any]) -> dict[str, Any]:
+    """GeoJSON without the object UUIDs (new on every run)."""
+    out = dict(fc)
+    out["features"] = [{k: v for k, v in f.items() if k != "id"} for f in fc["features"]]
+    return out
+
+
+def result_files(folder: Path) -> dict[str, Any]:
+    """A result folder as comparable data: summary without timings, GeoJSON without ids."""
+    return {
+        "summary": comparable(json.loads((folder / "summary.json").read_text())),
+        "detections": strip_ids(json.loads((folder / "detections.geojson").read_text())),
+        "annotations": strip_ids(json.loads((folder / "annotations.geojson").read_text())),
+    }
+
+
+def direct(image: Path, options: Mapping[str, Any], outdir: Path) -> dict[str, Any]:
+    """What ``run_score`` gives for ``image`` called directly (no server), as :func:`result_files`.
+
+    ``options`` are request options (``tile_size``, ``mpp``, ``guideline``),
+    translated here independently of the server's own translation.
+    """
+    from her2_qupath.pipeline import ScoreOptions, ScoreRequest, run_score, write_result
+
+    unknown = set(options) - {"tile_size", "mpp", "guideline"}
+    assert not unknown, f"direct() does not translate {unknown}"
+    base = ScoreOptions()
+    tiling = dataclasses.replace(
+        base.tiling, **{k: options[k] for k in ("tile_size", "mpp") if k in options}
+    )
+    scoring = dataclasses.replace(
+        base.scoring, **{k: options[k] for k in ("guideline",) if k in options}
+    )
+    request = ScoreRequest(
+        ihc=image, options=dataclasses.replace(base, tiling=tiling, scoring=scoring)
+    )
+    key = json.dumps(dict(options), sort_keys=True)
+    out = outdir / f"direct-{image.stem}-{key}".replace(" ", "_")
+    if not out.is_dir():
+        write_result(run_score(request), out)
+    return result_files(out)
+
+
+def poll(session: Any, url: str, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Wait over HTTP (a ``requests.Session``) until a job has finished; its last state."""
+
+    def check() -> dict[str, Any] | None:
+        job = session.get(f"{url}/api/v1/jobs/{job_id}", timeout=10).json()
+        return job if job["state"] in ("done", "failed", "cancelled") else None
+
+    return wait_for(check, timeout, interval=0.05)  # type: ignore[no-any-return]
+
+
+def fetch_result(session: Any, url: str, job_id: str) -> dict[str, Any]:
+    """A finished job's result over HTTP, as :func:`result_files` gives a folder."""
+    base = f"{url}/api/v1/jobs/{job_id}"
+    return {
+        "summary": comparable(session.get(f"{base}/result", timeout=10).json()),
+        "detections": strip_ids(session.get(f"{base}/detections", timeout=10).json()),
+        "annotations": strip_ids(session.get(f"{base}/annotations", timeout=10).json()),
+    }

@@ -21,20 +21,6 @@ MARKER = "her2-qupath"
 TUMOR_ID, OTHER_ID, OLD_ID = (str(uuid.UUID(int=i)) for i in (1, 2, 3))  # QuPath ids are UUIDs
 
 
-def _scorer():
-    """The real pipeline when every module it needs is present, else the server's light scorer."""
-    from her2_qupath.server import scorers
-
-    try:
-        import her2_qupath.pipeline  # noqa: F401
-        import her2_qupath.qupath.geojson  # noqa: F401
-        import her2_qupath.slide  # noqa: F401
-        import her2_qupath.tiling  # noqa: F401
-    except ImportError:
-        return scorers.DabTileScorer()
-    return None  # create_app's default: the pipeline
-
-
 @pytest.fixture()
 def real_server(tmp_path):
     pytest.importorskip("her2_qupath.server.app", reason="the server package is not present")
@@ -49,10 +35,7 @@ def real_server(tmp_path):
     image = slides / "IHC café 1.png"
     imsave(image, data.immunohistochemistry(), check_contrast=False)
     config = {"DATA_DIR": str(tmp_path / "data"), "IMAGE_ROOTS": [str(slides)], "TESTING": True}
-    scorer = _scorer()
-    if scorer is not None:
-        config["SCORER"] = scorer
-    app = create_app(config)
+    app = create_app(config)  # the default scorer: the real pipeline
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

@@ -174,3 +174,27 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path, ihc_case) -> None:
     write_slide(tmp_path / "blank.tif", blank, mpp=0.5, kind="plain", compression=None)
     with pytest.raises(UserInputError, match="no tissue"):
         run_score(ScoreRequest(ihc=tmp_path / "blank.tif"))
+
+
+def test_run_without_models_records_versions_without_importing_torch(tmp_path: Path) -> None:
+    """Provenance names the installed torch/transformers versions; a run without models never loads them."""
+    import os
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    slide = write_slide(tmp_path / "s.png", synthetic_ihc((512, 512), seed=2)[0], mpp=0.5, kind="png")
+    code = (
+        "import json, sys\n"
+        "from her2_qupath.pipeline import ScoreRequest, run_score\n"
+        f"r = run_score(ScoreRequest(ihc={str(slide)!r}))\n"
+        "print(json.dumps({'loaded': sorted({'torch', 'transformers'} & set(sys.modules)),\n"
+        "                  'versions': r.summary['provenance']['versions']}))\n"
+    )
+    repo = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": repo}, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["loaded"] == []
+    for module, dist in (("torch", "torch"), ("transformers", "transformers"), ("skimage", "scikit-image")):
+        assert got["versions"][module] == metadata.version(dist)

@@ -300,6 +300,10 @@ def test_batch_with_the_real_pipeline(tmp_path, monkeypatch):
     out = proj / "her2_qupath" / "1"
     summary = json.loads((out / "summary.json").read_text())["result"]
     assert summary["her2_score"] in ("0", "1+", "2+", "3+")
+    from her2_qupath.qupath.geojson import load_features, validate_features
+
+    for name in ("detections.geojson", "annotations.geojson"):
+        assert validate_features(load_features(out / name)) > 0
     dets = read_geojson(out / "detections.geojson")
     tiles = [d for d in dets if d.object_type == "tile"]
     assert len(tiles) == summary["n_tiles"] > 0

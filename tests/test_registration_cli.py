@@ -145,3 +145,32 @@ def test_register_command_on_rat_kidney(tmp_path, shared_data):
     truth = np.loadtxt(d / "IHC-PanCytokeratin.landmarks.csv", delimiter=",", skiprows=1)[:69, 1:3]
     err = np.median(np.hypot(*(got - truth).T))
     assert err == pytest.approx(t.quality["landmarks"]["median_px"], abs=0.01)
+
+
+def test_warp_keeps_qupath_exports_valid(tmp_path, transform_file):
+    """A QuPath export (annotation + cell) stays valid for QuPath after warping both ways."""
+    from shapely.geometry import Polygon
+
+    from her2_qupath.qupath.geojson import (
+        annotation_object,
+        cell_object,
+        load_features,
+        validate_features,
+        write_geojson,
+    )
+
+    src = tmp_path / "export.geojson"
+    write_geojson(src, [
+        annotation_object(Polygon([(10, 10), (300, 20), (280, 240), (15, 200)]), "Tumor", name="T1"),
+        cell_object(Polygon([(90, 90), (120, 92), (118, 121), (91, 119)]),
+                    Polygon([(100, 100), (108, 101), (107, 109), (101, 108)]), "HER2 2+",
+                    {"Membrane: DAB OD mean": 0.45}),
+    ])
+    out = tmp_path / "warped.geojson"
+    back = tmp_path / "back.geojson"
+    for args, dst in (([], out), (["--inverse"], back)):
+        source = src if dst is out else out
+        res = CliRunner().invoke(cli, ["warp", str(transform_file), "--geojson", str(source),
+                                       "-o", str(dst), *args])
+        assert res.exit_code == 0, res.output
+        assert validate_features(load_features(dst)) == 2

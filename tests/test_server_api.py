@@ -1,4 +1,4 @@
-"""Every route and error of the API through Flask's test client (the light DAB scorer)."""
+"""Every route and error of the API through Flask's test client (the real pipeline)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,20 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from server_support import app_config, comparable, make_images, wait_for, wait_job
+from server_support import (
+    SlowScorer,
+    app_config,
+    comparable,
+    direct,
+    make_images,
+    strip_ids,
+    wait_for,
+    wait_job,
+)
 
 from her2_qupath.errors import Her2Error, JobCancelled
 from her2_qupath.server import create_app
-from her2_qupath.server.scorers import DabTileScorer, JobSpec
+from her2_qupath.server.scorers import JobSpec, PipelineScorer
 
 OPTS = {"tile_size": 128}
 
@@ -33,7 +42,7 @@ def make_app(tmp_path: Path, images: dict[str, Path]) -> Iterator[Any]:
         cfg = app_config(
             tmp_path / f"data{len(apps)}",
             [images["three"].parent],
-            scorer or DabTileScorer(),
+            scorer or PipelineScorer(),
             **overrides,
         )
         app = create_app(cfg)
@@ -70,14 +79,7 @@ def _error(r: Any, status: int, code: str | None = None) -> str:
     return str(r.json["error"]["message"])
 
 
-class SlowScorer(DabTileScorer):
-    """The DAB scorer with a pause per tile, so a job stays running for a while."""
-
-    def __init__(self, delay_s: float = 0.05) -> None:
-        super().__init__(delay_s=delay_s)
-
-
-class BrokenScorer(DabTileScorer):
+class BrokenScorer(PipelineScorer):
     def __init__(self, exc: Exception) -> None:
         super().__init__()
         self.exc = exc
@@ -93,7 +95,7 @@ class FilesOnlyScorer:
     """A scorer with only the required interface (files in a folder, a tile estimate)."""
 
     def __init__(self) -> None:
-        self.inner = DabTileScorer()
+        self.inner = PipelineScorer()
 
     def estimate_tiles(self, spec: JobSpec) -> int | None:
         return self.inner.estimate_tiles(spec)
@@ -113,8 +115,6 @@ def test_health_models_openapi(make_app: Any, tmp_path: Path) -> None:
     (models / "seg" / "config.json").write_text(json.dumps({"model_type": "segformer"}))
     (models / "seg" / "her2_qupath.json").write_text(json.dumps({"kind": "segmenter"}))
     (models / "not-a-model").mkdir()
-    from her2_qupath.server.scorers import PipelineScorer
-
     client = make_app(PipelineScorer(models), models_dir=str(models)).test_client()
     h = client.get("/api/v1/health")
     assert h.status_code == 200
@@ -143,17 +143,16 @@ def test_job_lifecycle_and_results_match_direct_call(
 
     result = client.get(f"/api/v1/jobs/{job['id']}/result")
     assert result.status_code == 200 and result.mimetype == "application/json"
-    direct_dir = tmp_path / "direct"
-    direct_dir.mkdir()
-    direct = DabTileScorer()(JobSpec(ihc=images["three"], options=OPTS), direct_dir)
-    assert comparable(result.json) == comparable(json.loads(json.dumps(direct)))
+    want = direct(images["three"], OPTS, tmp_path)
+    assert comparable(result.json) == want["summary"]
+    # LAYOUT_3 by construction: 6, 4, 4 and 2 of the 16 tiles at 0, 1+, 2+, 3+
     assert result.json["class_percentages"] == {"0": 37.5, "1+": 25.0, "2+": 25.0, "3+": 12.5}
 
     for kind, n in (("detections", 16), ("annotations", 1)):
         r = client.get(f"/api/v1/jobs/{job['id']}/{kind}")
         assert r.status_code == 200 and r.mimetype == "application/geo+json"
         assert r.json["type"] == "FeatureCollection" and len(r.json["features"]) == n
-        assert r.json == json.loads((direct_dir / f"{kind}.geojson").read_text())
+        assert strip_ids(r.json) == want[kind]
     png = client.get(f"/api/v1/jobs/{job['id']}/overlay.png")
     assert (
         png.status_code == 200
@@ -248,7 +247,7 @@ def test_job_tile_limit_413(make_app: Any, images: dict[str, Path]) -> None:
 
 
 def test_runtime_tile_limit_fails_job(make_app: Any, images: dict[str, Path]) -> None:
-    class NoEstimate(DabTileScorer):
+    class NoEstimate(PipelineScorer):
         def estimate_tiles(self, spec: JobSpec) -> None:
             return None
 
@@ -424,7 +423,7 @@ def test_cancel_during_scoring_event(tmp_path: Path, images: dict[str, Path]) ->
     ev = threading.Event()
     ev.set()
     with pytest.raises(JobCancelled):
-        DabTileScorer()(JobSpec(ihc=images["three"], options=OPTS), tmp_path, cancel=ev)
+        PipelineScorer()(JobSpec(ihc=images["three"], options=OPTS), tmp_path, cancel=ev)
 
 
 def test_sync_score_with_a_files_only_scorer(make_app: Any, images: dict[str, Path]) -> None:
@@ -433,7 +432,16 @@ def test_sync_score_with_a_files_only_scorer(make_app: Any, images: dict[str, Pa
     plain = make_app(FilesOnlyScorer()).test_client().post("/api/v1/score", json=body)
     fast = make_app().test_client().post("/api/v1/score", json=body)
     assert plain.status_code == fast.status_code == 200
-    assert plain.json == fast.json
+
+    def same(r: Any) -> dict[str, Any]:  # without the run's id, time and object UUIDs
+        return {
+            "tiles": r.json["tiles"],
+            "summary": comparable(r.json["summary"]),
+            "detections": strip_ids(r.json["detections"]),
+            "annotations": strip_ids(r.json["annotations"]),
+        }
+
+    assert set(plain.json) == set(fast.json) and same(plain) == same(fast)
     assert (
         plain.json["summary"]["her2_score"] == "2+"
         and len(plain.json["detections"]["features"]) == 4
@@ -474,7 +482,7 @@ def test_status_page_escapes_job_errors(make_app: Any, images: dict[str, Path]) 
 
 def test_image_roots_given_as_a_list_or_string(tmp_path: Path, images: dict[str, Path]) -> None:
     for n, roots in enumerate(([str(images["three"].parent)], str(images["three"].parent))):
-        cfg = app_config(tmp_path / f"data{n}", [], DabTileScorer(), start_workers=False)
+        cfg = app_config(tmp_path / f"data{n}", [], PipelineScorer(), start_workers=False)
         cfg["IMAGE_ROOTS"] = roots
         app = create_app(cfg)
         try:

@@ -13,7 +13,7 @@ import requests
 from server_support import app_config, make_images, wait_for
 
 from her2_qupath.server import create_app
-from her2_qupath.server.scorers import DabTileScorer
+from her2_qupath.server.scorers import PipelineScorer
 from her2_qupath.server.wsgi import BackgroundServer
 
 pytestmark = pytest.mark.browser
@@ -67,7 +67,7 @@ def test_status_page_shows_finished_job(browser: Any, tmp_path: Path) -> None:
         app_config(
             tmp_path / "data",
             [images["three"].parent],
-            DabTileScorer(),
+            PipelineScorer(),
             token="browser-test-token",
             require_token=True,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import signal
 import subprocess
@@ -17,10 +17,19 @@ from typing import Any
 
 import pytest
 import requests
-from server_support import app_config, comparable, make_images, wait_for
+from server_support import (
+    app_config,
+    comparable,
+    direct,
+    fetch_result,
+    make_images,
+    poll,
+    wait_for,
+)
 
+from her2_qupath.pipeline import CHUNK_TILES
 from her2_qupath.server import create_app
-from her2_qupath.server.scorers import DabTileScorer, JobSpec
+from her2_qupath.server.scorers import PipelineScorer
 from her2_qupath.server.wsgi import BackgroundServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,42 +40,13 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_images(tmp_path_factory.mktemp("slides"))
 
 
-def direct(image: Path, options: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    """What the library gives for the same input, called directly (no server)."""
-    out = tmp / f"direct-{image.stem}-{json.dumps(options, sort_keys=True)}".replace(" ", "_")
-    out.mkdir(parents=True, exist_ok=True)
-    summary = DabTileScorer()(JobSpec(ihc=image, options=options), out)
-    return {
-        "summary": comparable(json.loads(json.dumps(summary))),
-        "detections": json.loads((out / "detections.geojson").read_text()),
-        "annotations": json.loads((out / "annotations.geojson").read_text()),
-    }
-
-
-def poll(session: requests.Session, url: str, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        job = session.get(f"{url}/api/v1/jobs/{job_id}", timeout=10).json()
-        return job if job["state"] in ("done", "failed", "cancelled") else None
-
-    return wait_for(check, timeout, interval=0.05)  # type: ignore[no-any-return]
-
-
-def fetch_result(session: requests.Session, url: str, job_id: str) -> dict[str, Any]:
-    base = f"{url}/api/v1/jobs/{job_id}"
-    return {
-        "summary": comparable(session.get(f"{base}/result", timeout=10).json()),
-        "detections": session.get(f"{base}/detections", timeout=10).json(),
-        "annotations": session.get(f"{base}/annotations", timeout=10).json(),
-    }
-
-
 @pytest.fixture
 def served(tmp_path: Path, images: dict[str, Path]) -> Iterator[Any]:
     started: list[tuple[Any, BackgroundServer]] = []
 
     def start(**overrides: Any) -> BackgroundServer:
         app = create_app(
-            app_config(tmp_path / "data", [images["three"].parent], DabTileScorer(), **overrides)
+            app_config(tmp_path / "data", [images["three"].parent], PipelineScorer(), **overrides)
         )
         srv = BackgroundServer(app).__enter__()
         started.append((app, srv))
@@ -153,12 +133,12 @@ _LAUNCHER = textwrap.dedent(
     import sys
     from pathlib import Path
     from her2_qupath.server import create_app
-    from her2_qupath.server.scorers import DabTileScorer
     from her2_qupath.server.wsgi import serve
+    from server_support import SlowScorer
 
     data, root, portfile = sys.argv[1:4]
     app = create_app({"DATA_DIR": data, "IMAGE_ROOTS": (root,), "WORKERS": 1, "MAX_QUEUE": 100,
-                      "SCORER": DabTileScorer(delay_s=float(sys.argv[4])), "PROGRESS_WRITE_INTERVAL_S": 0.0})
+                      "SCORER": SlowScorer(float(sys.argv[4])), "PROGRESS_WRITE_INTERVAL_S": 0.0})
     serve(app, host="127.0.0.1", port=0, threads=4,
           on_ready=lambda h, p: Path(portfile).write_text(str(p)))
     """
@@ -183,7 +163,9 @@ def _launch(
     portfile = tmp_path / f"{name}.port"
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+        ),
     }
     proc = subprocess.Popen(
         [sys.executable, str(script), str(data), str(root), str(portfile), str(delay)],
@@ -290,15 +272,15 @@ def test_dask_cluster_gives_the_same_results(tmp_path: Path, images: dict[str, P
     with distributed.LocalCluster(
         n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
     ) as cluster:
-        app = create_app(
-            app_config(
-                tmp_path / "data",
-                [images["three"].parent],
-                DabTileScorer(),
-                dask_scheduler=cluster.scheduler_address,
-                workers=2,
-            )
+        cfg = app_config(
+            tmp_path / "data",
+            [images["three"].parent],
+            None,
+            dask_scheduler=cluster.scheduler_address,
+            workers=2,
         )
+        cfg.pop("SCORER")  # the server's default: the real pipeline
+        app = create_app(cfg)
         try:
             with (
                 distributed.Client(cluster) as watcher,
@@ -315,15 +297,15 @@ def test_dask_cluster_gives_the_same_results(tmp_path: Path, images: dict[str, P
                         timeout=10,
                     )
                     jobs.append((r.json()["id"], name))
+                chunks = 0
                 for job_id, name in jobs:
                     assert poll(s, srv.url, job_id, timeout=120)["state"] == "done"
-                    assert fetch_result(s, srv.url, job_id) == direct(
-                        images[name], {"tile_size": 128}, tmp_path
-                    )
-            workers = {t["worker"] for t in stream.data if "tile_class_counts" in str(t["key"])}
-            tasks = [t for t in stream.data if "tile_class_counts" in str(t["key"])]
-            assert len(tasks) == 3 * 16  # every tile of the three images ran on the cluster
-            assert len(workers) == 2
+                    want = direct(images[name], {"tile_size": 128}, tmp_path)
+                    assert fetch_result(s, srv.url, job_id) == want
+                    chunks += math.ceil(want["summary"]["n_tiles"] / CHUNK_TILES)
+            tasks = [t for t in stream.data if "_run_chunk" in str(t["key"])]
+            assert len(tasks) == chunks  # every tile of the three images ran on the cluster
+            assert len({t["worker"] for t in tasks}) == 2
         finally:
             app.extensions["her2_qupath"].close(timeout_s=10)
 
@@ -333,7 +315,7 @@ def test_local_pool_and_dask_pool_threads_are_released(
 ) -> None:
     before = threading.active_count()
     app = create_app(
-        app_config(tmp_path / "data", [images["three"].parent], DabTileScorer(), workers=2)
+        app_config(tmp_path / "data", [images["three"].parent], PipelineScorer(), workers=2)
     )
     c = app.test_client()
     r = c.post("/api/v1/score", json={"ihc": str(images["one"]), "options": {"tile_size": 256}})
@@ -385,7 +367,7 @@ def test_unreachable_dask_scheduler_stops_the_start(
     cfg = app_config(
         tmp_path / "data",
         [images["three"].parent],
-        DabTileScorer(),
+        PipelineScorer(),
         dask_scheduler="tcp://127.0.0.1:1",
         dask_timeout_s=0.5,
     )

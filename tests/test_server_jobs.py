@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sqlite3
 import threading
@@ -11,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_support import app_config, make_images, wait_for, wait_job
+from server_support import SlowScorer, app_config, comparable, make_images, wait_for, wait_job
 
 from her2_qupath.config import ServerConfig
 from her2_qupath.errors import UserInputError
 from her2_qupath.server import create_app
 from her2_qupath.server.executors import LocalBackend
 from her2_qupath.server.jobs import JobManager, JobStore, default_data_dir
-from her2_qupath.server.scorers import DabTileScorer
+from her2_qupath.server.scorers import PipelineScorer
 
 OPTS = {"tile_size": 128}
 
@@ -30,7 +29,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _app(data: Path, images: dict[str, Path], scorer: Any = None, **overrides: Any) -> Any:
     return create_app(
-        app_config(data, [images["three"].parent], scorer or DabTileScorer(), **overrides)
+        app_config(data, [images["three"].parent], scorer or PipelineScorer(), **overrides)
     )
 
 
@@ -83,7 +82,7 @@ def test_one_server_per_data_dir(tmp_path: Path, images: dict[str, Path]) -> Non
 @pytest.mark.parametrize("requeue", [True, False])
 def test_crash_mid_job_recovers(tmp_path: Path, images: dict[str, Path], requeue: bool) -> None:
     data = tmp_path / "data"
-    app = _app(data, images, DabTileScorer(delay_s=0.1), requeue_interrupted=requeue)
+    app = _app(data, images, SlowScorer(0.1), requeue_interrupted=requeue)
     client = app.test_client()
     first = client.post("/api/v1/jobs", json={"ihc": str(images["three"]), "options": OPTS}).json
     wait_job(_getter(app), first["id"], states=("running",))
@@ -106,7 +105,7 @@ def test_graceful_shutdown_requeues_running_and_keeps_finished(
     tmp_path: Path, images: dict[str, Path]
 ) -> None:
     data = tmp_path / "data"
-    app = _app(data, images, DabTileScorer(delay_s=0.1))
+    app = _app(data, images, SlowScorer(0.1))
     client = app.test_client()
     quick = client.post(
         "/api/v1/score", json={"ihc": str(images["one"]), "options": {"tile_size": 256}}
@@ -196,7 +195,7 @@ def test_workers_default_to_cpu_count_and_data_dir_default(
 ) -> None:
     backend = LocalBackend()
     manager = JobManager(
-        dataclasses.replace(ServerConfig(), workers=0), tmp_path, DabTileScorer(), backend
+        dataclasses.replace(ServerConfig(), workers=0), tmp_path, PipelineScorer(), backend
     )
     try:
         assert manager.workers == (os.cpu_count() or 1)
@@ -208,7 +207,7 @@ def test_workers_default_to_cpu_count_and_data_dir_default(
 
 
 def test_jobs_run_in_parallel_on_workers(tmp_path: Path, images: dict[str, Path]) -> None:
-    app = _app(tmp_path / "data", images, DabTileScorer(delay_s=0.05), workers=2)
+    app = _app(tmp_path / "data", images, SlowScorer(0.05), workers=2)
     try:
         c = app.test_client()
         ids = [
@@ -218,7 +217,7 @@ def test_jobs_run_in_parallel_on_workers(tmp_path: Path, images: dict[str, Path]
         wait_for(lambda: c.get("/api/v1/health").json["running"] == 2, timeout=10)
         for job_id in ids:
             assert wait_job(_getter(app), job_id)["state"] == "done"
-        summaries = [json.loads(json.dumps(c.get(f"/api/v1/jobs/{i}/result").json)) for i in ids]
-        assert summaries[0] == summaries[1]
+        summaries = [comparable(c.get(f"/api/v1/jobs/{i}/result").json) for i in ids]
+        assert summaries[0] == summaries[1] and summaries[0]["her2_score"] == "3+"
     finally:
         app.extensions["her2_qupath"].close()

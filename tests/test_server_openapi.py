@@ -21,7 +21,7 @@ from server_support import app_config, make_images, wait_job
 
 from her2_qupath.server import create_app
 from her2_qupath.server.openapi import openapi_document
-from her2_qupath.server.scorers import DabTileScorer
+from her2_qupath.server.scorers import PipelineScorer
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 
@@ -31,7 +31,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     root = tmp_path_factory.mktemp("slides")
     make_images(root)
     application = create_app(
-        app_config(tmp_path_factory.mktemp("data"), [root], DabTileScorer(), max_queue=1000)
+        app_config(tmp_path_factory.mktemp("data"), [root], PipelineScorer(), max_queue=1000)
     )
     application.config["IMAGES"] = root
     yield application

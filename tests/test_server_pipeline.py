@@ -1,47 +1,32 @@
-"""The server with the real pipeline: same results as ``run_score`` called directly, local and on Dask."""
+"""The server with its default scorer, over HTTP: the same results as ``run_score`` called directly.
+
+(The same comparison on a Dask cluster is in ``test_server_e2e.py``.)
+"""
 
 from __future__ import annotations
 
-import importlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from server_support import LAYOUT_3, app_config, comparable, ihc_rgb, wait_for, write_png
+from server_support import (
+    LAYOUT_3,
+    MPP,
+    app_config,
+    comparable,
+    direct,
+    fetch_result,
+    ihc_rgb,
+    poll,
+    write_png,
+)
 
 from her2_qupath.server import create_app
 from her2_qupath.server.wsgi import BackgroundServer
 
-PIPELINE_MODULES = (
-    "pipeline",
-    "slide",
-    "tiling",
-    "tissue",
-    "stain",
-    "scoring",
-    "render",
-    "qupath.geojson",
-)
-MPP = 0.5
 OPTIONS = {"tile_size": 256, "mpp": MPP}
-
-
-def _missing() -> list[str]:
-    missing = []
-    for name in PIPELINE_MODULES:
-        try:
-            importlib.import_module(f"her2_qupath.{name}")
-        except (ImportError, AttributeError) as err:  # absent, or built against a newer config.py
-            missing.append(f"{name} ({type(err).__name__}: {err})")
-    return missing
-
-
-pytestmark = pytest.mark.skipif(
-    bool(_missing()), reason=f"pipeline modules not installed: {_missing()}"
-)
 
 
 @pytest.fixture(scope="module")
@@ -52,38 +37,9 @@ def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def _strip_ids(fc: dict[str, Any]) -> dict[str, Any]:
-    """GeoJSON without the random object UUIDs (new on every run)."""
-    out = dict(fc)
-    out["features"] = [{k: v for k, v in f.items() if k != "id"} for f in fc["features"]]
-    return out
-
-
-def _direct(slide: Path, tmp: Path) -> dict[str, Any]:
-    from her2_qupath.pipeline import ScoreRequest, run_score, write_result
-    from her2_qupath.server.scorers import PipelineScorer
-
-    options = PipelineScorer().score_options(OPTIONS)
-    result = run_score(ScoreRequest(ihc=slide, ihc_mpp=MPP, options=options))
-    out = write_result(result, tmp / "direct")
-    return _files(out)
-
-
-def _files(folder: Path) -> dict[str, Any]:
-    return {
-        "summary": _summary(json.loads((folder / "summary.json").read_text())),
-        "detections": _strip_ids(json.loads((folder / "detections.geojson").read_text())),
-        "annotations": _strip_ids(json.loads((folder / "annotations.geojson").read_text())),
-    }
-
-
-def _summary(summary: dict[str, Any]) -> dict[str, Any]:
-    return comparable(summary)
-
-
 @pytest.fixture(scope="module")
 def expected(slide: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _direct(slide, tmp_path_factory.mktemp("direct"))
+    return direct(slide, OPTIONS, tmp_path_factory.mktemp("direct"))
 
 
 @pytest.fixture
@@ -112,24 +68,12 @@ def _run_job(url: str, slide: Path) -> dict[str, Any]:
         timeout=60,
     )
     assert r.status_code == 202, r.text
-    job_id = r.json()["id"]
-    job = wait_for(
-        lambda: (
-            (j := s.get(f"{url}/api/v1/jobs/{job_id}", timeout=10).json())["state"]
-            in ("done", "failed", "cancelled")
-            and j
-        ),
-        timeout=180,
-        interval=0.1,
-    )
+    job = poll(s, url, r.json()["id"], timeout=180)
     assert job["state"] == "done", job
-    base = f"{url}/api/v1/jobs/{job_id}"
-    assert s.get(f"{base}/overlay.png", timeout=10).content.startswith(b"\x89PNG")
-    return {
-        "summary": _summary(s.get(f"{base}/result", timeout=10).json()),
-        "detections": _strip_ids(s.get(f"{base}/detections", timeout=10).json()),
-        "annotations": _strip_ids(s.get(f"{base}/annotations", timeout=10).json()),
-    }
+    assert s.get(f"{url}/api/v1/jobs/{job['id']}/overlay.png", timeout=10).content.startswith(
+        b"\x89PNG"
+    )
+    return fetch_result(s, url, job["id"])
 
 
 def test_job_matches_run_score(serve: Any, slide: Path, expected: dict[str, Any]) -> None:
@@ -143,15 +87,4 @@ def test_job_matches_run_score(serve: Any, slide: Path, expected: dict[str, Any]
         timeout=120,
     )
     assert sync.status_code == 200, sync.text
-    assert _summary(sync.json()["summary"]) == expected["summary"]
-
-
-def test_dask_cluster_matches_local(serve: Any, slide: Path, expected: dict[str, Any]) -> None:
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
-    ) as cluster:
-        srv = serve(dask_scheduler=cluster.scheduler_address)
-        with distributed.Client(cluster) as watcher, distributed.get_task_stream(watcher) as stream:
-            assert _run_job(srv.url, slide) == expected
-        assert stream.data, "no tile work reached the Dask workers"
+    assert comparable(sync.json()["summary"]) == expected["summary"]

@@ -15,7 +15,7 @@ from server_support import app_config, make_images, wait_job
 from her2_qupath.errors import AccessDenied, SlideNotFound, UserInputError
 from her2_qupath.server import create_app
 from her2_qupath.server.app import TOKEN_COOKIE
-from her2_qupath.server.scorers import DabTileScorer
+from her2_qupath.server.scorers import PipelineScorer
 from her2_qupath.server.security import (
     count_vertices,
     is_loopback,
@@ -193,7 +193,7 @@ def make_app(tmp_path: Path, images: dict[str, Path]) -> Iterator[Any]:
             app_config(
                 tmp_path / f"data{len(apps)}",
                 [images["three"].parent],
-                DabTileScorer(),
+                PipelineScorer(),
                 **overrides,
             )
         )

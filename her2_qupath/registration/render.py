@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..render import checkerboard
 from .transform import Transform
 
 __all__ = ["render_registration", "warp_image"]
@@ -52,10 +53,7 @@ def render_registration(fixed_rgb: np.ndarray, moving_rgb: np.ndarray, transform
     fscale = (fw / w, fh / h)
     mscale = (mw / moving_rgb.shape[1], mh / moving_rgb.shape[0])
     warped = warp_image(np.ascontiguousarray(moving_rgb[..., :3]), transform, (h, w), fscale, mscale)
-    cell = max(8, max(h, w) // squares)
-    yy, xx = np.mgrid[0:h, 0:w]
-    board = ((yy // cell + xx // cell) % 2).astype(bool)
-    check = np.where(board[..., None], warped, fixed).copy()
+    check = checkerboard(fixed, warped, squares=squares).copy()
     if landmarks is not None:
         lf, lm = (np.asarray(a, dtype=np.float64).reshape(-1, 2) for a in landmarks)
         n = min(len(lf), len(lm))

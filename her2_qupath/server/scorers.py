@@ -9,39 +9,27 @@ worker thread; ``progress(done, total)`` feeds the job's progress, ``cancel``
 is a :class:`threading.Event` set on cancellation, and ``executor`` (a
 :class:`concurrent.futures.Executor`, local or Dask) takes the tile work.
 
-:class:`PipelineScorer` runs :func:`her2_qupath.pipeline.run_score` (the
-default). :class:`DabTileScorer` is a light scorer that needs only numpy and
-Pillow (colour deconvolution on tiles of a plain RGB image); the server's own
-tests and benchmarks use it, and ``create_app({"SCORER": ...})`` accepts any
-scorer.
+:class:`PipelineScorer` runs :func:`her2_qupath.pipeline.run_score`, the
+product's one scoring implementation, and is the default;
+``create_app({"SCORER": ...})`` accepts any object with this interface (a
+subclass that adds behaviour, for instance).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import math
 import os
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, Future
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
 from typing import Any, Protocol
 
-from .. import __version__
-from .._io import atomic_write_bytes, atomic_write_json
-from ..config import (
-    GUIDELINES,
-    HER2_CLASSES,
-    HER2_COLORS,
-    PRODUCT_MARKER,
-    ServerConfig,
-    StainConfig,
-)
-from ..errors import JobCancelled, UserInputError
+from ..config import ServerConfig
+from ..errors import UserInputError
 from .http import ApiError
 from .security import count_vertices, resolve_image
 
@@ -51,9 +39,7 @@ __all__ = [
     "build_spec",
     "check_vertex_limit",
     "PipelineScorer",
-    "DabTileScorer",
     "default_scorer",
-    "tile_class_counts",
     "json_ready",
 ]
 
@@ -370,318 +356,6 @@ def _model_kind(path: Path) -> str | None:
         if isinstance(value, str):
             return value
     return None
-
-
-# --------------------------------------------------------------------------------------------
-# A light scorer for plain images
-
-
-def _stain_matrix(stain: StainConfig) -> Any:
-    import numpy as np
-
-    h = np.asarray(stain.hematoxylin, float)
-    d = np.asarray(stain.dab, float)
-    h, d = h / np.linalg.norm(h), d / np.linalg.norm(d)
-    r = np.cross(h, d)
-    r = r / np.linalg.norm(r)
-    return np.linalg.inv(np.stack([h, d, r]))
-
-
-def tile_class_counts(tile: Any, stain: StainConfig | None = None) -> list[int]:
-    """Pixel counts ``[background, 0, 1+, 2+, 3+]`` of an RGB tile (DAB OD thresholds).
-
-    Top-level and picklable, so it runs on a process pool or Dask workers.
-    """
-    import numpy as np
-
-    stain = stain or StainConfig()
-    od = -np.log10((np.asarray(tile, np.float64) + 1.0) / 256.0)
-    conc = od.reshape(-1, 3) @ _stain_matrix(stain)
-    dab = conc[:, 1]
-    tissue = od.reshape(-1, 3).sum(axis=1) > stain.tissue_od
-    t1, t2, t3 = stain.thresholds
-    cls = np.where(dab < t1, 1, np.where(dab < t2, 2, np.where(dab < t3, 3, 4)))
-    cls = np.where(tissue, cls, 0)
-    return [int(v) for v in np.bincount(cls, minlength=5)]
-
-
-def _score_label(k: int) -> str:
-    """0, 1+, 2+, 3+: the labels the pipeline's summary uses."""
-    return HER2_CLASSES[k].removeprefix("HER2 ")
-
-
-def _geometry_box(x: int, y: int, w: int, h: int) -> dict[str, Any]:
-    return {
-        "type": "Polygon",
-        "coordinates": [[[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]],
-    }
-
-
-def _classification(k: int) -> dict[str, Any]:
-    name = HER2_CLASSES[k]
-    return {"name": name, "color": list(HER2_COLORS[name])}
-
-
-class DabTileScorer:
-    """Colour deconvolution on ``tile_size`` tiles of a plain RGB image (PNG, JPEG, TIFF).
-
-    A tile counts when at least ``min_tissue_fraction`` of it is tissue; its
-    class is the majority DAB class of its tissue pixels; the slide score
-    applies the guideline's cumulative percentage rule to the pixel classes.
-    """
-
-    name = "dab-tile"
-
-    def __init__(self, *, delay_s: float = 0.0, stain: StainConfig | None = None) -> None:
-        self.delay_s = delay_s  # per-tile pause, for tests that need a job to stay running
-        self.stain = stain or StainConfig()
-
-    def models(self) -> list[dict[str, Any]]:
-        return []
-
-    def _image(self, path: Path) -> Any:
-        import numpy as np
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as err:
-            from ..errors import SlideFormatError
-
-            raise SlideFormatError(
-                f"cannot read {path.name} as an image: {err}", hint="send a PNG, JPEG or TIFF"
-            ) from err
-
-    def _tiles(self, spec: JobSpec, dims: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-        size = int(spec.options.get("tile_size", 256))
-        boxes = [
-            (x, y, min(size, dims[0] - x), min(size, dims[1] - y))
-            for y in range(0, dims[1], size)
-            for x in range(0, dims[0], size)
-        ]
-        if not spec.rois:
-            return boxes
-        from shapely.geometry import Point, shape
-        from shapely.ops import unary_union
-
-        region = unary_union([shape(f["geometry"]) for f in spec.rois])
-        return [b for b in boxes if region.contains(Point(b[0] + b[2] / 2, b[1] + b[3] / 2))]
-
-    def estimate_tiles(self, spec: JobSpec) -> int | None:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(spec.ihc) as im:
-                dims = im.size
-        except (UnidentifiedImageError, OSError) as err:
-            from ..errors import SlideFormatError
-
-            raise SlideFormatError(
-                f"cannot read {spec.ihc.name} as an image: {err}", hint="send a PNG, JPEG or TIFF"
-            ) from err
-        return _count_tiles(dims, int(spec.options.get("tile_size", 256)), _roi_bounds(spec))
-
-    def __call__(
-        self,
-        spec: JobSpec,
-        outdir: Path,
-        *,
-        progress: Progress | None = None,
-        cancel: Event | None = None,
-        executor: Executor | None = None,
-    ) -> dict[str, Any]:
-        image, boxes, counts = self._count(
-            spec, progress=progress, cancel=cancel, executor=executor
-        )
-        summary, detections, annotations = self._objects(spec, image, boxes, counts)
-        atomic_write_json(outdir / "summary.json", summary)
-        atomic_write_json(outdir / "detections.geojson", detections)
-        atomic_write_json(outdir / "annotations.geojson", annotations)
-        min_frac = float(spec.options.get("min_tissue_fraction", 0.25))
-        atomic_write_bytes(outdir / "overlay.png", self._overlay(image, boxes, counts, min_frac))
-        return summary
-
-    def score_in_memory(
-        self,
-        spec: JobSpec,
-        *,
-        progress: Progress | None = None,
-        cancel: Event | None = None,
-        executor: Executor | None = None,
-    ) -> dict[str, Any]:
-        """Summary, detections and annotations without files or overlay (synchronous /score)."""
-        image, boxes, counts = self._count(
-            spec, progress=progress, cancel=cancel, executor=executor
-        )
-        summary, detections, annotations = self._objects(spec, image, boxes, counts)
-        return {"summary": summary, "detections": detections, "annotations": annotations}
-
-    def _count(
-        self,
-        spec: JobSpec,
-        *,
-        progress: Progress | None,
-        cancel: Event | None,
-        executor: Executor | None,
-    ) -> tuple[Any, list[tuple[int, int, int, int]], dict[int, list[int]]]:
-        import time
-        from concurrent.futures import FIRST_COMPLETED, wait
-
-        image = self._image(spec.ihc)
-        dims = (image.shape[1], image.shape[0])
-        boxes = self._tiles(spec, dims)
-        total = len(boxes)
-        if progress:
-            progress(0, total)
-        counts: dict[int, list[int]] = {}
-        pending: dict[Future[list[int]], int] = {}
-        for i, (x, y, w, h) in enumerate(boxes):
-            if cancel is not None and cancel.is_set():
-                break
-            tile = image[y : y + h, x : x + w]
-            if executor is None:
-                counts[i] = tile_class_counts(tile, self.stain)
-                if self.delay_s:
-                    time.sleep(self.delay_s)
-                if progress:
-                    progress(len(counts), total)
-            else:
-                pending[executor.submit(tile_class_counts, tile, self.stain)] = i
-        while pending:
-            if cancel is not None and cancel.is_set():
-                break
-            done, _ = wait(list(pending), timeout=0.2, return_when=FIRST_COMPLETED)
-            for fut in done:
-                counts[pending.pop(fut)] = fut.result()
-                if self.delay_s:
-                    time.sleep(self.delay_s)
-                if progress:
-                    progress(len(counts), total)
-        if cancel is not None and cancel.is_set():
-            for fut in pending:
-                fut.cancel()
-            raise JobCancelled("the scoring run was cancelled", hint="nothing was written")
-        return image, boxes, counts
-
-    def _objects(
-        self,
-        spec: JobSpec,
-        image: Any,
-        boxes: Sequence[tuple[int, int, int, int]],
-        counts: Mapping[int, list[int]],
-    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        import numpy as np
-
-        min_frac = float(spec.options.get("min_tissue_fraction", 0.25))
-        rule = GUIDELINES[spec.options.get("guideline", "breast")]
-        pixels = np.zeros(5, np.int64)
-        detections = []
-        for i, (x, y, w, h) in enumerate(boxes):
-            c = np.asarray(counts[i])
-            tissue = int(c[1:].sum())
-            if tissue < min_frac * w * h:
-                continue
-            pixels += c
-            k = int(np.argmax(c[1:]))
-            detections.append(
-                {
-                    "type": "Feature",
-                    "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{PRODUCT_MARKER}/tile/{x}/{y}")),
-                    "geometry": _geometry_box(x, y, w, h),
-                    "properties": {
-                        "objectType": "tile",
-                        "name": f"{PRODUCT_MARKER} tile",
-                        "classification": _classification(k),
-                        "measurements": {
-                            f"{PRODUCT_MARKER}: % {HER2_CLASSES[j]}": round(
-                                100.0 * c[j + 1] / tissue, 4
-                            )
-                            for j in range(4)
-                        },
-                    },
-                }
-            )
-        tissue_px = int(pixels[1:].sum())
-        pct = [100.0 * int(pixels[j + 1]) / tissue_px if tissue_px else 0.0 for j in range(4)]
-        score = (
-            3
-            if pct[3] > rule.t3
-            else 2
-            if pct[2] + pct[3] > rule.t2
-            else 1
-            if sum(pct[1:]) > rule.t1
-            else 0
-        )
-        summary = {
-            "her2_score": _score_label(score) if tissue_px else None,
-            "class_percentages": {_score_label(j): round(pct[j], 4) for j in range(4)},
-            "h_score": round(pct[1] + 2 * pct[2] + 3 * pct[3], 4),
-            "percent_positive": round(pct[1] + pct[2] + pct[3], 4),
-            "n_tiles": len(detections),
-            "regions": [],
-            "provenance": {
-                "product": PRODUCT_MARKER,
-                "version": __version__,
-                "scorer": self.name,
-                "guideline": rule.name,
-                "options": dict(spec.options),
-                "image": spec.ihc.name,
-            },
-        }
-        region_geoms = (
-            [f["geometry"] for f in spec.rois]
-            if spec.rois
-            else [_geometry_box(0, 0, image.shape[1], image.shape[0])]
-        )
-        annotations = [
-            {
-                "type": "Feature",
-                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{PRODUCT_MARKER}/region/{n}")),
-                "geometry": g,
-                "properties": {
-                    "objectType": "annotation",
-                    "name": f"{PRODUCT_MARKER} HER2 {score}+",
-                    "classification": _classification(score),
-                    "measurements": {
-                        f"{PRODUCT_MARKER}: HER2 score": score,
-                        f"{PRODUCT_MARKER}: H-score": summary["h_score"],
-                    },
-                },
-            }
-            for n, g in enumerate(region_geoms)
-        ]
-        summary["regions"] = [
-            {"index": n, "her2_score": _score_label(score)} for n in range(len(region_geoms))
-        ]
-        return (
-            summary,
-            {"type": "FeatureCollection", "features": detections},
-            {"type": "FeatureCollection", "features": annotations},
-        )
-
-    def _overlay(
-        self,
-        image: Any,
-        boxes: Sequence[tuple[int, int, int, int]],
-        counts: Mapping[int, list[int]],
-        min_frac: float,
-    ) -> bytes:
-        import numpy as np
-        from PIL import Image
-
-        out = image.astype(np.float32).copy()
-        for i, (x, y, w, h) in enumerate(boxes):
-            c = np.asarray(counts[i])
-            if c[1:].sum() < min_frac * w * h:
-                continue
-            colour = np.asarray(HER2_COLORS[HER2_CLASSES[int(np.argmax(c[1:]))]], np.float32)
-            out[y : y + h, x : x + w] = 0.6 * out[y : y + h, x : x + w] + 0.4 * colour
-        im = Image.fromarray(out.clip(0, 255).astype(np.uint8))
-        im.thumbnail((1024, 1024))
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        return buf.getvalue()
 
 
 def default_scorer(config: ServerConfig) -> Scorer:
