@@ -14,13 +14,13 @@ truth. Nothing is downloaded and no model weights are needed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._types import ProgressCallback
 from .config import GUIDELINES, ScoringConfig
 from .scoring import guideline_score
 
@@ -101,7 +101,7 @@ def compare_to_truth(summary: dict[str, Any], inputs: DemoInputs) -> list[dict[s
 
 
 def run_demo(outdir: str | Path, *, size: int = 2048, seed: int = 7,
-             progress: Callable[[int, int], None] | None = None) -> tuple[Any, list[dict[str, Any]]]:
+             progress: ProgressCallback | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """Make the inputs, score the pair at cell level and write results into ``outdir/results``."""
     from .pipeline import ScoreOptions, ScoreRequest, run_score, write_result
     from .qupath.geojson import read_geojson

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._types import ProgressCallback
 from .config import (
     GUIDELINES,
     HER2_CLASSES,
@@ -65,7 +66,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
 #: Tiles analysed per executor task: large enough to amortise scheduling, small
 #: enough for smooth progress and bounded memory (tiles in flight).
 CHUNK_TILES = 8

@@ -163,6 +163,53 @@ def compose_rgb(
     return out
 
 
+def _cell_grid(
+    shape: tuple[int, int],
+    pitch: float,
+    jitter: float,
+    grid: tuple[int, int],
+    tissue: np.ndarray,
+    region_map: np.ndarray,
+    fractions: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, ...]:
+    """Cell centres on a jittered square grid and their drawn classes.
+
+    Returns ``cy, cx`` (centres), ``reg`` (region index, -1 outside), ``present``
+    (centre in tissue and a region), ``cls`` (HER2 class, exact per-region quotas
+    assigned at random), ``mem_od``, ``comp`` (membrane OD and completeness drawn
+    from the class's range) and ``theta0`` (start angle of the stained arc).
+    """
+    h, w = shape
+    gh, gw = grid
+    cy = (np.arange(gh)[:, None] * pitch + pitch / 2
+          + rng.uniform(-jitter, jitter, (gh, gw))).astype(np.float32)
+    cx = (np.arange(gw)[None, :] * pitch + pitch / 2
+          + rng.uniform(-jitter, jitter, (gh, gw))).astype(np.float32)
+    iy = np.clip(cy.round().astype(int), 0, h - 1)
+    ix = np.clip(cx.round().astype(int), 0, w - 1)
+    reg = region_map[iy, ix].astype(np.int64) - 1  # -1 outside tissue
+    present = tissue[iy, ix] & (reg >= 0)
+    # Exact class percentages per region: assign shuffled, rounded quotas.
+    cls = np.full((gh, gw), -1, dtype=np.int64)
+    for r in range(fractions.shape[0]):
+        idx = np.flatnonzero((reg == r) & present)
+        n = idx.size
+        quota = np.floor(fractions[r] * n + 0.5).astype(int)
+        quota[np.argmax(fractions[r])] += n - quota.sum()
+        labels = np.repeat(np.arange(4), quota)
+        rng.shuffle(labels)
+        cls.flat[idx] = labels
+    mem_od = np.zeros((gh, gw), dtype=np.float32)
+    comp = np.zeros((gh, gw), dtype=np.float32)
+    for k, mc in enumerate(MEMBRANE_CLASSES):
+        m = cls == k
+        mem_od[m] = rng.uniform(*mc.od, m.sum())
+        comp[m] = rng.uniform(*mc.completeness, m.sum())
+    theta0 = rng.uniform(0, 2 * np.pi, (gh, gw)).astype(np.float32)
+    return cy, cx, reg, present, cls, mem_od, comp, theta0
+
+
 def _render_packed(
     shape: tuple[int, int],
     tissue: np.ndarray,
@@ -199,29 +246,8 @@ def _render_packed(
     r_max = np.float32(0.75 * s)
     jit = 0.25 * s
     gh, gw = int(np.ceil(h / s)), int(np.ceil(w / s))
-    cy = (np.arange(gh)[:, None] * s + s / 2 + rng.uniform(-jit, jit, (gh, gw))).astype(np.float32)
-    cx = (np.arange(gw)[None, :] * s + s / 2 + rng.uniform(-jit, jit, (gh, gw))).astype(np.float32)
-    iy = np.clip(cy.round().astype(int), 0, h - 1)
-    ix = np.clip(cx.round().astype(int), 0, w - 1)
-    reg = region_map[iy, ix].astype(np.int64) - 1  # -1 outside tissue
-    present = tissue[iy, ix] & (reg >= 0)
-    # Exact class percentages per region: assign shuffled, rounded quotas.
-    cls = np.full((gh, gw), -1, dtype=np.int64)
-    for r in range(fractions.shape[0]):
-        idx = np.flatnonzero((reg == r) & present)
-        n = idx.size
-        quota = np.floor(fractions[r] * n + 0.5).astype(int)
-        quota[np.argmax(fractions[r])] += n - quota.sum()
-        labels = np.repeat(np.arange(4), quota)
-        rng.shuffle(labels)
-        cls.flat[idx] = labels
-    mem_od = np.zeros((gh, gw), dtype=np.float32)
-    comp = np.zeros((gh, gw), dtype=np.float32)
-    for k, mc in enumerate(MEMBRANE_CLASSES):
-        m = cls == k
-        mem_od[m] = rng.uniform(*mc.od, m.sum())
-        comp[m] = rng.uniform(*mc.completeness, m.sum())
-    theta0 = rng.uniform(0, 2 * np.pi, (gh, gw)).astype(np.float32)
+    cy, cx, reg, present, cls, mem_od, comp, theta0 = _cell_grid(
+        (h, w), s, jit, (gh, gw), tissue, region_map, fractions, rng)
     rnuc = (rn * rng.uniform(0.85, 1.1, (gh, gw))).astype(np.float32)
     hn = (nucleus_od * rng.uniform(0.8, 1.2, (gh, gw))).astype(np.float32)
 
@@ -347,30 +373,8 @@ def _render_isolated(
     s = int(np.ceil(2 * rc + mw + 2))  # grid pitch: one cell per square
     jit = max((s - 2 * rc - mw) / 2 - 0.5, 0.0)
     gh, gw = -(-h // s), -(-w // s)
-    cy = (np.arange(gh)[:, None] * s + s / 2 + rng.uniform(-jit, jit, (gh, gw))).astype(np.float32)
-    cx = (np.arange(gw)[None, :] * s + s / 2 + rng.uniform(-jit, jit, (gh, gw))).astype(np.float32)
-    iy = np.clip(cy.round().astype(int), 0, h - 1)
-    ix = np.clip(cx.round().astype(int), 0, w - 1)
-    present = tissue[iy, ix]
-    reg = region_map[iy, ix].astype(np.int64) - 1  # -1 outside tissue
-    present &= reg >= 0
-    # Exact class percentages per region: assign shuffled, rounded quotas.
-    cls = np.full((gh, gw), -1, dtype=np.int64)
-    for r in range(fractions.shape[0]):
-        idx = np.flatnonzero((reg == r) & present)
-        n = idx.size
-        quota = np.floor(fractions[r] * n + 0.5).astype(int)
-        quota[np.argmax(fractions[r])] += n - quota.sum()
-        labels = np.repeat(np.arange(4), quota)
-        rng.shuffle(labels)
-        cls.flat[idx] = labels
-    mem_od = np.zeros((gh, gw), dtype=np.float32)
-    comp = np.zeros((gh, gw), dtype=np.float32)
-    for k, mc in enumerate(MEMBRANE_CLASSES):
-        m = cls == k
-        mem_od[m] = rng.uniform(*mc.od, m.sum())
-        comp[m] = rng.uniform(*mc.completeness, m.sum())
-    theta0 = rng.uniform(0, 2 * np.pi, (gh, gw)).astype(np.float32)
+    cy, cx, reg, present, cls, mem_od, comp, theta0 = _cell_grid(
+        (h, w), s, jit, (gh, gw), tissue, region_map, fractions, rng)
     rcell = (rc * rng.uniform(0.9, 1.0, (gh, gw))).astype(np.float32)
     rnuc = (rn * rng.uniform(0.8, 1.1, (gh, gw))).astype(np.float32)
     hn = (nucleus_od * rng.uniform(0.8, 1.2, (gh, gw))).astype(np.float32)

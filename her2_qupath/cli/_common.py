@@ -8,10 +8,9 @@ from collections.abc import Callable, Iterator
 
 import click
 
-__all__ = ["progress", "mpp_option", "ProgressCallback"]
+from .._types import ProgressCallback
 
-#: Library functions report progress through ``callback(done, total)``.
-ProgressCallback = Callable[[int, int], None]
+__all__ = ["progress", "mpp_option", "ProgressCallback"]
 
 
 @contextlib.contextmanager

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._types import ProgressCallback
 from ..errors import ModelError, UserInputError
 from .io import LoadedModel
 
@@ -240,7 +241,7 @@ class SlideHeatmaps:
 def slide_heatmaps(model: LoadedModel, slide: Any, grid: Any, out_dir: str | os.PathLike[str] | None = None,
                    *, column: int | None = None, thumbnail_max: int = 2048, batch_size: int = 8,
                    cmap: str = "inferno", alpha: float = 0.5,
-                   progress: Callable[[int, int], None] | None = None) -> SlideHeatmaps:
+                   progress: ProgressCallback | None = None) -> SlideHeatmaps:
     """Classify every tile of ``grid`` with attention rollout; write PNG overlays to ``out_dir``.
 
     ``column``: the class whose probability is mapped (default: the tumor class).

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._io import atomic_output_dir, atomic_write_json
+from .._types import ProgressCallback
 from ..errors import ModelError
 from .io import LoadedModel, stain_value
 
@@ -180,7 +181,7 @@ def _dataset_targets(model: LoadedModel, dataset: Any) -> np.ndarray:
 
 
 def evaluate(model: LoadedModel, dataset: Any, *, precision: str = "fp32", batch_size: int = 16,
-             positive: str | None = None, progress: Callable[[int, int], None] | None = None
+             positive: str | None = None, progress: ProgressCallback | None = None
              ) -> dict[str, Any]:
     """Evaluate ``model`` on a labelled dataset (``TileDataset`` or ``MaskDataset``)."""
     from .infer import classify_tiles, segment_tiles

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._types import ProgressCallback
 from ..config import ModelConfig
 from ..errors import ModelError, UserInputError
 from .io import LoadedModel
@@ -43,7 +44,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16"]
-ProgressCallback = Callable[[int, int], None]
 
 
 @functools.lru_cache(maxsize=1)

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 
 from .. import __version__
 from .._io import atomic_write_json
+from .._types import ProgressCallback
 from ..config import TilingConfig, TrainConfig
 from ..errors import ModelError, OutputExists, UserInputError
 from .datasets import MaskDataset, TileDataset, split_by_group
@@ -50,7 +50,6 @@ __all__ = ["TrainResult", "train_classifier", "train_segmenter", "augment_batch"
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
 #: The checkpoint of an unfinished run, inside the model directory (removed when training ends).
 CHECKPOINT = "checkpoint.pt"
 _DEFAULT_CONFIG = TrainConfig()

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from .. import __version__
 from .._io import atomic_write_json, atomic_write_text
+from .._types import ProgressCallback
 from ..config import PRODUCT_MARKER, ProjectConfig
 from ..errors import QuPathUnavailable
 from .project import (
@@ -56,7 +57,6 @@ __all__ = ["BatchOptions", "ImageOutcome", "BatchReport", "run_batch", "Status"]
 log = logging.getLogger(__name__)
 
 Status = Literal["scored", "would-score", "skipped", "missing", "failed"]
-ProgressFn = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -258,8 +258,8 @@ def _import_text(report: BatchReport, config: ProjectConfig) -> str:
 def run_batch(
     opts: BatchOptions,
     *,
-    image_progress: ProgressFn | None = None,
-    tile_progress: Callable[[str], ProgressFn | None] | None = None,
+    image_progress: ProgressCallback | None = None,
+    tile_progress: Callable[[str], ProgressCallback | None] | None = None,
 ) -> BatchReport:
     """Score the project's images; see the module docstring for what is written where."""
     pfile = project_file(opts.project)
@@ -310,8 +310,8 @@ def _run(
     write_back: bool,
     notes: list[str],
     executor: Any,
-    image_progress: ProgressFn | None,
-    tile_progress: Callable[[str], ProgressFn | None] | None,
+    image_progress: ProgressCallback | None,
+    tile_progress: Callable[[str], ProgressCallback | None] | None,
 ) -> BatchReport:
     cfg = opts.config
     project_dir = project.project_dir
@@ -387,7 +387,7 @@ def _one(
     run_id: str,
     executor: Any,
     write_back: bool,
-    tile_progress: Callable[[str], ProgressFn | None] | None,
+    tile_progress: Callable[[str], ProgressCallback | None] | None,
 ) -> ImageOutcome:
     cfg = opts.config
     e, he = pair.ihc, pair.he

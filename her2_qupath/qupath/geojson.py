@@ -1003,6 +1003,15 @@ def _geometry_of(shape: Any, what: str = "geometry") -> Any:
     return geom
 
 
+def _class_arg(classification: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
+    """A classification given as a name or a sequence of names (derived class), normalised."""
+    if classification is None:
+        return None
+    return _normalise_class(
+        classification if isinstance(classification, str) else tuple(classification)
+    )
+
+
 def tile_object(
     tile_polygon: Any,
     classification: str | Sequence[str] | None,
@@ -1014,13 +1023,7 @@ def tile_object(
     is_locked: bool = False,
 ) -> QuPathObject:
     """A tile (or detection) object for a tile polygon or a :class:`~her2_qupath.tiling.Tile`."""
-    cls = (
-        None
-        if classification is None
-        else _normalise_class(
-            classification if isinstance(classification, str) else tuple(classification)
-        )
-    )
+    cls = _class_arg(classification)
     return QuPathObject(
         geometry=_geometry_of(tile_polygon),
         object_type=object_type,
@@ -1043,13 +1046,7 @@ def annotation_object(
     color: RGB | None = None,
 ) -> QuPathObject:
     """An annotation (a region: a scored ROI, the tissue outline)."""
-    cls = (
-        None
-        if classification is None
-        else _normalise_class(
-            classification if isinstance(classification, str) else tuple(classification)
-        )
-    )
+    cls = _class_arg(classification)
     return QuPathObject(
         geometry=_geometry_of(geometry),
         object_type="annotation",
@@ -1072,13 +1069,7 @@ def cell_object(
     metadata: Mapping[str, str] | None = None,
 ) -> QuPathObject:
     """A cell: its boundary as the geometry and its nucleus as ``nucleusGeometry``."""
-    cls = (
-        None
-        if classification is None
-        else _normalise_class(
-            classification if isinstance(classification, str) else tuple(classification)
-        )
-    )
+    cls = _class_arg(classification)
     return QuPathObject(
         geometry=_geometry_of(cell_polygon, "cell outline"),
         object_type="cell",

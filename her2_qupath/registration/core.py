@@ -27,12 +27,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .._types import ProgressCallback
 from ..config import RegistrationConfig
 from ..errors import UserInputError
 from ._images import (
@@ -50,8 +50,6 @@ from .transform import Transform
 __all__ = ["register", "Pair"]
 
 log = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass

@@ -13,13 +13,13 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._io import sha256_file
+from .._types import ProgressCallback
 from ..config import RegistrationConfig
 from ..errors import GeoJSONError, UserInputError
 from .transform import Transform
@@ -42,7 +42,7 @@ GEOMETRY_MEMBERS = ("geometry", "nucleusGeometry")
 def register_slides(fixed_path: str | os.PathLike[str], moving_path: str | os.PathLike[str],
                     config: RegistrationConfig = RegistrationConfig(), *,  # noqa: B008
                     fixed_mpp: float | None = None, moving_mpp: float | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> Transform:
+                    progress: ProgressCallback | None = None) -> Transform:
     """Open two slide files, register them and record their names and SHA-256 hashes."""
     from ..slide import open_slide
     from .core import register

@@ -23,13 +23,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .._io import atomic_output_dir
+from .._types import ProgressCallback
 from ..config import ServerConfig
 from ..errors import Her2Error, JobCancelled, UserInputError
 from .executors import DaskBackend, LocalBackend, worker_count
@@ -470,7 +471,7 @@ class JobManager:
                 continue
             self._run(job)
 
-    def _progress_callback(self, job_id: str, run: _Running) -> Callable[[int, int], None]:
+    def _progress_callback(self, job_id: str, run: _Running) -> ProgressCallback:
         limit = self.config.max_tiles_per_job
 
         def progress(done: int, total: int) -> None:
@@ -494,7 +495,7 @@ class JobManager:
         spec: JobSpec,
         outdir: Path,
         *,
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> dict[str, Any]:
         """Run the scorer on the backend's executor (used by jobs and by synchronous /score)."""

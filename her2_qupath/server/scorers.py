@@ -21,13 +21,14 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
 from typing import Any, Protocol
 
+from .._types import ProgressCallback
 from ..config import ServerConfig
 from ..errors import UserInputError
 from .http import ApiError
@@ -44,8 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ class Scorer(Protocol):
         spec: JobSpec,
         outdir: Path,
         *,
-        progress: Progress | None = None,
+        progress: ProgressCallback | None = None,
         cancel: Event | None = None,
         executor: Executor | None = None,
     ) -> dict[str, Any]: ...
@@ -289,7 +288,7 @@ class PipelineScorer:
         spec: JobSpec,
         outdir: Path,
         *,
-        progress: Progress | None = None,
+        progress: ProgressCallback | None = None,
         cancel: Event | None = None,
         executor: Executor | None = None,
     ) -> dict[str, Any]:
@@ -303,7 +302,7 @@ class PipelineScorer:
         self,
         spec: JobSpec,
         *,
-        progress: Progress | None = None,
+        progress: ProgressCallback | None = None,
         cancel: Event | None = None,
         executor: Executor | None = None,
     ) -> dict[str, Any]:
