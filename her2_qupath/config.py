@@ -102,6 +102,11 @@ class StainConfig:
     macenko_min_pixels: int = 500
     macenko_max_cos: float = 0.99  # the two directions must differ more than this
     macenko_min_ref_cos: float = 0.8  # each must lie this close to its reference vector
+    # Stain check: H&E or DAB IHC? Tissue OD is unmixed into hematoxylin, eosin and DAB
+    # (Ruifrok & Johnston's eosin vector); measured eosin shares: H&E slides 0.23-0.68,
+    # DAB IHC 0.00-0.05 (docs/stain.md).
+    eosin: tuple[float, float, float] = (0.072, 0.990, 0.105)
+    max_ihc_eosin_share: float = 0.12  # above this, an "IHC" slide looks like H&E
 
 
 @dataclass(frozen=True)

@@ -341,6 +341,28 @@ def _stain_vectors(options: ScoreOptions, thumb: np.ndarray, tissue_mask: np.nda
     return StainVectors.default(options.stain)
 
 
+def _stain_warnings(ihc_thumb: np.ndarray, ihc_tissue: np.ndarray, background: Any, he: Any,
+                    opts: ScoreOptions) -> list[str]:
+    """Warn when the IHC slide looks like H&E (or the H&E slide like IHC): swapped inputs?"""
+    from .stain import stain_shares
+
+    out = []
+    check = stain_shares(ihc_thumb, background, config=opts.stain, tissue_mask=ihc_tissue)
+    if check.tissue_pixels and check.looks_like_he(opts.stain):
+        out.append(f"the IHC slide looks like an H&E stain (eosin carries {100 * check.eosin:.0f} % "
+                   "of the stain): check that --ihc is the HER2 IHC slide; its DAB figures are "
+                   "not meaningful otherwise")
+    if he is not None:
+        he_thumb = he.thumbnail(mpp=opts.tissue.thumbnail_mpp)
+        he_check = stain_shares(he_thumb, config=opts.stain)
+        if he_check.tissue_pixels and not he_check.looks_like_he(opts.stain):
+            out.append(f"the H&E slide shows almost no eosin ({100 * he_check.eosin:.0f} % of the "
+                       "stain): check that --he and --ihc are not swapped")
+    for w in out:
+        log.warning(w)
+    return out
+
+
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     import cv2
 
@@ -376,6 +398,7 @@ def run_score(
         thumb_tissue = _resize_mask(ihc_tissue.mask, ihc_thumb.shape[:2])
         background = estimate_background(ihc_thumb, mask=~thumb_tissue, config=opts.stain)
         vectors = _stain_vectors(opts, ihc_thumb, thumb_tissue, background)
+        warnings = _stain_warnings(ihc_thumb, thumb_tissue, background, he, opts)
         _check_cancel(cancel)
 
         transform = None
@@ -424,7 +447,7 @@ def run_score(
         _check_cancel(cancel)
         result = _assemble(request, ihc, he, grid, tiles, analyses, he_probs, stain_cls,
                            roi_geoms, roi_names, transform, transform_info, ihc_thumb,
-                           background, vectors, time.perf_counter() - t_start)
+                           background, vectors, time.perf_counter() - t_start, warnings)
         if transform is not None:
             from .registration import render_registration
 
@@ -582,7 +605,8 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
               analyses: list[TileAnalysis], he_probs: np.ndarray | None,
               stain_cls: np.ndarray | None, roi_geoms: list[Any], roi_names: list[str],
               transform: Any, transform_info: dict[str, Any] | None, ihc_thumb: np.ndarray,
-              background: Any, vectors: Any, seconds: float) -> ScoreResult:
+              background: Any, vectors: Any, seconds: float,
+              warnings: list[str]) -> ScoreResult:
     from .scoring import aggregate
 
     opts = request.options
@@ -633,6 +657,9 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
             "mapping": None if transform_info is None else transform_info["source"],
         },
         "classifier_agreement": slide_region.classifier_agreement,
+        "warnings": warnings + ([] if reliable else [
+            "registration quality is poor: the mapped IHC regions may not show the H&E tiles' "
+            "tissue; check registration.png"]),
         "registration": transform_info,
         "reliable": reliable,
         "slide": {"path": str(request.ihc), "dimensions": list(ihc.dimensions), "mpp": ihc.mpp},
@@ -722,6 +749,8 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
         lines.append(f"cells: {summary['n_cells']}")
     if not summary["reliable"]:
         lines.append("REGISTRATION UNRELIABLE")
+    if any("looks like an H&E" in w or "swapped" in w for w in summary["warnings"]):
+        lines.append("CHECK STAINS: see warnings")
     title = f"HER2 {summary['her2_score']}  ({summary['guideline']}, {summary['level']})"
     return add_legend(pic, title, lines)
 

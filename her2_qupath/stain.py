@@ -46,6 +46,8 @@ __all__ = [
     "dab_class_map",
     "class_map_from_stains",
     "estimate_vectors",
+    "StainCheck",
+    "stain_shares",
     "BACKGROUND_CLASS",
 ]
 
@@ -664,3 +666,41 @@ def estimate_vectors(
         )
         return None
     return StainVectors(tuple(h), tuple(d), None, None, "estimated")  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class StainCheck:
+    """Shares of hematoxylin, eosin and DAB in a slide's tissue optical density."""
+
+    hematoxylin: float
+    eosin: float
+    dab: float
+    tissue_pixels: int
+
+    def looks_like_he(self, config: StainConfig | None = None) -> bool:
+        """True when eosin carries more of the stain than a DAB IHC slide shows."""
+        return self.eosin > (config or StainConfig()).max_ihc_eosin_share
+
+
+def stain_shares(rgb: np.ndarray, background: Any = None, *, config: StainConfig | None = None,
+                 tissue_mask: np.ndarray | None = None) -> StainCheck:
+    """Unmix tissue OD into hematoxylin, eosin and DAB and return each one's share.
+
+    Tells an H&E slide from a DAB IHC slide (eosin share; see
+    ``StainConfig.max_ihc_eosin_share``), e.g. to catch swapped ``--he``/``--ihc``.
+    Use a thumbnail. Negative amounts count as zero.
+    """
+    config = config or StainConfig()
+    a = _as_rgb(rgb)
+    od = rgb_to_od(a, _background(background, a, config)).reshape(-1, 3)
+    tissue = od.sum(axis=1) > config.tissue_od
+    if tissue_mask is not None:
+        tissue &= np.asarray(tissue_mask, dtype=bool).reshape(-1)
+    m = np.stack([_unit(v, name) for v, name in ((config.hematoxylin, "hematoxylin"),
+                                                 (config.eosin, "eosin"), (config.dab, "dab"))])
+    amounts = np.clip(od[tissue] @ np.linalg.inv(m), 0.0, None).sum(axis=0, dtype=np.float64)
+    total = float(amounts.sum())
+    if total <= 0:
+        return StainCheck(0.0, 0.0, 0.0, int(tissue.sum()))
+    h, e, d = (float(x) / total for x in amounts)
+    return StainCheck(h, e, d, int(tissue.sum()))

@@ -198,3 +198,13 @@ def test_run_without_models_records_versions_without_importing_torch(tmp_path: P
     assert got["loaded"] == []
     for module, dist in (("torch", "torch"), ("transformers", "transformers"), ("skimage", "scikit-image")):
         assert got["versions"][module] == metadata.version(dist)
+
+
+def test_swapped_slides_are_flagged(tmp_path: Path) -> None:
+    he, ihc, _m, _t = synthetic_pair((1024, 1024), seed=2, mpp=0.5)
+    write_slide(tmp_path / "he.tif", he, mpp=0.5, kind="pyramidal", compression="zlib")
+    write_slide(tmp_path / "ihc.tif", ihc, mpp=0.5, kind="pyramidal", compression="zlib")
+    ok = run_score(ScoreRequest(ihc=tmp_path / "ihc.tif"))
+    assert ok.summary["warnings"] == []
+    swapped = run_score(ScoreRequest(ihc=tmp_path / "he.tif"))
+    assert any("looks like an H&E" in w for w in swapped.summary["warnings"])

@@ -352,3 +352,28 @@ def test_deconvolve_into_a_given_array() -> None:
     assert np.allclose(buf, stain.deconvolve(rgb, background=250), atol=1e-6)
     with pytest.raises(UserInputError):
         stain.deconvolve(rgb, background=250, out=np.empty((64, 48, 3), np.float64))
+
+
+def test_stain_shares_tell_he_from_ihc(shared_data) -> None:
+    """Real slides: H&E shows eosin, DAB IHC hardly any (the check behind swapped-input warnings)."""
+    from PIL import Image
+    from skimage import data
+
+    from her2_qupath.slide import open_slide
+    from her2_qupath.stain import stain_shares
+
+    with open_slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as s:
+        assert stain_shares(s.thumbnail(mpp=2.0)).looks_like_he()
+    with open_slide(shared_data / "slides" / "TCGA-CR-7395-01A-01-TS1.svs", mpp=0.5) as s:
+        assert stain_shares(s.thumbnail(mpp=2.0)).looks_like_he()
+    he = np.asarray(Image.open(shared_data / "pairs" / "rat-kidney" / "HE.jpg").convert("RGB"))
+    assert stain_shares(he).looks_like_he()
+    ihc_images = [data.immunohistochemistry(),
+                  np.asarray(Image.open(shared_data / "pairs" / "rat-kidney" /
+                                        "IHC-PanCytokeratin.jpg").convert("RGB"))]
+    ihc_images += [np.asarray(Image.open(p).convert("RGB"))
+                   for p in sorted((shared_data / "ihc" / "ki67").glob("*_?.png"))]
+    for rgb in ihc_images:
+        check = stain_shares(rgb)
+        assert not check.looks_like_he(), check
+        assert check.hematoxylin + check.eosin + check.dab == pytest.approx(1.0)

@@ -99,9 +99,8 @@ def print_summary(summary: dict[str, Any], outdir: Path) -> None:
         if len(summary["regions"]) > 1:
             click.echo(f"  {region['name']}: HER2 {region['her2_score']} "
                        f"(H-score {region['h_score']:.1f}, {region['n_tiles']} tiles)")
-    if not summary.get("reliable", True):
-        click.echo("  WARNING: registration quality is poor; mapped results are marked unreliable",
-                   err=True)
+    for warning in summary.get("warnings", []):
+        click.echo(f"  WARNING: {warning}", err=True)
     click.echo(f"Results written to {outdir}/")
 
 
