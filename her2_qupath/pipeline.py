@@ -59,6 +59,7 @@ __all__ = [
     "ScoreRequest",
     "ScoreResult",
     "TileAnalysis",
+    "TileParams",
     "analyse_tile",
     "run_score",
     "write_result",
@@ -125,7 +126,9 @@ class TileAnalysis:
 
 
 @dataclass(frozen=True)
-class _StainParams:
+class TileParams:
+    """What tile analysis needs besides the pixels (plain data: it travels to workers)."""
+
     stain: StainConfig
     cells: CellConfig
     level: str
@@ -136,7 +139,7 @@ class _StainParams:
     margin_px: int = 0  # cell level: tiles are read with this margin (see CellConfig)
 
 
-def analyse_tile(rgb: np.ndarray, params: _StainParams, class_map: np.ndarray | None = None,
+def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | None = None,
                  regions: dict[int, np.ndarray] | None = None) -> TileAnalysis:
     """Score one IHC tile: stain class map (given, or by deconvolution), cells if asked.
 
@@ -238,7 +241,7 @@ class _ChunkJob:
     ihc_mpp: float | None
     tiles: tuple[Any, ...]  # tiling.Tile (IHC grid) or H&E tiles when `transform` is set
     transform_json: str | None
-    params: _StainParams
+    params: TileParams
     rois: tuple[Any, ...] | None = None  # shapely ROIs
     tile_rois: tuple[tuple[int, ...], ...] | None = None  # per tile: the ROIs it intersects
 
@@ -316,6 +319,11 @@ def _select_rois(request: ScoreRequest) -> tuple[list[Any], list[str]]:
     from .qupath.geojson import rois_from_objects
 
     selected = rois_from_objects(list(request.rois), roi_class=request.roi_class)
+    if not selected and request.roi_class is None:
+        raise UserInputError(
+            f"none of the {len(request.rois)} ROI objects is an annotation with an area",
+            hint="export the tumour annotations (polygons, not points or lines) from QuPath",
+        )
     if not selected:
         classes = sorted({o.class_name or "unclassified" for o in request.rois})
         raise UserInputError(
@@ -436,7 +444,7 @@ def run_score(
             tumor_calls = _classify_he_tiles(he, grid, opts, step, cancel)
             he_probs = tumor_calls.probs
 
-        params = _StainParams(opts.stain, opts.cells, opts.scoring.level, vectors,
+        params = TileParams(opts.stain, opts.cells, opts.scoring.level, vectors,
                               tuple(float(b) for b in background), opts.tiling.mpp,
                               opts.scoring.min_letter_fraction,
                               round(opts.cells.tile_margin_um / opts.tiling.mpp))
@@ -504,7 +512,7 @@ def _tile_rois(tiles: list[Any], rois: list[Any]) -> list[tuple[int, ...]] | Non
     return [tuple(sorted(o)) for o in out]
 
 
-def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: _StainParams, transform: Any,
+def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, transform: Any,
                    rois: list[Any], opts: ScoreOptions, step: Callable[[int], None],
                    cancel: threading.Event | None, executor: cf.Executor | None) -> list[TileAnalysis]:
     transform_json = transform.to_json() if transform is not None else None
@@ -579,7 +587,7 @@ def _classify_he_tiles(he: Any, grid: Any, opts: ScoreOptions, step: Callable[[i
     return _TumorCalls(np.asarray(hm.probs)[:, model.tumor_index], hm.measurements, images)
 
 
-def _classify_stain_tiles(request: ScoreRequest, tiles: list[Any], params: _StainParams,
+def _classify_stain_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams,
                           transform: Any, opts: ScoreOptions,
                           cancel: threading.Event | None) -> np.ndarray:
     """Stain-intensity class (0–3) of each IHC tile from the model L."""
