@@ -187,6 +187,34 @@ def _disk(radius_px: float) -> np.ndarray:
     return (xx * xx + yy * yy) <= r * r
 
 
+def _grey_opening(image: np.ndarray, side: int) -> np.ndarray:
+    """Grey opening (minimum then maximum filter) over a ``side`` x ``side`` square.
+
+    Edges repeat the nearest pixel (``scipy.ndimage`` mode ``"nearest"``);
+    OpenCV's filters give the same values, several times faster.
+    """
+    import cv2
+
+    kernel = np.ones((side, side), dtype=np.uint8)
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    eroded = cv2.erode(img, kernel, borderType=cv2.BORDER_REPLICATE)
+    return cv2.dilate(eroded, kernel, borderType=cv2.BORDER_REPLICATE)
+
+
+def _binary_opening(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """Binary opening of ``mask`` by a symmetric ``footprint``, outside the image is background.
+
+    The same as ``scipy.ndimage.binary_opening(mask, structure=footprint)``,
+    computed with OpenCV.
+    """
+    import cv2
+
+    kernel = footprint.astype(np.uint8)
+    m = np.ascontiguousarray(mask, dtype=np.uint8)
+    border = {"borderType": cv2.BORDER_CONSTANT, "borderValue": 0}
+    return cv2.dilate(cv2.erode(m, kernel, **border), kernel, **border).astype(bool)
+
+
 def _fill_small_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:
     """Fill holes (background enclosed by foreground) of at most ``max_hole_px`` pixels."""
     from scipy import ndimage as ndi
@@ -222,11 +250,17 @@ def _significant_peaks(
     from skimage.morphology import h_maxima
 
     floor = max(0.2 * config.nucleus_threshold_od, 1e-6)
-    log_blob = np.log(np.maximum(blob, floor)).astype(np.float32, copy=False)
-    log_blob[~mask] = np.log(floor)
+    # Outside the mask the image is flat at the floor, its minimum: the transform on the
+    # bounding box of the mask and a one-pixel frame of floor gives the same maxima.
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0, r1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, mask.shape[0])
+    c0, c1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, mask.shape[1])
+    log_blob = np.log(np.maximum(blob[r0:r1, c0:c1], floor)).astype(np.float32, copy=False)
+    log_blob[~mask[r0:r1, c0:c1]] = np.log(floor)
     h = -math.log(1.0 - min(config.split_min_dip, 0.999))
     significant = h_maxima(log_blob, h).astype(bool)
-    return significant[peaks[:, 0], peaks[:, 1]]
+    return significant[peaks[:, 0] - r0, peaks[:, 1] - c0]
 
 
 def detect_nuclei(
@@ -276,15 +310,13 @@ def detect_nuclei(
     channel = np.clip(np.nan_to_num(a.astype(np.float32, copy=False)), 0.0, config.nucleus_max_od)
     smooth = ndi.gaussian_filter(channel, sigma=config.smoothing_um / mpp, mode="nearest")
     side = 2 * max(1, int(round(config.background_radius_um / mpp))) + 1
-    background = ndi.maximum_filter(
-        ndi.minimum_filter(smooth, size=side, mode="nearest"), size=side, mode="nearest"
-    )
+    background = _grey_opening(smooth, side)
     contrast = smooth - background
     mask = contrast > config.nucleus_threshold_od
     max_area_px = config.nucleus_max_area_um2 / (mpp * mpp)
     mask = _fill_small_holes(mask, int(max_area_px))
     if config.opening_um > 0:
-        mask = ndi.binary_opening(mask, structure=_disk(config.opening_um / mpp))
+        mask = _binary_opening(mask, _disk(config.opening_um / mpp))
     if not mask.any():
         return np.zeros(a.shape, dtype=np.int32)
 
@@ -367,35 +399,66 @@ def cell_compartments(
     return Compartments(cells, membranes, cytoplasm, depth)
 
 
-def _label_mean(labels: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, count) of ``values`` per label 1..n; NaN where a label has no pixels."""
+class _Pixels(NamedTuple):
+    """The labelled pixels of a label image: flat indices and their labels (row-major)."""
+
+    index: np.ndarray  # flat pixel indices, increasing
+    label: np.ndarray  # their labels, >= 1
+
+
+def _pixels(labels: np.ndarray) -> _Pixels:
     flat = labels.ravel()
-    count = np.bincount(flat, minlength=n + 1)[1:]
-    total = np.bincount(flat, weights=values.ravel(), minlength=n + 1)[1:]
+    index = np.flatnonzero(flat)
+    return _Pixels(index, flat[index])
+
+
+def _label_mean(
+    labels: np.ndarray | _Pixels, values: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, count) of ``values`` per label 1..n; NaN where a label has no pixels.
+
+    ``labels`` is a label image or its :func:`_pixels`; ``values`` an image of
+    the same shape. Sums run over the labelled pixels only, in row-major
+    order (the same sums as over the whole image).
+    """
+    px = labels if isinstance(labels, _Pixels) else _pixels(labels)
+    count = np.bincount(px.label, minlength=n + 1)[1 : n + 1]
+    weights = values.reshape(-1)[px.index]
+    total = np.bincount(px.label, weights=weights, minlength=n + 1)[1 : n + 1]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     return mean, count
 
 
-def _label_max(labels: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+def _label_max(labels: np.ndarray | _Pixels, values: np.ndarray, n: int) -> np.ndarray:
     """Maximum of ``values`` per label 1..n; NaN where a label has no pixels."""
-    from scipy import ndimage as ndi
-
     if n == 0:
         return np.zeros(0)
-    out = np.asarray(
-        ndi.maximum(values, labels=labels, index=np.arange(1, n + 1)), dtype=np.float64
-    )
-    present = np.bincount(labels.ravel(), minlength=n + 1)[1:] > 0
-    return np.where(present, out, np.nan)
+    px = labels if isinstance(labels, _Pixels) else _pixels(labels)
+    out = np.full(n + 1, -np.inf)
+    np.maximum.at(out, px.label, values.reshape(-1)[px.index].astype(np.float64))
+    present = np.bincount(px.label, minlength=n + 1)[1 : n + 1] > 0
+    return np.where(present, out[1 : n + 1], np.nan)
 
 
-def _centroids(labels: np.ndarray, n: int) -> np.ndarray:
-    """(n, 2) centroids ``(x, y)`` in QuPath pixel coordinates (pixel centres at +0.5)."""
-    rows, cols = np.indices(labels.shape, dtype=np.float64)
-    cy, count = _label_mean(labels, rows, n)
-    cx, _ = _label_mean(labels, cols, n)
-    return np.stack([cx + 0.5, cy + 0.5], axis=1) if n else np.zeros((0, 2))
+def _centroids(labels: np.ndarray | _Pixels, n: int, width: int | None = None) -> np.ndarray:
+    """(n, 2) centroids ``(x, y)`` in QuPath pixel coordinates (pixel centres at +0.5).
+
+    ``width`` (the image's number of columns) is needed when ``labels`` is a
+    :func:`_pixels`.
+    """
+    if not isinstance(labels, _Pixels):
+        width = labels.shape[1]
+        labels = _pixels(labels)
+    if not n:
+        return np.zeros((0, 2))
+    assert width is not None
+    rows, cols = np.divmod(labels.index, width)
+    count = np.bincount(labels.label, minlength=n + 1)[1 : n + 1]
+    sums = [np.bincount(labels.label, weights=v, minlength=n + 1)[1 : n + 1] for v in (rows, cols)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy, cx = (np.where(count > 0, t / np.maximum(count, 1), np.nan) for t in sums)
+    return np.stack([cx + 0.5, cy + 0.5], axis=1)
 
 
 def _membrane_sectors(
@@ -471,22 +534,23 @@ def measure_cells(
     mpp = _check_mpp(mpp)
     cells, membranes, cytoplasm, depth = compartments
     n = int(cells.max()) if cells.size else 0
-    hema = np.asarray(od[..., 0], dtype=np.float64)
-    dab = np.asarray(od[..., 1], dtype=np.float64)
+    hema = np.ascontiguousarray(od[..., 0])
+    dab = np.ascontiguousarray(od[..., 1])
     px_um2 = mpp * mpp
+    nuc, cel, mem, cyt = (_pixels(x) for x in (nuclei, cells, membranes, cytoplasm))
     out: dict[str, np.ndarray] = {}
-    _, n_count = _label_mean(nuclei, hema, n)
-    _, c_count = _label_mean(cells, hema, n)
+    hema_mean, n_count = _label_mean(nuc, hema, n)
+    cell_dab, c_count = _label_mean(cel, dab, n)
     out["Nucleus: Area µm^2"] = n_count * px_um2
     out["Cell: Area µm^2"] = c_count * px_um2
-    out["Nucleus: Hematoxylin OD mean"] = _label_mean(nuclei, hema, n)[0]
-    out["Nucleus: DAB OD mean"] = _label_mean(nuclei, dab, n)[0]
-    out["Nucleus: DAB OD max"] = _label_max(nuclei, dab, n)
-    out["Cytoplasm: DAB OD mean"] = _label_mean(cytoplasm, dab, n)[0]
-    out["Cytoplasm: DAB OD max"] = _label_max(cytoplasm, dab, n)
-    out["Membrane: DAB OD mean"] = _label_mean(membranes, dab, n)[0]
-    out["Membrane: DAB OD max"] = _label_max(membranes, dab, n)
-    centres = _centroids(cells, n)[:, ::-1] - 0.5  # (row, col) of pixel centres
+    out["Nucleus: Hematoxylin OD mean"] = hema_mean
+    out["Nucleus: DAB OD mean"] = _label_mean(nuc, dab, n)[0]
+    out["Nucleus: DAB OD max"] = _label_max(nuc, dab, n)
+    out["Cytoplasm: DAB OD mean"] = _label_mean(cyt, dab, n)[0]
+    out["Cytoplasm: DAB OD max"] = _label_max(cyt, dab, n)
+    out["Membrane: DAB OD mean"] = _label_mean(mem, dab, n)[0]
+    out["Membrane: DAB OD max"] = _label_max(mem, dab, n)
+    centres = _centroids(cel, n, cells.shape[1])[:, ::-1] - 0.5  # (row, col) of pixel centres
     completeness, stained = _membrane_sectors(
         membranes,
         depth,
@@ -499,7 +563,7 @@ def measure_cells(
     )
     out["Membrane: completeness"] = completeness
     out["Membrane: stained DAB OD"] = stained
-    out["Cell: DAB OD mean"] = _label_mean(cells, dab, n)[0]
+    out["Cell: DAB OD mean"] = cell_dab
     return {name: out[name] for name in MEASUREMENTS}
 
 
