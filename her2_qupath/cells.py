@@ -231,6 +231,78 @@ def _fill_small_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:
     return mask | fill[holes]
 
 
+def _argsort_float32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, sorted keys) of a flat float32 array without NaN, ascending, ties by index.
+
+    Sorts 64-bit integers (the float's order-preserving bit pattern above the
+    index), which NumPy does several times faster than ``argsort`` of floats.
+    """
+    bits = (values + np.float32(0.0)).view(np.uint32)  # -0.0 becomes +0.0
+    key = np.where(bits >= np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+    packed = (key.astype(np.uint64) << np.uint64(32)) | np.arange(values.size, dtype=np.uint64)
+    packed.sort()
+    return (packed & np.uint64(0xFFFFFFFF)).astype(np.int64), packed >> np.uint64(32)
+
+
+def _reconstruction_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Grey reconstruction by dilation of float32 ``seed`` under ``mask`` (8-connected).
+
+    The values of :func:`skimage.morphology.reconstruction` (``method="dilation"``,
+    default footprint), from its own inner loop, with one integer sort of the
+    pixels instead of two float argsorts. Falls back to scikit-image itself
+    where that loop is not available or the image is too large for 32-bit
+    indices.
+    """
+    from skimage.morphology import reconstruction
+
+    try:
+        from skimage.morphology._grayreconstruct import reconstruction_loop
+    except ImportError:  # pragma: no cover - depends on the scikit-image build
+        return reconstruction(seed, mask, method="dilation")
+    rows, cols = seed.shape
+    images = np.full((2, rows + 2, cols + 2), np.min(seed), dtype=np.float32)
+    images[0, 1:-1, 1:-1] = seed
+    images[1, 1:-1, 1:-1] = mask
+    flat = images.reshape(-1)
+    if flat.size >= 2**31:  # pragma: no cover - tiles are far smaller
+        return reconstruction(seed, mask, method="dilation")
+    order, keys = _argsort_float32(flat)
+    new_value = np.empty(flat.size, dtype=bool)
+    new_value[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=new_value[1:])
+    ranks = np.empty(flat.size, dtype=np.uint32)
+    ranks[order] = np.cumsum(new_value, dtype=np.uint32) - np.uint32(1)
+    value_map = flat[order[new_value]]
+    index_sorted = order[::-1].astype(np.int32)
+    prev = np.full(flat.size, -1, dtype=np.int32)
+    nxt = np.full(flat.size, -1, dtype=np.int32)
+    prev[index_sorted[1:]] = index_sorted[:-1]
+    nxt[index_sorted[:-1]] = index_sorted[1:]
+    width = cols + 2
+    strides = np.array(
+        [dr * width + dc for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc], dtype=np.int32
+    )
+    image_stride = (rows + 2) * width
+    reconstruction_loop(ranks, prev, nxt, strides, int(index_sorted[0]), image_stride)
+    rec = value_map[ranks[:image_stride]].reshape(rows + 2, width)
+    return rec[1:-1, 1:-1]
+
+
+def _h_maxima(image: np.ndarray, h: float) -> np.ndarray:
+    """Boolean h-maxima of a float32 image: :func:`skimage.morphology.h_maxima`, faster.
+
+    Same definition and the same floating-point steps (the marker is the
+    image less ``h`` less twice the float resolution of each value).
+    """
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if h > np.ptp(image):
+        return np.zeros(image.shape, dtype=bool)
+    resolution = 2 * np.finfo(image.dtype).resolution * np.abs(image)
+    shifted = image - h - resolution
+    residue = image - _reconstruction_by_dilation(shifted, image)
+    return residue >= h
+
+
 def _significant_peaks(
     blob: np.ndarray, mask: np.ndarray, peaks: np.ndarray, config: CellConfig
 ) -> np.ndarray:
@@ -247,8 +319,6 @@ def _significant_peaks(
     hardly dips, and are merged; two touching nuclei are separated by a
     valley of the response, and are kept apart.
     """
-    from skimage.morphology import h_maxima
-
     floor = max(0.2 * config.nucleus_threshold_od, 1e-6)
     # Outside the mask the image is flat at the floor, its minimum: the transform on the
     # bounding box of the mask and a one-pixel frame of floor gives the same maxima.
@@ -259,7 +329,7 @@ def _significant_peaks(
     log_blob = np.log(np.maximum(blob[r0:r1, c0:c1], floor)).astype(np.float32, copy=False)
     log_blob[~mask[r0:r1, c0:c1]] = np.log(floor)
     h = -math.log(1.0 - min(config.split_min_dip, 0.999))
-    significant = h_maxima(log_blob, h).astype(bool)
+    significant = _h_maxima(log_blob, h)
     return significant[peaks[:, 0] - r0, peaks[:, 1] - c0]
 
 
