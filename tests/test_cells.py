@@ -601,3 +601,94 @@ def test_product_synthetic_slide_cells_recovered() -> None:
     pct_got = 100 * np.bincount(got, minlength=4) / len(got)
     pct_want = 100 * np.bincount(want, minlength=4) / len(want)
     assert np.abs(pct_got - pct_want).max() <= 3.0
+
+
+# ----------------------------------------------------------------------------- fast paths
+
+
+def _random_labels(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Touching blobs (watershed of noise): holes, several pieces and corner contacts occur."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    field = ndi.gaussian_filter(rng.random(shape), 2.0)
+    markers = np.zeros(shape, dtype=np.int32)
+    k = max(2, shape[0] * shape[1] // 150)
+    markers[rng.integers(0, shape[0], k), rng.integers(0, shape[1], k)] = np.arange(1, k + 1)
+    labels = watershed(field, markers).astype(np.int32)
+    labels[rng.random(shape) < 0.08] = 0  # speckle: holes, split pieces, saddles
+    labels[field < np.quantile(field, 0.15)] = 0
+    return labels
+
+
+def _reference_outline(labels: np.ndarray, i: int, tolerance: float):
+    """Marching squares (scikit-image) on the padded mask, largest contour, Douglas-Peucker."""
+    from shapely.geometry import Polygon
+    from skimage.measure import find_contours
+
+    mask = np.pad(labels == i, 1).astype(np.float32)
+    best = None
+    for contour in find_contours(mask, 0.5):
+        poly = Polygon(contour[:, ::-1] - 1.0 + 0.5)
+        if not poly.is_valid:
+            continue
+        if best is None or poly.area > best.area:
+            best = poly
+    if best is None or tolerance <= 0:
+        return best
+    simple = best.simplify(tolerance, preserve_topology=False)
+    ok = simple.geom_type == "Polygon" and not simple.is_empty and simple.is_valid
+    return simple if ok else best
+
+
+def test_outlines_match_marching_squares_vertex_for_vertex() -> None:
+    """The OpenCV tracer gives scikit-image's contour: same vertices, start and orientation."""
+    from her2_qupath.cells import label_polygons
+
+    rng = np.random.default_rng(7)
+    compared = 0
+    for shape in [(40, 60), (64, 64), (23, 91)]:
+        labels = _random_labels(rng, shape)
+        for tolerance in (0.0, 0.5):
+            polys = label_polygons(labels, tolerance=tolerance)
+            for i in np.unique(labels[labels > 0]):
+                ref = _reference_outline(labels, int(i), tolerance)
+                got = polys[int(i) - 1]
+                if ref is None or not got.is_valid:
+                    continue
+                assert list(got.exterior.coords) == list(ref.exterior.coords), (shape, i)
+                compared += 1
+    assert compared > 100
+
+
+def test_fast_h_maxima_matches_scikit_image() -> None:
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+
+    from her2_qupath.cells import _h_maxima
+
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        shape = tuple(int(s) for s in rng.integers(3, 70, 2))
+        f = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 3.0)).astype(np.float32)
+        if trial % 3 == 0:
+            f = np.round(f * 20).astype(np.float32) / 20  # plateaus and ties
+        h = float(rng.uniform(0.002, 0.2))
+        assert np.array_equal(_h_maxima(f, h), h_maxima(f, h).astype(bool)), trial
+
+
+def test_opencv_openings_match_scipy() -> None:
+    from scipy import ndimage as ndi
+
+    from her2_qupath.cells import _binary_opening, _disk, _grey_opening
+
+    rng = np.random.default_rng(5)
+    image = ndi.gaussian_filter(rng.random((57, 83)), 1.5).astype(np.float32)
+    mask = image > np.median(image)
+    expected = ndi.maximum_filter(
+        ndi.minimum_filter(image, size=9, mode="nearest"), size=9, mode="nearest"
+    )
+    assert np.array_equal(_grey_opening(image, 9), expected)
+    for r in (1, 2, 3.5):
+        disk = _disk(r)
+        assert np.array_equal(_binary_opening(mask, disk), ndi.binary_opening(mask, structure=disk))
