@@ -910,6 +910,7 @@ def detect_cells(
     *,
     vectors: StainVectors | None = None,
     background: Any = None,
+    polygons: bool = True,
 ) -> CellResult:
     """Detect, measure and classify the cells of one RGB IHC tile.
 
@@ -919,6 +920,10 @@ def detect_cells(
     thumbnail) and pass it, as a tile full of tissue shows no glass. The
     method and every parameter are described in the module docstring and in
     ``docs/cells.md``.
+
+    ``polygons=False`` skips the outlines (about a fifth of the time) for
+    callers that need only the classes and measurements: each cell's
+    ``nucleus_polygon`` and ``cell_polygon`` are then None.
     """
     from .stain import StainVectors, deconvolve
 
@@ -939,8 +944,11 @@ def detect_cells(
     edge = np.zeros(n + 1, dtype=bool)
     edge[np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])] = True
     tol = config.polygon_tolerance_px
-    nucleus_polygons = label_polygons(nuclei, n, tolerance=tol)
-    cell_polygons = label_polygons(cells, n, tolerance=tol)
+    if polygons:
+        nucleus_polygons = label_polygons(nuclei, n, tolerance=tol)
+        cell_polygons = label_polygons(cells, n, tolerance=tol)
+    else:
+        nucleus_polygons = cell_polygons = [None] * n
     centroids = _centroids(nuclei, n)
     touches = edge[1:]
     table = (

@@ -692,3 +692,14 @@ def test_opencv_openings_match_scipy() -> None:
     for r in (1, 2, 3.5):
         disk = _disk(r)
         assert np.array_equal(_binary_opening(mask, disk), ndi.binary_opening(mask, structure=disk))
+
+
+def test_without_polygons_the_cells_are_the_same(designed) -> None:
+    rgb, _, result, mpp = designed
+    bare = detect_cells(rgb, mpp, background=WHITE, polygons=False)
+    assert len(bare) == len(result) > 0
+    assert np.array_equal(bare.classes, result.classes)
+    assert np.array_equal(bare.centroids, result.centroids)
+    for name in MEASUREMENTS:
+        np.testing.assert_array_equal(bare.measurements[name], result.measurements[name])
+    assert all(c.nucleus_polygon is None and c.cell_polygon is None for c in bare.cells)
