@@ -437,6 +437,26 @@ class Compartments(NamedTuple):
     depth: np.ndarray  # float32, distance (pixels) of each pixel to its cell's boundary
 
 
+def _distance_to_zero(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance (float32 pixels) of each pixel to the nearest false pixel of ``mask``.
+
+    The values of ``scipy.ndimage.distance_transform_edt(mask)`` rounded to
+    float32, computed with OpenCV's exact transform several times faster; its
+    float32 result is snapped to the square root of the integer squared
+    distance, so the two agree to the last bit (checked on hundreds of random
+    masks with distances up to about 900 pixels; the analysis only uses
+    distances below the membrane band, tens of pixels). ``mask`` must hold a
+    false pixel.
+    """
+    import cv2
+
+    approx = cv2.distanceTransform(
+        np.ascontiguousarray(mask, dtype=np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
+    )
+    squared = np.rint(np.square(approx, dtype=np.float64))
+    return np.sqrt(squared).astype(np.float32)
+
+
 def cell_compartments(
     nuclei: np.ndarray,
     mpp: float,
@@ -451,7 +471,6 @@ def cell_compartments(
     whose nucleus reaches its boundary has a partial ring there; the tile
     edge is not a boundary. Cytoplasm: the rest of the cell outside the nucleus.
     """
-    from scipy import ndimage as ndi
     from skimage.segmentation import expand_labels, find_boundaries
 
     mpp = _check_mpp(mpp)
@@ -459,7 +478,7 @@ def cell_compartments(
     cells = expand_labels(nuclei, distance=config.expansion_um / mpp).astype(np.int32, copy=False)
     inner = find_boundaries(cells, mode="inner")
     if inner.any():
-        depth = ndi.distance_transform_edt(~inner).astype(np.float32)
+        depth = _distance_to_zero(~inner)
     else:
         depth = np.full(cells.shape, np.inf, dtype=np.float32)
     band = depth < config.membrane_width_um / mpp

@@ -703,3 +703,18 @@ def test_without_polygons_the_cells_are_the_same(designed) -> None:
     for name in MEASUREMENTS:
         np.testing.assert_array_equal(bare.measurements[name], result.measurements[name])
     assert all(c.nucleus_polygon is None and c.cell_polygon is None for c in bare.cells)
+
+
+def test_opencv_distance_matches_scipy() -> None:
+    from scipy import ndimage as ndi
+
+    from her2_qupath.cells import _distance_to_zero
+
+    rng = np.random.default_rng(11)
+    for trial in range(25):
+        shape = (int(rng.integers(2, 300)), int(rng.integers(2, 300)))
+        k = int(rng.integers(1, 60))
+        mask = np.ones(shape, dtype=bool)
+        mask[rng.integers(0, shape[0], k), rng.integers(0, shape[1], k)] = False
+        expected = ndi.distance_transform_edt(mask).astype(np.float32)
+        assert np.array_equal(_distance_to_zero(mask), expected), trial
