@@ -12,7 +12,8 @@ checked by ``tests/test_cells.py``), timed on the same tile:
   half-pixel grid) vs. ``skimage.measure.find_contours`` per label;
 * seed dynamics: ``_h_maxima`` (one integer sort) vs. ``skimage.morphology.h_maxima``;
 * background and opening: OpenCV vs. ``scipy.ndimage`` grey / binary opening;
-* per-cell maxima: ``np.maximum.at`` over labelled pixels vs. ``scipy.ndimage.maximum``.
+* per-cell maxima: ``np.maximum.at`` over labelled pixels vs. ``scipy.ndimage.maximum``;
+* membrane depth: OpenCV's exact distance transform vs. ``scipy.ndimage.distance_transform_edt``.
 
 Target: a 512 x 512 tile in well under a second on one core.
 
@@ -136,6 +137,7 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
 
     from scipy import ndimage as ndi
     from skimage.morphology import h_maxima
+    from skimage.segmentation import find_boundaries
 
     from her2_qupath import cells
     from her2_qupath.config import CellConfig
@@ -156,6 +158,7 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
     mask = smooth > np.median(smooth)
     disk = cells._disk(cfg.opening_um / mpp)
     dab = od[..., 1]
+    inner = ~find_boundaries(cell_labels, mode="inner")
     pairs = {
         "outlines (nuclei + cells)": (
             lambda: (cells.label_polygons(nuclei), cells.label_polygons(cell_labels)),
@@ -174,6 +177,10 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
         "mask opening (binary)": (
             lambda: cells._binary_opening(mask, disk),
             lambda: ndi.binary_opening(mask, structure=disk),
+        ),
+        "membrane depth (distance)": (
+            lambda: cells._distance_to_zero(inner),
+            lambda: ndi.distance_transform_edt(inner).astype(np.float32),
         ),
         "per-cell DAB maximum": (
             lambda: cells._label_max(cell_labels, dab, n),
