@@ -111,6 +111,8 @@ class ScoreResult:
     he_detections: list[Any]
     overlay: np.ndarray
     images: dict[str, np.ndarray] = field(default_factory=dict)  # further PNGs, e.g. heatmaps
+    # with an H&E partner: the scored regions on the H&E slide (the ROIs as drawn there)
+    he_annotations: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -639,7 +641,7 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
                for r, name in enumerate(roi_names)]
     use_cells = opts.scoring.level == "cell"
     detections, he_detections = _tile_objects(tiles, analyses, transform, opts.scoring)
-    annotations = _region_objects(roi_geoms, regions, slide_region, ihc, he, transform)
+    annotations, he_annotations = _region_objects(roi_geoms, regions, slide_region, ihc, he, transform)
     reliable = True if transform_info is None else bool(transform_info["reliable"])
     summary = {
         "her2_score": slide_region.her2_score,
@@ -679,7 +681,8 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
     }
     overlay = _overlay(ihc, he, tiles, analyses, transform, summary, opts, vectors,
                        background, roi_geoms)
-    return ScoreResult(summary, detections, annotations, he_detections, overlay)
+    return ScoreResult(summary, detections, annotations, he_detections, overlay,
+                       he_annotations=he_annotations)
 
 
 #: Longest side of the overview picture, in pixels.
@@ -845,8 +848,9 @@ def _region_measurements(reg: Any) -> dict[str, float]:
 
 
 def _region_objects(roi_geoms: list[Any], regions: list[Any], slide_region: Any, ihc: Any,
-                    he: Any, transform: Any) -> list[Any]:
-    """One result annotation per ROI (or one for the slide), in IHC coordinates."""
+                    he: Any, transform: Any) -> tuple[list[Any], list[Any]]:
+    """One result annotation per ROI (or one for the slide), in IHC coordinates, and with an
+    H&E partner the same annotations on the H&E slide (the ROIs as drawn there)."""
     from shapely.geometry import box
 
     from .qupath.geojson import annotation_object
@@ -856,13 +860,16 @@ def _region_objects(roi_geoms: list[Any], regions: list[Any], slide_region: Any,
     else:
         dims = ihc.dimensions if he is None else he.dimensions
         items = [(box(0, 0, *dims), slide_region)]
-    out = []
+    out: list[Any] = []
+    he_out: list[Any] = []
     for geom, reg in items:
+        name = f"{PRODUCT_MARKER}: {reg.name} HER2 {reg.her2_score}"
+        meas = _region_measurements(reg)
         if transform is not None:
+            he_out.append(annotation_object(geom, f"HER2 {reg.her2_score}", dict(meas), name=name))
             geom = _warp(transform, geom)
-        out.append(annotation_object(geom, f"HER2 {reg.her2_score}", _region_measurements(reg),
-                                     name=f"{PRODUCT_MARKER}: {reg.name} HER2 {reg.her2_score}"))
-    return out
+        out.append(annotation_object(geom, f"HER2 {reg.her2_score}", meas, name=name))
+    return out, he_out
 
 
 #: (module, distribution) of the packages whose versions a result records

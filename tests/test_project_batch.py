@@ -31,7 +31,11 @@ class FakeResult:
                            for x in range(0, 40, 10)]
         self.annotations = [QuPathObject(box(0, 0, 100, 100), "annotation", "HER2 2+",
                                          name="her2-qupath: Region 1 HER2 2+", measurements={"H-score": 150.0})]
-        self.he_detections: list = []
+        # the H&E side of a pair: the same tiles (H&E coordinates) and the ROI as drawn there
+        self.he_detections = [QuPathObject(box(x, 0, x + 10, 10), "tile", "Tumor", name="NFW/2+")
+                              for x in range(0, 40, 10)] if request.he else []
+        self.he_annotations = [QuPathObject(box(0, 0, 50, 50), "annotation", "HER2 2+",
+                                            name="her2-qupath: T HER2 2+")] if request.he else []
 
 
 class Calls(list):
@@ -85,7 +89,8 @@ def invoke(*args: str) -> Any:
 
 def test_batch_without_qupath_writes_geojson_and_summaries(tmp_path, fake_score):
     proj = project_with_images(tmp_path)
-    rois = proj / "her2_qupath" / "1" / "rois.geojson"  # as export_annotations.groovy writes it
+    # as export_annotations.groovy writes it, for the H&E image (entry 2): pairs use its ROIs
+    rois = proj / "her2_qupath" / "2" / "rois.geojson"
     rois.parent.mkdir(parents=True)
     write_geojson(rois, [QuPathObject(box(0, 0, 50, 50), classification="Tumor", name="T"),
                          QuPathObject(box(60, 0, 90, 50), classification="Stroma")])
@@ -109,10 +114,22 @@ def test_batch_without_qupath_writes_geojson_and_summaries(tmp_path, fake_score)
     assert [a.name for a in anns] == ["her2-qupath: Region 1 HER2 2+"]
     summary = json.loads((out / "1" / "summary.json").read_text())
     assert summary["result"]["her2_score"] == "2+" and summary["entry"]["qupath_version"] == "0.5.1"
+    assert rows["c1_HER2.svs"]["roi_source"] == str(rois)
+    # the H&E entry gets its side of the pair, each object tagged with the IHC entry
+    he_dets = read_geojson(out / "2" / "detections.geojson")
+    he_anns = read_geojson(out / "2" / "annotations.geojson")
+    assert len(he_dets) == 4 and {d.class_name for d in he_dets} == {"Tumor"}
+    assert all(o.name.startswith("her2-qupath") and o.metadata["her2-qupath IHC entry"] == "1"
+               for o in he_dets + he_anns)
+    assert [a.geometry.bounds for a in he_anns] == [(0.0, 0.0, 50.0, 50.0)]
     assert rois.is_file()  # the exported ROIs stay beside the results
     report = json.loads((out / "batch_summary.json").read_text())
     assert report["counts"]["scored"] == 1 and report["qupath_versions"] == {"0.5.1": 5}
-    assert "import_results" in (out / "IMPORT.txt").read_text()
+    (c1,) = [o for o in report["outcomes"] if o["status"] == "scored"]
+    assert c1["he_outputs"] == [str(out / "2" / "detections.geojson"), str(out / "2" / "annotations.geojson")]
+    text = (out / "IMPORT.txt").read_text()
+    assert "import_results" in text and "c1_HE.svs  (H&E partner of c1_HER2.svs)" in text
+    assert str(out / "2" / "detections.geojson") in text
 
 
 def test_one_bad_image_does_not_stop_the_others(tmp_path, fake_score):
