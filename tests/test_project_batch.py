@@ -481,3 +481,15 @@ def test_write_back_skips_relocated_images(tmp_path, fake_paquo):
     assert fake_paquo.hierarchies == {}  # nothing written into the project
     assert "update the image paths" in res.output
     assert (proj / "her2_qupath" / "1" / "detections.geojson").is_file()
+
+
+def test_write_back_skips_a_pair_whose_he_image_moved(tmp_path, fake_paquo):
+    proj = project_with_images(tmp_path)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (tmp_path / "slides" / "c1_HE.svs").rename(moved / "c1_HE.svs")  # only the H&E image moved
+    res = invoke(str(proj), "--pair-pattern", r"(?P<case>c1)_(?P<stain>HE|HER2)", "--image-root", str(moved))
+    assert res.exit_code == 0, res.output
+    assert fake_paquo.hierarchies == {}  # neither entry of the pair written into the project
+    assert "it records c1_HE.svs at" in res.output and "it records c1_HER2.svs" not in res.output
+    assert (proj / "her2_qupath" / "2" / "detections.geojson").is_file()

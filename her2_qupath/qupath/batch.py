@@ -539,10 +539,11 @@ def _one(
         moved = [x for x in (e, he) if _moved(x)]
         if write_back and moved:
             # QuPath (and paquo) would not save an entry whose image URI is unreachable
-            o.message = "results not written into the project: " + "; ".join(
-                f"it records {x.name} at {x.uri}, found at {x.path}" for x in moved
-            ) + "; open the project in QuPath to update the image paths, then run again " \
-                "(the GeoJSON results are written)"
+            where = "; ".join(f"it records {x.name} at {x.uri}, found at {x.path}" for x in moved)
+            o.message = (
+                f"results not written into the project: {where}; open the project in QuPath to "
+                "update the image paths, then run again (the GeoJSON results are written)"
+            )
         elif write_back:
             project.write_objects(e, detections + annotations, metadata={
                 f"{PRODUCT_MARKER} run": run_id,
