@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -101,6 +101,9 @@ class ScoreRequest:
     roi_class: str | None = None
     transform: Path | None = None
     options: ScoreOptions = field(default_factory=ScoreOptions)
+    #: With an H&E slide, where the ROIs were drawn: "he" (default) or "ihc" (they are
+    #: then mapped onto the H&E slide through the registration before tiling).
+    roi_space: Literal["he", "ihc"] = "he"
 
 
 @dataclass
@@ -398,6 +401,8 @@ def run_score(
     if opts.scoring.guideline not in GUIDELINES:
         raise UserInputError(f"unknown guideline {opts.scoring.guideline!r}",
                              hint=f"choose one of {', '.join(GUIDELINES)}")
+    if request.roi_space not in ("he", "ihc"):
+        raise UserInputError(f"unknown roi_space {request.roi_space!r}", hint="use 'he' or 'ihc'")
     ihc = open_slide(request.ihc, mpp=request.ihc_mpp)
     he = open_slide(request.he, mpp=request.he_mpp) if request.he is not None else None
     try:
@@ -420,6 +425,8 @@ def run_score(
         else:
             he_mpp = he.mpp
             transform, transform_info = _get_transform(request, he, ihc)
+            if request.roi_space == "ihc" and roi_geoms:
+                roi_geoms = [_warp(transform, g, inverse=True) for g in roi_geoms]
             he_tissue = detect_tissue(he, opts.tissue)
             grid = tile_grid(he.dimensions, he_mpp, opts.tiling, tissue=he_tissue,
                              rois=roi_geoms or None)
@@ -792,10 +799,11 @@ def _tile_class_name(score: Any, scoring: ScoringConfig) -> str:
     return HER2_CLASSES[k]
 
 
-def _warp(transform: Any, geom: Any) -> Any:
+def _warp(transform: Any, geom: Any, *, inverse: bool = False) -> Any:
+    """H&E level-0 geometry → IHC level-0 (or back with ``inverse``)."""
     from .registration import warp_geometry
 
-    return warp_geometry(transform, geom)
+    return warp_geometry(transform, geom, inverse=inverse)
 
 
 def _place_cell_geometry(geom: Any, tile: Any, transform: Any) -> Any:
