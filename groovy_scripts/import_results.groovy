@@ -5,6 +5,8 @@
  * `her2-qupath batch PROJECT` writes, for each scored image,
  *     PROJECT/her2_qupath/<entry ID>/detections.geojson   (tiles or cells)
  *     PROJECT/her2_qupath/<entry ID>/annotations.geojson  (scored regions)
+ * and, for the H&E image of an H&E + IHC pair, the same two files in its own
+ * folder (the tiles on the H&E slide, Tumor / Non-tumor, and the scored regions).
  * This script adds both to the image they belong to and removes the objects
  * an earlier import (or scoring run) of this product added; your own
  * annotations and detections stay as they are.

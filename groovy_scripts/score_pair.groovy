@@ -235,6 +235,8 @@ void runScript() {
             he     : partner.location,
             ihc_mpp: pixelSizeMicrons(server),
             rois   : regions ? [type: 'FeatureCollection', features: featuresOf(regions)] : null,
+            // the regions were drawn on this (IHC) image: the server maps them to the H&E slide
+            roi_space: 'ihc',
             options: [guideline: GUIDELINE, level: LEVEL, aggregation: AGGREGATION],
     ]
     println "her2-qupath: scoring ${regions ? regions.size() + ' annotation(s)' : 'the whole image'} of ${request.ihc} with H&E ${partner.name}"

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -101,6 +101,9 @@ class ScoreRequest:
     roi_class: str | None = None
     transform: Path | None = None
     options: ScoreOptions = field(default_factory=ScoreOptions)
+    #: With an H&E slide, where the ROIs were drawn: "he" (default) or "ihc" (they are
+    #: then mapped onto the H&E slide through the registration before tiling).
+    roi_space: Literal["he", "ihc"] = "he"
 
 
 @dataclass
@@ -111,6 +114,8 @@ class ScoreResult:
     he_detections: list[Any]
     overlay: np.ndarray
     images: dict[str, np.ndarray] = field(default_factory=dict)  # further PNGs, e.g. heatmaps
+    # with an H&E partner: the scored regions on the H&E slide (the ROIs as drawn there)
+    he_annotations: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -396,6 +401,8 @@ def run_score(
     if opts.scoring.guideline not in GUIDELINES:
         raise UserInputError(f"unknown guideline {opts.scoring.guideline!r}",
                              hint=f"choose one of {', '.join(GUIDELINES)}")
+    if request.roi_space not in ("he", "ihc"):
+        raise UserInputError(f"unknown roi_space {request.roi_space!r}", hint="use 'he' or 'ihc'")
     ihc = open_slide(request.ihc, mpp=request.ihc_mpp)
     he = open_slide(request.he, mpp=request.he_mpp) if request.he is not None else None
     try:
@@ -418,6 +425,8 @@ def run_score(
         else:
             he_mpp = he.mpp
             transform, transform_info = _get_transform(request, he, ihc)
+            if request.roi_space == "ihc" and roi_geoms:
+                roi_geoms = [_warp(transform, g, inverse=True) for g in roi_geoms]
             he_tissue = detect_tissue(he, opts.tissue)
             grid = tile_grid(he.dimensions, he_mpp, opts.tiling, tissue=he_tissue,
                              rois=roi_geoms or None)
@@ -639,7 +648,7 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
                for r, name in enumerate(roi_names)]
     use_cells = opts.scoring.level == "cell"
     detections, he_detections = _tile_objects(tiles, analyses, transform, opts.scoring)
-    annotations = _region_objects(roi_geoms, regions, slide_region, ihc, he, transform)
+    annotations, he_annotations = _region_objects(roi_geoms, regions, slide_region, ihc, he, transform)
     reliable = True if transform_info is None else bool(transform_info["reliable"])
     summary = {
         "her2_score": slide_region.her2_score,
@@ -679,7 +688,8 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
     }
     overlay = _overlay(ihc, he, tiles, analyses, transform, summary, opts, vectors,
                        background, roi_geoms)
-    return ScoreResult(summary, detections, annotations, he_detections, overlay)
+    return ScoreResult(summary, detections, annotations, he_detections, overlay,
+                       he_annotations=he_annotations)
 
 
 #: Longest side of the overview picture, in pixels.
@@ -789,10 +799,11 @@ def _tile_class_name(score: Any, scoring: ScoringConfig) -> str:
     return HER2_CLASSES[k]
 
 
-def _warp(transform: Any, geom: Any) -> Any:
+def _warp(transform: Any, geom: Any, *, inverse: bool = False) -> Any:
+    """H&E level-0 geometry → IHC level-0 (or back with ``inverse``)."""
     from .registration import warp_geometry
 
-    return warp_geometry(transform, geom)
+    return warp_geometry(transform, geom, inverse=inverse)
 
 
 def _place_cell_geometry(geom: Any, tile: Any, transform: Any) -> Any:
@@ -845,8 +856,9 @@ def _region_measurements(reg: Any) -> dict[str, float]:
 
 
 def _region_objects(roi_geoms: list[Any], regions: list[Any], slide_region: Any, ihc: Any,
-                    he: Any, transform: Any) -> list[Any]:
-    """One result annotation per ROI (or one for the slide), in IHC coordinates."""
+                    he: Any, transform: Any) -> tuple[list[Any], list[Any]]:
+    """One result annotation per ROI (or one for the slide), in IHC coordinates, and with an
+    H&E partner the same annotations on the H&E slide (the ROIs as drawn there)."""
     from shapely.geometry import box
 
     from .qupath.geojson import annotation_object
@@ -856,13 +868,16 @@ def _region_objects(roi_geoms: list[Any], regions: list[Any], slide_region: Any,
     else:
         dims = ihc.dimensions if he is None else he.dimensions
         items = [(box(0, 0, *dims), slide_region)]
-    out = []
+    out: list[Any] = []
+    he_out: list[Any] = []
     for geom, reg in items:
+        name = f"{PRODUCT_MARKER}: {reg.name} HER2 {reg.her2_score}"
+        meas = _region_measurements(reg)
         if transform is not None:
+            he_out.append(annotation_object(geom, f"HER2 {reg.her2_score}", dict(meas), name=name))
             geom = _warp(transform, geom)
-        out.append(annotation_object(geom, f"HER2 {reg.her2_score}", _region_measurements(reg),
-                                     name=f"{PRODUCT_MARKER}: {reg.name} HER2 {reg.her2_score}"))
-    return out
+        out.append(annotation_object(geom, f"HER2 {reg.her2_score}", meas, name=name))
+    return out, he_out
 
 
 #: (module, distribution) of the packages whose versions a result records

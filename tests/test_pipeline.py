@@ -152,6 +152,18 @@ def test_pair_with_registration_maps_rois_to_the_ihc_slide(tmp_path: Path) -> No
         t = _pixel_percentages(truth["regions"][r]["pixel_counts"])
         for k in t:
             assert regions[name]["class_percentages"][k] == pytest.approx(t[k], abs=4.0)
+    # the same regions drawn on the IHC slide (moved by the known affine) give the same result
+    from shapely import affinity
+
+    a = matrix
+    ihc_rois = tuple(annotation_object(affinity.affine_transform(
+        p, [a[0, 0], a[0, 1], a[1, 0], a[1, 1], a[0, 2], a[1, 2]]), "Tumor", name=f"R{r}")
+        for r, p in enumerate(polys))
+    on_ihc = run_score(ScoreRequest(ihc=tmp_path / "ihc.tif", he=tmp_path / "he.tif",
+                                    rois=ihc_rois, roi_class="Tumor", roi_space="ihc"))
+    for r_he, r_ihc in zip(s["regions"], on_ihc.summary["regions"]):
+        for k in ("0", "1+", "2+", "3+"):
+            assert r_ihc["class_percentages"][k] == pytest.approx(r_he["class_percentages"][k], abs=1.0)
     # the IHC tile polygons are the H&E tiles moved by the known affine
     he_tile = res.he_detections[0].geometry.centroid
     ihc_tile = res.detections[0].geometry.centroid

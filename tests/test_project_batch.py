@@ -31,7 +31,11 @@ class FakeResult:
                            for x in range(0, 40, 10)]
         self.annotations = [QuPathObject(box(0, 0, 100, 100), "annotation", "HER2 2+",
                                          name="her2-qupath: Region 1 HER2 2+", measurements={"H-score": 150.0})]
-        self.he_detections: list = []
+        # the H&E side of a pair: the same tiles (H&E coordinates) and the ROI as drawn there
+        self.he_detections = [QuPathObject(box(x, 0, x + 10, 10), "tile", "Tumor", name="NFW/2+")
+                              for x in range(0, 40, 10)] if request.he else []
+        self.he_annotations = [QuPathObject(box(0, 0, 50, 50), "annotation", "HER2 2+",
+                                            name="her2-qupath: T HER2 2+")] if request.he else []
 
 
 class Calls(list):
@@ -85,7 +89,8 @@ def invoke(*args: str) -> Any:
 
 def test_batch_without_qupath_writes_geojson_and_summaries(tmp_path, fake_score):
     proj = project_with_images(tmp_path)
-    rois = proj / "her2_qupath" / "1" / "rois.geojson"  # as export_annotations.groovy writes it
+    # as export_annotations.groovy writes it, for the H&E image (entry 2): pairs use its ROIs
+    rois = proj / "her2_qupath" / "2" / "rois.geojson"
     rois.parent.mkdir(parents=True)
     write_geojson(rois, [QuPathObject(box(0, 0, 50, 50), classification="Tumor", name="T"),
                          QuPathObject(box(60, 0, 90, 50), classification="Stroma")])
@@ -109,10 +114,22 @@ def test_batch_without_qupath_writes_geojson_and_summaries(tmp_path, fake_score)
     assert [a.name for a in anns] == ["her2-qupath: Region 1 HER2 2+"]
     summary = json.loads((out / "1" / "summary.json").read_text())
     assert summary["result"]["her2_score"] == "2+" and summary["entry"]["qupath_version"] == "0.5.1"
+    assert rows["c1_HER2.svs"]["roi_source"] == str(rois)
+    # the H&E entry gets its side of the pair, each object tagged with the IHC entry
+    he_dets = read_geojson(out / "2" / "detections.geojson")
+    he_anns = read_geojson(out / "2" / "annotations.geojson")
+    assert len(he_dets) == 4 and {d.class_name for d in he_dets} == {"Tumor"}
+    assert all(o.name.startswith("her2-qupath") and o.metadata["her2-qupath IHC entry"] == "1"
+               for o in he_dets + he_anns)
+    assert [a.geometry.bounds for a in he_anns] == [(0.0, 0.0, 50.0, 50.0)]
     assert rois.is_file()  # the exported ROIs stay beside the results
     report = json.loads((out / "batch_summary.json").read_text())
     assert report["counts"]["scored"] == 1 and report["qupath_versions"] == {"0.5.1": 5}
-    assert "import_results" in (out / "IMPORT.txt").read_text()
+    (c1,) = [o for o in report["outcomes"] if o["status"] == "scored"]
+    assert c1["he_outputs"] == [str(out / "2" / "detections.geojson"), str(out / "2" / "annotations.geojson")]
+    text = (out / "IMPORT.txt").read_text()
+    assert "import_results" in text and "c1_HE.svs  (H&E partner of c1_HER2.svs)" in text
+    assert str(out / "2" / "detections.geojson") in text
 
 
 def test_one_bad_image_does_not_stop_the_others(tmp_path, fake_score):
@@ -140,6 +157,7 @@ def test_dry_run_writes_nothing(tmp_path, fake_score):
     assert res.exit_code == 0, res.output
     assert snapshot(tmp_path) == before and fake_score == []
     assert "would-score" in res.output and "unpaired" in res.output
+    assert "on H&E c1_HE.svs (results to entries 1 and 2)" in res.output
 
 
 def test_resume_skips_scored_images(tmp_path, fake_score):
@@ -149,6 +167,43 @@ def test_resume_skips_scored_images(tmp_path, fake_score):
     res = invoke(str(proj), "--images", "c*", "--resume")
     assert res.exit_code == 0 and len(fake_score) == n
     assert res.output.count("skipped") >= 3
+
+
+def _pairs_csv(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:
+    path = tmp_path / "pairs.csv"
+    path.write_text("ihc,he\n" + "".join(f"{i},{h}\n" for i, h in rows))
+    return path
+
+
+def _tags(path: Path) -> list[str]:
+    return sorted(o.metadata["her2-qupath IHC entry"] for o in read_geojson(path))
+
+
+def test_he_shared_by_two_ihc_images_keeps_both_results(tmp_path, fake_score):
+    proj = project_with_images(tmp_path)
+    both = _pairs_csv(tmp_path, [("c1_HER2.svs", "c1_HE.svs"), ("c2_HER2.svs", "c1_HE.svs")])
+    assert invoke(str(proj), "--pairs", str(both)).exit_code == 0
+    he = proj / "her2_qupath" / "2"
+    assert _tags(he / "detections.geojson") == ["1"] * 4 + ["3"] * 4
+    assert _tags(he / "annotations.geojson") == ["1", "3"]
+    # run again, then with only one of the pairs: each run replaces only its own objects
+    assert invoke(str(proj), "--pairs", str(both)).exit_code == 0
+    assert _tags(he / "detections.geojson") == ["1"] * 4 + ["3"] * 4
+    one = _pairs_csv(tmp_path, [("c1_HER2.svs", "c1_HE.svs")])
+    assert invoke(str(proj), "--pairs", str(one)).exit_code == 0
+    assert _tags(he / "detections.geojson") == ["1"] * 4 + ["3"] * 4
+    # --resume leaves the H&E results as they are and scores nothing
+    before, n = snapshot(he), len(fake_score)
+    assert invoke(str(proj), "--pairs", str(both), "--resume").exit_code == 0
+    assert snapshot(he) == before and len(fake_score) == n
+
+
+def test_missing_he_partner_writes_nothing_for_the_pair(tmp_path, fake_score):
+    proj = project_with_images(tmp_path)
+    pairs = _pairs_csv(tmp_path, [("c1_HER2.svs", "c3_HER2.svs")])  # c3 is gone
+    res = invoke(str(proj), "--pairs", str(pairs))
+    assert res.exit_code == 1 and "H&E partner c3_HER2.svs" in res.output
+    assert not (proj / "her2_qupath" / "1").exists() and not (proj / "her2_qupath" / "5").exists()
 
 
 # --------------------------------------------------------------------------- write-back path
@@ -211,6 +266,27 @@ def test_write_back_backs_up_and_replaces_only_ours(tmp_path, fake_paquo):
     assert user_objects(h) == first_user and len(h.annotations) + len(h.detections) == 3 + 5
     assert len(list((proj / "her2_qupath" / "backups").iterdir())) == 2
     assert not (proj / ".her2-qupath.lock").exists()
+
+
+def test_write_back_of_a_pair_writes_the_he_entry_too(tmp_path, fake_paquo):
+    proj = project_with_images(tmp_path)
+    pattern = r"(?P<case>c1)_(?P<stain>HE|HER2)"
+    res = invoke(str(proj), "--pair-pattern", pattern, "--roi-class", "Tumor")
+    assert res.exit_code == 0, res.output
+    he = fake_paquo.hierarchies["2"]
+    first_user = user_objects(he)
+    assert len(first_user) == 3  # the user's objects of the H&E image, untouched
+    ours = [o for o in list(he.annotations) + list(he.detections) if (o.name or "").startswith("her2-qupath")]
+    assert len(ours) == 4 + 1 and sum(o.path_class[0] == "Tumor" for o in ours) == 4
+    assert fake_paquo.metadata["2"] == {"her2-qupath run": fake_paquo.metadata["1"]["her2-qupath run"],
+                                        "her2-qupath IHC partner": "c1_HER2.svs"}
+    (backup,) = (proj / "her2_qupath" / "backups").iterdir()
+    assert (backup / "data" / "1" / "data.qpdata").is_file() and (backup / "data" / "2" / "data.qpdata").is_file()
+    rows = {r["image"]: r for r in csv.DictReader((proj / "her2_qupath" / "batch_summary.csv").open())}
+    assert rows["c1_HER2.svs"]["he_written_to_project"] == "True"
+    time.sleep(0.01)
+    assert invoke(str(proj), "--pair-pattern", pattern, "--roi-class", "Tumor").exit_code == 0
+    assert user_objects(he) == first_user and len(he.annotations) + len(he.detections) == 3 + 5
 
 
 def test_write_back_refused_when_project_looks_open(tmp_path, fake_paquo):
@@ -313,6 +389,63 @@ def test_batch_with_the_real_pipeline(tmp_path, monkeypatch):
     assert sum(pct.values()) == pytest.approx(100.0, abs=0.5)
 
 
+def test_pair_with_the_real_pipeline_writes_the_he_side(tmp_path, monkeypatch):
+    """Two generated slides related by a known affine: the H&E entry gets the tiles and the region
+    as drawn on the H&E slide; the IHC entry the same tiles and region mapped onto the IHC slide."""
+    _pipeline_or_skip()
+    import numpy as np
+    from shapely.geometry import Polygon
+
+    from her2_qupath.qupath.geojson import load_features, validate_features
+    from her2_qupath.slide_writer import write_slide
+    from her2_qupath.synthetic import synthetic_pair
+
+    monkeypatch.setenv("PAQUO_QUPATH_DIR", "/nonexistent/QuPath")
+    he_rgb, ihc_rgb, matrix, _truth = synthetic_pair((1024, 1024), seed=3, mpp=0.5)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    he_path = write_slide(slides / "case1_HE.tif", he_rgb, mpp=0.5)
+    ihc_path = write_slide(slides / "case1_HER2.tif", ihc_rgb, mpp=0.5)
+    proj = make_project(tmp_path / "proj", [
+        {"name": "case1_HER2.tif", "uri": Path(ihc_path).as_uri(), "mpp": 0.5},
+        {"name": "case1_HE.tif", "uri": Path(he_path).as_uri(), "mpp": 0.5},
+    ])
+    roi = Polygon([(150, 120), (880, 160), (860, 900), (130, 870)])  # drawn on the H&E slide
+    write_geojson(proj / "her2_qupath" / "2" / "rois.geojson",
+                  [QuPathObject(roi, classification="Tumor", name="my tumour")])
+
+    def user_files() -> dict[str, bytes]:
+        return snapshot(slides) | {k: v for k, v in snapshot(proj).items()
+                                   if not k.startswith("her2_qupath/") or k.endswith("rois.geojson")}
+
+    user_before = user_files()
+    for _ in range(2):  # the second run replaces the first run's results, it does not add to them
+        res = invoke(str(proj), "--pair-pattern", r"(?P<case>.+)_(?P<stain>HE|HER2)", "--roi-class", "Tumor")
+        assert res.exit_code == 0, res.output
+    out = proj / "her2_qupath"
+    summary = json.loads((out / "1" / "summary.json").read_text())["result"]
+    assert summary["registration"]["reliable"]
+    for eid in ("1", "2"):
+        for name in ("detections.geojson", "annotations.geojson"):
+            assert validate_features(load_features(out / eid / name)) > 0
+    ihc_tiles = [d for d in read_geojson(out / "1" / "detections.geojson") if d.object_type == "tile"]
+    he_tiles = read_geojson(out / "2" / "detections.geojson")
+    assert len(he_tiles) == len(ihc_tiles) == summary["n_tiles"] > 0
+    assert {t.class_name for t in he_tiles} <= {"Tumor", "Non-tumor"}
+    assert all(t.metadata["her2-qupath IHC entry"] == "1" and t.name.startswith("her2-qupath") for t in he_tiles)
+    # the scored region: exactly the user's ROI on the H&E slide, the ROI mapped by the known affine on the IHC
+    (he_region,) = read_geojson(out / "2" / "annotations.geojson")
+    (ihc_region,) = read_geojson(out / "1" / "annotations.geojson")
+    assert he_region.geometry.equals(roi) and he_region.class_name == ihc_region.class_name
+    assert he_region.measurements == ihc_region.measurements
+    expected = (matrix @ np.array([roi.centroid.x, roi.centroid.y, 1.0]))[:2]
+    got = np.array([ihc_region.geometry.centroid.x, ihc_region.geometry.centroid.y])
+    assert np.linalg.norm(got - expected) < 10.0  # pixels, after registration
+    # the user's files (slides, project, exported ROIs) are untouched; IMPORT.txt lists the H&E files
+    assert user_files() == user_before and "her2_qupath/2/rois.geojson" in user_before
+    assert str(out / "2" / "detections.geojson") in (out / "IMPORT.txt").read_text()
+
+
 def test_dask_scheduler_executor_reaches_the_pipeline(tmp_path, fake_score, monkeypatch):
     executors_mod = pytest.importorskip("her2_qupath.server.executors", reason="the server package is not present")
     from concurrent.futures import ThreadPoolExecutor
@@ -348,3 +481,15 @@ def test_write_back_skips_relocated_images(tmp_path, fake_paquo):
     assert fake_paquo.hierarchies == {}  # nothing written into the project
     assert "update the image paths" in res.output
     assert (proj / "her2_qupath" / "1" / "detections.geojson").is_file()
+
+
+def test_write_back_skips_a_pair_whose_he_image_moved(tmp_path, fake_paquo):
+    proj = project_with_images(tmp_path)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (tmp_path / "slides" / "c1_HE.svs").rename(moved / "c1_HE.svs")  # only the H&E image moved
+    res = invoke(str(proj), "--pair-pattern", r"(?P<case>c1)_(?P<stain>HE|HER2)", "--image-root", str(moved))
+    assert res.exit_code == 0, res.output
+    assert fake_paquo.hierarchies == {}  # neither entry of the pair written into the project
+    assert "it records c1_HE.svs at" in res.output and "it records c1_HER2.svs" not in res.output
+    assert (proj / "her2_qupath" / "2" / "detections.geojson").is_file()

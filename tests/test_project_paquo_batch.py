@@ -108,8 +108,12 @@ KINDS = {"annotation": "PathAnnotationObject", "detection": "PathDetectionObject
          "tile": "PathTileObject", "cell": "PathCellObject"}
 
 
-def _check_written(qp_entry: Any, out_dir: Path, run_id: str, summary: dict[str, Any]) -> int:
-    """Every object of this product in the entry matches the GeoJSON written beside it."""
+def _check_written(qp_entry: Any, out_dir: Path, run_id: str, summary: dict[str, Any],
+                   *, he_of: str | None = None, tol: float = 1e-6) -> int:
+    """Every object of this product in the entry matches the GeoJSON written beside it.
+
+    ``he_of``: the entry is the H&E image of a pair with that IHC image. ``tol``: pixels
+    (QuPath hands vertices back rounded to 0.01: tiles mapped onto an IHC slide need that)."""
     expected = [*read_geojson(out_dir / "detections.geojson"), *read_geojson(out_dir / "annotations.geojson")]
     assert expected, "the run wrote no objects"
     h = qp_entry.hierarchy
@@ -119,7 +123,7 @@ def _check_written(qp_entry: Any, out_dir: Path, run_id: str, summary: dict[str,
     for exp in expected:
         # QuPath stores a rectangle from its top-left corner: same shape, other vertex order
         want = exp.geometry.normalize()
-        match = [o for o in remaining if o.roi.normalize().equals_exact(want, 1e-6) and o.name == exp.name]
+        match = [o for o in remaining if o.roi.normalize().equals_exact(want, tol) and o.name == exp.name]
         assert len(match) == 1, f"{exp.name}: {len(match)} objects in the project match its geometry"
         got = match[0]
         remaining.remove(got)
@@ -138,7 +142,10 @@ def _check_written(qp_entry: Any, out_dir: Path, run_id: str, summary: dict[str,
     assert not remaining
     meta = dict(qp_entry.metadata)
     assert meta[f"{PRODUCT_MARKER} run"] == run_id
-    assert meta[f"{PRODUCT_MARKER} HER2 score"] == str(summary["her2_score"])
+    if he_of is None:
+        assert meta[f"{PRODUCT_MARKER} HER2 score"] == str(summary["her2_score"])
+    else:
+        assert meta[f"{PRODUCT_MARKER} IHC partner"] == he_of
     return len(ours)
 
 
@@ -187,6 +194,74 @@ def test_batch_writes_into_a_real_project_twice(tmp_path, monkeypatch, qupath):
     assert counts[0] == counts[1]
     assert len(list((proj_dir / "her2_qupath" / "backups").iterdir())) == 2
     assert not (proj_dir / ".her2-qupath.lock").exists()
+
+
+def test_pair_writes_the_he_entry_of_a_real_project(tmp_path, monkeypatch, qupath):
+    """A generated H&E + IHC pair: the tumour drawn on the H&E image is scored; the H&E entry gets the
+    tiles and that region (ours, replaced on the second run), the user's objects on both stay as they were."""
+    from paquo.classes import QuPathPathClass
+    from paquo.projects import QuPathProject
+    from shapely.geometry import Polygon
+
+    from her2_qupath.slide_writer import write_slide
+    from her2_qupath.synthetic import synthetic_pair
+
+    monkeypatch.delenv("HER2_QUPATH_CONFIG", raising=False)
+    he_rgb, ihc_rgb, _matrix, _truth = synthetic_pair((1024, 1024), seed=5, mpp=0.5)
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    slides = [write_slide(folder / f"case1_{stain}.tif", rgb, mpp=0.5, kind="plain", compression="zlib")
+              for stain, rgb in (("HER2", ihc_rgb), ("HE", he_rgb))]
+    proj_dir = tmp_path / "proj"
+    roi = Polygon([(150, 120), (880, 160), (860, 900), (130, 870)])
+    with QuPathProject(proj_dir, mode="x") as qp:
+        qp.path_classes = [QuPathPathClass(n, color=c) for n, c in USER_CLASSES]
+        for slide in slides:
+            h = qp.add_image(slide).hierarchy
+            if "_HE" in slide.name:
+                h.add_annotation(roi=roi, path_class=QuPathPathClass("Tumor")).name = "my tumour"
+            h.add_annotation(roi=box(0, 950, 60, 1010), path_class=QuPathPathClass("Stroma")).locked = True
+            h.add_detection(roi=box(5, 5, 15, 15), path_class=QuPathPathClass("Positive"))
+    with QuPathProject(proj_dir, mode="r") as qp:
+        user_before = {str(e.entry_id): sorted(_user_view(o) for o in [*e.hierarchy.annotations,
+                                                                       *e.hierarchy.detections])
+                       for e in qp.images}
+    counts = []
+    for _run in range(2):
+        old = time.time() - 120  # as if QuPath had been closed a while ago
+        for p in proj_dir.rglob("*"):
+            os.utime(p, (old, old))
+        res = CliRunner().invoke(cli, ["batch", str(proj_dir), "--roi-class", "Tumor", "--json",
+                                       "--pair-pattern", r"(?P<case>.+)_(?P<stain>HE|HER2)"],
+                                 catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        report = json.loads(res.output[res.output.index("{"):])
+        (o,) = report["outcomes"]
+        assert o["status"] == "scored" and o["written_to_project"] and o["he_written_to_project"], o
+        assert o["roi_source"] == "project" and o["n_rois"] == 1
+        backup = Path(report["backup_dir"])
+        assert (backup / "data" / o["entry_id"]).is_dir() and (backup / "data" / o["he_entry_id"]).is_dir()
+        with QuPathProject(proj_dir, mode="r") as qp:
+            entries = {str(e.entry_id): e for e in qp.images}
+            for eid, e in entries.items():
+                objs = [*e.hierarchy.annotations, *e.hierarchy.detections]
+                assert sorted(_user_view(x) for x in objs if not (x.name or "").startswith(PRODUCT_MARKER)) \
+                    == user_before[eid], f"the user's objects of entry {eid} changed"
+            out = proj_dir / "her2_qupath"
+            n_ihc = _check_written(entries[o["entry_id"]], out / o["entry_id"], report["run_id"], o["summary"],
+                                   tol=0.011)
+            n_he = _check_written(entries[o["he_entry_id"]], out / o["he_entry_id"], report["run_id"], o["summary"],
+                                  he_of=o["image"])
+            he = entries[o["he_entry_id"]].hierarchy
+            (region,) = [a for a in he.annotations if (a.name or "").startswith(PRODUCT_MARKER)]
+            assert region.roi.normalize().equals_exact(roi.normalize(), 1e-6)  # the user's region, on the H&E
+            tiles = [d for d in he.detections if (d.name or "").startswith(PRODUCT_MARKER)]
+            assert len(tiles) == o["summary"]["n_tiles"] > 0
+            assert {t.path_class.name for t in tiles} <= {"Tumor", "Non-tumor"}
+            classes = [(pc.id, pc.color.to_rgb() if pc.color else None) for pc in qp.path_classes]
+            assert classes[:len(USER_CLASSES)] == USER_CLASSES  # the user's Tumor class keeps its colour
+        counts.append((n_ihc, n_he))
+    assert counts[0] == counts[1]
 
 
 # --------------------------------------------------------------------------- a real QuPath 0.4.0 project

@@ -113,6 +113,9 @@ def print_summary(summary: dict[str, Any], outdir: Path) -> None:
 @click.option("--roi", type=_existing_file, default=None,
               help="QuPath GeoJSON export of the regions to score (on the H&E slide with --he).")
 @click.option("--roi-class", default=None, help="Use only ROI annotations of this class, e.g. Tumor.")
+@click.option("--roi-on", "roi_space", type=click.Choice(["he", "ihc"]), default="he",
+              show_default=True,
+              help="With --he: the slide the ROIs were drawn on (ihc ROIs are mapped to the H&E slide).")
 @mpp_option()
 @click.option("--he-mpp", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Pixel size of the H&E slide if it carries none.")
@@ -122,7 +125,8 @@ def print_summary(summary: dict[str, Any], outdir: Path) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def command(ihc: Path, he: Path | None, transform: Path | None, roi: Path | None,
-            roi_class: str | None, mpp: float | None, he_mpp: float | None, outdir: Path,
+            roi_class: str | None, roi_space: str, mpp: float | None, he_mpp: float | None,
+            outdir: Path,
             overwrite: bool, as_json: bool, **kw: Any) -> None:
     """Score HER2 on an IHC slide and write QuPath GeoJSON, a summary and an overlay.
 
@@ -147,7 +151,8 @@ def command(ihc: Path, he: Path | None, transform: Path | None, roi: Path | None
 
         rois = tuple(read_geojson(roi))
     request = ScoreRequest(ihc=ihc, he=he, ihc_mpp=mpp, he_mpp=he_mpp, rois=rois,
-                           roi_class=roi_class, transform=transform, options=build_options(**kw))
+                           roi_class=roi_class, transform=transform, options=build_options(**kw),
+                           roi_space=roi_space)  # type: ignore[arg-type]
     with progress("Scoring tiles") as cb:
         result = run_score(request, progress=cb)
     write_result(result, outdir)

@@ -5,10 +5,18 @@ ROIs, runs :func:`her2_qupath.pipeline.run_score` per image and writes
 
 * ``PROJECT/her2_qupath/<entryID>/detections.geojson``, ``annotations.geojson``
   and ``summary.json`` for every scored image (always: QuPath imports them);
+* for a pair, the H&E side too: ``PROJECT/her2_qupath/<H&E entryID>/detections.geojson``
+  (the tiles on the H&E slide, ``Tumor`` / ``Non-tumor``) and ``annotations.geojson``
+  (the scored regions as drawn on the H&E slide);
 * the objects straight into the project when QuPath is installed (paquo),
   after a backup and only when the project does not look open in QuPath;
 * ``PROJECT/her2_qupath/batch_summary.csv`` / ``.json`` and, without QuPath,
   ``IMPORT.txt`` saying how to bring the results into QuPath.
+
+In pair mode the ROIs are the H&E image's annotations (the pipeline takes
+them in H&E coordinates and maps the tiles onto the IHC slide). Every object
+written to the H&E entry carries the IHC entry it came from, so when several
+IHC images share one H&E image each run replaces only its own objects there.
 
 One image that cannot be scored is reported and skipped; the others go on.
 ``dry_run`` reads everything and writes nothing.
@@ -99,7 +107,9 @@ class ImageOutcome:
     roi_source: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
+    he_outputs: list[str] = field(default_factory=list)  # results written for the H&E entry
     written_to_project: bool = False
+    he_written_to_project: bool = False
     seconds: float = 0.0
 
 
@@ -204,10 +214,68 @@ def _write_entry_outputs(
     return [os.fspath(det), os.fspath(ann), os.fspath(summ)]
 
 
+#: metadata key on every object written to an H&E entry: the IHC entry it was scored with
+SOURCE_KEY = f"{PRODUCT_MARKER} IHC entry"
+
+
+def _he_objects(objects: Sequence[Any], *, run_id: str, ihc: ImageEntry) -> list[Any]:
+    """``objects`` (H&E side of a pair) marked as ours and tagged with the IHC entry they belong to."""
+    out = []
+    for obj in objects:
+        marked = mark_product_object(obj, run_id=run_id)
+        marked.metadata[SOURCE_KEY] = ihc.entry_id  # a fresh dict: the input is not touched
+        out.append(marked)
+    return out
+
+
+def _merge_he(path: Path, new: Sequence[Any], ihc: ImageEntry) -> list[Any]:
+    """``new`` plus the objects of ``path`` that other IHC images of the same H&E image wrote.
+
+    An H&E image shared by several IHC images keeps each one's results; a
+    file that cannot be read is replaced (it only ever holds our results).
+    """
+    from ..errors import GeoJSONError
+    from .geojson import read_geojson
+
+    if not path.is_file():
+        return list(new)
+    try:
+        old = read_geojson(path)
+    except (GeoJSONError, OSError) as err:
+        log.warning("%s cannot be read (%s); rewriting it", path, err)
+        return list(new)
+    keep = [o for o in old if is_product_object(o) and o.metadata.get(SOURCE_KEY) not in (None, ihc.entry_id)]
+    return keep + list(new)
+
+
+def _write_he_outputs(
+    outdir: Path, *, detections: Sequence[Any], annotations: Sequence[Any], ihc: ImageEntry,
+    config: ProjectConfig,
+) -> tuple[list[Any], list[str]]:
+    """The H&E entry's ``detections.geojson`` / ``annotations.geojson`` (what ``import_results.groovy``
+    reads), merged with other IHC images' results; returns every object now there and the files."""
+    from .geojson import write_geojson
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    written: list[Any] = []
+    files: list[str] = []
+    for name, objs in ((config.detections_filename, detections), (config.annotations_filename, annotations)):
+        merged = _merge_he(outdir / name, objs, ihc)
+        write_geojson(outdir / name, merged)
+        written += merged
+        files.append(os.fspath(outdir / name))
+    return written, files
+
+
+def _moved(entry: ImageEntry | None) -> bool:
+    """True when the project records ``entry``'s image elsewhere than where it was found."""
+    return entry is not None and entry.uri is not None and uri_to_path(entry.uri) != entry.path
+
+
 CSV_FIELDS = [
     "entry_id", "image", "case", "he_image", "status", "her2_score", "h_score", "percent_positive",
     "n_tiles", "pct 0", "pct 1+", "pct 2+", "pct 3+", "n_rois", "roi_source",
-    "mpp", "qupath_version", "written_to_project", "seconds", "path", "message",
+    "mpp", "qupath_version", "written_to_project", "he_written_to_project", "seconds", "path", "message",
 ]
 
 
@@ -216,7 +284,7 @@ def _csv_text(outcomes: Sequence[ImageOutcome]) -> str:
     extra: list[str] = []
     rows = []
     for o in outcomes:
-        row = {k: v for k, v in dataclasses.asdict(o).items() if k not in ("summary", "outputs")}
+        row = {k: v for k, v in dataclasses.asdict(o).items() if k not in ("summary", "outputs", "he_outputs")}
         row.update(_flat_summary(o.summary))
         extra += [k for k in row if k not in CSV_FIELDS and k not in extra and k != "he_entry_id"]
         rows.append(row)
@@ -247,6 +315,10 @@ def _import_text(report: BatchReport, config: ProjectConfig) -> str:
         lines.append(f"  {o.entry_id:>6}  {o.image}")
         for f in o.outputs:
             lines.append(f"          {f}")
+        if o.he_outputs:
+            lines.append(f"  {o.he_entry_id:>6}  {o.he_image}  (H&E partner of {o.image})")
+            for f in o.he_outputs:
+                lines.append(f"          {f}")
     if not scored:
         lines.append("  (none scored)")
     return "\n".join(lines) + "\n"
@@ -352,6 +424,8 @@ def _run(
     lock = None
     if write_back:
         touched = [p.ihc.entry_id for p in pairing.pairs if p.ihc.exists]
+        touched += sorted({p.he.entry_id for p in pairing.pairs if p.he is not None and p.he.exists
+                           and p.ihc.exists and p.he.entry_id not in touched})
         if touched:
             lock = project_write_lock(project_dir, config=cfg)
             lock.__enter__()
@@ -408,14 +482,17 @@ def _one(
         return o
     t0 = time.perf_counter()
     try:
-        rois, source = _load_rois(project, e, opts)
+        # in a pair the ROIs are drawn on the H&E image: the pipeline takes them in H&E coordinates
+        roi_entry = he if he is not None else e
+        rois, source = _load_rois(project, roi_entry, opts)
         o.roi_source = source
         if opts.roi_class:
             rois = [r for r in rois or [] if _matches_class(r, opts.roi_class)]
             if not rois:
                 o.message = (
                     f"no annotation of class {opts.roi_class!r} "
-                    + (f"in {source}" if source else "found")
+                    + (f"in {source}" if source else f"found for {roi_entry.name}")
+                    + (" (the H&E image of the pair)" if he is not None else "")
                     + " (draw/classify it in QuPath and run export_annotations.groovy, pass --roi, "
                     "or drop --roi-class to score the whole image)"
                 )
@@ -424,6 +501,8 @@ def _one(
         if opts.dry_run:
             o.status = "would-score"
             o.message = f"{o.n_rois} ROI(s)" if o.n_rois else "whole image"
+            if he is not None:
+                o.message += f" on H&E {he.name} (results to entries {e.entry_id} and {he.entry_id})"
             return o
         from ..pipeline import ScoreRequest, run_score
 
@@ -447,21 +526,35 @@ def _one(
             "n_rois": o.n_rois,
             "result": summary,
         }
+        he_objects: list[Any] = []
+        if he is not None and (result.he_detections or result.he_annotations):
+            # before the IHC summary.json, which --resume takes as "done"
+            he_objects, o.he_outputs = _write_he_outputs(
+                entry_output_dir(project.project_dir, he, cfg),
+                detections=_he_objects(result.he_detections, run_id=run_id, ihc=e),
+                annotations=_he_objects(result.he_annotations, run_id=run_id, ihc=e),
+                ihc=e, config=cfg)
         o.outputs = _write_entry_outputs(outdir, detections=detections, annotations=annotations,
                                          summary=full, config=cfg)
-        relocated = e.uri is not None and uri_to_path(e.uri) != e.path
-        if write_back and relocated:
+        moved = [x for x in (e, he) if _moved(x)]
+        if write_back and moved:
             # QuPath (and paquo) would not save an entry whose image URI is unreachable
+            where = "; ".join(f"it records {x.name} at {x.uri}, found at {x.path}" for x in moved)
             o.message = (
-                f"results not written into the project: it records the image at {e.uri}, found at "
-                f"{e.path}; open the project in QuPath to update the image paths, then run again "
-                "(the GeoJSON results are written)"
+                f"results not written into the project: {where}; open the project in QuPath to "
+                "update the image paths, then run again (the GeoJSON results are written)"
             )
         elif write_back:
             project.write_objects(e, detections + annotations, metadata={
                 f"{PRODUCT_MARKER} run": run_id,
                 f"{PRODUCT_MARKER} HER2 score": str(summary.get("her2_score")),
             })
+            if he is not None and o.he_outputs:
+                project.write_objects(he, he_objects, metadata={
+                    f"{PRODUCT_MARKER} run": run_id,
+                    f"{PRODUCT_MARKER} IHC partner": e.name,
+                })
+                o.he_written_to_project = True
             project.save()
             o.written_to_project = True
         o.status = "scored"

@@ -110,6 +110,9 @@ _SCORE_REQUEST = {
         "he_mpp": _MPP,
         "rois": _ROIS,
         "roi_class": {"type": ["string", "null"], "maxLength": 256},
+        "roi_space": {"enum": ["he", "ihc", None],
+                      "description": "with an H&E slide: the image the ROIs were drawn on "
+                                     "(default he; ihc ROIs are mapped to the H&E slide)"},
         "transform": {"oneOf": [{"type": "null"}, _PATH_OR_URI]},
         "options": _OPTIONS,
     },

@@ -59,6 +59,7 @@ class JobSpec:
     roi_class: str | None = None
     transform: Path | None = None
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    roi_space: str = "he"  # with an H&E slide: the ROIs were drawn on "he" or "ihc"
 
 
 class Scorer(Protocol):
@@ -139,6 +140,7 @@ def build_spec(body: Mapping[str, Any], config: ServerConfig) -> JobSpec:
         roi_class=body.get("roi_class"),
         transform=resolve_image(transform, roots, what="transform file") if transform else None,
         options=dict(body.get("options") or {}),
+        roi_space=body.get("roi_space") or "he",
     )
 
 
@@ -265,6 +267,7 @@ class PipelineScorer:
             roi_class=spec.roi_class,
             transform=spec.transform,
             options=self.score_options(spec.options),
+            roi_space=spec.roi_space,  # type: ignore[arg-type]
         )
 
     def estimate_tiles(self, spec: JobSpec) -> int | None:
