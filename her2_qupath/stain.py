@@ -64,6 +64,18 @@ _STRIP_PIXELS = 1 << 17
 _MAX_THREADS = 4
 
 
+def _three_numbers(raw: Any, field: str, hint: str) -> list[float]:
+    """Three numbers from a QuPath stain field such as ``"0.65111 0.70119 0.29049"``."""
+    try:
+        nums = [float(x) for x in re.split(r"[\s,]+", str(raw).strip()) if x]
+    except ValueError as err:
+        raise UserInputError(f"QuPath '{field}' is not numeric: {raw!r}",
+                             hint="it must hold three numbers separated by spaces") from err
+    if len(nums) != 3:
+        raise UserInputError(f"QuPath '{field}' must hold three numbers, got {raw!r}", hint=hint)
+    return nums
+
+
 def _unit(v: Any, what: str) -> np.ndarray:
     a = np.asarray(v, dtype=np.float64).reshape(-1)
     if a.shape != (3,) or not np.all(np.isfinite(a)):
@@ -174,19 +186,8 @@ class StainVectors:
             raw = data.get(f"Values {i}")
             if raw is None:
                 return None
-            try:
-                nums = [float(x) for x in re.split(r"[\s,]+", str(raw).strip()) if x]
-            except ValueError as err:
-                raise UserInputError(
-                    f"QuPath 'Values {i}' is not numeric: {raw!r}",
-                    hint="it must hold three numbers separated by spaces",
-                ) from err
-            if len(nums) != 3:
-                raise UserInputError(
-                    f"QuPath 'Values {i}' must hold three numbers, got {raw!r}",
-                    hint="give the R, G and B optical densities separated by spaces",
-                )
-            return np.array(nums)
+            return np.array(_three_numbers(
+                raw, f"Values {i}", "give the R, G and B optical densities separated by spaces"))
 
         v1, v2, v3 = values(1), values(2), values(3)
         if v1 is None or v2 is None:
@@ -207,18 +208,7 @@ class StainVectors:
         background: Vec3 | None = None
         raw_bg = data.get("Background")
         if raw_bg is not None:
-            try:
-                bg = [float(x) for x in re.split(r"[\s,]+", str(raw_bg).strip()) if x]
-            except ValueError as err:
-                raise UserInputError(
-                    f"QuPath 'Background' is not numeric: {raw_bg!r}",
-                    hint="it must hold three values such as ' 255 255 255'",
-                ) from err
-            if len(bg) != 3:
-                raise UserInputError(
-                    f"QuPath 'Background' must hold three numbers, got {raw_bg!r}",
-                    hint="e.g. ' 242 240 245'",
-                )
+            bg = _three_numbers(raw_bg, "Background", "e.g. ' 242 240 245'")
             background = (bg[0], bg[1], bg[2])
         return cls(
             tuple(v1),  # type: ignore[arg-type]
