@@ -20,3 +20,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA} (set HER2_QUPATH_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture()
+def foci_project(shared_data: Path, tmp_path: Path) -> Path:
+    """A writable copy of the real QuPath 0.4.0 project (the shared data stays untouched)."""
+    import shutil
+
+    src = shared_data / "qupath" / "foci-0.4.0"
+    if not src.is_dir():
+        pytest.skip(f"{src} not present")
+    proj = tmp_path / "foci"
+    shutil.copytree(src, proj)
+    for p in proj.rglob("*"):  # CI's copy of shared/ is read-only
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return proj

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -367,12 +366,8 @@ def test_backup_copies_qpproj_and_touched_entries(tmp_path):
 
 
 @pytest.mark.shared_data
-def test_real_foci_project_entries_and_versions(shared_data, tmp_path):
-    src = shared_data / "qupath" / "foci-0.4.0"
-    if not src.is_dir():
-        pytest.skip(f"{src} not present")
-    proj = tmp_path / "foci"
-    shutil.copytree(src, proj)
+def test_real_foci_project_entries_and_versions(foci_project):
+    proj = foci_project
     p = open_project(proj, backend="json")
     imgs = p.images()
     assert len(imgs) == 44 and p.version == "0.4.0"

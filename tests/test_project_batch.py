@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -311,14 +310,8 @@ def test_no_write_back_flag_keeps_geojson_only(tmp_path, fake_paquo):
 
 
 @pytest.mark.shared_data
-def test_real_foci_project_batch(shared_data, tmp_path, fake_score):
-    src = shared_data / "qupath" / "foci-0.4.0"
-    if not src.is_dir():
-        pytest.skip(f"{src} not present")
-    proj = tmp_path / "foci"
-    shutil.copytree(src, proj)
-    for p in proj.rglob("*"):
-        p.chmod(0o755 if p.is_dir() else 0o644)
+def test_real_foci_project_batch(foci_project, tmp_path, fake_score):
+    proj = foci_project
     before = snapshot(proj)
     dry = invoke(str(proj), "--dry-run", "--json")
     assert dry.exit_code == 0

@@ -268,20 +268,13 @@ def test_pair_writes_the_he_entry_of_a_real_project(tmp_path, monkeypatch, qupat
 
 
 @pytest.mark.shared_data
-def test_real_0_4_project_read_through_paquo(shared_data, tmp_path, qupath):
+def test_real_0_4_project_read_through_paquo(foci_project, qupath):
     """The published 0.4.0 project: paquo and the JSON reader agree; the annotations are QuPath's own count."""
-    import shutil
     from collections import Counter
 
     from her2_qupath.qupath.project import open_project
 
-    src = shared_data / "qupath" / "foci-0.4.0"
-    if not src.is_dir():
-        pytest.skip(f"{src} not present")
-    proj = tmp_path / "foci"
-    shutil.copytree(src, proj)
-    for p in proj.rglob("*"):
-        p.chmod(0o755 if p.is_dir() else 0o644)
+    proj = foci_project
     before = {q: q.read_bytes() for q in sorted(proj.rglob("*")) if q.is_file()}
     by_json = {e.entry_id: e.describe() for e in open_project(proj, backend="json").images()}
     view = open_project(proj, backend="paquo", mode="r")
