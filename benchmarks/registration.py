@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 from her2_qupath.config import RegistrationConfig  # noqa: E402
 from her2_qupath.registration import Transform, register  # noqa: E402
 from her2_qupath.registration._images import od_magnitude  # noqa: E402
+from her2_qupath.registration.files import read_points_csv  # noqa: E402
 
 N_PAIRS = 69  # only the first 69 rows of the two landmark files correspond
 
@@ -42,7 +43,7 @@ def _load(path: Path) -> np.ndarray:
 
 
 def _landmarks(path: Path) -> np.ndarray:
-    return np.loadtxt(path, delimiter=",", skiprows=1)[:N_PAIRS, 1:3]
+    return read_points_csv(path)[2][:N_PAIRS]  # the product's own landmark CSV reader
 
 
 def _errors(t: Transform, lf: np.ndarray, lm: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from her2_qupath.registration import (
     render_registration,
     warp_geometry,
 )
+from her2_qupath.registration.files import read_points_csv
 
 cv2 = pytest.importorskip("cv2")
 
@@ -40,7 +41,7 @@ def _load_rgb(path: Path) -> np.ndarray:
 
 
 def _landmarks(path: Path) -> np.ndarray:
-    return np.loadtxt(path, delimiter=",", skiprows=1)[:N_PAIRS, 1:3]
+    return read_points_csv(path)[2][:N_PAIRS]  # the product's own landmark CSV reader
 
 
 def _rtre(transform: Transform, fixed_pts: np.ndarray, moving_pts: np.ndarray, moving_shape) -> np.ndarray:
