@@ -28,7 +28,7 @@ PAGE_JOBS = 50
 
 def _page_job(job: dict[str, Any]) -> dict[str, Any]:
     view = job_json(job)
-    summary = json.loads(job["summary"]) if job.get("summary") else {}
+    summary = json.loads(job["brief"]) if job.get("brief") else {}
     percentages = summary.get("class_percentages") or {}
     view["class_percentages"] = []
     for name in HER2_CLASSES:  # keys "0".."3+" (pipeline) or "HER2 0".."HER2 3+"
