@@ -333,6 +333,19 @@ class ServerConfig:
     purge_interval_s: float = 60.0  # how often expired results are removed
     shutdown_grace_s: float = 10.0  # wait for running jobs to stop on SIGTERM/SIGINT
     wsgi_threads: int = 8  # request threads of the WSGI server
+    # the WSGI server (waitress): bodies above max_request_bytes are refused before they are read
+    wsgi_connection_limit: int = 256  # open connections; more wait in the listen backlog
+    wsgi_channel_timeout_s: int = 20  # an idle connection (or a half-sent request) is closed after this
+    max_crash_retries: int = 2  # a job running at a crash is retried this often, then failed
+    max_stored_request_bytes: int = 256 * 1024**2  # requests (ROIs) of unfinished jobs held at once
+    # work budget, checked before any pixel is read: pixels per tile are those read from the
+    # slide's pyramid level or those analysed at the working resolution, whichever is more
+    max_sync_pixels: int = 64 * 1024**2  # a synchronous /score (more: 413, submit a job)
+    max_job_pixels: int = 32 * 1024**3  # one job
+    min_mpp: float = 0.05  # pixel sizes (ihc_mpp, he_mpp, options.mpp) outside this range: 400
+    max_mpp: float = 50.0
+    worker_retry_s: float = 1.0  # pause of a job worker after an error outside a job
+    repair_db: bool = False  # a damaged jobs database is moved aside and an empty one started
 
 
 @dataclass(frozen=True)

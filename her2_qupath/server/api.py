@@ -16,7 +16,7 @@ from .app import server_state
 from .http import ApiError
 from .jobs import TERMINAL_STATES, QueueFull, iso_time
 from .schemas import JOB_STATES, parse_json, validate
-from .scorers import build_spec, check_vertex_limit
+from .scorers import WorkEstimate, build_spec, check_vertex_limit
 
 __all__ = ["bp"]
 
@@ -43,7 +43,7 @@ def _json_body(schema: str) -> dict[str, Any]:
 
 def job_json(job: dict[str, Any]) -> dict[str, Any]:
     """The public view of a job row."""
-    summary = json.loads(job["summary"]) if job.get("summary") else None
+    summary = json.loads(job["brief"]) if job.get("brief") else None
     result = job["state"] == "done" and not job["result_expired"]
     links = {"self": url_for("api.get_job", job_id=job["id"])}
     if result:
@@ -78,9 +78,42 @@ def _job_or_404(job_id: str) -> dict[str, Any]:
     return job
 
 
-def _check_tiles(spec: Any, limit: int, *, sync: bool) -> int | None:
-    state = server_state()
-    estimate = state.scorer.estimate_tiles(spec)
+def _estimate(spec: Any) -> WorkEstimate | None:
+    scorer = server_state().scorer
+    by_work = getattr(scorer, "estimate_work", None)
+    if by_work is not None:
+        work: WorkEstimate | None = by_work(spec)
+        return work
+    tiles = scorer.estimate_tiles(spec)
+    return None if tiles is None else WorkEstimate(tiles=tiles)
+
+
+def _check_work(spec: Any, *, sync: bool) -> int | None:
+    """Refuse (413) before any pixel is read a request whose tiles or pixels exceed the budget."""
+    config = server_state().config
+    work = _estimate(spec)
+    tile_limit = config.max_sync_tiles if sync else config.max_tiles_per_job
+    estimate = _check_tiles(None if work is None else work.tiles, tile_limit, sync=sync)
+    pixel_limit = config.max_sync_pixels if sync else config.max_job_pixels
+    if work is not None and work.pixels is not None and work.pixels > pixel_limit:
+        advice = (
+            "submit it as a job with POST /api/v1/jobs and poll GET /api/v1/jobs/<id>"
+            if sync
+            else "choose a smaller options.tile_size or options.mpp (a finer working resolution), or "
+            "draw smaller ROIs"
+        )
+        raise ApiError(
+            413,
+            "too_much_work",
+            f"{'synchronous scoring' if sync else 'one job'} reads at most {pixel_limit:,} pixels and "
+            f"this request needs about {work.pixels:,} ({work.tiles} tile(s) of "
+            f"{spec.options.get('tile_size', 'default')} px at "
+            f"{spec.options.get('mpp', 'the default')} µm/px); {advice}",
+        )
+    return estimate
+
+
+def _check_tiles(estimate: int | None, limit: int, *, sync: bool) -> int | None:
     if sync and (estimate is None or estimate > limit):
         raise ApiError(
             413,
@@ -103,8 +136,10 @@ def _check_tiles(spec: Any, limit: int, *, sync: bool) -> int | None:
 def health() -> Response:
     state = server_state()
     models = state.scorer.models() if hasattr(state.scorer, "models") else []
+    problems = state.manager.problems()
     return jsonify(
-        status="ok",
+        status="degraded" if problems else "ok",
+        problems=problems,
         version=__version__,
         models_loaded=sum(1 for m in models if m.get("loaded")),
         models_available=len(models),
@@ -112,6 +147,7 @@ def health() -> Response:
         running=state.manager.running_count(),
         max_queue=state.config.max_queue,
         workers=state.manager.workers,
+        workers_alive=state.manager.workers_alive(),
         executor=state.manager.backend.kind,
         auth_required=state.auth_required,
     )
@@ -138,7 +174,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         raise QueueFull(state.config.max_queue, state.config.retry_after_s)
     body = _json_body("ScoreRequest")
     spec = build_spec(body, state.config)
-    _check_tiles(spec, state.config.max_tiles_per_job, sync=False)
+    _check_work(spec, sync=False)
     job = state.manager.submit(body)
     location = url_for("api.get_job", job_id=job["id"])
     return jsonify(job_json(job)), 202, {"Location": location}
@@ -150,7 +186,7 @@ def list_jobs() -> Response:
     if state_filter is not None and state_filter not in JOB_STATES:
         raise ApiError(400, "invalid_request", f"state must be one of {', '.join(JOB_STATES)}")
     raw_limit = request.args.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+    if not re.fullmatch(r"[0-9]{1,4}", raw_limit) or not 1 <= int(raw_limit) <= 1000:
         raise ApiError(400, "invalid_request", "limit must be an integer from 1 to 1000")
     jobs = server_state().manager.store.list(limit=int(raw_limit), state=state_filter)
     return jsonify(jobs=[job_json(j) for j in jobs], count=len(jobs))
@@ -219,7 +255,7 @@ def score() -> Response:
     body = _json_body("ScoreRequest")
     spec = build_spec(body, state.config)
     limit = state.config.max_sync_tiles
-    estimate = _check_tiles(spec, limit, sync=True)
+    estimate = _check_work(spec, sync=True)
     if not state.sync_slots.acquire(blocking=False):
         raise ApiError(
             429,

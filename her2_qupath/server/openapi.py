@@ -68,6 +68,7 @@ EXAMPLES: dict[str, Any] = {
     },
     "Health": {
         "status": "ok",
+        "problems": [],
         "version": __version__,
         "models_loaded": 0,
         "models_available": 2,
@@ -75,6 +76,7 @@ EXAMPLES: dict[str, Any] = {
         "running": 1,
         "max_queue": 32,
         "workers": 2,
+        "workers_alive": 2,
         "executor": "local",
         "auth_required": False,
     },
@@ -122,9 +124,10 @@ def _errors(*codes: int) -> dict[str, Any]:
         405: "Method not allowed on this route.",
         409: "The job is not in a state that allows this.",
         410: "The results expired or were removed to respect the disk limit.",
-        413: "Request too large: body, ROI vertices or tiles.",
+        413: "Request too large: body, ROI vertices, tiles or pixels to read (work budget).",
         415: "The body is not application/json.",
-        429: "Queue full or too many synchronous requests; see Retry-After.",
+        429: "Queue full, stored requests at their limit, or too many synchronous requests; "
+        "see Retry-After.",
     }
     out = {str(c): _json("Error", text[c]) for c in codes}
     if 429 in codes:
@@ -226,7 +229,14 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "health",
                 "summary": "Liveness, version, models and queue length. Never needs a token.",
                 "security": [],
-                "responses": {"200": _json("Health", "The server is up.")},
+                "responses": {
+                    "200": _json(
+                        "Health",
+                        "The server is up; status degraded, with problems, when a job worker had "
+                        "to be restarted, the data directory is not writable or the jobs "
+                        "database refuses writes.",
+                    )
+                },
             }
         },
         "/api/v1/models": {

@@ -32,7 +32,9 @@ _PATH_OR_URI = {
     "description": "A path below one of the server's image roots (absolute, or relative to a root), "
     "or a file: URI as QuPath stores it (file:/data/My%20Slides/case.svs).",
 }
-_POSITION = {"type": "array", "minItems": 2, "maxItems": 3, "items": {"type": "number"}}
+#: level-0 pixel coordinates: far beyond any slide, small enough for any geometry library
+_COORDINATE = {"type": "number", "minimum": -1e8, "maximum": 1e8}
+_POSITION = {"type": "array", "minItems": 2, "maxItems": 3, "items": _COORDINATE}
 _RING = {"type": "array", "minItems": 4, "items": _POSITION}
 _POLYGON_COORDS = {"type": "array", "minItems": 1, "items": _RING}
 _GEOMETRY = {
@@ -79,7 +81,13 @@ _ROIS = {
         },
     ],
 }
-_MPP = {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1000}
+_MPP = {
+    "type": ["number", "null"],
+    "exclusiveMinimum": 0,
+    "maximum": 1000,
+    "description": "Pixel size in µm/px; the server accepts ServerConfig.min_mpp to max_mpp "
+    "(default 0.05 to 50) and answers 400 outside it.",
+}
 _OPTIONS = {
     "type": "object",
     "additionalProperties": False,
@@ -89,7 +97,13 @@ _OPTIONS = {
         "level": {"enum": list(get_args(Level))},
         "aggregation": {"enum": list(get_args(Aggregation))},
         "tile_size": {"type": "integer", "minimum": 64, "maximum": 4096},
-        "mpp": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+        "mpp": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 100,
+            "description": "Working resolution in µm/px (ServerConfig.min_mpp to max_mpp, "
+            "default 0.05 to 50).",
+        },
         "min_tissue_fraction": {"type": "number", "minimum": 0, "maximum": 1},
         "models": {
             "type": "object",
@@ -124,7 +138,11 @@ _ERROR = {
         "error": {
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "id": {"type": "string", "description": "500 only: the error's id in the server log"},
+            },
         }
     },
 }
@@ -196,7 +214,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["status", "version", "models_loaded", "queue_length"],
         "properties": {
-            "status": {"const": "ok"},
+            "status": {"enum": ["ok", "degraded"]},
+            "problems": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "why the server is degraded (a job worker restarted, the data "
+                "directory not writable, the jobs database refusing writes); empty when ok",
+            },
+            "workers_alive": {"type": "integer", "minimum": 0},
             "version": {"type": "string"},
             "models_loaded": {"type": "integer", "minimum": 0},
             "models_available": {"type": "integer", "minimum": 0},

@@ -37,6 +37,7 @@ from .security import count_vertices, resolve_image
 __all__ = [
     "JobSpec",
     "Scorer",
+    "WorkEstimate",
     "build_spec",
     "check_vertex_limit",
     "PipelineScorer",
@@ -60,6 +61,18 @@ class JobSpec:
     transform: Path | None = None
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     roi_space: str = "he"  # with an H&E slide: the ROIs were drawn on "he" or "ihc"
+
+
+@dataclass(frozen=True)
+class WorkEstimate:
+    """Upper bounds of a request's work, known before any pixel is read.
+
+    ``pixels``: per tile, the pixels read from the slide's pyramid level or those
+    analysed at the working resolution, whichever is more, times the tiles.
+    """
+
+    tiles: int
+    pixels: int | None = None
 
 
 class Scorer(Protocol):
@@ -118,6 +131,13 @@ def build_spec(body: Mapping[str, Any], config: ServerConfig) -> JobSpec:
     could not have written.
     """
     roots = config.image_roots
+    options = body.get("options") or {}
+    for name, value in (
+        ("ihc_mpp", body.get("ihc_mpp")),
+        ("he_mpp", body.get("he_mpp")),
+        ("options.mpp", options.get("mpp")),
+    ):
+        _check_mpp(name, value, config)
     features = _features(body.get("rois"))
     if features is not None:
         check_vertex_limit(features, config.max_roi_vertices)
@@ -142,6 +162,21 @@ def build_spec(body: Mapping[str, Any], config: ServerConfig) -> JobSpec:
         options=dict(body.get("options") or {}),
         roi_space=body.get("roi_space") or "he",
     )
+
+
+def _check_mpp(name: str, value: Any, config: ServerConfig) -> None:
+    """A pixel size (µm/px) within the server's range, else a 400 naming the field."""
+    if value is None:
+        return
+    lo, hi = config.min_mpp, config.max_mpp
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)[:40]
+        raise UserInputError(
+            f"{name} = {shown} µm/px is outside the pixel sizes this server accepts "
+            f"({lo:g} to {hi:g} µm/px)",
+            hint="send the pixel size in µm per pixel (QuPath: Image > Pixel width µm), or start the "
+            "server with a wider ServerConfig.min_mpp/max_mpp",
+        )
 
 
 def _class_name(feature: Mapping[str, Any]) -> str | None:
@@ -271,6 +306,15 @@ class PipelineScorer:
         )
 
     def estimate_tiles(self, spec: JobSpec) -> int | None:
+        work = self.estimate_work(spec)
+        return None if work is None else work.tiles
+
+    def estimate_work(self, spec: JobSpec) -> WorkEstimate | None:
+        """Tiles and pixels of a request from the slides' headers (no pixel is read).
+
+        Tiles lie on the H&E slide's grid when one is given (as the pipeline
+        tiles it), else on the IHC slide's; each tile is read from both slides.
+        """
         try:
             from ..slide import open_slide
         except ImportError:
@@ -279,12 +323,25 @@ class PipelineScorer:
 
         tile_size = int(spec.options.get("tile_size", TilingConfig.tile_size))
         work_mpp = float(spec.options.get("mpp", TilingConfig.mpp))
-        with open_slide(spec.ihc, mpp=spec.ihc_mpp) as slide:
-            dims = tuple(slide.dimensions)
-            slide_mpp = slide.mpp
-        return _count_tiles(
-            (int(dims[0]), int(dims[1])), tile_size * work_mpp / slide_mpp, _roi_bounds(spec)
-        )
+        slides = [(spec.ihc, spec.ihc_mpp)]
+        if spec.he is not None:
+            slides.insert(0, (spec.he, spec.he_mpp))
+        tiles: int | None = None
+        per_tile = 0
+        for path, mpp in slides:
+            with open_slide(path, mpp=mpp) as slide:
+                dims = tuple(slide.dimensions)
+                slide_mpp = slide.mpp
+                target_ds = work_mpp / slide_mpp
+                level_ds = slide.level_downsamples[slide.best_level_for_downsample(target_ds)]
+            side = tile_size * work_mpp / slide_mpp  # level-0 pixels
+            if tiles is None:  # the grid's slide
+                grid_bounds = _roi_bounds(spec) if spec.he is None or spec.roi_space == "he" else None
+                tiles = _count_tiles((int(dims[0]), int(dims[1])), side, grid_bounds)
+            read_side = math.ceil(side / level_ds)
+            per_tile += max(tile_size, read_side) ** 2
+        assert tiles is not None
+        return WorkEstimate(tiles=tiles, pixels=tiles * per_tile)
 
     def __call__(
         self,
