@@ -20,9 +20,9 @@ from ..config import ServerConfig
 from ..errors import AccessDenied, Her2Error, SlideNotFound
 from .executors import make_backend
 from .http import ApiError
-from .jobs import JobManager, default_data_dir
+from .jobs import JobManager, default_data_dir, error_id
 from .scorers import Scorer, default_scorer
-from .security import load_or_create_token, token_matches, token_required
+from .security import TOKEN_FILE, load_or_create_token, token_matches, token_required
 
 __all__ = ["create_app", "ServerState", "server_state", "TOKEN_COOKIE"]
 
@@ -44,6 +44,9 @@ class ServerState:
     manager: JobManager
     scorer: Scorer
     sync_slots: threading.BoundedSemaphore
+    #: where the token came from: "option" (--token), "created" (generated at this start),
+    #: "file" (generated at an earlier start, kept in <data-dir>/token), None (no token)
+    token_source: str | None = None
 
     @property
     def auth_required(self) -> bool:
@@ -92,13 +95,22 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
     SIGTERM/SIGINT) to stop them.
     """
     server, extra = _server_config(config)
+    server = _absolute_paths(server)
     scorer: Scorer = extra.pop("SCORER", None) or default_scorer(server)
     start_workers = bool(extra.pop("START_WORKERS", True))
-    data_dir = Path(server.data_dir) if server.data_dir else default_data_dir()
+    data_dir = Path(server.data_dir) if server.data_dir else default_data_dir().absolute()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log.info(
+        "data directory %s; image roots %s",
+        data_dir,
+        ", ".join(server.image_roots) or "(none: every image is refused)",
+    )
     token = server.token
+    token_source = "option" if token is not None else None
     if token is None and token_required(server.host, server.require_token):
+        existed = (data_dir / TOKEN_FILE).is_file()
         token = load_or_create_token(data_dir)
+        token_source = "file" if existed else "created"
 
     app = Flask(__name__)
     app.config.update(
@@ -117,6 +129,7 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
         manager=manager,
         scorer=scorer,
         sync_slots=threading.BoundedSemaphore(max(1, server.max_sync_concurrency)),
+        token_source=token_source,
     )
     app.extensions["her2_qupath"] = state
 
@@ -137,6 +150,24 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
+def _absolute_paths(server: ServerConfig) -> ServerConfig:
+    """The data directory, image roots and models directory resolved against the working directory.
+
+    Done once at start, so that nothing later (result files sent by Flask, which
+    would resolve a relative path against the package folder) depends on it.
+    """
+
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    return dataclasses.replace(
+        server,
+        data_dir=absolute(server.data_dir) if server.data_dir else None,
+        image_roots=tuple(absolute(r) for r in server.image_roots),
+        models_dir=absolute(server.models_dir) if server.models_dir else None,
+    )
+
+
 def _bearer() -> str | None:
     header = request.headers.get("Authorization", "")
     match = re.match(r"^\s*Bearer\s+(\S+)\s*$", header, re.IGNORECASE)
@@ -154,7 +185,7 @@ def _authenticate() -> Response | None:
             host = urlsplit("//" + (request.host or "")).hostname or ""
         except ValueError:
             host = ""
-        if host.lower() not in _LOOPBACK_HOSTS:
+        if host.lower() not in _LOOPBACK_HOSTS and not _loopback_address(host):
             raise ApiError(
                 403,
                 "forbidden_host",
@@ -187,6 +218,16 @@ def _authenticate() -> Response | None:
     return None
 
 
+def _loopback_address(host: str) -> bool:
+    """An IP literal of this machine (127.0.0.0/8, ::1): a DNS-rebinding page cannot send one."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _headers(response: Response) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
@@ -202,9 +243,17 @@ def _headers(response: Response) -> Response:
 
 
 def _error_json(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    eid: str | None = None,
 ) -> Response:
-    response = jsonify({"error": {"code": code, "message": message}})
+    body: dict[str, str] = {"code": code, "message": message}
+    if eid is not None:
+        body["id"] = eid
+    response = jsonify({"error": body})
     response.status_code = status
     for key, value in (headers or {}).items():
         response.headers[key] = value
@@ -236,7 +285,18 @@ def _error_response(err: Exception) -> Response:
         if status == 405 and getattr(err, "valid_methods", None):
             headers["Allow"] = ", ".join(sorted(err.valid_methods))  # type: ignore[attr-defined]
         return _error_json(status, _snake(err.name), message, headers)
-    log.exception("unexpected error answering %s %s", request.method, request.path)
+    eid = error_id()
+    log.error(
+        "unexpected error answering %s %s (error id %s)",
+        request.method,
+        request.path,
+        eid,
+        exc_info=err,
+    )
     return _error_json(
-        500, "internal_error", f"internal error ({type(err).__name__}); see the server log"
+        500,
+        "internal_error",
+        f"internal error (error id {eid}); the details are in the server log. Retry; if it "
+        "happens again, report the error id to the server's operator",
+        eid=eid,
     )

@@ -10,6 +10,7 @@ server never reveals what lies outside its roots.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .._io import atomic_write_text
 from ..errors import AccessDenied, SlideNotFound, UserInputError
 
 __all__ = [
@@ -87,7 +87,36 @@ def path_from_reference(reference: str) -> str:
         )
     if not path:
         raise UserInputError("image path is empty", hint="send the slide's path or file: URI")
+    _check_path_text(path, reference)
     return path
+
+
+#: longest file name and path the server accepts (bytes of UTF-8), as common file systems allow
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4096
+
+
+def _check_path_text(path: str, reference: str) -> None:
+    """Refuse paths the file system cannot even look up: not UTF-8, names or paths too long."""
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise UserInputError(
+            f"image path {reference!r} is not valid Unicode (a lone surrogate at position {err.start})",
+            hint="send the path as UTF-8 text, as QuPath shows it",
+        ) from None
+    if len(encoded) > MAX_PATH_BYTES:
+        raise UserInputError(
+            f"image path is {len(encoded)} bytes long, more than {MAX_PATH_BYTES}",
+            hint="send the slide's real path",
+        )
+    for part in path.replace("\\", "/").split("/"):
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise UserInputError(
+                f"a file or folder name in the image path is {len(part.encode('utf-8'))} bytes long, "
+                f"more than file systems allow ({MAX_NAME_BYTES}): {part[:40]!r}...",
+                hint="send the slide's real path",
+            )
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -116,11 +145,18 @@ def resolve_image(
     candidates = [given] if given.is_absolute() else [root / given for root in real_roots]
     missing_inside = False
     for candidate in candidates:
-        real = Path(os.path.realpath(candidate))
-        if not any(_inside(real, root) for root in real_roots):
-            continue
-        if real.is_file():
-            return real
+        try:
+            real = Path(os.path.realpath(candidate))
+            if not any(_inside(real, root) for root in real_roots):
+                continue
+            if real.is_file():
+                return real
+        except (OSError, ValueError) as err:
+            raise UserInputError(
+                f"{what} {reference!r} cannot be looked up: "
+                f"{getattr(err, 'strerror', None) or err}",
+                hint="check the path (QuPath: Image > Image properties > URI)",
+            ) from None
         missing_inside = True
     if missing_inside:
         raise SlideNotFound(
@@ -164,9 +200,24 @@ def load_or_create_token(data_dir: str | os.PathLike[str]) -> str:
         if token:
             return token
     token = secrets.token_urlsafe(32)
-    atomic_write_text(path, token + "\n")
-    os.chmod(path, 0o600)
+    _write_private(path, token + "\n")
     return token
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` atomically to a file that is 0600 from its creation (never readable by others)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def token_matches(given: str | None, expected: str) -> bool:

@@ -11,7 +11,9 @@ from typing import Any
 
 from flask import Flask
 
-__all__ = ["serve", "BackgroundServer"]
+from ..config import ServerConfig
+
+__all__ = ["serve", "BackgroundServer", "waitress_limits"]
 
 
 log = logging.getLogger(__name__)
@@ -25,9 +27,30 @@ def _close_channels(server: Any) -> None:
     server.close()
 
 
+def waitress_limits(config: ServerConfig) -> dict[str, int]:
+    """The WSGI server's limits from ``ServerConfig``.
+
+    ``max_request_body_size``: a body longer than the API's own limit is refused
+    (413) from its ``Content-Length`` before any of it is read or spooled to a
+    temporary file (waitress refuses sizes at or above its value, hence the +1).
+    ``connection_limit``: more connections wait in the listen backlog.
+    ``channel_timeout``: a connection idle this long, half-sent requests
+    included, is closed; ``cleanup_interval`` makes that happen on time.
+    """
+    timeout = max(1, int(config.wsgi_channel_timeout_s))
+    return {
+        "max_request_body_size": int(config.max_request_bytes) + 1,
+        "connection_limit": max(1, int(config.wsgi_connection_limit)),
+        "channel_timeout": timeout,
+        "cleanup_interval": max(1, min(30, timeout // 2)),
+    }
+
+
 def _create(app: Flask, host: str, port: int, threads: int) -> Any:
     import waitress
 
+    state = app.extensions.get("her2_qupath")
+    config = state.config if state is not None else ServerConfig()
     # clear_untrusted_proxy_headers: no proxy is trusted, forwarded headers are dropped
     return waitress.create_server(
         app,
@@ -36,6 +59,7 @@ def _create(app: Flask, host: str, port: int, threads: int) -> Any:
         threads=threads,
         ident="her2-qupath",
         clear_untrusted_proxy_headers=True,
+        **waitress_limits(config),
     )
 
 
