@@ -73,7 +73,9 @@ def _get(client: FlaskClient) -> Any:
 def _error(r: Any, status: int, code: str | None = None) -> str:
     assert r.status_code == status, (r.status_code, r.data[:300])
     assert r.mimetype == "application/json"
-    assert set(r.json) == {"error"} and set(r.json["error"]) == {"code", "message"}
+    assert set(r.json) == {"error"}
+    # an id ties a 500 to its details in the server log; other errors say what to fix
+    assert set(r.json["error"]) == ({"code", "message", "id"} if status == 500 else {"code", "message"})
     if code is not None:
         assert r.json["error"]["code"] == code
     return str(r.json["error"]["message"])
@@ -251,6 +253,9 @@ def test_runtime_tile_limit_fails_job(make_app: Any, images: dict[str, Path]) ->
         def estimate_tiles(self, spec: JobSpec) -> None:
             return None
 
+        def estimate_work(self, spec: JobSpec) -> None:
+            return None
+
     client = make_app(NoEstimate(), max_tiles_per_job=8).test_client()
     job = _job(client, {"ihc": str(images["three"]), "options": OPTS})
     done = wait_job(_get(client), job["id"])
@@ -307,18 +312,28 @@ def test_progress_is_reported_while_running(make_app: Any, images: dict[str, Pat
     ("exc", "expected"),
     [
         (Her2Error("the stain is odd", hint="check it"), "the stain is odd (check it)"),
-        (RuntimeError("boom"), "internal error: RuntimeError: boom"),
+        (RuntimeError("boom /secret/path"), "internal error while scoring (error id "),
     ],
 )
 def test_failing_scorer_fails_job(
-    make_app: Any, images: dict[str, Path], exc: Exception, expected: str
+    make_app: Any,
+    images: dict[str, Path],
+    exc: Exception,
+    expected: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Product errors are shown as they are; unexpected ones as a message and an id, never their text."""
     client = make_app(BrokenScorer(exc)).test_client()
     job = _job(client, {"ihc": str(images["one"])})
     done = wait_job(_get(client), job["id"])
-    assert done["state"] == "failed" and done["error"] == expected
+    assert done["state"] == "failed" and done["error"].startswith(expected)
     msg = _error(client.get(f"/api/v1/jobs/{job['id']}/result"), 409, "not_ready")
     assert expected in msg
+    if isinstance(exc, RuntimeError):
+        assert "boom" not in done["error"] and "RuntimeError" not in done["error"]
+        eid = done["error"].split("error id ", 1)[1].split(")", 1)[0]
+        logged = [r for r in caplog.records if eid in r.getMessage()]
+        assert logged and "boom /secret/path" in str(logged[0].exc_info[1])  # details: the log only
 
 
 def test_unreadable_image_is_400(make_app: Any, images: dict[str, Path]) -> None:
@@ -330,10 +345,10 @@ def test_unreadable_image_is_400(make_app: Any, images: dict[str, Path]) -> None
 
 def test_internal_error_is_json_500(make_app: Any, images: dict[str, Path]) -> None:
     client = make_app(BrokenScorer(RuntimeError("secret detail"))).test_client()
-    msg = _error(
-        client.post("/api/v1/score", json={"ihc": str(images["one"])}), 500, "internal_error"
-    )
-    assert "secret detail" not in msg and "Traceback" not in msg
+    r = client.post("/api/v1/score", json={"ihc": str(images["one"])})
+    msg = _error(r, 500, "internal_error")
+    assert "secret detail" not in msg and "Traceback" not in msg and "RuntimeError" not in msg
+    assert r.json["error"]["id"] in msg
 
 
 def test_request_errors(client: FlaskClient, images: dict[str, Path]) -> None:
