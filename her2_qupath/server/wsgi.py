@@ -63,6 +63,29 @@ def _create(app: Flask, host: str, port: int, threads: int) -> Any:
     )
 
 
+def _return_large_blocks_to_the_system(threshold: int = 1 << 20) -> None:
+    """Have glibc map blocks of 1 MiB and more on their own, so freeing them returns the memory.
+
+    Without this, glibc raises its threshold after the first large block is
+    freed and keeps request-sized blocks (ROIs of megabytes, parsed and
+    copied) in each thread's heap: after 40 requests of 15 MiB the server held
+    about 600 MiB instead of about 180 MiB. Other C libraries: nothing is done.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return
+    m_mmap_threshold = -3  # glibc's malloc.h
+    if not mallopt(m_mmap_threshold, threshold):
+        log.debug("mallopt(M_MMAP_THRESHOLD) refused; large blocks stay in the heap")
+
+
 def serve(
     app: Flask,
     *,
@@ -76,6 +99,7 @@ def serve(
     Interrupted jobs are re-queued (or failed, ``requeue_interrupted``) and the
     data directory is released; nothing finished is touched.
     """
+    _return_large_blocks_to_the_system()
     server = _create(app, host, port, threads)
     stopping: list[str] = []
 
