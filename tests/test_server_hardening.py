@@ -576,6 +576,14 @@ def test_lone_surrogate_and_odd_numbers_are_400(make_app: Any, images: dict[str,
         for route in ("/api/v1/jobs", "/api/v1/score"):
             r = client.post(route, data=raw.encode(), content_type="application/json")
             assert r.status_code == 400, (raw[:80], r.json)
+    # a lone surrogate where any text is allowed (a class name) is stored and answered, not a 500
+    odd = '{"ihc": "case three.png", "roi_class": "T\\ud800", "rois": [{"type": "Feature", '
+    odd += '"properties": {"classification": {"name": "T\\ud800", "color": [200, 0, 0]}}, '
+    odd += '"geometry": {"type": "Polygon", '
+    odd += '"coordinates": [[[0, 0], [256, 0], [256, 256], [0, 0]]]}}]}'
+    r = client.post("/api/v1/jobs", data=odd.encode(), content_type="application/json")
+    assert r.status_code == 202, r.json
+    assert client.get("/api/v1/jobs").status_code == 200
     for limit in ("²", "١٢", "1e3", "-1", "99999999999999999999"):
         r = client.get(f"/api/v1/jobs?limit={limit}")
         assert r.status_code == 400 and "limit" in r.json["error"]["message"], limit
@@ -612,8 +620,12 @@ def _bodies(draw: st.DrawFn) -> dict[str, Any]:
     body["options"] = options
     if draw(st.booleans()):
         x = draw(_NUMBERS)
+        name = draw(st.text(max_size=20))  # lone surrogates included
         body["rois"] = [{"type": "Feature", "geometry": {"type": "Polygon",
-                         "coordinates": [[[0, 0], [x, 0], [x, x], [0, 0]]]}}]  # fmt: skip
+                         "coordinates": [[[0, 0], [x, 0], [x, x], [0, 0]]]},
+                         "properties": {"classification": {"name": name}, "note": name}}]  # fmt: skip
+        if draw(st.booleans()):
+            body["roi_class"] = name
     return body
 
 
@@ -633,7 +645,16 @@ def test_generated_requests_never_get_a_server_error(
         assert r.status_code < 500, (body, r.json)
 
     run()
-    assert len(seen) >= 300 and 400 in seen
+    assert len(seen) >= 300 and 400 in seen and 202 in seen
+
+    @settings(max_examples=200, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(st.text(max_size=30), st.text(max_size=30))
+    def listing(limit: str, state: str) -> None:
+        r = client.get("/api/v1/jobs", query_string={"limit": limit, "state": state})
+        assert r.status_code in (200, 400), (limit, state, r.json)
+
+    listing()
 
 
 # ---- 7. smaller ------------------------------------------------------------------------------

@@ -296,8 +296,8 @@ class JobStore:
     ) -> dict[str, Any]:
         """Insert a queued job, or raise :class:`QueueFull` / :class:`StoredRequestsFull`."""
         job_id = uuid.uuid4().hex
-        payload = json.dumps(request, ensure_ascii=False)
-        size = len(payload.encode("utf-8"))
+        payload = json.dumps(request)  # ASCII: any string, lone surrogates included, is stored
+        size = len(payload)
         with self._tx() as db:
             (queued,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()
             if queued >= max_queue:
