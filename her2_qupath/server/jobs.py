@@ -561,6 +561,7 @@ class JobManager:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._supervisor: threading.Thread | None = None
+        self._workers_lock = threading.Lock()
         self._last_purge = 0.0
         self._problems: dict[str, _Problem] = {}
         self._problems_lock = threading.Lock()
@@ -726,6 +727,10 @@ class JobManager:
         """Restart worker threads that have ended (each end is reported for a minute)."""
         if not self.started or self._stop.is_set():
             return
+        with self._workers_lock:  # the supervisor and health requests both call this
+            self._restart_dead_workers()
+
+    def _restart_dead_workers(self) -> None:
         for n, t in enumerate(self._threads):
             if not t.is_alive() and not self._stop.is_set():
                 self._problem(
