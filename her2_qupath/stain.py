@@ -273,73 +273,31 @@ def estimate_background(
     mask: np.ndarray | None = None,
     *,
     config: StainConfig | None = None,
+    mpp: float | None = None,
 ) -> Vec3:
-    """Estimate the white point (empty glass) ``(r, g, b)`` of a brightfield image.
+    """The white point (empty glass) ``(r, g, b)`` of a brightfield image.
 
-    ``mask`` (optional, the image's shape) marks the pixels to consider, e.g.
-    ``~tissue_mask`` (like :func:`estimate_vectors`, whose mask marks the
-    pixels it uses). Candidate pixels are bright (mean brightness at least
-    ``config.background_min_brightness``) and nearly grey (``(max - min) / max``
-    below ``config.background_max_saturation``). Among them, those at or above
-    the ``config.background_percentile`` of brightness are the glass; the
-    result is the peak (mode over a 9-level window, refined to sub-grey-level
-    by a local centroid) of each channel's histogram, which noise does not
-    bias. Use a thumbnail of the whole slide, which shows glass, and pass the
-    value to the tile functions.
-
-    When too few candidates exist (a tile full of tissue), ``config.background``
-    is returned if set, else (255, 255, 255) with a logged warning.
+    The glass estimate of :func:`her2_qupath.optics.estimate_white_point`
+    (``mask``, of the image's shape, limits the pixels that may be glass, e.g.
+    ``~tissue_mask``). When no glass is found (a tile full of tissue),
+    ``config.background`` is returned if set, else (255, 255, 255) with a
+    logged warning; the pipeline uses :func:`~her2_qupath.optics.estimate_white_point`
+    itself, whose fallback is smarter and reported in the summary.
     """
-    import cv2
+    from .optics import estimate_white_point
 
     config = config or StainConfig()
-    img = _as_rgb(rgb)
-    if min(img.shape[:2]) >= 16:
-        # A 5 x 5 box filter cuts pixel noise 5-fold; glass areas are large, so
-        # their level is unchanged, and mixed pixels at tissue edges fail the
-        # saturation/brightness tests or fall outside the glass peak.
-        img = cv2.blur(img, (5, 5), borderType=cv2.BORDER_REFLECT)
-    a = img.reshape(-1, 3)
-    if mask is not None:
-        m = np.asarray(mask, dtype=bool).reshape(-1)
-        if m.shape[0] != a.shape[0]:
-            raise UserInputError(
-                f"mask has {m.shape[0]} pixels but the image has {a.shape[0]}",
-                hint="give a boolean mask of the image's shape (True = may be glass)",
-            )
-        a = a[m]
-    # Subsample very large inputs: the estimate needs thousands of pixels, not millions.
-    step = max(1, a.shape[0] // 2_000_000)
-    a = a[::step]
-    mx = a.max(axis=1).astype(np.float32)
-    mn = a.min(axis=1).astype(np.float32)
-    bright = a.mean(axis=1, dtype=np.float32)
-    sat = (mx - mn) / np.maximum(mx, 1.0)
-    cand = (sat <= config.background_max_saturation) & (bright >= config.background_min_brightness)
-    n = int(cand.sum())
-    if n < config.background_min_pixels:
-        if config.background is not None:
-            return tuple(float(x) for x in config.background)  # type: ignore[return-value]
-        log.warning(
-            "no empty glass found (%d candidate pixels); using white (255, 255, 255). "
-            "Estimate the background on a slide thumbnail and pass it explicitly.",
-            n,
-        )
-        return (255.0, 255.0, 255.0)
-    cb = bright[cand]
-    cut = np.percentile(cb, config.background_percentile)
-    sel = a[cand][cb >= cut]
-    # The glass forms a tight peak in each channel: its mode (smoothed over
-    # +-4 grey levels) is unbiased by noise, unlike a high percentile.
-    out = []
-    kernel = np.ones(9) / 9.0
-    for c in range(3):
-        raw = np.bincount(sel[:, c], minlength=256).astype(np.float64)
-        peak = int(np.argmax(np.convolve(raw, kernel, "same")))
-        lo, hi = max(peak - 6, 0), min(peak + 7, 256)
-        w = raw[lo:hi]
-        out.append(float(np.clip((np.arange(lo, hi) * w).sum() / w.sum(), 1.0, 255.0)))
-    return (out[0], out[1], out[2])
+    wp = estimate_white_point(_as_rgb(rgb), mpp, mask=mask)
+    if wp.source == "glass":
+        return wp.rgb
+    if config.background is not None:
+        return tuple(float(x) for x in config.background)  # type: ignore[return-value]
+    log.warning(
+        "no empty glass found (%s); using white (255, 255, 255). "
+        "Estimate the background on a slide thumbnail and pass it explicitly.",
+        wp.note,
+    )
+    return (255.0, 255.0, 255.0)
 
 
 def _background(background: Any, rgb: np.ndarray | None, config: StainConfig) -> np.ndarray:
@@ -362,9 +320,9 @@ def _background(background: Any, rgb: np.ndarray | None, config: StainConfig) ->
 
 def od_lut(background: Any) -> np.ndarray:
     """(256, 3) float32 table: ``OD_c(I) = -log10(max(I, 1) / I0_c)`` for each channel c."""
-    bg = _background(background, None, StainConfig())
-    i = np.maximum(np.arange(256, dtype=np.float64), 1.0)
-    return (-np.log10(i[:, None] / bg[None, :])).astype(np.float32)
+    from .optics import od_lut as _lut
+
+    return _lut(_background(background, None, StainConfig()))
 
 
 def rgb_to_od(rgb: np.ndarray, background: Any = None) -> np.ndarray:

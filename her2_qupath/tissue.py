@@ -1,18 +1,12 @@
-"""Tissue masks from a low-resolution thumbnail.
+"""Tissue masks of slides, in level-0 coordinates.
 
-Method (parameters in micrometres, so one setting holds at 20x and 40x):
-
-1. Read a thumbnail at ``TissueConfig.thumbnail_mpp`` (default 8 um/px).
-2. Estimate the glass (background) colour as the per-channel median of the
-   brightest 5 % of pixels; an estimate darker than ``background_min`` (a slide
-   covered edge to edge by tissue) is replaced by white (255, 255, 255).
-3. Convert to optical density ``OD_c = -log10((I_c + 1) / (B_c + 1))`` and take
-   the mean over the three channels (Beer-Lambert; glass has OD ~ 0).
-4. Threshold the OD with Otsu's method, clipped to ``[min_od, max_od]``: the
-   floor keeps noise on a blank slide from becoming tissue; the ceiling keeps
-   Otsu from splitting pale stroma from dense nuclei when little glass is left.
-5. Close gaps with a disk of radius ``closing_um``, drop tissue islands smaller
-   than ``min_object_um2`` and fill holes smaller than ``min_hole_um2``.
+The mask is computed on a thumbnail at ``TissueConfig.thumbnail_mpp`` (8 µm/px;
+finer for small images, so the thumbnail keeps at least ``thumbnail_min_size``
+pixels on its long side) by :func:`her2_qupath.optics.tissue_mask`: the summed
+optical density relative to the slide's white point (estimated from the glass,
+:func:`her2_qupath.optics.estimate_white_point`), above a threshold adapted to
+the noise of that glass, closed and cleaned in micrometres. Pale hematoxylin,
+faint DAB and tissue filling the image edge to edge are kept.
 
 Pen marks, cover-slip edges and air bubbles are not removed: dark ink has a
 high optical density and is detected as tissue. Draw an ROI (or remove ink in
@@ -34,9 +28,9 @@ from .errors import MPPMissing, UserInputError
 __all__ = [
     "TissueMask",
     "detect_tissue",
+    "thumbnail_mpp",
+    "slide_thumbnail",
     "tissue_mask_from_rgb",
-    "optical_density",
-    "estimate_background",
     "otsu_threshold",
 ]
 
@@ -185,34 +179,6 @@ class TissueMask:
         return polys[0] if len(polys) == 1 else MultiPolygon(polys)
 
 
-def estimate_background(rgb: np.ndarray, *, background_min: float = 200.0) -> np.ndarray:
-    """Glass colour: per-channel median of the brightest 5 % of pixels (white if any channel is too dark)."""
-    pixels = rgb.reshape(-1, 3)
-    if pixels.shape[0] == 0:
-        return np.full(3, 255.0)
-    grey = pixels.astype(np.float32).sum(axis=1)
-    cut = np.percentile(grey, 95)
-    bright = pixels[grey >= cut]
-    bg = np.median(bright, axis=0).astype(np.float64)
-    if bg.min() < background_min:
-        logger.debug("background estimate %s darker than %s; using white", bg, background_min)
-        return np.full(3, 255.0)
-    return np.maximum(bg, 1.0)
-
-
-def optical_density(rgb: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
-    """Mean optical density over RGB, ``-log10((I + 1) / (B + 1))`` clipped at 0, float32."""
-    bg = np.full(3, 255.0) if background is None else np.asarray(background, dtype=np.float64)
-    # a lookup table per channel: 256 values instead of a log per pixel
-    levels = np.arange(256, dtype=np.float64)
-    od = np.zeros(rgb.shape[:2], dtype=np.float32)
-    for c in range(3):
-        lut = np.maximum(-np.log10((levels + 1.0) / (bg[c] + 1.0)), 0.0).astype(np.float32)
-        od += lut[rgb[..., c]]
-    od /= 3.0
-    return od
-
-
 def otsu_threshold(values: np.ndarray, *, bins: int = 256) -> float:
     """Otsu's threshold of a 1-D sample (the between-class variance maximiser).
 
@@ -237,63 +203,17 @@ def otsu_threshold(values: np.ndarray, *, bins: int = 256) -> float:
     return float(edges[int(best[len(best) // 2]) + 1])
 
 
-def _disk(radius: int) -> np.ndarray:
-    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
-    return (x * x + y * y) <= radius * radius
-
-
-def _remove_small(mask: np.ndarray, min_pixels: float, *, holes: bool) -> np.ndarray:
-    """Drop components (or fill holes not touching the border) smaller than ``min_pixels``."""
-    from scipy import ndimage
-
-    if min_pixels <= 1:
-        return mask
-    target = ~mask if holes else mask
-    labels, n = ndimage.label(target)
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    small = sizes < min_pixels
-    small[0] = False
-    if holes:
-        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        small[border] = False
-        return mask | small[labels]
-    return mask & ~small[labels]
-
-
 def tissue_mask_from_rgb(
-    rgb: np.ndarray, mpp: float, config: TissueConfig = _DEFAULT_TISSUE
+    rgb: np.ndarray, mpp: float, config: TissueConfig = _DEFAULT_TISSUE, *, white: Any = None
 ) -> np.ndarray:
-    """The boolean tissue mask of an RGB image whose pixels are ``mpp`` micrometres."""
-    import cv2
+    """The boolean tissue mask of an RGB image whose pixels are ``mpp`` micrometres.
 
-    if rgb.ndim != 3 or rgb.shape[2] < 3:
-        raise UserInputError(
-            f"tissue detection needs an RGB image (rows, cols, 3), got shape {rgb.shape}",
-            hint="convert the image to RGB first",
-        )
-    rgb = np.ascontiguousarray(rgb[..., :3])
-    if rgb.dtype != np.uint8:
-        raise UserInputError(
-            f"tissue detection needs uint8 RGB, got {rgb.dtype}", hint="convert to 8 bits first"
-        )
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        return np.zeros(rgb.shape[:2], dtype=bool)
-    bg = estimate_background(rgb, background_min=config.background_min)
-    od = optical_density(rgb, bg)
-    threshold = min(max(otsu_threshold(od), config.min_od), max(config.max_od, config.min_od))
-    mask = od > threshold
-    logger.debug("tissue threshold OD %.3f (background %s)", threshold, bg.round(1).tolist())
-    radius = int(round(config.closing_um / mpp))
-    if radius >= 1 and mask.any():
-        pad = radius + 1
-        padded = np.pad(mask, pad).astype(np.uint8)
-        padded = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, _disk(radius).astype(np.uint8))
-        mask = padded[pad:-pad, pad:-pad].astype(bool)
-    mask = _remove_small(mask, config.min_object_um2 / mpp**2, holes=False)
-    mask = _remove_small(mask, config.min_hole_um2 / mpp**2, holes=True)
-    return mask
+    ``white`` is the white point (a :class:`~her2_qupath.optics.WhitePoint` or RGB);
+    estimated from the image when omitted.
+    """
+    from .optics import tissue_mask
+
+    return tissue_mask(rgb, mpp, white, config)
 
 
 def _resize_area(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -302,22 +222,36 @@ def _resize_area(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(rgb, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
 
 
+def thumbnail_mpp(dimensions: tuple[int, int], level0_mpp: float,
+                  config: TissueConfig = _DEFAULT_TISSUE) -> float:
+    """Pixel size of the thumbnail tissue (and the white point) is computed on.
+
+    ``config.thumbnail_mpp`` for slides, finer for small images so that the
+    thumbnail keeps ``config.thumbnail_min_size`` pixels on its long side, and
+    never finer than the image itself.
+    """
+    long_um = max(dimensions) * level0_mpp
+    return float(max(level0_mpp, min(config.thumbnail_mpp, long_um / config.thumbnail_min_size)))
+
+
 def detect_tissue(
     slide_or_rgb: Any,
     config: TissueConfig = _DEFAULT_TISSUE,
     *,
     mpp: float | None = None,
     downsample: float | None = None,
+    white: Any = None,
 ) -> TissueMask:
     """Detect tissue on a slide (via its thumbnail) or on an RGB array.
 
     * a slide (anything with ``.thumbnail(mpp=)``, ``.mpp`` and ``.dimensions``): the
-      thumbnail at ``config.thumbnail_mpp`` is analysed; ``mpp`` overrides the slide's
+      thumbnail at :func:`thumbnail_mpp` is analysed; ``mpp`` overrides the slide's
       level-0 pixel size. The mask maps to level 0 of the slide.
     * an RGB ``uint8`` array: ``mpp`` is the pixel size of the array (required);
       ``downsample`` says how many level-0 pixels one array pixel spans (default 1:
-      the array is level 0). Arrays finer than ``thumbnail_mpp`` are reduced first.
+      the array is level 0). Arrays finer than :func:`thumbnail_mpp` are reduced first.
 
+    ``white`` is the white point (estimated from the thumbnail when omitted).
     A blank image gives an empty mask.
     """
     if isinstance(slide_or_rgb, np.ndarray):
@@ -328,7 +262,8 @@ def detect_tissue(
                 hint="pass mpp= (micrometres per pixel), or --mpp on the command line",
             )
         base = 1.0 if downsample is None else float(downsample)
-        factor = config.thumbnail_mpp / mpp
+        target = thumbnail_mpp(rgb.shape[:2], float(mpp), config) if rgb.ndim == 3 else mpp
+        factor = target / mpp
         if factor > 1.0 and rgb.ndim == 3:
             shape = (
                 max(1, int(round(rgb.shape[0] / factor))),
@@ -336,9 +271,9 @@ def detect_tissue(
             )
             small = _resize_area(np.ascontiguousarray(rgb[..., :3]), shape)
             scale = rgb.shape[1] / shape[1]
-            mask = tissue_mask_from_rgb(small, mpp * scale, config)
+            mask = tissue_mask_from_rgb(small, mpp * scale, config, white=white)
             return TissueMask(mask, base * scale, mpp * scale)
-        mask = tissue_mask_from_rgb(rgb, mpp, config)
+        mask = tissue_mask_from_rgb(rgb, mpp, config, white=white)
         return TissueMask(mask, base, float(mpp))
     if not hasattr(slide_or_rgb, "thumbnail"):
         raise UserInputError(
@@ -346,18 +281,8 @@ def detect_tissue(
             hint="open the slide with her2_qupath.slide.open_slide",
         )
     slide = slide_or_rgb
-    width, height = slide.dimensions
-    if mpp is None:
-        level0_mpp = float(slide.mpp)  # raises MPPMissing (naming --mpp) when the slide has none
-        thumb = slide.thumbnail(mpp=config.thumbnail_mpp)
-    else:
-        # an override: ask by size, so the slide's own (missing or wrong) MPP is not used
-        level0_mpp = float(mpp)
-        ds = max(1.0, config.thumbnail_mpp / level0_mpp)
-        thumb = slide.thumbnail(max_size=max(1, int(round(max(width, height) / ds))))
-    thumb = np.asarray(thumb)
-    ds = width / thumb.shape[1] if thumb.shape[1] else 1.0
-    mask = tissue_mask_from_rgb(thumb, level0_mpp * ds, config)
+    thumb, ds, level0_mpp = slide_thumbnail(slide, config, mpp=mpp)
+    mask = tissue_mask_from_rgb(thumb, level0_mpp * ds, config, white=white)
     logger.info(
         "tissue: %.1f %% of a %dx%d thumbnail (%.2f um/px)",
         100.0 * mask.mean() if mask.size else 0.0,
@@ -366,3 +291,22 @@ def detect_tissue(
         level0_mpp * ds,
     )
     return TissueMask(mask, ds, level0_mpp * ds)
+
+
+def slide_thumbnail(slide: Any, config: TissueConfig = _DEFAULT_TISSUE, *,
+                    mpp: float | None = None) -> tuple[np.ndarray, float, float]:
+    """The slide's analysis thumbnail, its downsample from level 0 and the level-0 pixel size.
+
+    ``mpp`` overrides the slide's own pixel size (the thumbnail is then asked
+    by size, so a missing or wrong recorded size is not used).
+    """
+    width, height = slide.dimensions
+    level0_mpp = float(slide.mpp) if mpp is None else float(mpp)  # MPPMissing names --mpp
+    target = thumbnail_mpp((width, height), level0_mpp, config)
+    ds = max(1.0, target / level0_mpp)
+    if mpp is None and ds > 1.0:
+        thumb = np.asarray(slide.thumbnail(mpp=target))
+    else:
+        thumb = np.asarray(slide.thumbnail(max_size=max(1, int(round(max(width, height) / ds)))))
+    ds = width / thumb.shape[1] if thumb.shape[1] else 1.0
+    return thumb, ds, level0_mpp

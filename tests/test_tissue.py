@@ -7,11 +7,10 @@ import pytest
 
 from her2_qupath.config import TissueConfig
 from her2_qupath.errors import MPPMissing
+from her2_qupath.optics import estimate_white_point, optical_density
 from her2_qupath.tissue import (
     TissueMask,
     detect_tissue,
-    estimate_background,
-    optical_density,
     otsu_threshold,
 )
 
@@ -62,11 +61,24 @@ def test_parameters_hold_across_magnifications():
 
 def test_fine_arrays_are_reduced_to_thumbnail_mpp():
     rgb, truth = _scene(4.0)
-    tm = detect_tissue(rgb, TissueConfig(thumbnail_mpp=8.0), mpp=4.0, downsample=8.0)
+    cfg = TissueConfig(thumbnail_mpp=8.0, thumbnail_min_size=512)
+    tm = detect_tissue(rgb, cfg, mpp=4.0, downsample=8.0)
     assert tm.mpp == pytest.approx(8.0)
     assert tm.downsample == pytest.approx(16.0)  # 8 level-0 pixels per array pixel, halved again
     assert tm.shape == (600, 800)
     assert tm.area_um2 == pytest.approx(truth.sum() * 16.0, rel=0.03)
+    # a small image keeps thumbnail_min_size pixels: 6400 um / 1024 px = 6.25 um/px
+    tm = detect_tissue(rgb, TissueConfig(thumbnail_mpp=8.0), mpp=4.0)
+    assert tm.mpp == pytest.approx(6.25)
+    assert tm.area_um2 == pytest.approx(truth.sum() * 16.0, rel=0.03)
+
+
+def test_thumbnail_mpp_rule():
+    from her2_qupath.tissue import thumbnail_mpp
+
+    assert thumbnail_mpp((100_000, 80_000), 0.25) == 8.0  # a slide: 8 um/px
+    assert thumbnail_mpp((1024, 1024), 0.46) == pytest.approx(0.46)  # a field: full resolution
+    assert thumbnail_mpp((5468, 5468), 0.25) == pytest.approx(5468 * 0.25 / 1024)  # a TMA core
 
 
 def test_blank_slide_gives_empty_mask():
@@ -178,7 +190,7 @@ class _FakeSlide:
 
 def test_detect_tissue_on_a_slide_object():
     slide = _FakeSlide()
-    tm = detect_tissue(slide)
+    tm = detect_tissue(slide, TissueConfig(thumbnail_min_size=512))
     assert slide.requested == [8.0]
     assert tm.downsample == pytest.approx(16.0)
     assert tm.level0_mpp == pytest.approx(0.5)
@@ -197,11 +209,13 @@ def test_helpers():
     assert otsu_threshold(np.full(10, 3.0)) == 3.0
     rgb = np.full((10, 10, 3), 128, np.uint8)
     assert optical_density(rgb, np.array([255.0, 255, 255])).mean() == pytest.approx(
-        np.log10(256 / 129), rel=1e-5
+        np.log10(255 / 128), rel=1e-5
     )
-    glass = np.full((10, 10, 3), GLASS, np.uint8)
-    np.testing.assert_allclose(estimate_background(glass), GLASS)
-    assert optical_density(glass, estimate_background(glass)).max() == 0.0
+    glass = np.full((64, 64, 3), GLASS, np.uint8)
+    wp = estimate_white_point(glass)
+    assert wp.source == "glass" and wp.reliable
+    np.testing.assert_allclose(wp.rgb, GLASS)
+    assert optical_density(glass, wp).max() == 0.0
 
 
 @pytest.mark.shared_data
@@ -235,6 +249,6 @@ def test_mpp_override_asks_for_the_thumbnail_by_size():
     slide = NoMPP()
     with pytest.raises(MPPMissing):
         detect_tissue(slide)
-    tm = detect_tissue(slide, mpp=0.5)
+    tm = detect_tissue(slide, TissueConfig(thumbnail_min_size=512), mpp=0.5)
     assert slide.requested == [max(slide.dimensions) // 16]
     assert tm.mpp == pytest.approx(8.0)

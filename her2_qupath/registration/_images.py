@@ -126,12 +126,12 @@ def as_source(obj: Any, mpp: float | None, name: str) -> ImageSource:
 
 
 def od_magnitude(rgb: np.ndarray) -> np.ndarray:
-    """Optical density summed over RGB, relative to the brightest (glass) level of each channel."""
-    rgb = rgb[..., :3].astype(np.float32)
-    flat = rgb.reshape(-1, 3)
-    background = np.maximum(np.percentile(flat, 99.0, axis=0), 1.0).astype(np.float32)
-    od = -np.log10(np.clip(rgb, 1.0, None) / background)
-    return np.clip(od, 0.0, None).sum(axis=2)
+    """Optical density summed over RGB (each channel clipped at 0) relative to the image's
+    white point (:func:`her2_qupath.optics.estimate_white_point`)."""
+    from ..optics import estimate_white_point, od_sum
+
+    a = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
+    return od_sum(a, estimate_white_point(a))
 
 
 def hematoxylin(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
