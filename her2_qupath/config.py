@@ -69,13 +69,28 @@ class TilingConfig:
 class TissueConfig:
     """Tissue detection on a low-resolution thumbnail (parameters in micrometres)."""
 
-    thumbnail_mpp: float = 8.0  # resolution of the image the mask is computed on
-    min_od: float = 0.05  # optical density (mean over RGB) above which a pixel is tissue
+    thumbnail_mpp: float = 8.0  # resolution of the image the mask is computed on (coarsest)
+    thumbnail_min_size: int = 1024  # ... but at least this many pixels on the long side
     closing_um: float = 40.0  # morphological closing radius
     min_object_um2: float = 20_000.0  # drop tissue islands smaller than this
     min_hole_um2: float = 10_000.0  # fill holes smaller than this
-    max_od: float = 0.1  # ceiling of the Otsu threshold (light stroma stays tissue)
-    background_min: float = 200.0  # glass estimate with a channel below this -> white
+    smoothing_um: float = 2.0  # Gaussian sigma of the OD sum before thresholding
+    # -- tissue threshold on the OD sum (R+G+B), adapted to the noise of the glass --
+    min_od_sum: float = 0.04  # never below: faint haze and JPEG noise on glass
+    max_od_sum: float = 0.15  # never above: pale hematoxylin and faint DAB stay tissue
+    tissue_noise_quantile: float = 0.99  # of the OD sum on glass ...
+    tissue_noise_factor: float = 1.5  # ... times this is the threshold
+    # -- glass and white point (see her2_qupath/optics.py) --
+    glass_work_um: float = 2.0  # glass is looked for at this pixel size (or coarser)
+    glass_window_um: float = 10.0  # window of the local standard deviation
+    glass_max_std: float = 2.5  # glass is smooth: brightness std (grey levels) at most this
+    glass_max_saturation: float = 0.12  # and grey: (max - min) / max of RGB at most this
+    glass_min_brightness: float = 100.0  # and not dark (mean RGB); grey-balanced scans pass
+    glass_level_quantile: float = 0.95  # the glass level: this quantile of smooth grey brightness
+    glass_tolerance: float = 10.0  # glass pixels lie within this many grey levels of it
+    glass_min_fraction: float = 0.01  # less glass than this share of the image: doubtful
+    glass_min_pixels: int = 50
+    fallback_percentile: float = 0.995  # no glass: this per-channel quantile of the image
 
 
 @dataclass(frozen=True)
@@ -88,14 +103,28 @@ class StainConfig:
     dab: tuple[float, float, float] = (0.268, 0.570, 0.776)
     residual: tuple[float, float, float] | None = None  # derived as the cross product
     background: tuple[float, float, float] | None = None  # None: estimated per slide
-    thresholds: tuple[float, float, float] = (0.2, 0.4, 0.6)  # DAB OD for 1+, 2+, 3+
-    tissue_od: float = 0.15  # total OD above which a pixel counts as tissue (not background)
+    # What the stain classes measure (docs/stain.md): "membrane" (default) grades the DAB line
+    # density of the membranes (her2_qupath/membrane.py, OD·µm, independent of pixel size);
+    # "od" classes each pixel by its DAB OD with QuPath's thresholds (literal, for comparison).
+    intensity: Literal["membrane", "od"] = "membrane"
+    thresholds: tuple[float, float, float] = (0.2, 0.4, 0.6)  # "od": DAB OD for 1+, 2+, 3+
+    tissue_od: float = 0.15  # "od": total OD above which a pixel counts as tissue
+    # "membrane": line density (OD·µm) a block's membrane reaches for 1+, 2+, 3+; fitted on the
+    # real HER2 IHC of the development set with leave-one-out cross-validation
+    # (benchmarks/real_her2.py; docs/stain.md says how)
+    membrane_thresholds: tuple[float, float, float] = (0.027, 0.08, 0.205)
+    membrane_tissue_od: float = 0.08  # "membrane": OD sum above which a pixel is tissue
+    membrane_sigma_um: float = 1.0  # Gaussian sigma before the line measure (wider than a membrane)
+    membrane_max_width_um: float = 4.0  # staining wider than this is not membrane (opening)
+    membrane_block_um: float = 8.0  # neighbourhood (about one cell) that gets one class
+    membrane_block_quantile: float = 0.9  # a block's intensity: this quantile of its line density
+    membrane_block_min_tissue: float = 0.5  # blocks with less tissue are background
+    # nucleus count for the "too few cells" check at pixel level (membrane.count_nuclei)
+    nucleus_count_um: float = 1.0  # the hematoxylin plane is reduced to this pixel size
+    nucleus_sigma_um: float = 2.5  # LoG scale (nuclei of about 7 µm)
+    nucleus_spacing_um: float = 5.0  # two blobs closer than this count once
+    nucleus_log_min: float = 0.02  # minimal scale-normalised LoG response (hematoxylin OD)
     estimate_vectors: bool = False  # Macenko-style estimation from the slide
-    # Background (white point) estimation: bright, nearly grey pixels are glass.
-    background_max_saturation: float = 0.08  # (max - min) / max of RGB
-    background_min_brightness: float = 160.0  # mean RGB, 0-255
-    background_percentile: float = 0.0  # keep candidates at/above this brightness percentile
-    background_min_pixels: int = 100  # fewer candidates: fall back (see stain.estimate_background)
     # Macenko-style stain vector estimation (Macenko et al., ISBI 2009).
     macenko_min_od: float = 0.3  # OD sum (R+G+B) for a pixel to enter the estimate
     macenko_alpha: float = 1.0  # angle percentiles alpha and 100 - alpha
