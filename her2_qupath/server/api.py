@@ -307,5 +307,5 @@ def _score_now(spec: Any, limit: int) -> dict[str, Any]:
 
 def _tmp_dir() -> Path:
     path = server_state().data_dir / "tmp"
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path

@@ -169,6 +169,14 @@ def _private_file(path: Path) -> None:
         os.close(fd)
 
 
+def _private_dir(path: Path) -> None:
+    """Tighten a folder others may enter to 0700 (with a warning): results are the server's alone."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("%s was open to others (mode %o); set to 0700", path, mode)
+        os.chmod(path, 0o700)
+
+
 class JobStore:
     """The jobs table. Thread-safe: one connection, one lock, autocommit statements.
 
@@ -543,6 +551,7 @@ class JobManager:
         self.data_dir = Path(data_dir).absolute()
         self.results_dir = self.data_dir / "results"
         self.results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_dir(self.results_dir)
         self.scorer = scorer
         self.backend = backend
         self.workers = worker_count(config)
