@@ -780,6 +780,7 @@ class JobManager:
             )
         else:
             self._solved("data_dir")
+            self._solved("storage")  # a write went through: the disk has room again
 
     # ---- requests -----------------------------------------------------------------------------
 

@@ -347,7 +347,8 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/score": {
             "post": {
                 "operationId": "scoreNow",
-                "summary": "Score a small ROI synchronously (at most max_sync_tiles tiles, else 413).",
+                "summary": "Score a small ROI synchronously (at most max_sync_tiles tiles and max_sync_pixels "
+                "pixels, else 413 with the advice to submit a job).",
                 "requestBody": score_body,
                 "responses": {
                     "200": _json("ScoreResponse", "Summary, detections and annotations."),
