@@ -179,6 +179,33 @@ def test_disk_full_mid_job_fails_it_and_health_says_degraded(
     assert health["problems"] == [] and health["workers_alive"] == 1
 
 
+class OSErrorScorer(PipelineScorer):
+    """Fails with an OSError on a file in the job's output folder or elsewhere."""
+
+    def __init__(self, inside: bool) -> None:
+        super().__init__()
+        self.inside = inside
+
+    def __call__(self, spec: JobSpec, outdir: Path, **kwargs: Any) -> dict[str, Any]:
+        where = outdir / "summary.json" if self.inside else Path("/mnt/gone/slide.svs")
+        raise OSError(errno.EIO, "Input/output error", str(where))
+
+
+@pytest.mark.parametrize(
+    ("inside", "message"),
+    [(True, "could not write the job's result"), (False, "internal error while scoring")],
+)
+def test_job_error_messages_name_the_problem_not_the_exception(
+    make_app: Any, images: dict[str, Path], inside: bool, message: str
+) -> None:
+    client = make_app(OSErrorScorer(inside)).test_client()
+    job = _submit(client, {"ihc": str(images["one"])})
+    failed = wait_job(_get(client), job["id"])
+    assert failed["state"] == "failed" and message in failed["error"], failed
+    assert "Input/output" not in failed["error"] and "/mnt/gone" not in failed["error"]
+    assert "error id" in failed["error"]
+
+
 def test_error_claiming_a_job_does_not_end_the_worker(
     make_app: Any, images: dict[str, Path]
 ) -> None:

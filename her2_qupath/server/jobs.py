@@ -511,10 +511,6 @@ def _is_disk_full(err: BaseException) -> bool:
     return isinstance(err, sqlite3.OperationalError) and "full" in str(err).lower()
 
 
-def _is_storage_error(err: BaseException) -> bool:
-    return isinstance(err, (OSError, sqlite3.Error)) and not isinstance(err, Her2Error)
-
-
 @dataclass
 class _Running:
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -980,7 +976,7 @@ class JobManager:
                 f"the server's disk is full (error id {eid}); the server's operator must free space "
                 "in its data directory (or lower --max-results-gb); then submit the job again"
             )
-        if _is_storage_error(err):
+        if self._is_storage_error(err):
             self._problem(
                 "storage",
                 f"writing to the data directory {self.data_dir} failed: {_describe(err)} (error id {eid})",
@@ -992,6 +988,17 @@ class JobManager:
         return (
             f"internal error while scoring (error id {eid}); the details are in the server log. "
             "Submit the job again; if it fails again, report the error id"
+        )
+
+    def _is_storage_error(self, err: BaseException) -> bool:
+        """A database error, or a file-system error on a file in the data directory."""
+        if isinstance(err, sqlite3.Error):
+            return True
+        if not isinstance(err, OSError) or isinstance(err, Her2Error):
+            return False
+        name = err.filename
+        return isinstance(name, (str, os.PathLike)) and (
+            Path(name).absolute() == self.data_dir or self.data_dir in Path(name).absolute().parents
         )
 
     def _escaped(self, job_id: str, err: BaseException) -> None:
