@@ -83,6 +83,7 @@ MEASUREMENTS: tuple[str, ...] = (
     "Membrane: DAB OD max",
     "Membrane: completeness",
     "Membrane: stained DAB OD",
+    "Membrane: line density OD·µm",
     "Cell: DAB OD mean",
 )
 
@@ -610,6 +611,7 @@ def measure_cells(
     mpp: float,
     config: CellConfig = CellConfig(),  # noqa: B008
     stain: StainConfig = StainConfig(),  # noqa: B008
+    line: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-cell measurements (:data:`MEASUREMENTS`), arrays of length ``cells.max()``.
 
@@ -619,6 +621,12 @@ def measure_cells(
     :func:`_membrane_sectors`, threshold = the 1+ DAB OD), and
     ``Membrane: stained DAB OD`` is the median DAB OD of the stained sectors
     of the ring (the intensity of the part of the membrane that is stained).
+
+    With ``line`` (the membrane line density of :func:`her2_qupath.membrane.line_density`,
+    ``stain.intensity == "membrane"``) the sectors grade that instead, against
+    ``config.membrane_thresholds[0]``: ``Membrane: line density OD·µm`` is then
+    the median of the stained sectors and ``Membrane: stained DAB OD`` is left
+    out (NaN).
     """
     mpp = _check_mpp(mpp)
     cells, membranes, cytoplasm, depth = compartments
@@ -640,18 +648,21 @@ def measure_cells(
     out["Membrane: DAB OD mean"] = _label_mean(mem, dab, n)[0]
     out["Membrane: DAB OD max"] = _label_max(mem, dab, n)
     centres = _centroids(cel, n, cells.shape[1])[:, ::-1] - 0.5  # (row, col) of pixel centres
+    graded = dab if line is None else np.ascontiguousarray(line, dtype=np.float32)
     completeness, stained = _membrane_sectors(
         membranes,
         depth,
-        dab,
+        graded,
         centres,
         n,
-        stain.thresholds[0],
+        stain.thresholds[0] if line is None else config.membrane_thresholds[0],
         config.completeness_sectors,
         max(1.0, config.membrane_layer_um / mpp),
     )
+    nan = np.full(n, np.nan)
     out["Membrane: completeness"] = completeness
-    out["Membrane: stained DAB OD"] = stained
+    out["Membrane: stained DAB OD"] = stained if line is None else nan
+    out["Membrane: line density OD·µm"] = nan if line is None else stained
     out["Cell: DAB OD mean"] = cell_dab
     return {name: out[name] for name in MEASUREMENTS}
 
@@ -663,9 +674,11 @@ def classify_cells(
 ) -> np.ndarray:
     """HER2 membrane class of each cell, int8 0..3 (0, 1+, 2+, 3+).
 
-    With ``I`` = ``Membrane: stained DAB OD`` (intensity of the stained
-    part of the ring), ``C`` = ``Membrane: completeness``, DAB thresholds
-    ``t1, t2, t3`` (``stain.thresholds``) and ``complete = C >= complete_fraction``:
+    With ``I`` the intensity of the stained part of the ring
+    (``Membrane: line density OD·µm`` against ``config.membrane_thresholds``
+    when ``stain.intensity == "membrane"``, else ``Membrane: stained DAB OD``
+    against ``stain.thresholds``), ``C`` = ``Membrane: completeness`` and
+    ``complete = C >= complete_fraction``:
 
     * **3+**: ``I >= t3`` and complete (strong, complete ring);
     * **2+**: ``I >= t2`` and complete (weak to moderate, complete), or
@@ -675,10 +688,13 @@ def classify_cells(
       least that fraction of the ring reaches ``t1``);
     * **0**: otherwise.
     """
-    t1, t2, t3 = stain.thresholds
-    intensity = np.nan_to_num(
-        np.asarray(measurements["Membrane: stained DAB OD"], dtype=np.float64)
-    )
+    if stain.intensity == "membrane":
+        t1, t2, t3 = config.membrane_thresholds
+        key = "Membrane: line density OD·µm"
+    else:
+        t1, t2, t3 = stain.thresholds
+        key = "Membrane: stained DAB OD"
+    intensity = np.nan_to_num(np.asarray(measurements[key], dtype=np.float64))
     comp = np.nan_to_num(np.asarray(measurements["Membrane: completeness"], dtype=np.float64))
     complete = comp >= config.complete_fraction
     cls = np.zeros(intensity.shape, dtype=np.int8)
@@ -953,12 +969,21 @@ def detect_cells(
         vectors = StainVectors.default(stain)
     if background is None:
         background = stain.background
-    od = deconvolve(a, vectors, background)
+    line = None
+    if stain.intensity == "membrane":
+        from .membrane import line_density, membrane_maps
+        from .stain import _background
+
+        maps = membrane_maps(a, vectors, tuple(_background(background, a, stain)))
+        od = maps.stack()
+        line = line_density(maps.membrane_dab, mpp, stain)
+    else:
+        od = deconvolve(a, vectors, background)
     nuclei = detect_nuclei(nucleus_channel(od, config), mpp, config)
     n = int(nuclei.max())
     compartments = cell_compartments(nuclei, mpp, config)
     cells, membranes, cytoplasm, _ = compartments
-    measurements = measure_cells(od, nuclei, compartments, mpp, config, stain)
+    measurements = measure_cells(od, nuclei, compartments, mpp, config, stain, line)
     classes = classify_cells(measurements, config, stain)
     edge = np.zeros(n + 1, dtype=bool)
     edge[np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])] = True

@@ -39,6 +39,7 @@ HER2_COLORS: dict[str, tuple[int, int, int]] = {
     "HER2 1+": (255, 215, 0),
     "HER2 2+": (255, 128, 0),
     "HER2 3+": (200, 0, 0),
+    "HER2 not evaluable": (150, 150, 150),
 }
 #: The paper's stain letters for classes 0, 1+, 2+, 3+ (no-stain, faint, weak, strong).
 STAIN_LETTERS: tuple[str, str, str, str] = ("N", "F", "W", "S")
@@ -48,7 +49,7 @@ PRODUCT_MARKER = "her2-qupath"
 
 Guideline = Literal["breast", "gastric", "endometrial"]
 Level = Literal["pixel", "cell"]
-Aggregation = Literal["guideline", "paper"]
+Aggregation = Literal["guideline", "paper", "paper-adapted"]
 
 
 @dataclass(frozen=True)
@@ -112,13 +113,12 @@ class StainConfig:
     # "membrane": line density (OD·µm) a block's membrane reaches for 1+, 2+, 3+; fitted on the
     # real HER2 IHC of the development set with leave-one-out cross-validation
     # (benchmarks/real_her2.py; docs/stain.md says how)
-    membrane_thresholds: tuple[float, float, float] = (0.027, 0.08, 0.205)
-    membrane_tissue_od: float = 0.08  # "membrane": OD sum above which a pixel is tissue
+    membrane_thresholds: tuple[float, float, float] = (0.027, 0.077, 0.2)
     membrane_sigma_um: float = 1.0  # Gaussian sigma before the line measure (wider than a membrane)
     membrane_max_width_um: float = 4.0  # staining wider than this is not membrane (opening)
     membrane_block_um: float = 8.0  # neighbourhood (about one cell) that gets one class
     membrane_block_quantile: float = 0.9  # a block's intensity: this quantile of its line density
-    membrane_block_min_tissue: float = 0.5  # blocks with less tissue are background
+    membrane_block_min_tissue: float = 0.5  # blocks less inside an ROI than this are left out
     # nucleus count for the "too few cells" check at pixel level (membrane.count_nuclei)
     nucleus_count_um: float = 1.0  # the hematoxylin plane is reduced to this pixel size
     nucleus_sigma_um: float = 2.5  # LoG scale (nuclei of about 7 µm)
@@ -148,6 +148,9 @@ class CellConfig:
     expansion_um: float = 5.0  # bounded nucleus-to-cell expansion (QuPath's default)
     membrane_width_um: float = 3.0  # width of the band inside the cell boundary searched for membrane
     complete_fraction: float = 0.7  # ring fraction above the 1+ threshold for "complete"
+    # stain.intensity == "membrane": line density (OD·µm) of the stained ring sectors for
+    # 1+, 2+, 3+ (benchmarks/real_her2.py, docs/cells.md)
+    membrane_thresholds: tuple[float, float, float] = (0.027, 0.077, 0.2)
     # Nucleus detection (see docs/cells.md). "hematoxylin" suits membrane stains (HER2):
     # membranes are DAB, so DAB must not count as nucleus. "hematoxylin+dab" (pixelwise
     # maximum of the two ODs) suits nuclear stains (Ki67, ER, PR) whose positive nuclei are brown.
@@ -261,6 +264,9 @@ class ScoringConfig:
     min_letter_fraction: float = 0.01
     # Tiles whose H&E partner the tumor classifier calls non-tumor do not count.
     exclude_non_tumor: bool = True
+    # "Not evaluable" rather than a score (no evidence is not a negative; docs/scoring.md):
+    min_tissue_mm2: float = 0.01  # less analysed tissue than this (about 100 tumour cells)
+    min_cells: int = 400  # fewer nuclei found (cells detected at cell level) than this
 
 
 @dataclass(frozen=True)

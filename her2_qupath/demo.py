@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._types import ProgressCallback
-from .config import GUIDELINES, ScoringConfig
+from .config import GUIDELINES, ScoringConfig, StainConfig
 from .scoring import guideline_score
 
 __all__ = ["DEMO_REGIONS", "DemoInputs", "make_demo_inputs", "run_demo", "compare_to_truth"]
@@ -108,7 +108,10 @@ def run_demo(outdir: str | Path, *, size: int = 2048, seed: int = 7,
 
     out = Path(outdir)
     inputs = make_demo_inputs(out / "inputs", size=size, seed=seed)
-    options = ScoreOptions(scoring=ScoringConfig(level="cell"))
+    # The synthetic membranes are drawn at DAB OD levels between QuPath's 0.2 / 0.4 / 0.6, so the
+    # demo grades DAB OD ("od"), whose truth the drawing defines; real slides use the default
+    # membrane line-density grading, checked on real IHC (benchmarks/real_her2.py).
+    options = ScoreOptions(stain=StainConfig(intensity="od"), scoring=ScoringConfig(level="cell"))
     request = ScoreRequest(ihc=inputs.ihc, he=inputs.he, rois=tuple(read_geojson(inputs.rois)),
                            roi_class="Tumor", options=options)
     result = run_score(request, progress=progress)

@@ -24,14 +24,15 @@ background staining wider than that is removed), times ``sigma * sqrt(2 pi)``.
 For a line narrower than sigma this is its integrated absorbance across the
 line, OD × width, and the same at 0.25 and 0.5 µm/px.
 
-**Membrane intensity of a neighbourhood.** Tissue is cut into blocks of
+**Membrane intensity of a neighbourhood.** A tile is cut into blocks of
 ``membrane_block_um`` (8 µm, about one cell); a block's intensity is the
 ``membrane_block_quantile`` (0.9) of ``L`` inside it: the level reached by its
 membrane (a membrane crossing an 8 µm block covers 10-30 % of it), not by
-single specks. A block counts when at least ``membrane_block_min_tissue`` of
-it is tissue. Its HER2 class is the highest of 1+, 2+, 3+ whose
-``membrane_thresholds`` the intensity reaches, else 0. The pixel class map
-gives every tissue pixel its block's class, so a pixel percentage reads as
+single specks. A block is tissue when its mean OD sum reaches the slide's
+tissue threshold (adapted to the white point, :mod:`her2_qupath.optics`). Its
+HER2 class is the highest of 1+, 2+, 3+ whose ``membrane_thresholds`` the
+intensity reaches, else 0. The pixel class map gives every pixel of a tissue
+block its block's class, so a pixel percentage reads as
 "the share of the tumour area (≈ of its cells) whose membrane reaches that
 intensity" — the guideline's "% of tumour cells" measured by area.
 """
@@ -55,6 +56,7 @@ __all__ = [
     "line_density",
     "block_intensity",
     "classify_intensity",
+    "membrane_blocks",
     "membrane_class_map",
     "count_nuclei",
 ]
@@ -144,31 +146,36 @@ def _block_px(mpp: float, config: StainConfig) -> int:
     return max(2, int(round(config.membrane_block_um / mpp)))
 
 
-def block_intensity(line: np.ndarray, tissue: np.ndarray, mpp: float,
-                    config: StainConfig = StainConfig()) -> tuple[np.ndarray, np.ndarray]:  # noqa: B008
-    """Per block: membrane intensity (the quantile of ``L``) and tissue fraction.
-
-    Returns two ``(block rows, block cols)`` float32 arrays. Blocks at the
-    right and bottom edges are partial (they cover what is left).
-    """
-    mpp = _check_mpp(mpp)
-    b = _block_px(mpp, config)
-    rows, cols = line.shape
+def _blocks(a: np.ndarray, b: int, fill: float) -> np.ndarray:
+    """``(block rows, block cols, b * b)`` view of a plane padded with ``fill``."""
+    rows, cols = a.shape
     br, bc = -(-rows // b), -(-cols // b)
-    pad_r, pad_c = br * b - rows, bc * b - cols
-    lp = np.pad(np.asarray(line, np.float32), ((0, pad_r), (0, pad_c)), constant_values=-np.inf)
-    tp = np.pad(np.asarray(tissue, bool), ((0, pad_r), (0, pad_c)))
-    blocks = lp.reshape(br, b, bc, b).transpose(0, 2, 1, 3).reshape(br, bc, b * b)
-    tblocks = tp.reshape(br, b, bc, b).transpose(0, 2, 1, 3).reshape(br, bc, b * b)
-    # quantile over the pixels inside the image: padded pixels (-inf) sort first
+    p = np.pad(a, ((0, br * b - rows), (0, bc * b - cols)), constant_values=fill)
+    return p.reshape(br, b, bc, b).transpose(0, 2, 1, 3).reshape(br, bc, b * b)
+
+
+def block_intensity(line: np.ndarray, mpp: float,
+                    config: StainConfig = StainConfig()) -> np.ndarray:  # noqa: B008
+    """Membrane intensity of each block: the ``membrane_block_quantile`` of ``L`` in it.
+
+    ``(block rows, block cols)`` float32; blocks at the right and bottom edges
+    are partial (the quantile is over the pixels they hold).
+    """
+    b = _block_px(_check_mpp(mpp), config)
+    blocks = _blocks(np.asarray(line, np.float32), b, -np.inf)
     valid = np.isfinite(blocks).sum(axis=2)
     k = np.clip(np.ceil(config.membrane_block_quantile * valid).astype(np.int64) - 1, 0, b * b - 1)
-    k += b * b - np.maximum(valid, 1)  # skip the padding at the front
+    k += b * b - np.maximum(valid, 1)  # the padding (-inf) sorts first
     srt = np.sort(blocks, axis=2)
     inten = np.take_along_axis(srt, np.minimum(k, b * b - 1)[..., None], axis=2)[..., 0]
-    frac = tblocks.sum(axis=2) / np.maximum(valid, 1)
-    inten = np.where(np.isfinite(inten), inten, 0.0).astype(np.float32)
-    return inten, frac.astype(np.float32)
+    return np.where(np.isfinite(inten), inten, 0.0).astype(np.float32)
+
+
+def block_mean(plane: np.ndarray, mpp: float, config: StainConfig = StainConfig()) -> np.ndarray:  # noqa: B008
+    """Mean of a plane over each membrane block (NaN-free; partial edge blocks over what they hold)."""
+    b = _block_px(_check_mpp(mpp), config)
+    blocks = _blocks(np.asarray(plane, np.float32), b, np.nan)
+    return np.nan_to_num(np.nanmean(blocks, axis=2)).astype(np.float32)
 
 
 def classify_intensity(values: np.ndarray, thresholds: tuple[float, float, float]) -> np.ndarray:
@@ -181,34 +188,47 @@ def classify_intensity(values: np.ndarray, thresholds: tuple[float, float, float
     return ((v >= t1).astype(np.int8) + (v >= t2) + (v >= t3)).astype(np.int8)
 
 
+def membrane_blocks(
+    maps: MembraneMaps, mpp: float, config: StainConfig = StainConfig(),  # noqa: B008
+    tissue_mask: np.ndarray | None = None, *, tissue_od_sum: float = 0.04,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per block of a tile: its membrane intensity, and whether it is tissue.
+
+    A block is tissue when its mean OD sum reaches ``tissue_od_sum`` (the slide's
+    tissue threshold, :func:`her2_qupath.optics.tissue_threshold`: the block mean
+    is far less noisy than a pixel, so pale tissue stays tissue and the inside of
+    fat cells stays glass) and, with ``tissue_mask`` (e.g. an ROI), when at least
+    ``membrane_block_min_tissue`` of it lies in the mask.
+    """
+    mpp = _check_mpp(mpp)
+    tissue = block_mean(maps.od_sum, mpp, config) >= np.float32(tissue_od_sum)
+    if tissue_mask is not None:
+        tm = np.asarray(tissue_mask, dtype=bool)
+        if tm.shape != maps.od_sum.shape:
+            raise UserInputError(f"tissue_mask shape {tm.shape} differs from the tile's {maps.od_sum.shape}",
+                                 hint="resize the mask to the tile")
+        tissue &= block_mean(tm.astype(np.float32), mpp, config) >= config.membrane_block_min_tissue
+    inten = block_intensity(line_density(maps.membrane_dab, mpp, config), mpp, config)
+    return inten, tissue
+
+
 def membrane_class_map(
     maps: MembraneMaps, mpp: float, config: StainConfig = StainConfig(),  # noqa: B008
-    tissue_mask: np.ndarray | None = None,
+    tissue_mask: np.ndarray | None = None, *, tissue_od_sum: float = 0.04,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pixel classes (0 background, 1..4 HER2 0..3+) and the block classes of a tile.
 
-    A pixel is tissue when its OD sum reaches ``config.membrane_tissue_od`` (and
-    ``tissue_mask`` is true there); it takes the class of its block (blocks
-    with less than ``membrane_block_min_tissue`` tissue are background). The
-    block classes (int8, -1 for background blocks) come back for overlays.
+    Every pixel of a tissue block (:func:`membrane_blocks`) takes its block's
+    class; other pixels are background. The block classes (int8, -1 for
+    background blocks) come back for overlays.
     """
-    mpp = _check_mpp(mpp)
-    tissue = maps.od_sum >= np.float32(config.membrane_tissue_od)
-    if tissue_mask is not None:
-        tm = np.asarray(tissue_mask, dtype=bool)
-        if tm.shape != tissue.shape:
-            raise UserInputError(f"tissue_mask shape {tm.shape} differs from the tile's {tissue.shape}",
-                                 hint="resize the mask to the tile")
-        tissue &= tm
-    line = line_density(maps.membrane_dab, mpp, config)
-    inten, frac = block_intensity(line, tissue, mpp, config)
+    inten, tissue = membrane_blocks(maps, mpp, config, tissue_mask, tissue_od_sum=tissue_od_sum)
     cls = classify_intensity(inten, config.membrane_thresholds)
-    counted = frac >= config.membrane_block_min_tissue
-    blocks = np.where(counted, cls, -1).astype(np.int8)
-    b = _block_px(mpp, config)
-    up = np.repeat(np.repeat(blocks, b, axis=0), b, axis=1)[: tissue.shape[0], : tissue.shape[1]]
-    out = np.where(tissue & (up >= 0), up + 1, 0).astype(np.uint8)
-    return out, blocks
+    blocks = np.where(tissue, cls, -1).astype(np.int8)
+    b = _block_px(float(mpp), config)
+    rows, cols = maps.od_sum.shape
+    up = np.repeat(np.repeat(blocks, b, axis=0), b, axis=1)[:rows, :cols]
+    return (up + 1).astype(np.uint8), blocks
 
 
 def count_nuclei(hematoxylin: np.ndarray, mpp: float, tissue: np.ndarray | None = None,

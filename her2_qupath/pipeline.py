@@ -125,6 +125,8 @@ class TileAnalysis:
     score: Any  # scoring.TileScore over the tile (inside the ROIs when there are ROIs)
     cells: list[Any] = field(default_factory=list)  # cells.Cell, tile-pixel coordinates
     region_scores: dict[int, Any] = field(default_factory=dict)  # ROI index -> TileScore
+    # membrane intensity: the class (0..3, -1 background) of each membrane block, for overlays
+    blocks: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------- tile work
@@ -142,25 +144,45 @@ class TileParams:
     mpp: float
     min_letter_fraction: float
     margin_px: int = 0  # cell level: tiles are read with this margin (see CellConfig)
+    tissue_od_sum: float = 0.04  # the slide's tissue threshold (optics.tissue_threshold)
 
 
 def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | None = None,
                  regions: dict[int, np.ndarray] | None = None) -> TileAnalysis:
     """Score one IHC tile: stain class map (given, or by deconvolution), cells if asked.
 
-    ``regions`` maps ROI indices to bool masks (the tile's shape) of the pixels
-    inside each region of interest. Then only pixels inside a region count
-    (others are background) and cells whose centroid lies outside every region
-    are left out; each region also gets its own score in ``region_scores``.
+    With ``params.stain.intensity == "membrane"`` (default) the classes grade
+    the membranes' DAB line density (:mod:`her2_qupath.membrane`); with
+    ``"od"`` each pixel's DAB OD. ``regions`` maps ROI indices to bool masks
+    (the tile's shape) of the pixels inside each region of interest. Then only
+    pixels inside a region count (others are background) and cells whose
+    centroid lies outside every region are left out; each region also gets its
+    own score in ``region_scores``. Every score carries the number of nuclei
+    found in its tissue (detected cells at cell level), for the "too few
+    cells" check.
     """
     from .scoring import score_class_map
     from .stain import class_map_from_stains, deconvolve
 
     m = params.margin_px if params.level == "cell" else 0
     core = rgb[m:rgb.shape[0] - m, m:rgb.shape[1] - m] if m else rgb
-    od = deconvolve(core, params.vectors, params.background)
-    if class_map is None:
-        class_map = class_map_from_stains(od, params.stain, vectors=params.vectors)
+    membrane = params.stain.intensity == "membrane"
+    blocks = None
+    hema = None
+    if membrane:
+        from .membrane import membrane_class_map, membrane_maps
+
+        maps = membrane_maps(core, params.vectors, params.background)
+        od = maps.stack()
+        hema = maps.hematoxylin
+        if class_map is None:
+            class_map, blocks = membrane_class_map(maps, params.mpp, params.stain,
+                                                   tissue_od_sum=params.tissue_od_sum)
+    else:
+        od = deconvolve(core, params.vectors, params.background)
+        hema = od[..., 0]
+        if class_map is None:
+            class_map = class_map_from_stains(od, params.stain, vectors=params.vectors)
     cells: list[Any] = []
     if params.level == "cell":
         from .cells import detect_cells
@@ -176,18 +198,24 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
         if params.level == "cell":
             counts = np.bincount(np.array([c.her2_class for c in inside], dtype=np.intp),
                                  minlength=4)[:4]
+            n_nuclei = len(inside)
+        else:
+            from .membrane import count_nuclei
+
+            n_nuclei = count_nuclei(hema, params.mpp, cmap > 0, params.stain)
         score = score_class_map(cmap, dab_od=od[..., 1], cell_counts=counts,
-                                min_letter_fraction=params.min_letter_fraction)
+                                min_letter_fraction=params.min_letter_fraction,
+                                n_nuclei=n_nuclei)
         return score, inside
 
     if not regions:
         score, inside = score_within(None)
-        return TileAnalysis(score=score, cells=inside)
+        return TileAnalysis(score=score, cells=inside, blocks=blocks)
     union = np.logical_or.reduce(list(regions.values()))
     score, inside = score_within(union)
     region_scores = {r: score_within(m)[0] for r, m in regions.items()} if len(regions) > 1 \
         else {r: score for r in regions}
-    return TileAnalysis(score=score, cells=inside, region_scores=region_scores)
+    return TileAnalysis(score=score, cells=inside, region_scores=region_scores, blocks=blocks)
 
 
 def _cells_in_core(cells: Sequence[Any], margin: int, shape: tuple[int, int]) -> list[Any]:
@@ -376,6 +404,68 @@ def _stain_warnings(ihc_thumb: np.ndarray, ihc_tissue: np.ndarray, background: A
     return out
 
 
+def _white_point(slide: Any, opts: ScoreOptions) -> tuple[np.ndarray, Any]:
+    """The slide's analysis thumbnail and white point: the user's (``StainConfig.background``),
+    the stain string's ``Background``, else estimated from the glass (:mod:`her2_qupath.optics`)."""
+    from .optics import estimate_white_point
+    from .stain import StainVectors
+    from .tissue import slide_thumbnail
+
+    thumb, ds, level0_mpp = slide_thumbnail(slide, opts.tissue)
+    string_bg = None
+    if opts.stain_vectors:
+        string_bg = StainVectors.from_qupath(opts.stain_vectors).background
+    white = estimate_white_point(thumb, level0_mpp * ds, config=opts.tissue,
+                                 user=opts.stain.background, stain_string=string_bg)
+    log.info("white point %s (%s; %s)", [round(x, 1) for x in white.rgb], white.source, white.note)
+    return thumb, white
+
+
+#: Stain vectors further than this angle (degrees) from QuPath's H-DAB defaults are flagged.
+MAX_VECTOR_ANGLE_DEG = 25.0
+
+
+def _qc_warnings(white: Any, vectors: Any, tissue: Any, opts: ScoreOptions) -> list[str]:
+    """Warnings a pathologist should see before trusting the number."""
+    out: list[str] = []
+    if white.source in ("glass", "fallback") and not white.reliable:
+        out.append(f"white point doubtful: {white.note}; measured "
+                   f"{[round(x) for x in white.rgb]} — pass --background R,G,B (the RGB of "
+                   "empty glass on this slide) if it looks wrong")
+    ref = StainConfig()
+    for name, v, r in (("hematoxylin", vectors.hematoxylin, ref.hematoxylin),
+                       ("DAB", vectors.dab, ref.dab)):
+        a, b = np.asarray(v, float), np.asarray(r, float)
+        cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+        angle = float(np.degrees(np.arccos(min(1.0, max(-1.0, cos)))))
+        if angle > MAX_VECTOR_ANGLE_DEG:
+            out.append(f"{name} stain vector is {angle:.0f}° from QuPath's H-DAB default: "
+                       "check the stain vectors")
+    area = tissue.area_um2
+    if area is not None and area * 1e-6 < 10 * opts.scoring.min_tissue_mm2:
+        out.append(f"little tissue: {area * 1e-6:.3f} mm² on the slide")
+    for w in out:
+        log.warning(w)
+    return out
+
+
+def _tissue_od_sum(thumb: np.ndarray, white: Any, opts: ScoreOptions) -> float:
+    """The slide's OD-sum threshold between glass and tissue (adapted to its glass noise)."""
+    from .optics import glass_mask, od_sum, tissue_threshold
+
+    return tissue_threshold(od_sum(thumb, white), glass_mask(thumb, None, opts.tissue), opts.tissue)
+
+
+def _judged(region: Any, white: Any, opts: ScoreOptions) -> Any:
+    """The region with its "not evaluable" reasons (:func:`scoring.evaluability`) filled in."""
+    from .scoring import evaluability
+
+    reasons = list(evaluability(region, pixel_area_um2=opts.tiling.mpp ** 2, config=opts.scoring))
+    if not white.usable:
+        reasons.insert(0, f"unreliable white point: {white.note}; pass --background R,G,B")
+    return dataclasses.replace(region, not_evaluable=tuple(reasons))
+
+
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     import cv2
 
@@ -392,7 +482,6 @@ def run_score(
 ) -> ScoreResult:
     """Score one IHC slide (with its H&E partner when given). Writes nothing."""
     from .slide import open_slide
-    from .stain import estimate_background
     from .tiling import tile_grid
     from .tissue import detect_tissue
 
@@ -408,12 +497,13 @@ def run_score(
     try:
         ihc_mpp = ihc.mpp  # raises MPPMissing naming --mpp
         roi_geoms, roi_names = _select_rois(request)
-        ihc_tissue = detect_tissue(ihc, opts.tissue)
-        ihc_thumb = ihc.thumbnail(mpp=opts.tissue.thumbnail_mpp)
+        ihc_thumb, white = _white_point(ihc, opts)
+        ihc_tissue = detect_tissue(ihc, opts.tissue, white=white)
         thumb_tissue = _resize_mask(ihc_tissue.mask, ihc_thumb.shape[:2])
-        background = estimate_background(ihc_thumb, mask=~thumb_tissue, config=opts.stain)
+        background = white.rgb
         vectors = _stain_vectors(opts, ihc_thumb, thumb_tissue, background)
         warnings = _stain_warnings(ihc_thumb, thumb_tissue, background, he, opts)
+        warnings += _qc_warnings(white, vectors, ihc_tissue, opts)
         _check_cancel(cancel)
 
         transform = None
@@ -432,10 +522,9 @@ def run_score(
                              rois=roi_geoms or None)
         tiles = list(grid.tiles)
         if not tiles:
-            raise UserInputError(
-                "no tile to score: no tissue found inside the regions of interest",
-                hint="check the ROIs/--roi-class, or lower TilingConfig.min_tissue_fraction",
-            )
+            warnings.append("no tissue found " + ("inside the regions of interest" if roi_geoms
+                                                  else "on the slide") + ": not evaluable")
+            log.warning(warnings[-1])
         log.info("scoring %d tiles of %s", len(tiles), request.ihc)
         total_steps = len(tiles) * (2 if (he is not None and opts.tumor_model) else 1)
         done = 0
@@ -449,22 +538,23 @@ def run_score(
         if progress is not None:
             progress(0, total_steps)
         tumor_calls = None
-        if he is not None and opts.tumor_model:
+        if he is not None and opts.tumor_model and tiles:
             tumor_calls = _classify_he_tiles(he, grid, opts, step, cancel)
             he_probs = tumor_calls.probs
 
         params = TileParams(opts.stain, opts.cells, opts.scoring.level, vectors,
-                              tuple(float(b) for b in background), opts.tiling.mpp,
-                              opts.scoring.min_letter_fraction,
-                              round(opts.cells.tile_margin_um / opts.tiling.mpp))
+                            tuple(float(b) for b in background), opts.tiling.mpp,
+                            opts.scoring.min_letter_fraction,
+                            round(opts.cells.tile_margin_um / opts.tiling.mpp),
+                            _tissue_od_sum(ihc_thumb, white, opts))
         analyses = _analyse_tiles(request, tiles, params, transform, roi_geoms, opts, step,
                                   cancel, executor)
         stain_cls = _classify_stain_tiles(request, tiles, params, transform, opts, cancel) \
-            if opts.stain_model else None
+            if (opts.stain_model and tiles) else None
         _check_cancel(cancel)
         result = _assemble(request, ihc, he, grid, tiles, analyses, he_probs, stain_cls,
                            roi_geoms, roi_names, transform, transform_info, ihc_thumb,
-                           background, vectors, time.perf_counter() - t_start, warnings)
+                           white, vectors, time.perf_counter() - t_start, warnings)
         if transform is not None:
             from .registration import render_registration
 
@@ -622,7 +712,7 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
               analyses: list[TileAnalysis], he_probs: np.ndarray | None,
               stain_cls: np.ndarray | None, roi_geoms: list[Any], roi_names: list[str],
               transform: Any, transform_info: dict[str, Any] | None, ihc_thumb: np.ndarray,
-              background: Any, vectors: Any, seconds: float,
+              white: Any, vectors: Any, seconds: float,
               warnings: list[str]) -> ScoreResult:
     from .scoring import aggregate
 
@@ -642,16 +732,25 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
         a.score = dataclasses.replace(a.score, **extra)
         a.region_scores = {r: dataclasses.replace(sc, **extra) for r, sc in a.region_scores.items()}
     scores = [a.score for a in analyses]
-    slide_region = aggregate(scores, opts.scoring, name="Slide")
-    regions = [aggregate([a.region_scores[r] for a in analyses if r in a.region_scores],
-                         opts.scoring, name=name)
+    background = white.rgb
+    slide_region = _judged(aggregate(scores, opts.scoring, name="Slide"), white, opts)
+    regions = [_judged(aggregate([a.region_scores[r] for a in analyses if r in a.region_scores],
+                                 opts.scoring, name=name), white, opts)
                for r, name in enumerate(roi_names)]
+    if not slide_region.evaluable:
+        warnings = warnings + [f"not evaluable: {'; '.join(slide_region.not_evaluable)}"]
+    for reg in regions:
+        if not reg.evaluable and len(regions) > 1:
+            warnings = warnings + [f"{reg.name} not evaluable: {'; '.join(reg.not_evaluable)}"]
     use_cells = opts.scoring.level == "cell"
     detections, he_detections = _tile_objects(tiles, analyses, transform, opts.scoring)
     annotations, he_annotations = _region_objects(roi_geoms, regions, slide_region, ihc, he, transform)
-    reliable = True if transform_info is None else bool(transform_info["reliable"])
+    reliable = (True if transform_info is None else bool(transform_info["reliable"])) \
+        and bool(white.reliable)
     summary = {
         "her2_score": slide_region.her2_score,
+        "evaluable": slide_region.evaluable,
+        "not_evaluable_reasons": list(slide_region.not_evaluable),
         "guideline": rule.name,
         "guideline_reference": rule.reference,
         "level": opts.scoring.level,
@@ -664,17 +763,25 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
         "n_tiles": len(tiles),
         "n_tiles_counted": slide_region.n_tiles,
         "n_cells": slide_region.n_cells if use_cells else None,
+        "n_nuclei": slide_region.n_nuclei,
+        "tissue_mm2": round(slide_region.analysed_pixels * opts.tiling.mpp ** 2 * 1e-6, 6),
+        "intensity": opts.stain.intensity,
+        "thresholds": list(opts.stain.membrane_thresholds if opts.stain.intensity == "membrane"
+                           else opts.stain.thresholds),
+        "white_point": white.to_dict(),
         "tile_classes": slide_region.to_dict()["tile_classes"],
         "regions": [r.to_dict() for r in (regions or [slide_region])],
         "sources": {
             "tumor": "model C" if he_probs is not None else
                      ("ROI annotations" if roi_geoms else "all tissue"),
-            "stain_map": "model M" if opts.seg_model else "colour deconvolution",
+            "stain_map": "model M" if opts.seg_model else (
+                "membrane line density" if opts.stain.intensity == "membrane"
+                else "colour deconvolution (DAB OD)"),
             "stain_classifier": "model L" if stain_cls is not None else None,
             "mapping": None if transform_info is None else transform_info["source"],
         },
         "classifier_agreement": slide_region.classifier_agreement,
-        "warnings": warnings + ([] if reliable else [
+        "warnings": warnings + ([] if transform_info is None or transform_info["reliable"] else [
             "registration quality is poor: the mapped IHC regions may not show the H&E tiles' "
             "tissue; check registration.png"]),
         "registration": transform_info,
@@ -740,7 +847,10 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
 
     thumb = ihc.thumbnail(max_size=OVERLAY_MAX_SIZE)
     scale = thumb.shape[1] / ihc.dimensions[0]
-    cmap = dab_class_map(thumb, opts.stain, vectors=vectors, background=background)
+    if opts.stain.intensity == "membrane":
+        cmap = _block_canvas(thumb.shape[:2], scale, tiles, analyses, transform)
+    else:
+        cmap = dab_class_map(thumb, opts.stain, vectors=vectors, background=background)
     pic = blend(thumb, colorize_class_map(cmap), 0.55, mask=cmap > 0)
     polys = [t.polygon for t in tiles]
     if transform is not None:
@@ -760,7 +870,8 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
         he_pic = draw_outlines(he_pic, [r for g in rois for r in _rings(g, he_scale)], width=2 * width)
         pic = side_by_side(he_pic, pic)
     pct = summary["class_percentages"]
-    lines = [f"{k}: {pct[k]:.1f} %" for k in ("0", "1+", "2+", "3+")]
+    lines = [f"NOT EVALUABLE: {r}" for r in summary.get("not_evaluable_reasons", [])]
+    lines += [f"{k}: {pct[k]:.1f} %" for k in ("0", "1+", "2+", "3+")]
     lines += [f"H-score: {summary['h_score']:.0f}", f"WSI% (2+/3+ px): {summary['percent_positive']:.1f}",
               f"tiles: {summary['n_tiles_counted']}/{summary['n_tiles']}"]
     if summary.get("n_cells") is not None:
@@ -769,8 +880,37 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
         lines.append("REGISTRATION UNRELIABLE")
     if any("looks like an H&E" in w or "swapped" in w for w in summary["warnings"]):
         lines.append("CHECK STAINS: see warnings")
+    lines += [f"QC: {w}" for w in summary["warnings"] if not w.startswith("not evaluable")]
     title = f"HER2 {summary['her2_score']}  ({summary['guideline']}, {summary['level']})"
     return add_legend(pic, title, lines)
+
+
+def _block_canvas(shape: tuple[int, int], scale: float, tiles: list[Any],
+                  analyses: list[TileAnalysis], transform: Any) -> np.ndarray:
+    """The membrane block classes of every tile painted on the overview (0 = nothing, 1..4).
+
+    Without a transform each tile's block grid is resized onto the tile's box; with
+    an H&E partner the mapped IHC tiles are drawn as outlines only.
+    """
+    import cv2
+
+    canvas = np.zeros(shape, dtype=np.uint8)
+    if transform is not None:
+        return canvas
+    for tile, a in zip(tiles, analyses):
+        if a.blocks is None or a.blocks.size == 0:
+            continue
+        x0, y0 = int(round(tile.x * scale)), int(round(tile.y * scale))
+        x1 = int(round((tile.x + tile.width) * scale))
+        y1 = int(round((tile.y + tile.height) * scale))
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, shape[1]), min(y1, shape[0])
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue
+        grid = (a.blocks.astype(np.int16) + 1).astype(np.uint8)  # -1 background -> 0
+        up = cv2.resize(grid, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+        canvas[cy0:cy1, cx0:cx1] = np.maximum(canvas[cy0:cy1, cx0:cx1],
+                                              up[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0])
+    return canvas
 
 
 def _measure_tile(score: Any) -> dict[str, float]:
@@ -847,7 +987,7 @@ def _region_measurements(reg: Any) -> dict[str, float]:
     meas = {f"HER2 {k}: %": float(v) for k, v in reg.class_percentages.items()}
     meas["H-score"] = float(reg.h_score)
     meas["Percent positive (2+/3+)"] = float(reg.percent_positive)
-    meas["HER2 score"] = float(reg.score)
+    meas["HER2 score"] = float("nan") if reg.score is None else float(reg.score)
     meas["Tiles"] = float(reg.n_tiles)
     meas["Tiles excluded"] = float(reg.n_tiles_excluded)
     if reg.n_cells is not None:

@@ -32,6 +32,8 @@ from .errors import UserInputError
 
 __all__ = [
     "SCORE_NAMES",
+    "NOT_EVALUABLE",
+    "evaluability",
     "TileScore",
     "RegionScore",
     "score_class_map",
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: Names of the HER2 scores 0..3 as written in reports and summary.json.
 SCORE_NAMES: tuple[str, str, str, str] = ("0", "1+", "2+", "3+")
+#: The score of a region that cannot be scored (see :func:`evaluability`).
+NOT_EVALUABLE = "not evaluable"
 
 
 def score_name(score: int | None) -> str | None:
@@ -157,6 +161,7 @@ class TileScore:
     row: int | None = None
     col: int | None = None
     dab_od_mean: float | None = None
+    n_nuclei: int | None = None  # nuclei found in the tile's tissue (cells at cell level)
 
     def __post_init__(self) -> None:
         pc = tuple(int(x) for x in self.pixel_counts)
@@ -222,6 +227,19 @@ class TileScore:
         """The paper's label, e.g. ``NFW/1+``; ``""`` without tissue."""
         tc = self.tile_class
         return "" if tc is None else f"{self.letters}/{SCORE_NAMES[tc]}"
+
+    def guideline_class(self, rule: GuidelineRule | str, level: str = "pixel") -> int | None:
+        """The tile's own class by a guideline rule on its pixel (or cell) counts; None if empty.
+
+        The adapted reading of Algorithm 1's tile class for membrane stains
+        (``aggregation="paper-adapted"``): the highest class reaching the rule's
+        percentage, instead of the majority class, which on a membrane stain
+        is almost always the unstained one.
+        """
+        counts = self._level_counts(level)
+        if sum(counts) == 0:
+            return None
+        return guideline_score(counts, rule)
 
     @property
     def counts_toward_score(self) -> bool:
@@ -294,6 +312,7 @@ class TileScore:
             "classifier_agrees": self.classifier_agrees,
             "counts_toward_score": self.counts_toward_score,
             "dab_od_mean": self.dab_od_mean,
+            "n_nuclei": self.n_nuclei,
         }
 
 
@@ -308,6 +327,7 @@ def score_class_map(
     row: int | None = None,
     col: int | None = None,
     dab_od: np.ndarray | None = None,
+    n_nuclei: int | None = None,
 ) -> TileScore:
     """Count a pixel-class map (values 0..4, see :func:`her2_qupath.stain.dab_class_map`).
 
@@ -343,6 +363,7 @@ def score_class_map(
         row,
         col,
         dab_mean,
+        None if n_nuclei is None else int(n_nuclei),
     )
 
 
@@ -421,6 +442,10 @@ class RegionScore:
     n_classified: int = 0  # tiles with a stain-classifier result
     n_agree: int = 0  # of those, agreeing with the segmentation majority
     extra: Mapping[str, Any] = field(default_factory=dict)
+    n_nuclei: int | None = None  # nuclei found in the analysed tissue (cells at cell level)
+    #: why the region cannot be scored (too little tissue, too few cells, no white point);
+    #: empty when it can. See :func:`evaluability`.
+    not_evaluable: tuple[str, ...] = ()
 
     @property
     def guideline(self) -> str:
@@ -465,16 +490,24 @@ class RegionScore:
         return algorithm1(self.tile_classes)
 
     @property
-    def score(self) -> int:
-        """The reported score: guideline rule, or Algorithm 1 (0 when nothing was analysed)."""
-        if self.aggregation == "paper":
+    def evaluable(self) -> bool:
+        return not self.not_evaluable
+
+    @property
+    def score(self) -> int | None:
+        """The reported score: guideline rule, or Algorithm 1; None when not evaluable."""
+        if self.not_evaluable:
+            return None
+        if self.aggregation in ("paper", "paper-adapted"):
             p = self.paper_score
             return 0 if p is None else p
         return self.guideline_score
 
     @property
     def her2_score(self) -> str:
-        return SCORE_NAMES[self.score]
+        """``"0"``, ``"1+"``, ``"2+"``, ``"3+"`` or ``"not evaluable"``."""
+        sc = self.score
+        return NOT_EVALUABLE if sc is None else SCORE_NAMES[sc]
 
     @property
     def classifier_agreement(self) -> float | None:
@@ -502,6 +535,9 @@ class RegionScore:
             "cell_counts": None if self.cell_counts is None else list(self.cell_counts),
             "tile_classes": dict(zip(SCORE_NAMES, self.tile_classes, strict=True)),
             "classifier_agreement": self.classifier_agreement,
+            "n_nuclei": self.n_nuclei,
+            "evaluable": self.evaluable,
+            "not_evaluable_reasons": list(self.not_evaluable),
             **dict(self.extra),
         }
 
@@ -524,9 +560,10 @@ def _check_config(config: ScoringConfig) -> None:
         )
     if config.level not in ("pixel", "cell"):
         raise UserInputError(f"unknown level {config.level!r}", hint="use 'pixel' or 'cell'")
-    if config.aggregation not in ("guideline", "paper"):
+    if config.aggregation not in ("guideline", "paper", "paper-adapted"):
         raise UserInputError(
-            f"unknown aggregation {config.aggregation!r}", hint="use 'guideline' or 'paper'"
+            f"unknown aggregation {config.aggregation!r}",
+            hint="use 'guideline', 'paper' or 'paper-adapted'",
         )
 
 
@@ -571,6 +608,7 @@ def aggregate(
     hist = np.zeros(4, dtype=np.int64)
     have_cells = True
     n = excluded = n_cls = n_agree = 0
+    nuclei: int | None = 0
     for t in tile_scores:
         if config.exclude_non_tumor and t.tumor is False:
             excluded += 1
@@ -581,7 +619,14 @@ def aggregate(
             have_cells = False
         else:
             cells += t.cell_counts
-        tc = t.tile_class
+        if t.n_nuclei is None:
+            nuclei = None
+        elif nuclei is not None:
+            nuclei += t.n_nuclei
+        if config.aggregation == "paper-adapted":
+            tc = t.guideline_class(rule, config.level) if t.counts_toward_score else None
+        else:
+            tc = t.tile_class
         if tc is not None:
             hist[tc] += 1
         if t.classifier_agrees is not None:
@@ -604,7 +649,32 @@ def aggregate(
         n_tiles_excluded=excluded,
         n_classified=n_cls,
         n_agree=n_agree,
+        n_nuclei=nuclei if n else None,
     )
+
+
+def evaluability(region: RegionScore, *, pixel_area_um2: float,
+                 config: ScoringConfig | None = None) -> tuple[str, ...]:
+    """Why ``region`` cannot be scored, or ``()``: no evidence is not a negative.
+
+    * less analysed tissue than ``config.min_tissue_mm2`` (a region drawn on
+      glass, a fold, a tiny fragment);
+    * fewer nuclei (cells at cell level) than ``config.min_cells`` in it: a
+      percentage of tumour cells needs cells to count.
+
+    ``pixel_area_um2`` is the area of one analysed pixel (working µm/px squared).
+    """
+    config = config or ScoringConfig()
+    reasons = []
+    tissue_mm2 = region.analysed_pixels * pixel_area_um2 * 1e-6
+    if tissue_mm2 < config.min_tissue_mm2:
+        reasons.append(f"too little tissue: {tissue_mm2:.4f} mm² analysed "
+                       f"(at least {config.min_tissue_mm2:g} mm² needed)")
+    cells = region.n_cells if region.level == "cell" else region.n_nuclei
+    if cells is not None and cells < config.min_cells and not reasons:
+        what = "cells detected" if region.level == "cell" else "nuclei found"
+        reasons.append(f"too few cells: {cells} {what} (at least {config.min_cells} needed)")
+    return tuple(reasons)
 
 
 def combine_regions(regions: Sequence[RegionScore], *, name: str = "slide") -> RegionScore:
@@ -634,5 +704,8 @@ def combine_regions(regions: Sequence[RegionScore], *, name: str = "slide") -> R
         n_tiles_excluded=sum(r.n_tiles_excluded for r in regions),
         n_classified=sum(r.n_classified for r in regions),
         n_agree=sum(r.n_agree for r in regions),
+        n_nuclei=None if any(r.n_nuclei is None for r in regions)
+        else sum(int(r.n_nuclei or 0) for r in regions),
+        not_evaluable=(),
         extra={},
     )

@@ -19,6 +19,11 @@ from her2_qupath.cells import (
 from her2_qupath.config import CellConfig, StainConfig
 from her2_qupath.errors import UserInputError
 
+#: The synthetic cells here are drawn in DAB OD against QuPath's 0.2/0.4/0.6 thresholds:
+#: they test the "od" grading; the membrane line-density grading has its own tests.
+OD = StainConfig(intensity="od")
+
+
 WHITE = (255.0, 255.0, 255.0)
 MEMBRANE_UM = 1.5  # width of the drawn membranes
 
@@ -129,7 +134,7 @@ def _match(found: np.ndarray, truth: np.ndarray, radius: float) -> np.ndarray:
 def designed() -> tuple:
     mpp = 0.5
     rgb, centres = draw_cells(DESIGNS, mpp)
-    result = detect_cells(rgb, mpp, background=WHITE)
+    result = detect_cells(rgb, mpp, stain=OD, background=WHITE)
     return rgb, centres, result, mpp
 
 
@@ -204,7 +209,7 @@ def test_same_cells_at_another_magnification() -> None:
     designs = [DESIGNS[0], DESIGNS[1], DESIGNS[5], DESIGNS[8]]
     mpp = 0.25
     rgb, centres = draw_cells(designs, mpp, seed=3)
-    result = detect_cells(rgb, mpp, background=WHITE)
+    result = detect_cells(rgb, mpp, stain=OD, background=WHITE)
     idx = _match(result.centroids, centres, radius=1.0 / mpp)
     assert (idx >= 0).all()
     assert result.classes[idx].tolist() == [d.expected for d in designs]
@@ -269,8 +274,8 @@ def test_nucleus_channel_choice_for_nuclear_stains() -> None:
     h = np.where(np.hypot(xx - 25, yy - 30) <= 7, 0.5, 0.0)
     d = np.where(np.hypot(xx - 70, yy - 30) <= 7, 0.8, 0.0)
     rgb = render(h, d)
-    blue_only = detect_cells(rgb, mpp, background=WHITE)
-    both = detect_cells(rgb, mpp, CellConfig(nucleus_channel="hematoxylin+dab"), background=WHITE)
+    blue_only = detect_cells(rgb, mpp, stain=OD, background=WHITE)
+    both = detect_cells(rgb, mpp, CellConfig(nucleus_channel="hematoxylin+dab"), OD, background=WHITE)
     assert len(blue_only) == 1 and abs(blue_only.centroids[0, 0] - 25.5) < 1.5
     assert len(both) == 2
     dab_mean = both.measurements["Nucleus: DAB OD mean"]
@@ -279,7 +284,7 @@ def test_nucleus_channel_choice_for_nuclear_stains() -> None:
 
 def test_blank_tile_has_no_cells() -> None:
     rgb = np.full((64, 64, 3), 250, dtype=np.uint8)
-    result = detect_cells(rgb, 0.5, background=WHITE)
+    result = detect_cells(rgb, 0.5, stain=OD, background=WHITE)
     assert len(result) == 0 and result.classes.shape == (0,)
     assert all(v.shape == (0,) for v in result.measurements.values())
     assert result.class_counts().tolist() == [0, 0, 0, 0]
@@ -291,14 +296,15 @@ def test_class_rule_is_monotone_in_intensity_and_completeness() -> None:
     comp = np.linspace(0.0, 1.0, 41)
     ii, cc = np.meshgrid(inten, comp, indexing="ij")
     cls = classify_cells(
-        {"Membrane: stained DAB OD": ii.ravel(), "Membrane: completeness": cc.ravel()}
+        {"Membrane: stained DAB OD": ii.ravel(), "Membrane: completeness": cc.ravel()}, stain=OD
     ).reshape(ii.shape)
     assert (np.diff(cls.astype(int), axis=0) >= 0).all()
     assert (np.diff(cls.astype(int), axis=1) >= 0).all()
     # the corners: nothing -> 0, strong complete -> 3+, faint partial -> 1+
     assert cls[0, 0] == 0 and cls[-1, -1] == 3
     assert classify_cells(
-        {"Membrane: stained DAB OD": np.array([0.25]), "Membrane: completeness": np.array([0.3])}
+        {"Membrane: stained DAB OD": np.array([0.25]), "Membrane: completeness": np.array([0.3])},
+        stain=OD,
     ).tolist() == [1]
 
 
@@ -516,7 +522,7 @@ def test_touching_cells_with_shared_membranes(dab: float, expected: int) -> None
     """Complete membranes shared by neighbouring cells: each cell is 1+/2+/3+ by intensity."""
     mpp = 0.5
     rgb, centres = draw_sheet(dab, mpp)
-    result = detect_cells(rgb, mpp, background=WHITE)
+    result = detect_cells(rgb, mpp, stain=OD, background=WHITE)
     idx = _match(result.centroids, centres, radius=1.0 / mpp)
     assert (idx >= 0).all() and len(result) == len(centres)
     # the four inner cells are surrounded by neighbours: complete shared membranes
@@ -537,7 +543,7 @@ def test_more_dab_never_lowers_a_cell_class() -> None:
 
     mpp = 0.5
     base_rgb, centres = draw_cells(DESIGNS, mpp, seed=5)
-    base = detect_cells(base_rgb, mpp, background=WHITE)
+    base = detect_cells(base_rgb, mpp, stain=OD, background=WHITE)
     base_cls = base.classes[_match(base.centroids, centres, radius=2.0)]
 
     @settings(max_examples=6, deadline=None, derandomize=True)
@@ -545,7 +551,7 @@ def test_more_dab_never_lowers_a_cell_class() -> None:
     def check(scale: float) -> None:
         darker = [dataclasses.replace(d, dab=d.dab * scale) for d in DESIGNS]
         rgb, _ = draw_cells(darker, mpp, seed=5)
-        result = detect_cells(rgb, mpp, background=WHITE)
+        result = detect_cells(rgb, mpp, stain=OD, background=WHITE)
         idx = _match(result.centroids, centres, radius=2.0)
         assert (idx >= 0).all()
         assert (result.classes[idx] >= base_cls).all()
@@ -578,7 +584,7 @@ def test_product_synthetic_slide_cells_recovered() -> None:
     rgb, _, _, truth = synthetic_ihc((512, 512), seed=2, mpp=mpp, regions=regions)
     cells = truth["cells"]
     xy = np.column_stack([cells["x"], cells["y"]]) + 0.5
-    result = detect_cells(rgb, mpp, background=truth["background"])
+    result = detect_cells(rgb, mpp, stain=OD, background=truth["background"])
     pairs = match_one_to_one(result.centroids, xy, radius=2.0 / mpp)
     assert len(pairs) >= 0.98 * len(xy) and len(pairs) >= 0.98 * len(result)
 
@@ -696,7 +702,7 @@ def test_opencv_openings_match_scipy() -> None:
 
 def test_without_polygons_the_cells_are_the_same(designed) -> None:
     rgb, _, result, mpp = designed
-    bare = detect_cells(rgb, mpp, background=WHITE, polygons=False)
+    bare = detect_cells(rgb, mpp, stain=OD, background=WHITE, polygons=False)
     assert len(bare) == len(result) > 0
     assert np.array_equal(bare.classes, result.classes)
     assert np.array_equal(bare.centroids, result.centroids)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from her2_qupath.config import ScoringConfig
+from her2_qupath.config import ScoringConfig, StainConfig
 from her2_qupath.errors import JobCancelled, MPPMissing, UserInputError
 from her2_qupath.pipeline import ScoreOptions, ScoreRequest, run_score, write_result
 from her2_qupath.qupath.geojson import (
@@ -23,6 +23,10 @@ from her2_qupath.qupath.geojson import (
 from her2_qupath.slide_writer import write_slide
 from her2_qupath.synthetic import synthetic_ihc, synthetic_pair
 from her2_qupath.tissue import TissueMask
+
+#: The synthetic slides draw membranes at DAB OD levels between QuPath's 0.2/0.4/0.6: their
+#: pixel and cell truths are those of the "od" grading (the membrane grading has its own tests).
+OD_OPTS = ScoreOptions(stain=StainConfig(intensity="od"))
 
 REGIONS = ({"0": 20.0, "1+": 10.0, "2+": 20.0, "3+": 50.0}, {"0": 100.0, "1+": 0.0, "2+": 0.0, "3+": 0.0})
 SIZE = 1536
@@ -47,7 +51,7 @@ def ihc_case(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def whole_slide(ihc_case: dict) -> object:
-    return run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif"))
+    return run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif", options=OD_OPTS))
 
 
 def test_whole_slide_pixel_percentages_match_truth(whole_slide, ihc_case) -> None:
@@ -62,7 +66,8 @@ def test_whole_slide_pixel_percentages_match_truth(whole_slide, ihc_case) -> Non
 
 def test_rois_score_each_region_against_its_truth(ihc_case) -> None:
     rois = tuple(read_geojson(ihc_case["dir"] / "rois.geojson"))
-    res = run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif", rois=rois, roi_class="Tumor"))
+    res = run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif", rois=rois, roi_class="Tumor",
+                                 options=OD_OPTS))
     regions = {r["name"]: r for r in res.summary["regions"]}
     assert set(regions) == {"R0", "R1"}  # the Stroma annotation is not scored
     for r, name in enumerate(("R0", "R1")):
@@ -98,7 +103,7 @@ def test_outputs_are_valid_qupath_geojson(whole_slide, tmp_path: Path) -> None:
 
 
 def test_cell_level_counts_cells(ihc_case) -> None:
-    opts = ScoreOptions(scoring=ScoringConfig(level="cell"))
+    opts = ScoreOptions(stain=OD_OPTS.stain, scoring=ScoringConfig(level="cell"))
     rois = tuple(read_geojson(ihc_case["dir"] / "rois.geojson"))
     res = run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif", rois=rois, roi_class="Tumor",
                                  options=opts))
@@ -117,7 +122,7 @@ def test_cell_level_counts_cells(ihc_case) -> None:
 def test_process_pool_gives_the_same_result_as_threads(ihc_case, whole_slide) -> None:
     """Tile work is picklable: what a Dask cluster would run gives identical numbers."""
     with cf.ProcessPoolExecutor(max_workers=2) as pool:
-        res = run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif"), executor=pool)
+        res = run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif", options=OD_OPTS), executor=pool)
     assert res.summary["class_percentages"] == whole_slide.summary["class_percentages"]
     assert res.summary["tile_classes"] == whole_slide.summary["tile_classes"]
 
@@ -144,7 +149,7 @@ def test_pair_with_registration_maps_rois_to_the_ihc_slide(tmp_path: Path) -> No
     polys = [TissueMask(truth["region_map"] == r + 1, 1.0).to_geometry() for r in range(2)]
     rois = tuple(annotation_object(p, "Tumor", name=f"R{r}") for r, p in enumerate(polys))
     res = run_score(ScoreRequest(ihc=tmp_path / "ihc.tif", he=tmp_path / "he.tif", rois=rois,
-                                 roi_class="Tumor"))
+                                 roi_class="Tumor", options=OD_OPTS))
     s = res.summary
     assert s["reliable"] is True and s["sources"]["mapping"] == "registered"
     regions = {r["name"]: r for r in s["regions"]}
@@ -160,7 +165,8 @@ def test_pair_with_registration_maps_rois_to_the_ihc_slide(tmp_path: Path) -> No
         p, [a[0, 0], a[0, 1], a[1, 0], a[1, 1], a[0, 2], a[1, 2]]), "Tumor", name=f"R{r}")
         for r, p in enumerate(polys))
     on_ihc = run_score(ScoreRequest(ihc=tmp_path / "ihc.tif", he=tmp_path / "he.tif",
-                                    rois=ihc_rois, roi_class="Tumor", roi_space="ihc"))
+                                    rois=ihc_rois, roi_class="Tumor", roi_space="ihc",
+                                    options=OD_OPTS))
     for r_he, r_ihc in zip(s["regions"], on_ihc.summary["regions"]):
         for k in ("0", "1+", "2+", "3+"):
             assert r_ihc["class_percentages"][k] == pytest.approx(r_he["class_percentages"][k], abs=1.0)
@@ -182,10 +188,32 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path, ihc_case) -> None:
         run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif", rois=rois, roi_class="Nope"))
     with pytest.raises(UserInputError, match="no ROIs"):
         run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif", roi_class="Tumor"))
+
+
+
+def test_no_tissue_is_not_evaluable_never_zero(tmp_path: Path, ihc_case) -> None:
+    """A blank slide, or a region drawn on glass, is "not evaluable" with the reason, not HER2 0."""
     blank = np.full((800, 800, 3), 242, np.uint8)
     write_slide(tmp_path / "blank.tif", blank, mpp=0.5, kind="plain", compression=None)
-    with pytest.raises(UserInputError, match="no tissue"):
-        run_score(ScoreRequest(ihc=tmp_path / "blank.tif"))
+    res = run_score(ScoreRequest(ihc=tmp_path / "blank.tif"))
+    assert res.summary["her2_score"] == "not evaluable"
+    assert res.summary["evaluable"] is False
+    assert any("no tissue" in w for w in res.summary["warnings"])
+    assert "too little tissue" in res.summary["not_evaluable_reasons"][0]
+    assert res.annotations[0].class_name == "HER2 not evaluable"
+    write_result(res, tmp_path / "out")  # outputs are written all the same
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["her2_score"] == "not evaluable"
+    # a region drawn on the glass beside the tissue of a scorable slide
+    from shapely.geometry import box
+
+    glass_roi = annotation_object(box(2, 2, 60, 60), "Tumor", name="on glass")
+    tissue = tuple(read_geojson(ihc_case["dir"] / "rois.geojson"))
+    res = run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif", rois=(glass_roi, *tissue),
+                                 roi_class="Tumor"))
+    regions = {r["name"]: r for r in res.summary["regions"]}
+    assert regions["on glass"]["her2_score"] == "not evaluable"
+    assert regions["R0"]["her2_score"] != "not evaluable"
+    assert any("on glass not evaluable" in w for w in res.summary["warnings"])
 
 
 def test_run_without_models_records_versions_without_importing_torch(tmp_path: Path) -> None:

@@ -37,8 +37,17 @@ def score_options(f: Any) -> Any:
                      show_default=True, help="Tile size f in pixels at the working pixel size."),
         click.option("--working-mpp", type=click.FloatRange(0.05, 50), default=_T.mpp,
                      show_default=True, help="Working pixel size (µm/px) the tiles are read at."),
-        click.option("--thresholds", default=",".join(str(t) for t in _S.thresholds),
-                     show_default=True, help="DAB OD thresholds for 1+, 2+, 3+ (QuPath's t1, 2·t1, 3·t1)."),
+        click.option("--intensity", type=click.Choice(["membrane", "od"]), default=_S.intensity,
+                     show_default=True,
+                     help="What the stain classes grade: the membranes' DAB line density (OD·µm) "
+                          "or each pixel's DAB OD with QuPath's thresholds (docs/stain.md)."),
+        click.option("--thresholds", default=None,
+                     help="Thresholds for 1+, 2+, 3+ of the chosen --intensity [membrane: "
+                          + ",".join(str(t) for t in _S.membrane_thresholds) + " OD·µm; od: "
+                          + ",".join(str(t) for t in _S.thresholds) + " DAB OD]."),
+        click.option("--background", default=None, metavar="R,G,B",
+                     help="White point (RGB of empty glass) when the slide shows too little glass "
+                          "to estimate it [default: estimated from the glass]."),
         click.option("--stain-vectors", default=None,
                      help="QuPath stain string (setColorDeconvolutionStains JSON) to use instead of H-DAB defaults."),
         click.option("--estimate-stains", is_flag=True, help="Estimate stain vectors from the slide (Macenko)."),
@@ -70,13 +79,23 @@ def _parse_thresholds(text: str) -> tuple[float, float, float]:
 
 def build_options(**kw: Any) -> Any:
     """ScoreOptions from the shared CLI options (also used by ``batch``)."""
+    from ..optics import parse_rgb
     from ..pipeline import ScoreOptions
 
     base = ScoreOptions()
+    intensity = kw.get("intensity") or base.stain.intensity
+    stain = replace(base.stain, intensity=intensity, estimate_vectors=kw["estimate_stains"])
+    if kw.get("thresholds"):
+        key = "membrane_thresholds" if intensity == "membrane" else "thresholds"
+        stain = replace(stain, **{key: _parse_thresholds(kw["thresholds"])})
+    if kw.get("background"):
+        try:
+            stain = replace(stain, background=parse_rgb(kw["background"], "--background"))
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--background") from err
     return ScoreOptions(
         tiling=replace(base.tiling, tile_size=kw["tile_size"], mpp=kw["working_mpp"]),
-        stain=replace(base.stain, thresholds=_parse_thresholds(kw["thresholds"]),
-                      estimate_vectors=kw["estimate_stains"]),
+        stain=stain,
         scoring=ScoringConfig(guideline=kw["guideline"], level=kw["level"],
                               aggregation=kw["aggregation"]),
         model=replace(base.model, precision=kw["precision"]),
@@ -91,6 +110,8 @@ def print_summary(summary: dict[str, Any], outdir: Path) -> None:
     pct = summary["class_percentages"]
     click.echo(f"HER2 {summary['her2_score']}  ({summary['guideline']}, {summary['level']} level, "
                f"{summary['aggregation']} aggregation)")
+    for reason in summary.get("not_evaluable_reasons", []):
+        click.echo(f"  NOT EVALUABLE: {reason}", err=True)
     click.echo("  classes: " + "  ".join(f"{k}: {pct[k]:.1f}%" for k in ("0", "1+", "2+", "3+")))
     click.echo(f"  H-score {summary['h_score']:.1f}   WSI% (2+/3+ pixels) {summary['percent_positive']:.1f}   "
                f"tiles {summary['n_tiles_counted']}/{summary['n_tiles']}"
