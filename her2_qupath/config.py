@@ -377,6 +377,7 @@ class ServerConfig:
     # slide's pyramid level or those analysed at the working resolution, whichever is more
     max_sync_pixels: int = 64 * 1024**2  # a synchronous /score (more: 413, submit a job)
     max_job_pixels: int = 32 * 1024**3  # one job
+    max_sync_seconds: float = 60.0  # a synchronous /score still running then is stopped (413)
     min_mpp: float = 0.05  # pixel sizes (ihc_mpp, he_mpp, options.mpp) outside this range: 400
     max_mpp: float = 50.0
     worker_retry_s: float = 1.0  # pause of a job worker after an error outside a job

@@ -556,6 +556,22 @@ def test_work_budget_is_checked_before_any_work(make_app: Any, images: dict[str,
     assert small.status_code == 200 and scorer.runs == 1
 
 
+class SlowFilesOnly(SlowScorer):
+    """The slowed pipeline without an in-memory path: /score runs it into files."""
+
+    score_in_memory = None
+
+
+def test_sync_score_is_stopped_at_its_deadline(make_app: Any, images: dict[str, Path]) -> None:
+    """A synchronous score that runs long (a slow disk, a busy machine) is stopped, not left running."""
+    client = make_app(SlowFilesOnly(2.0), max_sync_seconds=0.5).test_client()
+    r = client.post("/api/v1/score", json={"ihc": str(images["three"]), "options": OPTS})
+    assert r.status_code == 413 and r.json["error"]["code"] == "too_much_work", r.json
+    assert "max_sync_seconds" in r.json["error"]["message"]
+    assert "/api/v1/jobs" in r.json["error"]["message"]
+    assert not list((client.application.extensions["her2_qupath"].data_dir / "tmp").iterdir())
+
+
 def test_running_job_stops_at_cancel(make_app: Any, images: dict[str, Path]) -> None:
     client = make_app(SlowScorer(0.2)).test_client()
     job = _submit(client, {"ihc": str(images["three"]), "options": OPTS})

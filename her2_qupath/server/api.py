@@ -6,12 +6,14 @@ import json
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file, url_for
 
 from .. import __version__
+from ..errors import JobCancelled
 from .app import server_state
 from .http import ApiError
 from .jobs import TERMINAL_STATES, QueueFull, iso_time
@@ -276,8 +278,16 @@ def score() -> Response:
 
 
 def _score_now(spec: Any, limit: int) -> dict[str, Any]:
-    """Score in the request thread; in memory when the scorer can (no files, no overlay)."""
+    """Score in the request thread; in memory when the scorer can (no files, no overlay).
+
+    A run still going after ``max_sync_seconds`` is stopped (at the pipeline's
+    next chunk of tiles) and answered 413 with the advice to submit a job.
+    """
     state = server_state()
+    seconds = state.config.max_sync_seconds
+    cancel = threading.Event()
+    deadline = threading.Timer(seconds, cancel.set)
+    deadline.daemon = True
 
     def progress(done: int, total: int) -> None:
         if total > limit:
@@ -287,12 +297,34 @@ def _score_now(spec: Any, limit: int) -> dict[str, Any]:
                 f"the request has {total} tiles (> {limit}); submit it as a job",
             )
 
+    deadline.start()
+    try:
+        return _score_in_request(spec, progress, cancel)
+    except JobCancelled:
+        if not cancel.is_set():
+            raise
+        raise ApiError(
+            413,
+            "too_much_work",
+            f"synchronous scoring was stopped after {seconds:g} s (ServerConfig.max_sync_seconds); "
+            "submit it as a job with POST /api/v1/jobs and poll GET /api/v1/jobs/<id>",
+        ) from None
+    finally:
+        deadline.cancel()
+
+
+def _score_in_request(spec: Any, progress: Any, cancel: threading.Event) -> dict[str, Any]:
+    state = server_state()
     in_memory = getattr(state.scorer, "score_in_memory", None)
     if in_memory is not None:
-        return dict(in_memory(spec, progress=progress, executor=state.manager.backend.executor()))
+        return dict(
+            in_memory(
+                spec, progress=progress, cancel=cancel, executor=state.manager.backend.executor()
+            )
+        )
     tmp = Path(tempfile.mkdtemp(dir=_tmp_dir(), prefix="score-"))
     try:
-        state.manager.run_spec(spec, tmp, progress=progress)
+        state.manager.run_spec(spec, tmp, progress=progress, cancel=cancel)
         return {
             name: json.loads((tmp / f"{name}{ext}").read_text(encoding="utf-8"))
             for name, ext in (
