@@ -88,7 +88,7 @@ class TissueConfig:
     glass_max_saturation: float = 0.12  # and grey: (max - min) / max of RGB at most this
     glass_min_brightness: float = 100.0  # and not dark (mean RGB); grey-balanced scans pass
     glass_level_quantile: float = 0.95  # the glass level: this quantile of smooth grey brightness
-    glass_tolerance: float = 10.0  # glass pixels lie within this many grey levels of it
+    glass_tolerance_od: float = 0.012  # glass lies within this OD (mean over RGB) of that level
     glass_min_fraction: float = 0.01  # less glass than this share of the image: doubtful
     glass_min_pixels: int = 50
     fallback_percentile: float = 0.995  # no glass: this per-channel quantile of the image

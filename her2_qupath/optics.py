@@ -149,13 +149,19 @@ def _to_mpp(rgb: np.ndarray, mpp: float | None, target: float) -> tuple[np.ndarr
     return small, mpp * rgb.shape[1] / shape[0]
 
 
-def _brightness_stats(rgb: np.ndarray, window_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Brightness (mean RGB), its local standard deviation over a square window, saturation."""
+def _brightness_stats(rgb: np.ndarray, window_px: int,
+                      denoise: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Brightness (mean RGB), its local standard deviation over a square window, saturation.
+
+    ``denoise`` first averages 3 x 3 pixels (pixel noise is not texture); an image that
+    was reduced to the working pixel size is averaged already.
+    """
     import cv2
 
     f = rgb.astype(np.float32)
-    # a 3 x 3 box first: pixel noise (and JPEG ringing) is not texture
-    bright = cv2.blur(f.mean(axis=2), (3, 3), borderType=cv2.BORDER_REFLECT)
+    bright = f.mean(axis=2)
+    if denoise:
+        bright = cv2.blur(bright, (3, 3), borderType=cv2.BORDER_REFLECT)
     k = (window_px, window_px)
     mean = cv2.blur(bright, k, borderType=cv2.BORDER_REFLECT)
     sq = cv2.blur(bright * bright, k, borderType=cv2.BORDER_REFLECT)
@@ -172,7 +178,7 @@ def glass_mask(rgb: np.ndarray, mpp: float | None = None,
     Smooth (local standard deviation of brightness below ``glass_max_std``
     over ``glass_window_um``), grey (saturation at most ``glass_max_saturation``),
     not dark (brightness at least ``glass_min_brightness``) and within
-    ``glass_tolerance`` grey levels of the brightest such level (its
+    ``glass_tolerance_od`` of optical density of the brightest such level (its
     ``glass_level_quantile``). ``mpp`` sets the window; without it a 5-pixel
     window is used.
     """
@@ -183,14 +189,16 @@ def glass_mask(rgb: np.ndarray, mpp: float | None = None,
         return np.zeros(a.shape[:2], dtype=bool)
     small, smpp = _to_mpp(a, mpp, config.glass_work_um)
     window = 5 if smpp is None else max(3, int(round(config.glass_window_um / smpp)) | 1)
-    bright, sd, sat = _brightness_stats(small, window)
+    bright, sd, sat = _brightness_stats(small, window, denoise=small is a)
     cand = (sd <= config.glass_max_std) & (sat <= config.glass_max_saturation) & (
         bright >= config.glass_min_brightness)
     if not cand.any():
         glass = cand
     else:
         level = float(np.quantile(bright[cand], config.glass_level_quantile))
-        glass = cand & (bright >= level - config.glass_tolerance)
+        # within glass_tolerance_od (optical density) of that level: the same absorbance
+        # whatever the white balance (10 grey levels are 0.018 OD at 242 but 0.025 at 178)
+        glass = cand & (bright >= level * 10.0 ** -config.glass_tolerance_od)
     if glass.shape != a.shape[:2]:
         glass = cv2.resize(glass.astype(np.uint8), (a.shape[1], a.shape[0]),
                            interpolation=cv2.INTER_NEAREST).astype(bool)

@@ -25,29 +25,43 @@ from her2_qupath.server.scorers import JobSpec, PipelineScorer
 #: pixel size the test images carry (µm/px), also the pipeline's working resolution
 MPP = 0.5
 
-#: DAB concentrations well inside each class of StainConfig's thresholds 0.2/0.4/0.6
-DAB_BY_CLASS = (0.05, 0.3, 0.5, 0.8)
-HEMATOXYLIN = 0.5
+#: Membrane line density (OD·µm) drawn for each class, well inside each band of
+#: StainConfig.membrane_thresholds (0.027 / 0.077 / 0.2)
+LINE_BY_CLASS = (0.0, 0.05, 0.13, 0.35)
+#: membrane blocks (StainConfig.membrane_block_um) in pixels at MPP
+BLOCK = 16
 
 
 def ihc_rgb(tile_classes: Sequence[Sequence[int | None]], tile: int = 128) -> np.ndarray:
-    """An RGB image built from stain concentrations: one HER2 class per tile (None: glass).
+    """An RGB image of cells drawn from stain concentrations: one HER2 class per tile (None: glass).
 
-    The pixel classes are known by construction, so a scorer's class percentages
-    can be checked against exact numbers.
+    Every 8 µm block of a tile holds a membrane line through its centre (1 µm wide,
+    at the tile class's line density), a hematoxylin nucleus on each block corner
+    (enough cells to be evaluable) and a 1 µm lumen (glass-white), so the white point
+    and each block's class are known by construction and a scorer's class
+    percentages can be checked against exact numbers.
     """
     stain = StainConfig()
     h = np.asarray(stain.hematoxylin, float)
     d = np.asarray(stain.dab, float)
     h, d = h / np.linalg.norm(h), d / np.linalg.norm(d)
     rows, cols = len(tile_classes), len(tile_classes[0])
+    yy, xx = np.mgrid[0:tile, 0:tile]
+    by, bx = yy % BLOCK, xx % BLOCK
+    line = (np.abs(by - BLOCK // 2 + 0.5) < 1.0) | (np.abs(bx - BLOCK // 2 + 0.5) < 1.0)
+    corner = np.minimum(by, BLOCK - by) ** 2 + np.minimum(bx, BLOCK - bx) ** 2 <= 9
+    lumen = (by >= 3) & (by < 5) & (bx >= 3) & (bx < 5)
     out = np.full((rows * tile, cols * tile, 3), 255, np.uint8)
     for r, row in enumerate(tile_classes):
         for c, k in enumerate(row):
             if k is None:
                 continue
-            od = HEMATOXYLIN * h + DAB_BY_CLASS[k] * d
-            rgb = np.clip(np.round(256.0 * 10.0 ** (-od) - 1.0), 0, 255).astype(np.uint8)
+            width_um = 2 * MPP  # the drawn line is two pixels wide
+            dab = np.where(line, LINE_BY_CLASS[k] / width_um, 0.0)
+            hem = np.where(corner, 0.6, 0.15)
+            od = hem[..., None] * h + dab[..., None] * d
+            rgb = np.clip(np.round(255.0 * 10.0 ** (-od)), 0, 255).astype(np.uint8)
+            rgb[lumen] = 255
             out[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = rgb
     return out
 
