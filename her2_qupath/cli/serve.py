@@ -33,7 +33,8 @@ _D = ServerConfig()
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Jobs database and results. Default: the user's data directory (~/.local/share/her2-qupath).",
+    help="Jobs database and results (a relative path is taken from the working directory at start). "
+    "Default: the user's data directory (~/.local/share/her2-qupath).",
 )
 @click.option(
     "--image-root",
