@@ -75,7 +75,9 @@ def _error(r: Any, status: int, code: str | None = None) -> str:
     assert r.mimetype == "application/json"
     assert set(r.json) == {"error"}
     # an id ties a 500 to its details in the server log; other errors say what to fix
-    assert set(r.json["error"]) == ({"code", "message", "id"} if status == 500 else {"code", "message"})
+    assert set(r.json["error"]) == (
+        {"code", "message", "id"} if status == 500 else {"code", "message"}
+    )
     if code is not None:
         assert r.json["error"]["code"] == code
     return str(r.json["error"]["message"])

@@ -184,9 +184,7 @@ def command(
         elif state.token is not None:
             click.echo("token: the one given with --token")
             click.echo(f"status page: {url}/?token=<token>")
-        click.echo(
-            "image roots: " + (", ".join(state.config.image_roots) or "none"), err=True
-        )
+        click.echo("image roots: " + (", ".join(state.config.image_roots) or "none"), err=True)
         if not is_loopback(host):
             click.echo(
                 "note: reachable from other machines; use TLS in front (a reverse proxy) on untrusted networks",

@@ -215,7 +215,7 @@ class JobStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=30000")
-            db.execute("PRAGMA journal_size_limit=%d" % (64 * 1024 * 1024))
+            db.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
             (check,) = db.execute("PRAGMA quick_check").fetchone()
             if check != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {check}")
@@ -398,9 +398,7 @@ class JobStore:
         from .._io import json_default
 
         progress_sql = ", progress = 1" if state == "done" else ""
-        brief = (
-            json.dumps(_brief(summary), default=json_default) if summary is not None else None
-        )
+        brief = json.dumps(_brief(summary), default=json_default) if summary is not None else None
         with self._tx() as db:
             db.execute(
                 f"UPDATE jobs SET state = ?, finished = ?, error = ?, brief = ?, result_bytes = ?{progress_sql} "
@@ -554,9 +552,7 @@ class JobManager:
         self._lock_fd: int | None = None
         self._acquire_dir_lock()
         try:
-            self.store = JobStore(
-                self.data_dir / DB_NAME, repair=config.repair_db
-            )
+            self.store = JobStore(self.data_dir / DB_NAME, repair=config.repair_db)
         except BaseException:
             self._release_dir_lock()
             raise
@@ -916,7 +912,9 @@ class JobManager:
         with self._running_lock:
             self._running[job_id] = run
         try:
-            current = self.store.get(job_id)  # a cancel may have come between claim and registration
+            current = self.store.get(
+                job_id
+            )  # a cancel may have come between claim and registration
             if job["cancel_requested"] or (current is not None and current["cancel_requested"]):
                 run.cancel.set()
             body = self.store.request(job_id)
@@ -969,9 +967,7 @@ class JobManager:
         eid = error_id()
         log.error("job %s failed (error id %s)", job_id, eid, exc_info=err)
         if _is_disk_full(err):
-            self._problem(
-                "storage", f"the server's disk is full (data directory {self.data_dir})"
-            )
+            self._problem("storage", f"the server's disk is full (data directory {self.data_dir})")
             return (
                 f"the server's disk is full (error id {eid}); the server's operator must free space "
                 "in its data directory (or lower --max-results-gb); then submit the job again"

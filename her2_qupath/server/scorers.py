@@ -336,7 +336,9 @@ class PipelineScorer:
                 level_ds = slide.level_downsamples[slide.best_level_for_downsample(target_ds)]
             side = tile_size * work_mpp / slide_mpp  # level-0 pixels
             if tiles is None:  # the grid's slide
-                grid_bounds = _roi_bounds(spec) if spec.he is None or spec.roi_space == "he" else None
+                grid_bounds = (
+                    _roi_bounds(spec) if spec.he is None or spec.roi_space == "he" else None
+                )
                 tiles = _count_tiles((int(dims[0]), int(dims[1])), side, grid_bounds)
             read_side = math.ceil(side / level_ds)
             per_tile += max(tile_size, read_side) ** 2
