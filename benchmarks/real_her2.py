@@ -78,29 +78,35 @@ def options(case: Case, level: str, aggregation: str, **stain: Any) -> ScoreOpti
 
 
 class _BlockRecorder:
-    """Records the membrane blocks the pipeline measures (intensity, tissue pixels counted)."""
+    """Records every membrane block the pipeline measures: intensity, pixels, mean OD sum.
+
+    All blocks holding any tissue (``cell_count_od_sum``) are kept, so that the
+    scored-tissue threshold can be fitted along with the intensity thresholds.
+    """
 
     def __init__(self) -> None:
         self.values: list[np.ndarray] = []
         self.weights: list[np.ndarray] = []
+        self.od_sums: list[np.ndarray] = []
         self._lock = threading.Lock()
         self._orig = membrane.membrane_blocks
 
     def __enter__(self) -> _BlockRecorder:
         orig = self._orig
 
-        def recording(maps: Any, mpp: float, config: Any = None, tissue_mask: Any = None,
-                      **kw: Any) -> Any:
-            inten, tissue = orig(maps, mpp, config, tissue_mask, **kw)
-            # every pixel of a tissue block counts (partial edge blocks by what they hold)
+        def recording(maps: Any, mpp: float, config: Any = None, tissue_mask: Any = None) -> Any:
+            inten, tissue = orig(maps, mpp, config, tissue_mask)
+            od = membrane.block_mean(maps.od_sum, mpp, config)
+            anything = od >= config.cell_count_od_sum
             b = membrane._block_px(float(mpp), config)
             rows, cols = maps.od_sum.shape
             hb = np.minimum(b, rows - b * np.arange(inten.shape[0]))
             wb = np.minimum(b, cols - b * np.arange(inten.shape[1]))
             px = hb[:, None] * wb[None, :]
             with self._lock:
-                self.values.append(inten[tissue].ravel())
-                self.weights.append(px[tissue].ravel())
+                self.values.append(inten[anything].ravel())
+                self.weights.append(px[anything].ravel())
+                self.od_sums.append(od[anything].ravel())
             return inten, tissue
 
         membrane.membrane_blocks = recording  # type: ignore[assignment]
@@ -124,7 +130,7 @@ def score_case(case: Case, level: str, aggregation: str, outdir: Path,
     seconds = time.perf_counter() - t0
     blocks = None
     if rec is not None:
-        blocks = (np.concatenate(rec.values), np.concatenate(rec.weights))
+        blocks = (np.concatenate(rec.values), np.concatenate(rec.weights), np.concatenate(rec.od_sums))
     return {**res.summary, "seconds": seconds}, blocks
 
 
@@ -152,14 +158,14 @@ def _print_setting(title: str, cases: list[Case], preds: list[str], extra: list[
 # ----------------------------------------------------------------------------- fitting
 
 
-def _pred_from_blocks(blocks: tuple[np.ndarray, np.ndarray], t: tuple[float, float, float],
-                      guideline: str) -> int:
-    values, weights = blocks
-    total = float(weights.sum())
-    if total == 0:
+def _pred_from_blocks(blocks: tuple[np.ndarray, ...], t: tuple[float, ...], guideline: str) -> int:
+    """The guideline score of recorded blocks for (scored-tissue OD sum, t1, t2, t3)."""
+    values, weights, od = blocks
+    keep = od >= t[0]
+    if not keep.any():
         return 0
-    cls = membrane.classify_intensity(values, t)
-    counts = np.bincount(cls, weights=weights, minlength=4)[:4]
+    cls = membrane.classify_intensity(values[keep], t[1:])  # type: ignore[arg-type]
+    counts = np.bincount(cls, weights=weights[keep], minlength=4)[:4]
     return guideline_score(np.round(counts).astype(np.int64), GUIDELINES[guideline])
 
 
@@ -170,44 +176,53 @@ def _objective(preds: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return exact - 3 * serious
 
 
-def fit_thresholds(blocks: list[tuple[np.ndarray, np.ndarray]], truth: list[int],
-                   guidelines: list[str]) -> tuple[tuple[float, float, float], np.ndarray]:
-    """Thresholds maximising :func:`_objective`; ties resolved to the middle of the optimum.
+#: candidate scored-tissue thresholds (block mean OD sum) for the fit
+TISSUE_GRID = (0.04, 0.06, 0.08, 0.1, 0.12)
 
-    Candidates are a log-spaced grid; among the optimal triples each threshold is the
-    geometric median of its optimal values (the centre of the optimal region).
+
+def fit_thresholds(blocks: list[tuple[np.ndarray, ...]], truth: list[int],
+                   guidelines: list[str]) -> tuple[tuple[float, float, float, float], int]:
+    """(scored-tissue OD sum, t1, t2, t3) maximising :func:`_objective`, and its value.
+
+    Intensity thresholds come from a log-spaced grid; among the optimal candidates
+    each value is the (geometric) median of its optimal values: the centre of the
+    optimal region, the least sensitive choice.
     """
     grid = np.geomspace(0.01, 0.6, 70)
     combos = np.array([(a, b, c) for i, a in enumerate(grid) for j, b in enumerate(grid[i + 1:], i + 1)
                        for c in grid[j + 1:]])
     y = np.array(truth)
-    preds = np.empty((len(combos), len(blocks)), dtype=np.int64)
-    for k, bl in enumerate(blocks):
-        values, weights = bl
-        order = np.argsort(values)
-        v, w = values[order], weights[order].astype(np.float64)
-        tail = np.concatenate([np.cumsum(w[::-1])[::-1], [0.0]])  # weight at >= v[i]
-        total = max(float(w.sum()), 1.0)
-
-        p1, p2, p3 = (100.0 * tail[np.searchsorted(v, combos[:, i], side="left")] / total
-                      for i in range(3))
-        rule = GUIDELINES[guidelines[k]]
-        inc3, inc2, inc1 = rule.inclusive
-
-        def above(p: np.ndarray, thr: float, inc: bool) -> np.ndarray:
-            return p >= thr if inc else p > thr
-
-        pr = np.zeros(len(combos), dtype=np.int64)
-        pr[above(p1, rule.t1, inc1)] = 1
-        pr[above(p2, rule.t2, inc2)] = 2
-        pr[above(p3, rule.t3, inc3)] = 3
-        preds[:, k] = pr
-    obj = _objective(preds, y[None, :])
-    best = combos[obj == obj.max()]
-    t = tuple(float(np.exp(np.median(np.log(best[:, i])))) for i in range(3))
-    # keep the order strict after taking medians
-    t = (t[0], max(t[1], t[0] * 1.01), max(t[2], max(t[1], t[0] * 1.01) * 1.01))
-    return t, obj  # type: ignore[return-value]
+    best_rows: list[np.ndarray] = []
+    best_obj = -10**9
+    for tissue in TISSUE_GRID:
+        preds = np.empty((len(combos), len(blocks)), dtype=np.int64)
+        for k, (values, weights, od) in enumerate(blocks):
+            keep = od >= tissue
+            order = np.argsort(values[keep])
+            v, w = values[keep][order], weights[keep][order].astype(np.float64)
+            tail = np.concatenate([np.cumsum(w[::-1])[::-1], [0.0]])  # weight at >= v[i]
+            total = max(float(w.sum()), 1.0)
+            p1, p2, p3 = (100.0 * tail[np.searchsorted(v, combos[:, i], side="left")] / total
+                          for i in range(3))
+            rule = GUIDELINES[guidelines[k]]
+            inc3, inc2, inc1 = rule.inclusive
+            pr = np.zeros(len(combos), dtype=np.int64)
+            pr[(p1 >= rule.t1) if inc1 else (p1 > rule.t1)] = 1
+            pr[(p2 >= rule.t2) if inc2 else (p2 > rule.t2)] = 2
+            pr[(p3 >= rule.t3) if inc3 else (p3 > rule.t3)] = 3
+            preds[:, k] = pr
+        obj = _objective(preds, y[None, :])
+        m = int(obj.max())
+        rows = np.column_stack([np.full(int((obj == m).sum()), tissue), combos[obj == m]])
+        if m > best_obj:
+            best_obj, best_rows = m, [rows]
+        elif m == best_obj:
+            best_rows.append(rows)
+    best = np.concatenate(best_rows)
+    t = [float(np.exp(np.median(np.log(best[:, i])))) for i in range(4)]
+    t[2] = max(t[2], t[1] * 1.01)
+    t[3] = max(t[3], t[2] * 1.01)
+    return (t[0], t[1], t[2], t[3]), best_obj
 
 
 def cross_validate(cases: list[Case], blocks: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
@@ -235,7 +250,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--aggregations", default="guideline,paper,paper-adapted")
     ap.add_argument("--fit", action="store_true", help="leave-one-out fit of the membrane thresholds")
     ap.add_argument("--json", type=Path, default=None, help="write all figures here")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a StainConfig field, e.g. min_cell_density=3 (repeatable)")
     args = ap.parse_args(argv)
+    stain_overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     if not (args.data / "labels.csv").exists():
         print(f"no real HER2 data at {args.data} (set HER2_QUPATH_SHARED_DATA)", file=sys.stderr)
         raise SystemExit(2)
@@ -251,7 +269,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 preds, extra, rows = [], [], []
                 record = args.fit and level == "pixel" and agg == "guideline"
                 for k, c in enumerate(cases):
-                    summary, bl = score_case(c, level, agg, Path(tmp) / f"{level}-{agg}-{k}", record=record)
+                    summary, bl = score_case(c, level, agg, Path(tmp) / f"{level}-{agg}-{k}",
+                                             record=record, **stain_overrides)
                     if record:
                         blocks.append(bl)
                     preds.append(summary["her2_score"])
@@ -275,17 +294,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # the held-out image keeps its run's "not evaluable" verdict (it does not depend on thresholds)
         base = results["settings"]["pixel/guideline"]["images"]
         loo = [p if score_index(b["score"]) is not None else b["score"] for p, b in zip(loo, base)]
-        print("\n== leave-one-image-out cross-validation of the membrane thresholds (pixel, guideline)")
+        print("\n== leave-one-image-out cross-validation of the membrane grading (pixel, guideline)")
+        print("   (scored-tissue OD sum, then the 1+ / 2+ / 3+ line densities in OD·µm)")
         for i, c in enumerate(cases):
             t = cv["folds"][i][0]
             print(f"  {c.name:24s} {c.label:>3s} -> {loo[i]:14s} fitted without it: "
-                  f"{t[0]:.3f} {t[1]:.3f} {t[2]:.3f}")
+                  f"{t[0]:.3f} | {t[1]:.3f} {t[2]:.3f} {t[3]:.3f}")
         a = _acceptance(cases, loo)
         print(f"  cross-validated: exact {a['exact']:.2f}  within-one {a['within_one']:.2f}  "
               f"QWK {a['quadratic_kappa']:.2f}  two-step errors {a['two_step_errors']}  "
               f"0 called 2+/3+ {a['negative_called_positive']}")
-        print(f"  fit on all images: {cv['all'][0]:.3f}, {cv['all'][1]:.3f}, {cv['all'][2]:.3f} OD·µm "
-              f"(in use: {ScoreOptions().stain.membrane_thresholds})")
+        st = ScoreOptions().stain
+        print(f"  fit on all images: tissue {cv['all'][0]:.3f} | {cv['all'][1]:.3f}, {cv['all'][2]:.3f}, "
+              f"{cv['all'][3]:.3f} OD·µm (in use: {st.membrane_tissue_od_sum} | "
+              f"{st.membrane_thresholds})")
         results["cross_validation"] = {"agreement": a, "predictions": list(zip(truth, loo, strict=True)),
                                        "fit_all": list(cv["all"]),
                                        "folds": {cases[i].name: list(cv["folds"][i][0]) for i in cv["folds"]}}

@@ -113,7 +113,13 @@ class StainConfig:
     # "membrane": line density (OD·µm) a block's membrane reaches for 1+, 2+, 3+; fitted on the
     # real HER2 IHC of the development set with leave-one-out cross-validation
     # (benchmarks/real_her2.py; docs/stain.md says how)
-    membrane_thresholds: tuple[float, float, float] = (0.027, 0.077, 0.2)
+    membrane_thresholds: tuple[float, float, float] = (0.031, 0.09, 0.219)
+    # a membrane block is scored when its mean OD sum (R+G+B, against the white point)
+    # reaches this: glass, fat, lumina and loose pale stroma stay below, cellular tumour
+    # above (the tumour restriction on IHC alone; fitted with the thresholds, docs/stain.md)
+    membrane_tissue_od_sum: float = 0.12
+    # nuclei are counted for the "too few cells" check in blocks with any tissue (OD sum)
+    cell_count_od_sum: float = 0.04
     membrane_sigma_um: float = 1.0  # Gaussian sigma before the line measure (wider than a membrane)
     membrane_max_width_um: float = 4.0  # staining wider than this is not membrane (opening)
     membrane_block_um: float = 8.0  # neighbourhood (about one cell) that gets one class
@@ -124,6 +130,10 @@ class StainConfig:
     nucleus_sigma_um: float = 2.5  # LoG scale (nuclei of about 7 µm)
     nucleus_spacing_um: float = 5.0  # two blobs closer than this count once
     nucleus_log_min: float = 0.02  # minimal scale-normalised LoG response (hematoxylin OD)
+    # tumour restriction on IHC alone (membrane grading): blocks among fewer nuclei per
+    # 1000 µm² than this are left out (stroma, fat); 0 = off, the default (docs/stain.md)
+    min_cell_density: float = 0.0
+    cellularity_window_um: float = 24.0  # the density is counted over this square
     estimate_vectors: bool = False  # Macenko-style estimation from the slide
     # Macenko-style stain vector estimation (Macenko et al., ISBI 2009).
     macenko_min_od: float = 0.3  # OD sum (R+G+B) for a pixel to enter the estimate

@@ -28,8 +28,9 @@ line, OD × width, and the same at 0.25 and 0.5 µm/px.
 ``membrane_block_um`` (8 µm, about one cell); a block's intensity is the
 ``membrane_block_quantile`` (0.9) of ``L`` inside it: the level reached by its
 membrane (a membrane crossing an 8 µm block covers 10-30 % of it), not by
-single specks. A block is tissue when its mean OD sum reaches the slide's
-tissue threshold (adapted to the white point, :mod:`her2_qupath.optics`). Its
+single specks. A block is scored when its mean OD sum (against the white
+point, :mod:`her2_qupath.optics`) reaches ``membrane_tissue_od_sum``: glass,
+fat, lumina and loose pale stroma stay below it, cellular tumour above. Its
 HER2 class is the highest of 1+, 2+, 3+ whose ``membrane_thresholds`` the
 intensity reaches, else 0. The pixel class map gives every pixel of a tissue
 block its block's class, so a pixel percentage reads as
@@ -58,7 +59,9 @@ __all__ = [
     "classify_intensity",
     "membrane_blocks",
     "membrane_class_map",
+    "nucleus_peaks",
     "count_nuclei",
+    "cell_density_blocks",
 ]
 
 #: The neutral (grey) third stain of the membrane unmixing.
@@ -190,31 +193,38 @@ def classify_intensity(values: np.ndarray, thresholds: tuple[float, float, float
 
 def membrane_blocks(
     maps: MembraneMaps, mpp: float, config: StainConfig = StainConfig(),  # noqa: B008
-    tissue_mask: np.ndarray | None = None, *, tissue_od_sum: float = 0.04,
+    tissue_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per block of a tile: its membrane intensity, and whether it is tissue.
+    """Per block of a tile: its membrane intensity, and whether it is scored tissue.
 
-    A block is tissue when its mean OD sum reaches ``tissue_od_sum`` (the slide's
-    tissue threshold, :func:`her2_qupath.optics.tissue_threshold`: the block mean
-    is far less noisy than a pixel, so pale tissue stays tissue and the inside of
-    fat cells stays glass) and, with ``tissue_mask`` (e.g. an ROI), when at least
-    ``membrane_block_min_tissue`` of it lies in the mask.
+    A block is scored when its mean OD sum reaches ``config.membrane_tissue_od_sum``
+    (the block mean is far less noisy than a pixel; glass, the inside of fat
+    cells, empty lumina and loose pale stroma stay below it, the cellular tissue
+    of a tumour above — the tumour restriction on IHC alone that helped on the
+    real data, docs/stain.md) and, with ``tissue_mask`` (e.g. an ROI), when at least
+    ``membrane_block_min_tissue`` of it lies in the mask. With
+    ``config.min_cell_density`` > 0 (off by default: it did not help on the real
+    data, docs/stain.md) blocks among fewer nuclei than that per 1000 µm²
+    (:func:`cell_density_blocks`: stroma, fat) are left out as well.
     """
     mpp = _check_mpp(mpp)
-    tissue = block_mean(maps.od_sum, mpp, config) >= np.float32(tissue_od_sum)
+    tissue = block_mean(maps.od_sum, mpp, config) >= np.float32(config.membrane_tissue_od_sum)
     if tissue_mask is not None:
         tm = np.asarray(tissue_mask, dtype=bool)
         if tm.shape != maps.od_sum.shape:
             raise UserInputError(f"tissue_mask shape {tm.shape} differs from the tile's {maps.od_sum.shape}",
                                  hint="resize the mask to the tile")
         tissue &= block_mean(tm.astype(np.float32), mpp, config) >= config.membrane_block_min_tissue
+    if config.min_cell_density > 0:  # the optional tumour restriction on IHC alone
+        tissue &= cell_density_blocks(maps.hematoxylin, mpp, tissue.shape, config) \
+            >= config.min_cell_density
     inten = block_intensity(line_density(maps.membrane_dab, mpp, config), mpp, config)
     return inten, tissue
 
 
 def membrane_class_map(
     maps: MembraneMaps, mpp: float, config: StainConfig = StainConfig(),  # noqa: B008
-    tissue_mask: np.ndarray | None = None, *, tissue_od_sum: float = 0.04,
+    tissue_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pixel classes (0 background, 1..4 HER2 0..3+) and the block classes of a tile.
 
@@ -222,7 +232,7 @@ def membrane_class_map(
     class; other pixels are background. The block classes (int8, -1 for
     background blocks) come back for overlays.
     """
-    inten, tissue = membrane_blocks(maps, mpp, config, tissue_mask, tissue_od_sum=tissue_od_sum)
+    inten, tissue = membrane_blocks(maps, mpp, config, tissue_mask)
     cls = classify_intensity(inten, config.membrane_thresholds)
     blocks = np.where(tissue, cls, -1).astype(np.int8)
     b = _block_px(float(mpp), config)
@@ -231,35 +241,67 @@ def membrane_class_map(
     return (up + 1).astype(np.uint8), blocks
 
 
-def count_nuclei(hematoxylin: np.ndarray, mpp: float, tissue: np.ndarray | None = None,
-                 config: StainConfig = StainConfig()) -> int:  # noqa: B008
-    """Number of nucleus-sized hematoxylin blobs: maxima of the scale-normalised LoG.
+def nucleus_peaks(hematoxylin: np.ndarray, mpp: float,
+                  config: StainConfig = StainConfig()) -> tuple[np.ndarray, float]:  # noqa: B008
+    """Nucleus-sized hematoxylin blobs: maxima of the scale-normalised LoG.
 
-    Fast enough for every tile of a pixel-level run (on a plane reduced to
-    about 1 µm/px), for the "too few cells" check; the cell level counts its
-    detected cells instead. Blobs at least ``nucleus_spacing_um`` apart whose
-    response reaches ``nucleus_log_min``.
+    Returns a boolean map of the blob centres on the plane reduced to about
+    ``nucleus_count_um`` per pixel, and that pixel size. Blobs at least
+    ``nucleus_spacing_um`` apart whose response reaches ``nucleus_log_min``.
     """
     import cv2
 
     mpp = _check_mpp(mpp)
     h = np.ascontiguousarray(hematoxylin, np.float32)
     if h.size == 0:
-        return 0
+        return np.zeros(h.shape, bool), mpp
     f = min(1.0, mpp / config.nucleus_count_um)
     if f < 1.0:
         h = cv2.resize(h, (max(1, round(h.shape[1] * f)), max(1, round(h.shape[0] * f))),
                        interpolation=cv2.INTER_AREA)
-        if tissue is not None:
-            tissue = cv2.resize(np.asarray(tissue, np.uint8), (h.shape[1], h.shape[0]),
-                                interpolation=cv2.INTER_NEAREST).astype(bool)
-    px = mpp / f
+    px = mpp * hematoxylin.shape[1] / h.shape[1]
     s = config.nucleus_sigma_um / px
     resp = cv2.GaussianBlur(h, (0, 0), s)
     resp = cv2.Laplacian(resp, cv2.CV_32F)
     resp *= np.float32(-s * s)
     k = max(3, int(round(config.nucleus_spacing_um / px)) | 1)
     peaks = (resp >= cv2.dilate(resp, np.ones((k, k), np.uint8))) & (resp >= config.nucleus_log_min)
-    if tissue is not None:
-        peaks &= np.asarray(tissue, dtype=bool)
+    return peaks, px
+
+
+def count_nuclei(hematoxylin: np.ndarray, mpp: float, tissue: np.ndarray | None = None,
+                 config: StainConfig = StainConfig()) -> int:  # noqa: B008
+    """Number of nuclei (:func:`nucleus_peaks`) in ``tissue`` (the plane's shape) or everywhere.
+
+    Fast enough for every tile of a pixel-level run, for the "too few cells"
+    check; the cell level counts its detected cells instead.
+    """
+    import cv2
+
+    peaks, _ = nucleus_peaks(hematoxylin, mpp, config)
+    if tissue is not None and peaks.size:
+        t = np.asarray(tissue, np.uint8)
+        if t.shape != peaks.shape:
+            t = cv2.resize(t, (peaks.shape[1], peaks.shape[0]), interpolation=cv2.INTER_NEAREST)
+        peaks &= t.astype(bool)
     return int(peaks.sum())
+
+
+def cell_density_blocks(hematoxylin: np.ndarray, mpp: float, block_shape: tuple[int, int],
+                        config: StainConfig = StainConfig()) -> np.ndarray:  # noqa: B008
+    """Nuclei per 1000 µm² around each membrane block (over ``cellularity_window_um``).
+
+    The measure of the optional tumour restriction on IHC alone
+    (``StainConfig.min_cell_density``): epithelium packs 4-10 nuclei per
+    1000 µm², stroma 1-2, fat almost none.
+    """
+    import cv2
+
+    peaks, px = nucleus_peaks(hematoxylin, mpp, config)
+    if peaks.size == 0:
+        return np.zeros(block_shape, np.float32)
+    win = max(1, int(round(config.cellularity_window_um / px)))
+    density = cv2.boxFilter(peaks.astype(np.float32), -1, (win, win), normalize=True,
+                            borderType=cv2.BORDER_REFLECT)
+    density *= np.float32(1000.0 / (px * px))
+    return cv2.resize(density, (block_shape[1], block_shape[0]), interpolation=cv2.INTER_AREA)

@@ -144,7 +144,6 @@ class TileParams:
     mpp: float
     min_letter_fraction: float
     margin_px: int = 0  # cell level: tiles are read with this margin (see CellConfig)
-    tissue_od_sum: float = 0.04  # the slide's tissue threshold (optics.tissue_threshold)
 
 
 def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | None = None,
@@ -169,15 +168,16 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
     membrane = params.stain.intensity == "membrane"
     blocks = None
     hema = None
+    counted: np.ndarray | None = None  # the tissue whose nuclei count toward "too few cells"
     if membrane:
         from .membrane import membrane_class_map, membrane_maps
 
         maps = membrane_maps(core, params.vectors, params.background)
         od = maps.stack()
         hema = maps.hematoxylin
+        counted = _any_tissue(maps.od_sum, params)
         if class_map is None:
-            class_map, blocks = membrane_class_map(maps, params.mpp, params.stain,
-                                                   tissue_od_sum=params.tissue_od_sum)
+            class_map, blocks = membrane_class_map(maps, params.mpp, params.stain)
     else:
         od = deconvolve(core, params.vectors, params.background)
         hema = od[..., 0]
@@ -202,7 +202,9 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
         else:
             from .membrane import count_nuclei
 
-            n_nuclei = count_nuclei(hema, params.mpp, cmap > 0, params.stain)
+            tissue = cmap > 0 if counted is None else (
+                counted if mask is None else counted & mask)
+            n_nuclei = count_nuclei(hema, params.mpp, tissue, params.stain)
         score = score_class_map(cmap, dab_od=od[..., 1], cell_counts=counts,
                                 min_letter_fraction=params.min_letter_fraction,
                                 n_nuclei=n_nuclei)
@@ -216,6 +218,16 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
     region_scores = {r: score_within(m)[0] for r, m in regions.items()} if len(regions) > 1 \
         else {r: score for r in regions}
     return TileAnalysis(score=score, cells=inside, region_scores=region_scores, blocks=blocks)
+
+
+def _any_tissue(od_sum: np.ndarray, params: TileParams) -> np.ndarray:
+    """Pixels of membrane blocks holding any tissue (``StainConfig.cell_count_od_sum``)."""
+    from .membrane import _block_px, block_mean
+
+    b = _block_px(params.mpp, params.stain)
+    any_block = block_mean(od_sum, params.mpp, params.stain) >= params.stain.cell_count_od_sum
+    up = np.repeat(np.repeat(any_block, b, axis=0), b, axis=1)
+    return up[: od_sum.shape[0], : od_sum.shape[1]]
 
 
 def _cells_in_core(cells: Sequence[Any], margin: int, shape: tuple[int, int]) -> list[Any]:
@@ -449,13 +461,6 @@ def _qc_warnings(white: Any, vectors: Any, tissue: Any, opts: ScoreOptions) -> l
     return out
 
 
-def _tissue_od_sum(thumb: np.ndarray, white: Any, opts: ScoreOptions) -> float:
-    """The slide's OD-sum threshold between glass and tissue (adapted to its glass noise)."""
-    from .optics import glass_mask, od_sum, tissue_threshold
-
-    return tissue_threshold(od_sum(thumb, white), glass_mask(thumb, None, opts.tissue), opts.tissue)
-
-
 def _judged(region: Any, white: Any, opts: ScoreOptions) -> Any:
     """The region with its "not evaluable" reasons (:func:`scoring.evaluability`) filled in."""
     from .scoring import evaluability
@@ -545,8 +550,7 @@ def run_score(
         params = TileParams(opts.stain, opts.cells, opts.scoring.level, vectors,
                             tuple(float(b) for b in background), opts.tiling.mpp,
                             opts.scoring.min_letter_fraction,
-                            round(opts.cells.tile_margin_um / opts.tiling.mpp),
-                            _tissue_od_sum(ihc_thumb, white, opts))
+                            round(opts.cells.tile_margin_um / opts.tiling.mpp))
         analyses = _analyse_tiles(request, tiles, params, transform, roi_geoms, opts, step,
                                   cancel, executor)
         stain_cls = _classify_stain_tiles(request, tiles, params, transform, opts, cancel) \

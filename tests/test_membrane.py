@@ -90,11 +90,11 @@ def test_grey_absorbers_do_not_count_as_dab() -> None:
 def test_block_classes_follow_the_thresholds_exactly() -> None:
     """Blocks of membranes at known densities land in the class their density reaches."""
     mpp = 0.5
-    cfg = StainConfig(membrane_thresholds=(0.03, 0.08, 0.2))
+    cfg = StainConfig(membrane_thresholds=(0.03, 0.08, 0.2), membrane_tissue_od_sum=0.04)
     for integrated, expected in ((0.0, 0), (0.05, 1), (0.13, 2), (0.4, 3)):
         rgb = _membranes(mpp, integrated)
         maps = membrane_maps(rgb, StainVectors.default(), WHITE)
-        cmap, blocks = membrane_class_map(maps, mpp, cfg, tissue_od_sum=0.04)
+        cmap, blocks = membrane_class_map(maps, mpp, cfg)
         inner = blocks[1:-1, 1:-1]
         assert (inner == expected).mean() > 0.95, (integrated, np.bincount(inner.ravel() + 1))
         assert (cmap > 0).all()  # every pixel of a tissue block is analysed
@@ -105,12 +105,24 @@ def test_glass_blocks_are_background_and_rois_cut_blocks() -> None:
     rgb = _membranes(mpp, 0.13, size_um=64.0)
     rgb[:, :64] = np.round(WHITE).astype(np.uint8)  # the left half is glass
     maps = membrane_maps(rgb, StainVectors.default(), WHITE)
-    cmap, blocks = membrane_class_map(maps, mpp, tissue_od_sum=0.04)
+    cfg = StainConfig(membrane_tissue_od_sum=0.04)
+    cmap, blocks = membrane_class_map(maps, mpp, cfg)
     assert (cmap[:, :64] == 0).all() and (cmap[:, 64:] > 0).all()
     roi = np.zeros(cmap.shape, bool)
     roi[:64, :] = True
-    cmap2, _ = membrane_class_map(maps, mpp, tissue_mask=roi, tissue_od_sum=0.04)
+    cmap2, _ = membrane_class_map(maps, mpp, cfg, tissue_mask=roi)
     assert (cmap2[64:] == 0).all() and (cmap2[:64, 64:] > 0).all()
+
+
+def test_pale_blocks_are_left_out_of_the_count() -> None:
+    """Blocks paler than membrane_tissue_od_sum (loose stroma, fat) are not scored tissue."""
+    mpp = 0.5
+    rgb = _membranes(mpp, 0.13, size_um=64.0)  # hematoxylin 0.05 + membranes: OD sum ~0.1
+    maps = membrane_maps(rgb, StainVectors.default(), WHITE)
+    od = float(maps.od_sum.mean())
+    kept, _ = membrane_class_map(maps, mpp, StainConfig(membrane_tissue_od_sum=0.5 * od))
+    dropped, _ = membrane_class_map(maps, mpp, StainConfig(membrane_tissue_od_sum=2.0 * od))
+    assert (kept > 0).mean() > 0.95 and (dropped == 0).all()
 
 
 def test_classify_intensity_and_bad_thresholds() -> None:
