@@ -205,9 +205,12 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
             tissue = cmap > 0 if counted is None else (
                 counted if mask is None else counted & mask)
             n_nuclei = count_nuclei(hema, params.mpp, tissue, params.stain)
+        any_tissue = None
+        if counted is not None:
+            any_tissue = int(np.count_nonzero(counted if mask is None else counted & mask))
         score = score_class_map(cmap, dab_od=od[..., 1], cell_counts=counts,
                                 min_letter_fraction=params.min_letter_fraction,
-                                n_nuclei=n_nuclei)
+                                n_nuclei=n_nuclei, tissue_pixels=any_tissue)
         return score, inside
 
     if not regions:
@@ -458,6 +461,25 @@ def _qc_warnings(white: Any, vectors: Any, tissue: Any, opts: ScoreOptions) -> l
         out.append(f"little tissue: {area * 1e-6:.3f} mm² on the slide")
     for w in out:
         log.warning(w)
+    return out
+
+
+#: QC: warn when more than this share of the tissue (or of the tiles) is left out of the count
+MAX_EXCLUDED_SHARE = 0.5
+
+
+def _excluded_warnings(region: Any, opts: ScoreOptions) -> list[str]:
+    """A large share of the tissue left out of the count is worth a look."""
+    out = []
+    if region.tissue_pixels:
+        share = 1.0 - region.analysed_pixels / region.tissue_pixels
+        if share > MAX_EXCLUDED_SHARE:
+            out.append(f"{100 * share:.0f} % of the tissue was left out of the count as too pale "
+                       "to be tumour (stroma, fat, lumina): check the overlay, or draw the tumour")
+    total = region.n_tiles + region.n_tiles_excluded
+    if total and region.n_tiles_excluded / total > MAX_EXCLUDED_SHARE:
+        out.append(f"{region.n_tiles_excluded} of {total} tiles were called non-tumour on the H&E "
+                   "slide and left out")
     return out
 
 
@@ -743,6 +765,7 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
                for r, name in enumerate(roi_names)]
     if not slide_region.evaluable:
         warnings = warnings + [f"not evaluable: {'; '.join(slide_region.not_evaluable)}"]
+    warnings = warnings + _excluded_warnings(slide_region, opts)
     for reg in regions:
         if not reg.evaluable and len(regions) > 1:
             warnings = warnings + [f"{reg.name} not evaluable: {'; '.join(reg.not_evaluable)}"]

@@ -162,6 +162,7 @@ class TileScore:
     col: int | None = None
     dab_od_mean: float | None = None
     n_nuclei: int | None = None  # nuclei found in the tile's tissue (cells at cell level)
+    tissue_pixels: int | None = None  # pixels holding any tissue, scored or not (QC)
 
     def __post_init__(self) -> None:
         pc = tuple(int(x) for x in self.pixel_counts)
@@ -313,6 +314,7 @@ class TileScore:
             "counts_toward_score": self.counts_toward_score,
             "dab_od_mean": self.dab_od_mean,
             "n_nuclei": self.n_nuclei,
+            "tissue_pixels": self.tissue_pixels,
         }
 
 
@@ -328,6 +330,7 @@ def score_class_map(
     col: int | None = None,
     dab_od: np.ndarray | None = None,
     n_nuclei: int | None = None,
+    tissue_pixels: int | None = None,
 ) -> TileScore:
     """Count a pixel-class map (values 0..4, see :func:`her2_qupath.stain.dab_class_map`).
 
@@ -364,6 +367,7 @@ def score_class_map(
         col,
         dab_mean,
         None if n_nuclei is None else int(n_nuclei),
+        None if tissue_pixels is None else int(tissue_pixels),
     )
 
 
@@ -443,6 +447,7 @@ class RegionScore:
     n_agree: int = 0  # of those, agreeing with the segmentation majority
     extra: Mapping[str, Any] = field(default_factory=dict)
     n_nuclei: int | None = None  # nuclei found in the analysed tissue (cells at cell level)
+    tissue_pixels: int | None = None  # pixels holding any tissue, scored or not
     #: why the region cannot be scored (too little tissue, too few cells, no white point);
     #: empty when it can. See :func:`evaluability`.
     not_evaluable: tuple[str, ...] = ()
@@ -609,6 +614,7 @@ def aggregate(
     have_cells = True
     n = excluded = n_cls = n_agree = 0
     nuclei: int | None = 0
+    tissue_px: int | None = 0
     for t in tile_scores:
         if config.exclude_non_tumor and t.tumor is False:
             excluded += 1
@@ -623,6 +629,10 @@ def aggregate(
             nuclei = None
         elif nuclei is not None:
             nuclei += t.n_nuclei
+        if t.tissue_pixels is None:
+            tissue_px = None
+        elif tissue_px is not None:
+            tissue_px += t.tissue_pixels
         if config.aggregation == "paper-adapted":
             tc = t.guideline_class(rule, config.level) if t.counts_toward_score else None
         else:
@@ -650,6 +660,7 @@ def aggregate(
         n_classified=n_cls,
         n_agree=n_agree,
         n_nuclei=nuclei if n else None,
+        tissue_pixels=tissue_px if n else None,
     )
 
 
@@ -706,6 +717,8 @@ def combine_regions(regions: Sequence[RegionScore], *, name: str = "slide") -> R
         n_agree=sum(r.n_agree for r in regions),
         n_nuclei=None if any(r.n_nuclei is None for r in regions)
         else sum(int(r.n_nuclei or 0) for r in regions),
+        tissue_pixels=None if any(r.tissue_pixels is None for r in regions)
+        else sum(int(r.tissue_pixels or 0) for r in regions),
         not_evaluable=(),
         extra={},
     )

@@ -510,3 +510,23 @@ def test_image_roots_given_as_a_list_or_string(tmp_path: Path, images: dict[str,
             assert r.status_code == 202
         finally:
             app.extensions["her2_qupath"].close()
+
+
+def test_grading_and_white_point_options(make_app: Any, images: dict[str, Path]) -> None:
+    """options.intensity / thresholds / background reach the scoring, as --intensity etc. do."""
+    client = make_app().test_client()
+    url = "/api/v1/score"
+    base = {"ihc": str(images["one"]), "options": {"tile_size": 256}}
+    default = client.post(url, json=base).json["summary"]
+    assert default["intensity"] == "membrane" and default["her2_score"] == "1+"
+    assert default["white_point"]["source"] == "glass"
+    given = client.post(url, json={**base, "options": {"tile_size": 256, "background": [250, 250, 250],
+                                                       "thresholds": [0.06, 0.1, 0.3]}}).json["summary"]
+    assert given["white_point"]["source"] == "user" and given["white_point"]["rgb"] == [250, 250, 250]
+    assert given["thresholds"] == [0.06, 0.1, 0.3] and given["her2_score"] == "0"  # 0.05 < 0.06
+    od = client.post(url, json={**base, "options": {"tile_size": 256, "intensity": "od"}}).json
+    assert od["summary"]["intensity"] == "od" and od["summary"]["thresholds"] == [0.2, 0.4, 0.6]
+    bad = client.post(url, json={**base, "options": {"thresholds": [0.3, 0.1, 0.2]}})
+    assert bad.status_code == 400 and "increase" in bad.json["error"]["message"]
+    bad = client.post(url, json={**base, "options": {"background": [0, 10, 10]}})
+    assert bad.status_code == 400 and "background" in json.dumps(bad.json)

@@ -105,6 +105,25 @@ _OPTIONS = {
             "default 0.05 to 50).",
         },
         "min_tissue_fraction": {"type": "number", "minimum": 0, "maximum": 1},
+        "intensity": {
+            "enum": ["membrane", "od"],
+            "description": "What the stain classes grade: membrane line density (default) or "
+            "DAB OD with QuPath's thresholds (docs/stain.md).",
+        },
+        "thresholds": {
+            "type": "array",
+            "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+            "minItems": 3,
+            "maxItems": 3,
+            "description": "1+, 2+, 3+ thresholds of the chosen intensity, increasing.",
+        },
+        "background": {
+            "type": "array",
+            "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 255},
+            "minItems": 3,
+            "maxItems": 3,
+            "description": "White point (RGB of empty glass); estimated from the glass when absent.",
+        },
         "models": {
             "type": "object",
             "additionalProperties": False,

@@ -264,7 +264,8 @@ class PipelineScorer:
         tiling = dataclasses.replace(
             base.tiling, **{f: options[k] for k, f in tiling_keys.items() if k in options}
         )
-        changes: dict[str, Any] = {"scoring": scoring, "tiling": tiling}
+        changes: dict[str, Any] = {"scoring": scoring, "tiling": tiling,
+                                   "stain": self.stain_options(base.stain, options)}
         fields = {f.name for f in dataclasses.fields(base)}
         for key, name in (options.get("models") or {}).items():
             field_name = self.MODEL_FIELDS[key]
@@ -274,6 +275,23 @@ class PipelineScorer:
                 )
             changes[field_name] = self.model_dir(name)
         return dataclasses.replace(base, **changes)
+
+    @staticmethod
+    def stain_options(stain: Any, options: Mapping[str, Any]) -> Any:
+        """``StainConfig`` with the request's ``intensity``, ``thresholds`` and ``background``."""
+        intensity = options.get("intensity", stain.intensity)
+        changes: dict[str, Any] = {"intensity": intensity}
+        if options.get("thresholds") is not None:
+            t = tuple(float(x) for x in options["thresholds"])
+            if not t[0] < t[1] < t[2]:
+                raise UserInputError(f"options.thresholds must increase, got {list(t)}",
+                                     hint="e.g. [0.031, 0.09, 0.219] (membrane) or [0.2, 0.4, 0.6] (od)")
+            changes["membrane_thresholds" if intensity == "membrane" else "thresholds"] = t
+        if options.get("background") is not None:
+            from ..optics import parse_rgb
+
+            changes["background"] = parse_rgb(options["background"], "options.background")
+        return dataclasses.replace(stain, **changes)
 
     def model_dir(self, name: str) -> Path:
         if self.models_dir is None:
