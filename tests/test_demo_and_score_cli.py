@@ -102,3 +102,36 @@ def test_score_cli_png_needs_mpp(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "her2_qupath", "score", "--ihc", str(png),
                            "--mpp", "0.5", "-o", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_score_cli_not_evaluable_writes_outputs_and_exits_0(tmp_path: Path) -> None:
+    """A slide of glass is "not evaluable" with the reason: outputs written, exit 0, a warning."""
+    glass = tmp_path / "glass.svs"
+    write_slide(glass, np.full((600, 600, 3), 241, np.uint8), mpp=0.5, kind="svs")
+    proc = subprocess.run([sys.executable, "-m", "her2_qupath", "score", "--ihc", str(glass),
+                           "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "HER2 not evaluable" in proc.stdout
+    assert "NOT EVALUABLE: too little tissue" in proc.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["her2_score"] == "not evaluable" and summary["evaluable"] is False
+    ann = json.loads((tmp_path / "out" / "annotations.geojson").read_text())["features"]
+    assert ann[0]["properties"]["classification"]["name"] == "HER2 not evaluable"
+    assert (tmp_path / "out" / "overlay.png").stat().st_size > 1000
+
+
+def test_score_cli_background_and_intensity(tmp_path: Path) -> None:
+    ihc = _ihc(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["score", "--ihc", str(ihc), "-o", str(tmp_path / "a"), "--json",
+                            "--background", "250,249,251", "--intensity", "od",
+                            "--thresholds", "0.25,0.45,0.65"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output[r.output.index("{"):])
+    assert s["white_point"] == {**s["white_point"], "source": "user", "rgb": [250.0, 249.0, 251.0]}
+    assert s["intensity"] == "od" and s["thresholds"] == [0.25, 0.45, 0.65]
+    proc = subprocess.run([sys.executable, "-m", "her2_qupath", "score", "--ihc", str(ihc),
+                           "-o", str(tmp_path / "b"), "--background", "300,1,1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "(0, 255]" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "b").exists()
