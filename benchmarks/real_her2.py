@@ -94,8 +94,9 @@ class _BlockRecorder:
     def __enter__(self) -> _BlockRecorder:
         orig = self._orig
 
-        def recording(maps: Any, mpp: float, config: Any = None, tissue_mask: Any = None) -> Any:
-            inten, tissue = orig(maps, mpp, config, tissue_mask)
+        def recording(maps: Any, mpp: float, config: Any = None, tissue_mask: Any = None,
+                      od_blocks: Any = None) -> Any:
+            inten, tissue = orig(maps, mpp, config, tissue_mask, od_blocks)
             od = membrane.block_mean(maps.od_sum, mpp, config)
             anything = od >= config.cell_count_od_sum
             b = membrane._block_px(float(mpp), config)

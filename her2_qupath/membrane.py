@@ -41,6 +41,7 @@ intensity" — the guideline's "% of tumour cells" measured by area.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,7 @@ __all__ = [
     "membrane_maps",
     "line_density",
     "block_intensity",
+    "block_membrane_intensity",
     "classify_intensity",
     "membrane_blocks",
     "membrane_class_map",
@@ -69,11 +71,11 @@ NEUTRAL: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def unmixing_matrix(vectors: Any) -> np.ndarray:
-    """3 x 4 float64 matrix: OD -> [hematoxylin, DAB, residual, membrane DAB].
+    """3 x 3 float64 matrix: OD -> [hematoxylin, DAB, membrane DAB].
 
-    The first three columns are the ordinary deconvolution by ``vectors``
-    (:class:`~her2_qupath.stain.StainVectors`); the fourth is the DAB of
-    the unmixing by hematoxylin, DAB and :data:`NEUTRAL`.
+    The first two columns are the ordinary deconvolution by ``vectors``
+    (:class:`~her2_qupath.stain.StainVectors`, Ruifrok's residual); the third
+    is the DAB of the unmixing by hematoxylin, DAB and :data:`NEUTRAL`.
     """
     h = np.asarray(vectors.hematoxylin, np.float64)
     d = np.asarray(vectors.dab, np.float64)
@@ -85,9 +87,9 @@ def unmixing_matrix(vectors: Any) -> np.ndarray:
             hint="check the stain vectors (QuPath's 'Estimate stain vectors'), or use "
             "--intensity od",
         )
-    out = np.empty((3, 4), dtype=np.float64)
-    out[:, :3] = vectors.inverse
-    out[:, 3] = np.linalg.inv(m)[:, 1]
+    out = np.empty((3, 3), dtype=np.float64)
+    out[:, :2] = vectors.inverse[:, :2]
+    out[:, 2] = np.linalg.inv(m)[:, 1]
     return out
 
 
@@ -108,16 +110,41 @@ class MembraneMaps:
         return out
 
 
+_LOCAL = threading.local()
+
+
+def _scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 work buffer of ``shape`` reused by the calls of one thread.
+
+    A fresh multi-megabyte array costs its page faults on every tile; the same
+    buffer is already mapped.
+    """
+    buf = getattr(_LOCAL, "od", None)
+    if buf is None or buf.shape != shape:
+        buf = _LOCAL.od = np.empty(shape, np.float32)
+    return buf
+
+
 def membrane_maps(rgb: np.ndarray, vectors: Any, background: Any) -> MembraneMaps:
-    """Hematoxylin, DAB, membrane DAB and OD sum of an RGB tile in one pass."""
-    from .optics import as_rgb8, od_sum, parse_rgb
-    from .stain import _transform
+    """Hematoxylin, DAB, membrane DAB and OD sum of an RGB tile.
+
+    One lookup table (uint8 -> OD against the white point) and two OpenCV
+    transforms with 3 and 1 outputs, the shapes OpenCV vectorises.
+    """
+    import cv2
+
+    from .optics import as_rgb8, od_lut
 
     a = as_rgb8(rgb, "tile")
-    bg = np.asarray(parse_rgb(background), np.float64)
-    planes = _transform(a, bg, unmixing_matrix(vectors))
-    return MembraneMaps(np.ascontiguousarray(planes[..., 0]), np.ascontiguousarray(planes[..., 1]),
-                        np.ascontiguousarray(planes[..., 3]), od_sum(a, bg))
+    od = _scratch(a.shape)  # the per-channel OD stays internal: one buffer per thread
+    cv2.LUT(a, np.ascontiguousarray(od_lut(background).reshape(1, 256, 3)), dst=od)
+    m = unmixing_matrix(vectors).T.astype(np.float32)  # cv2.transform: dst = M @ src
+    planes = cv2.transform(od, m)
+    cv2.max(od, 0.0, dst=od)
+    odsum = cv2.transform(od, np.ones((1, 3), np.float32)).reshape(a.shape[:2])
+    # views of the stack (no copies: fresh large arrays cost page faults on every tile);
+    # the membrane plane is copied once, contiguous for the filters
+    return MembraneMaps(planes[..., 0], planes[..., 1], np.ascontiguousarray(planes[..., 2]), odsum)
 
 
 def _check_mpp(mpp: float) -> float:
@@ -149,6 +176,38 @@ def _block_px(mpp: float, config: StainConfig) -> int:
     return max(2, int(round(config.membrane_block_um / mpp)))
 
 
+def _work_factor(mpp: float, config: StainConfig) -> int:
+    """Integer reduction to about ``membrane_work_um`` that keeps whole blocks (1: none)."""
+    b = _block_px(mpp, config)
+    f = int(config.membrane_work_um / mpp + 1e-9)
+    while f >= 2 and b % f:
+        f -= 1
+    return max(f, 1)
+
+
+def block_membrane_intensity(dab: np.ndarray, mpp: float,
+                             config: StainConfig = StainConfig()) -> np.ndarray:  # noqa: B008
+    """Block intensities of a membrane-DAB plane: :func:`line_density` then :func:`block_intensity`.
+
+    Computed at ``membrane_work_um`` (1 µm/px; the plane is area-averaged down by
+    a whole factor, which keeps the integrated absorbance of a line and four
+    times fewer pixels to filter). The blocks are those of the full-resolution tile.
+    """
+    import cv2
+
+    mpp = _check_mpp(mpp)
+    d = np.ascontiguousarray(dab, dtype=np.float32)
+    f = _work_factor(mpp, config)
+    if f > 1 and d.shape[0] >= 2 * f and d.shape[1] >= 2 * f:
+        rows, cols = d.shape
+        d = cv2.resize(d, (cols // f, rows // f), interpolation=cv2.INTER_AREA)
+        if rows % f or cols % f:  # the last partial pixels: keep the block grid's extent
+            d = cv2.copyMakeBorder(d, 0, -(-rows // f) - rows // f, 0, -(-cols // f) - cols // f,
+                                   cv2.BORDER_REPLICATE)
+        mpp = mpp * f
+    return block_intensity(line_density(d, mpp, config), mpp, config)
+
+
 def _blocks(a: np.ndarray, b: int, fill: float) -> np.ndarray:
     """``(block rows, block cols, b * b)`` view of a plane padded with ``fill``."""
     rows, cols = a.shape
@@ -165,7 +224,14 @@ def block_intensity(line: np.ndarray, mpp: float,
     are partial (the quantile is over the pixels they hold).
     """
     b = _block_px(_check_mpp(mpp), config)
-    blocks = _blocks(np.asarray(line, np.float32), b, -np.inf)
+    line = np.asarray(line, np.float32)
+    rows, cols = line.shape
+    if rows % b == 0 and cols % b == 0:  # whole blocks: one partition
+        blocks = line.reshape(rows // b, b, cols // b, b).transpose(0, 2, 1, 3).reshape(
+            rows // b, cols // b, b * b)
+        k = int(np.ceil(config.membrane_block_quantile * b * b)) - 1
+        return np.partition(blocks, k, axis=2)[..., k].astype(np.float32)
+    blocks = _blocks(line, b, -np.inf)
     valid = np.isfinite(blocks).sum(axis=2)
     k = np.clip(np.ceil(config.membrane_block_quantile * valid).astype(np.int64) - 1, 0, b * b - 1)
     k += b * b - np.maximum(valid, 1)  # the padding (-inf) sorts first
@@ -175,9 +241,16 @@ def block_intensity(line: np.ndarray, mpp: float,
 
 
 def block_mean(plane: np.ndarray, mpp: float, config: StainConfig = StainConfig()) -> np.ndarray:  # noqa: B008
-    """Mean of a plane over each membrane block (NaN-free; partial edge blocks over what they hold)."""
+    """Mean of a plane over each membrane block (partial edge blocks over what they hold)."""
+    import cv2
+
     b = _block_px(_check_mpp(mpp), config)
-    blocks = _blocks(np.asarray(plane, np.float32), b, np.nan)
+    p = np.asarray(plane, np.float32)
+    rows, cols = p.shape
+    br, bc = -(-rows // b), -(-cols // b)
+    if rows % b == 0 and cols % b == 0:
+        return cv2.resize(p, (bc, br), interpolation=cv2.INTER_AREA)
+    blocks = _blocks(p, b, np.nan)
     return np.nan_to_num(np.nanmean(blocks, axis=2)).astype(np.float32)
 
 
@@ -193,7 +266,7 @@ def classify_intensity(values: np.ndarray, thresholds: tuple[float, float, float
 
 def membrane_blocks(
     maps: MembraneMaps, mpp: float, config: StainConfig = StainConfig(),  # noqa: B008
-    tissue_mask: np.ndarray | None = None,
+    tissue_mask: np.ndarray | None = None, od_blocks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per block of a tile: its membrane intensity, and whether it is scored tissue.
 
@@ -208,7 +281,9 @@ def membrane_blocks(
     (:func:`cell_density_blocks`: stroma, fat) are left out as well.
     """
     mpp = _check_mpp(mpp)
-    tissue = block_mean(maps.od_sum, mpp, config) >= np.float32(config.membrane_tissue_od_sum)
+    if od_blocks is None:
+        od_blocks = block_mean(maps.od_sum, mpp, config)
+    tissue = od_blocks >= np.float32(config.membrane_tissue_od_sum)
     if tissue_mask is not None:
         tm = np.asarray(tissue_mask, dtype=bool)
         if tm.shape != maps.od_sum.shape:
@@ -218,13 +293,13 @@ def membrane_blocks(
     if config.min_cell_density > 0:  # the optional tumour restriction on IHC alone
         tissue &= cell_density_blocks(maps.hematoxylin, mpp, tissue.shape, config) \
             >= config.min_cell_density
-    inten = block_intensity(line_density(maps.membrane_dab, mpp, config), mpp, config)
+    inten = block_membrane_intensity(maps.membrane_dab, mpp, config)
     return inten, tissue
 
 
 def membrane_class_map(
     maps: MembraneMaps, mpp: float, config: StainConfig = StainConfig(),  # noqa: B008
-    tissue_mask: np.ndarray | None = None,
+    tissue_mask: np.ndarray | None = None, od_blocks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pixel classes (0 background, 1..4 HER2 0..3+) and the block classes of a tile.
 
@@ -232,7 +307,7 @@ def membrane_class_map(
     class; other pixels are background. The block classes (int8, -1 for
     background blocks) come back for overlays.
     """
-    inten, tissue = membrane_blocks(maps, mpp, config, tissue_mask)
+    inten, tissue = membrane_blocks(maps, mpp, config, tissue_mask, od_blocks)
     cls = classify_intensity(inten, config.membrane_thresholds)
     blocks = np.where(tissue, cls, -1).astype(np.int8)
     b = _block_px(float(mpp), config)

@@ -158,16 +158,17 @@ def _brightness_stats(rgb: np.ndarray, window_px: int,
     """
     import cv2
 
-    f = rgb.astype(np.float32)
-    bright = f.mean(axis=2)
+    r, g, b = cv2.split(np.ascontiguousarray(rgb))
+    bright = (r.astype(np.float32) + g + b) * np.float32(1.0 / 3.0)
     if denoise:
         bright = cv2.blur(bright, (3, 3), borderType=cv2.BORDER_REFLECT)
     k = (window_px, window_px)
     mean = cv2.blur(bright, k, borderType=cv2.BORDER_REFLECT)
     sq = cv2.blur(bright * bright, k, borderType=cv2.BORDER_REFLECT)
-    sd = np.sqrt(np.maximum(sq - mean * mean, 0.0))
-    mx = f.max(axis=2)
-    sat = (mx - f.min(axis=2)) / np.maximum(mx, 1.0)
+    sd = cv2.sqrt(cv2.max(sq - mean * mean, 0.0))
+    mx = cv2.max(cv2.max(r, g), b).astype(np.float32)
+    mn = cv2.min(cv2.min(r, g), b).astype(np.float32)
+    sat = (mx - mn) / np.maximum(mx, np.float32(1.0))
     return bright, sd, sat
 
 
@@ -226,13 +227,14 @@ def estimate_white_point(
     user: Any = None,
     stain_string: Any = None,
     mask: np.ndarray | None = None,
+    glass: np.ndarray | None = None,
 ) -> WhitePoint:
     """The white point of an image (a thumbnail of the slide, or the image itself).
 
     ``user`` (``--background``) and ``stain_string`` (the ``Background`` of a
     QuPath stain string) win in that order. ``mask`` optionally limits the
     pixels that may be glass. See the module docstring for the estimate and
-    its fallback.
+    its fallback. ``glass`` is the image's :func:`glass_mask` when the caller has it.
     """
     if user is not None:
         return WhitePoint(parse_rgb(user), "user", note="given by the user")
@@ -243,7 +245,7 @@ def estimate_white_point(
     if a.size == 0:
         return WhitePoint((255.0, 255.0, 255.0), "fallback", reliable=False, usable=False,
                           note="the image is empty")
-    glass = glass_mask(a, mpp, config)
+    glass = glass_mask(a, mpp, config) if glass is None else np.array(glass, dtype=bool)
     if mask is not None:
         m = np.asarray(mask, dtype=bool)
         if m.shape != glass.shape:
@@ -360,12 +362,15 @@ def tissue_mask(
     mpp: float,
     white: Any = None,
     config: TissueConfig = _DEFAULT,
+    *,
+    glass: np.ndarray | None = None,
 ) -> np.ndarray:
     """Boolean tissue mask of an RGB image whose pixels are ``mpp`` micrometres.
 
     ``white`` is a :class:`WhitePoint` or an RGB triple (estimated from the
     image when omitted). The threshold adapts to the white point's noise
-    (:func:`tissue_threshold`); see the module docstring.
+    (:func:`tissue_threshold`); see the module docstring. ``glass`` is the
+    image's :func:`glass_mask` when the caller has it already.
     """
     import cv2
 
@@ -376,7 +381,8 @@ def tissue_mask(
         raise UserInputError(f"pixel size must be positive, got {mpp!r}", hint="pass mpp in µm per pixel")
     wp = white if white is not None else estimate_white_point(a, mpp, config=config)
     odsum = _smooth(od_sum(a, wp), mpp, config.smoothing_um)
-    glass = glass_mask(a, mpp, config)
+    if glass is None or glass.shape != a.shape[:2]:
+        glass = glass_mask(a, mpp, config)
     thr = tissue_threshold(odsum, glass, config)
     mask = odsum > thr
     log.debug("tissue threshold OD sum %.3f (white point %s)", thr,

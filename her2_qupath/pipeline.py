@@ -167,20 +167,20 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
     core = rgb[m:rgb.shape[0] - m, m:rgb.shape[1] - m] if m else rgb
     membrane = params.stain.intensity == "membrane"
     blocks = None
-    hema = None
     counted: np.ndarray | None = None  # the tissue whose nuclei count toward "too few cells"
     if membrane:
-        from .membrane import membrane_class_map, membrane_maps
+        from .membrane import block_mean, membrane_class_map, membrane_maps
 
         maps = membrane_maps(core, params.vectors, params.background)
-        od = maps.stack()
-        hema = maps.hematoxylin
-        counted = _any_tissue(maps.od_sum, params)
+        dab, hema = maps.dab, maps.hematoxylin
+        od_blocks = block_mean(maps.od_sum, params.mpp, params.stain)
+        counted = _any_tissue(od_blocks, core.shape[:2], params)
         if class_map is None:
-            class_map, blocks = membrane_class_map(maps, params.mpp, params.stain)
+            class_map, blocks = membrane_class_map(maps, params.mpp, params.stain,
+                                                   od_blocks=od_blocks)
     else:
         od = deconvolve(core, params.vectors, params.background)
-        hema = od[..., 0]
+        dab, hema = od[..., 1], od[..., 0]
         if class_map is None:
             class_map = class_map_from_stains(od, params.stain, vectors=params.vectors)
     cells: list[Any] = []
@@ -208,9 +208,12 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
         any_tissue = None
         if counted is not None:
             any_tissue = int(np.count_nonzero(counted if mask is None else counted & mask))
-        score = score_class_map(cmap, dab_od=od[..., 1], cell_counts=counts,
-                                min_letter_fraction=params.min_letter_fraction,
-                                n_nuclei=n_nuclei, tissue_pixels=any_tissue)
+        if mask is None and blocks is not None:  # the class map is its blocks: count those
+            score = _score_blocks(blocks, dab, core.shape[:2], params, counts, n_nuclei, any_tissue)
+        else:
+            score = score_class_map(cmap, dab_od=dab, cell_counts=counts,
+                                    min_letter_fraction=params.min_letter_fraction,
+                                    n_nuclei=n_nuclei, tissue_pixels=any_tissue)
         return score, inside
 
     if not regions:
@@ -223,14 +226,43 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
     return TileAnalysis(score=score, cells=inside, region_scores=region_scores, blocks=blocks)
 
 
-def _any_tissue(od_sum: np.ndarray, params: TileParams) -> np.ndarray:
-    """Pixels of membrane blocks holding any tissue (``StainConfig.cell_count_od_sum``)."""
+def _score_blocks(blocks: np.ndarray, dab: np.ndarray, shape: tuple[int, int], params: TileParams,
+                  cell_counts: Any, n_nuclei: int, tissue_pixels: int | None) -> Any:
+    """The :func:`scoring.score_class_map` of a membrane class map, from its blocks.
+
+    Every pixel of a block has the block's class (background for -1), so the
+    pixel counts are block counts weighted by the pixels each block holds, and
+    the mean DAB OD of the analysed pixels is that of the block means.
+    """
     from .membrane import _block_px, block_mean
+    from .scoring import TileScore
 
     b = _block_px(params.mpp, params.stain)
-    any_block = block_mean(od_sum, params.mpp, params.stain) >= params.stain.cell_count_od_sum
+    rows, cols = shape
+    hb = np.minimum(b, rows - b * np.arange(blocks.shape[0]))
+    wb = np.minimum(b, cols - b * np.arange(blocks.shape[1]))
+    px = (hb[:, None] * wb[None, :]).astype(np.int64)
+    counts = np.bincount((blocks.astype(np.int64) + 1).ravel(), weights=px.ravel(), minlength=5)
+    scored = blocks >= 0
+    n = int(px[scored].sum())
+    dab_mean = None
+    if n:
+        means = block_mean(dab, params.mpp, params.stain).astype(np.float64)
+        dab_mean = float((means[scored] * px[scored]).sum() / n)
+    return TileScore(tuple(int(round(c)) for c in counts[:5]), rows * cols,  # type: ignore[arg-type]
+                     None if cell_counts is None else tuple(int(c) for c in cell_counts),
+                     min_letter_fraction=params.min_letter_fraction, dab_od_mean=dab_mean,
+                     n_nuclei=n_nuclei, tissue_pixels=tissue_pixels)
+
+
+def _any_tissue(od_blocks: np.ndarray, shape: tuple[int, int], params: TileParams) -> np.ndarray:
+    """Pixels of membrane blocks holding any tissue (``StainConfig.cell_count_od_sum``)."""
+    from .membrane import _block_px
+
+    b = _block_px(params.mpp, params.stain)
+    any_block = od_blocks >= params.stain.cell_count_od_sum
     up = np.repeat(np.repeat(any_block, b, axis=0), b, axis=1)
-    return up[: od_sum.shape[0], : od_sum.shape[1]]
+    return up[: shape[0], : shape[1]]
 
 
 def _cells_in_core(cells: Sequence[Any], margin: int, shape: tuple[int, int]) -> list[Any]:
@@ -419,21 +451,29 @@ def _stain_warnings(ihc_thumb: np.ndarray, ihc_tissue: np.ndarray, background: A
     return out
 
 
-def _white_point(slide: Any, opts: ScoreOptions) -> tuple[np.ndarray, Any]:
-    """The slide's analysis thumbnail and white point: the user's (``StainConfig.background``),
-    the stain string's ``Background``, else estimated from the glass (:mod:`her2_qupath.optics`)."""
-    from .optics import estimate_white_point
+def _white_point_and_tissue(slide: Any, opts: ScoreOptions) -> tuple[np.ndarray, Any, Any]:
+    """The slide's analysis thumbnail, its white point and its tissue mask (one thumbnail read).
+
+    The white point is the user's (``StainConfig.background``), the stain
+    string's ``Background``, else estimated from the glass (:mod:`her2_qupath.optics`).
+    """
+    from .optics import estimate_white_point, glass_mask
     from .stain import StainVectors
-    from .tissue import slide_thumbnail
+    from .tissue import TissueMask, slide_thumbnail, tissue_mask_from_rgb
 
     thumb, ds, level0_mpp = slide_thumbnail(slide, opts.tissue)
+    thumb_mpp = level0_mpp * ds
     string_bg = None
     if opts.stain_vectors:
         string_bg = StainVectors.from_qupath(opts.stain_vectors).background
-    white = estimate_white_point(thumb, level0_mpp * ds, config=opts.tissue,
-                                 user=opts.stain.background, stain_string=string_bg)
+    glass = glass_mask(thumb, thumb_mpp, opts.tissue)
+    white = estimate_white_point(thumb, thumb_mpp, config=opts.tissue, user=opts.stain.background,
+                                 stain_string=string_bg, glass=glass)
     log.info("white point %s (%s; %s)", [round(x, 1) for x in white.rgb], white.source, white.note)
-    return thumb, white
+    mask = tissue_mask_from_rgb(thumb, thumb_mpp, opts.tissue, white=white, glass=glass)
+    log.info("tissue: %.1f %% of a %dx%d thumbnail (%.2f um/px)", 100.0 * mask.mean(),
+             thumb.shape[1], thumb.shape[0], thumb_mpp)
+    return thumb, white, TissueMask(mask, ds, thumb_mpp)
 
 
 #: Stain vectors further than this angle (degrees) from QuPath's H-DAB defaults are flagged.
@@ -493,13 +533,6 @@ def _judged(region: Any, white: Any, opts: ScoreOptions) -> Any:
     return dataclasses.replace(region, not_evaluable=tuple(reasons))
 
 
-def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]),
-                      interpolation=cv2.INTER_NEAREST).astype(bool)
-
-
 def run_score(
     request: ScoreRequest,
     *,
@@ -524,9 +557,8 @@ def run_score(
     try:
         ihc_mpp = ihc.mpp  # raises MPPMissing naming --mpp
         roi_geoms, roi_names = _select_rois(request)
-        ihc_thumb, white = _white_point(ihc, opts)
-        ihc_tissue = detect_tissue(ihc, opts.tissue, white=white)
-        thumb_tissue = _resize_mask(ihc_tissue.mask, ihc_thumb.shape[:2])
+        ihc_thumb, white, ihc_tissue = _white_point_and_tissue(ihc, opts)
+        thumb_tissue = ihc_tissue.mask
         background = white.rgb
         vectors = _stain_vectors(opts, ihc_thumb, thumb_tissue, background)
         warnings = _stain_warnings(ihc_thumb, thumb_tissue, background, he, opts)

@@ -204,16 +204,17 @@ def otsu_threshold(values: np.ndarray, *, bins: int = 256) -> float:
 
 
 def tissue_mask_from_rgb(
-    rgb: np.ndarray, mpp: float, config: TissueConfig = _DEFAULT_TISSUE, *, white: Any = None
+    rgb: np.ndarray, mpp: float, config: TissueConfig = _DEFAULT_TISSUE, *, white: Any = None,
+    glass: np.ndarray | None = None,
 ) -> np.ndarray:
     """The boolean tissue mask of an RGB image whose pixels are ``mpp`` micrometres.
 
     ``white`` is the white point (a :class:`~her2_qupath.optics.WhitePoint` or RGB);
-    estimated from the image when omitted.
+    estimated from the image when omitted. ``glass``: its glass mask, when known.
     """
     from .optics import tissue_mask
 
-    return tissue_mask(rgb, mpp, white, config)
+    return tissue_mask(rgb, mpp, white, config, glass=glass)
 
 
 def _resize_area(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

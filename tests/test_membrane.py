@@ -82,9 +82,10 @@ def test_grey_absorbers_do_not_count_as_dab() -> None:
     assert float(maps.dab.max()) > 0.1
     assert float(np.abs(maps.membrane_dab).max()) < 0.03
     m = unmixing_matrix(v)
-    assert m.shape == (3, 4)
-    assert np.allclose(np.array([1.0, 1.0, 1.0]) @ m[:, 3], 0.0, atol=1e-9)
-    assert np.allclose(np.asarray(v.dab) / np.linalg.norm(v.dab) @ m[:, 3], 1.0)
+    assert m.shape == (3, 3)
+    assert np.allclose(np.array([1.0, 1.0, 1.0]) @ m[:, 2], 0.0, atol=1e-9)
+    assert np.allclose(np.asarray(v.dab) / np.linalg.norm(v.dab) @ m[:, 2], 1.0)
+    assert np.allclose(m[:, :2], v.inverse[:, :2])  # hematoxylin and DAB as deconvolve gives them
 
 
 def test_block_classes_follow_the_thresholds_exactly() -> None:
@@ -144,3 +145,23 @@ def test_count_nuclei_counts_drawn_nuclei() -> None:
     tissue = np.zeros(h.shape, bool)
     tissue[: size // 2] = True
     assert count_nuclei(h, mpp, tissue) == n_side * n_side // 2
+
+
+def test_tile_score_from_blocks_equals_the_pixel_count() -> None:
+    """The pipeline counts membrane tiles by blocks; the full class-map count agrees exactly."""
+    from her2_qupath.config import CellConfig
+    from her2_qupath.pipeline import TileParams, analyse_tile
+    from her2_qupath.scoring import score_class_map
+
+    mpp = 0.5
+    rgb = _membranes(mpp, 0.13, size_um=100.0)  # 200 px: partial edge blocks
+    rgb[:, :60] = np.round(WHITE).astype(np.uint8)
+    params = TileParams(StainConfig(membrane_tissue_od_sum=0.04), CellConfig(), "pixel",
+                        StainVectors.default(), WHITE, mpp, 0.01)
+    fast = analyse_tile(rgb, params).score
+    maps = membrane_maps(rgb, StainVectors.default(), WHITE)
+    cmap, _ = membrane_class_map(maps, mpp, params.stain)
+    full = score_class_map(cmap, dab_od=maps.dab)
+    assert fast.pixel_counts == full.pixel_counts and fast.n_pixels == full.n_pixels
+    assert fast.dab_od_mean == pytest.approx(full.dab_od_mean, rel=1e-5)
+    assert sum(fast.pixel_counts[1:]) > 0 and fast.pixel_counts[0] > 0
