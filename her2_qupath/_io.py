@@ -28,14 +28,18 @@ __all__ = [
 ]
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file + rename)."""
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, private: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file + rename).
+
+    ``private`` keeps the file 0600 from its creation (never readable by others,
+    not even briefly); otherwise it gets the mode a plain ``open()`` would give.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        # mkstemp creates 0600; give the file the mode a plain open() would have
-        os.fchmod(fd, 0o666 & ~_umask())
+        if not private:  # mkstemp creates 0600
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

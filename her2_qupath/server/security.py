@@ -10,7 +10,6 @@ server never reveals what lies outside its roots.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import ipaddress
 import logging
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .._io import atomic_write_bytes
 from ..errors import AccessDenied, SlideNotFound, UserInputError
 
 __all__ = [
@@ -200,24 +200,8 @@ def load_or_create_token(data_dir: str | os.PathLike[str]) -> str:
         if token:
             return token
     token = secrets.token_urlsafe(32)
-    _write_private(path, token + "\n")
+    atomic_write_bytes(path, (token + "\n").encode("utf-8"), private=True)
     return token
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` atomically to a file that is 0600 from its creation (never readable by others)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def token_matches(given: str | None, expected: str) -> bool:
