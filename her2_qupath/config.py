@@ -113,7 +113,7 @@ class StainConfig:
     # "membrane": line density (OD·µm) a block's membrane reaches for 1+, 2+, 3+; fitted on the
     # real HER2 IHC of the development set with leave-one-out cross-validation
     # (benchmarks/real_her2.py; docs/stain.md says how)
-    membrane_thresholds: tuple[float, float, float] = (0.031, 0.101, 0.232)
+    membrane_thresholds: tuple[float, float, float] = (0.044, 0.136, 0.312)
     # a membrane block is scored when its mean OD sum (R+G+B, against the white point)
     # reaches this: glass, fat, lumina and loose pale stroma stay below, cellular tumour
     # above (the tumour restriction on IHC alone; fitted with the thresholds, docs/stain.md)
@@ -121,6 +121,7 @@ class StainConfig:
     # nuclei are counted for the "too few cells" check in blocks with any tissue (OD sum)
     cell_count_od_sum: float = 0.04
     membrane_work_um: float = 1.0  # the line measure runs at this pixel size (or finer)
+    membrane_gain: float = 1.38  # block intensity per OD·µm of membrane (1 / 0.725, measured)
     membrane_sigma_um: float = 1.0  # Gaussian sigma before the line measure (wider than a membrane)
     membrane_max_width_um: float = 4.0  # staining wider than this is not membrane (opening)
     membrane_block_um: float = 8.0  # neighbourhood (about one cell) that gets one class

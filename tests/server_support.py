@@ -7,11 +7,12 @@ long enough to watch, cancel or interrupt it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from her2_qupath.server.scorers import JobSpec, PipelineScorer
 MPP = 0.5
 
 #: Membrane line density (OD·µm) drawn for each class, well inside each band of
-#: StainConfig.membrane_thresholds (0.027 / 0.077 / 0.2)
-LINE_BY_CLASS = (0.0, 0.05, 0.13, 0.35)
+#: StainConfig.membrane_thresholds (0.044 / 0.136 / 0.312)
+LINE_BY_CLASS = (0.0, 0.08, 0.22, 0.5)
 #: membrane blocks (StainConfig.membrane_block_um) in pixels at MPP
 BLOCK = 16
 
@@ -106,6 +107,27 @@ def app_config(
     }
     cfg.update({k.upper(): v for k, v in overrides.items()})
     return cfg
+
+
+@contextlib.contextmanager
+def app_factory(tmp_path: Path, roots: Sequence[Path]) -> Iterator[Callable[..., Any]]:
+    """``build(scorer=None, *, data=None, **overrides)`` makes apps; all are closed on exit."""
+    from her2_qupath.server import create_app
+
+    apps: list[Any] = []
+
+    def build(scorer: Any = None, *, data: Path | None = None, **overrides: Any) -> Any:
+        cfg = app_config(data or tmp_path / f"data{len(apps)}", roots,
+                         scorer or PipelineScorer(), **overrides)
+        app = create_app(cfg)
+        apps.append(app)
+        return app
+
+    try:
+        yield build
+    finally:
+        for app in apps:
+            app.extensions["her2_qupath"].close(timeout_s=10)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:

@@ -9,6 +9,7 @@ from her2_qupath.config import StainConfig
 from her2_qupath.errors import UserInputError
 from her2_qupath.membrane import (
     block_intensity,
+    block_membrane_intensity,
     classify_intensity,
     count_nuclei,
     line_density,
@@ -61,6 +62,18 @@ def test_line_density_is_the_integrated_absorbance_at_any_pixel_size(integrated:
     assert np.mean(got) == pytest.approx(integrated, rel=0.35)
 
 
+@pytest.mark.parametrize("integrated", [0.05, 0.12, 0.3])
+def test_block_intensity_reads_the_drawn_od_times_width(integrated: float) -> None:
+    """The pipeline's measure (at 1 µm/px, with its gain) reads OD x width in OD·µm,
+    at 0.25 and 0.5 µm/px and for membranes 0.6 or 1 µm wide."""
+    for mpp in (0.25, 0.5):
+        for width in (0.6, 1.0):
+            rgb = _membranes(mpp, integrated, width_um=width)
+            maps = membrane_maps(rgb, StainVectors.default(), WHITE)
+            inten = block_membrane_intensity(maps.membrane_dab, mpp)
+            assert float(np.median(inten)) == pytest.approx(integrated, rel=0.05), (mpp, width)
+
+
 def test_diffuse_staining_is_not_membrane() -> None:
     """A uniform cytoplasmic DAB wash adds nothing to the line density."""
     mpp = 0.5
@@ -92,6 +105,7 @@ def test_block_classes_follow_the_thresholds_exactly() -> None:
     """Blocks of membranes at known densities land in the class their density reaches."""
     mpp = 0.5
     cfg = StainConfig(membrane_thresholds=(0.03, 0.08, 0.2), membrane_tissue_od_sum=0.04)
+    # drawn densities sit well inside each band
     for integrated, expected in ((0.0, 0), (0.05, 1), (0.13, 2), (0.4, 3)):
         rgb = _membranes(mpp, integrated)
         maps = membrane_maps(rgb, StainVectors.default(), WHITE)

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from server_support import (
     SlowScorer,
     app_config,
+    app_factory,
     comparable,
     direct,
     make_images,
@@ -36,22 +36,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def make_app(tmp_path: Path, images: dict[str, Path]) -> Iterator[Any]:
-    apps: list[Flask] = []
-
-    def build(scorer: Any = None, **overrides: Any) -> Flask:
-        cfg = app_config(
-            tmp_path / f"data{len(apps)}",
-            [images["three"].parent],
-            scorer or PipelineScorer(),
-            **overrides,
-        )
-        app = create_app(cfg)
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        app.extensions["her2_qupath"].close(timeout_s=10)
+    with app_factory(tmp_path, [images["three"].parent]) as build:
+        yield build
 
 
 @pytest.fixture
@@ -521,9 +507,9 @@ def test_grading_and_white_point_options(make_app: Any, images: dict[str, Path])
     assert default["intensity"] == "membrane" and default["her2_score"] == "1+"
     assert default["white_point"]["source"] == "glass"
     given = client.post(url, json={**base, "options": {"tile_size": 256, "background": [250, 250, 250],
-                                                       "thresholds": [0.06, 0.1, 0.3]}}).json["summary"]
+                                                       "thresholds": [0.09, 0.15, 0.4]}}).json["summary"]
     assert given["white_point"]["source"] == "user" and given["white_point"]["rgb"] == [250, 250, 250]
-    assert given["thresholds"] == [0.06, 0.1, 0.3] and given["her2_score"] == "0"  # 0.05 < 0.06
+    assert given["thresholds"] == [0.09, 0.15, 0.4] and given["her2_score"] == "0"  # 0.08 < 0.09
     od = client.post(url, json={**base, "options": {"tile_size": 256, "intensity": "od"}}).json
     assert od["summary"]["intensity"] == "od" and od["summary"]["thresholds"] == [0.2, 0.4, 0.6]
     bad = client.post(url, json={**base, "options": {"thresholds": [0.3, 0.1, 0.2]}})

@@ -25,7 +25,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_support import SlowScorer, app_config, make_images, wait_for, wait_job
+from server_support import SlowScorer, app_config, app_factory, make_images, wait_for, wait_job
 
 from her2_qupath.server import create_app
 from her2_qupath.server.jobs import JobStore
@@ -43,22 +43,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def make_app(tmp_path: Path, images: dict[str, Path]) -> Iterator[Any]:
-    apps: list[Any] = []
-
-    def build(scorer: Any = None, *, data: Path | None = None, **overrides: Any) -> Any:
-        cfg = app_config(
-            data or tmp_path / f"data{len(apps)}",
-            [images["three"].parent],
-            scorer or PipelineScorer(),
-            **overrides,
-        )
-        app = create_app(cfg)
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        app.extensions["her2_qupath"].close(timeout_s=10)
+    with app_factory(tmp_path, [images["three"].parent]) as build:
+        yield build
 
 
 def _get(client: Any) -> Any:

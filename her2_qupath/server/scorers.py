@@ -285,7 +285,7 @@ class PipelineScorer:
             t = tuple(float(x) for x in options["thresholds"])
             if not t[0] < t[1] < t[2]:
                 raise UserInputError(f"options.thresholds must increase, got {list(t)}",
-                                     hint="e.g. [0.031, 0.101, 0.232] (membrane) or [0.2, 0.4, 0.6] (od)")
+                                     hint="e.g. [0.044, 0.136, 0.312] (membrane) or [0.2, 0.4, 0.6] (od)")
             changes["membrane_thresholds" if intensity == "membrane" else "thresholds"] = t
         if options.get("background") is not None:
             from ..optics import parse_rgb
