@@ -324,6 +324,11 @@ class _ChunkJob:
     params: TileParams
     rois: tuple[Any, ...] | None = None  # shapely ROIs
     tile_rois: tuple[tuple[int, ...], ...] | None = None  # per tile: the ROIs it intersects
+    run_id: str = ""  # a cancelled run's chunks stop at their next tile (same process)
+
+
+#: Runs cancelled while their chunks work: a chunk in this process checks before each tile.
+_CANCELLED_RUNS: set[str] = set()
 
 
 def _with_margin(tile: Any, margin: int) -> Any:
@@ -370,8 +375,13 @@ def _region_masks(job: _ChunkJob, k: int) -> dict[int, np.ndarray] | None:
 
 def _run_chunk(job: _ChunkJob) -> list[TileAnalysis]:
     transform = _transform_from(job)
-    return [analyse_tile(_read_ihc_tile(job, t, transform), job.params,
-                         regions=_region_masks(job, k)) for k, t in enumerate(job.tiles)]
+    out = []
+    for k, t in enumerate(job.tiles):
+        if job.run_id and job.run_id in _CANCELLED_RUNS:
+            raise JobCancelled("the scoring run was cancelled", hint="nothing was written")
+        out.append(analyse_tile(_read_ihc_tile(job, t, transform), job.params,
+                                regions=_region_masks(job, k)))
+    return out
 
 
 def _read_chunk(job: _ChunkJob) -> list[np.ndarray]:
@@ -674,9 +684,10 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, 
                    cancel: threading.Event | None, executor: cf.Executor | None) -> list[TileAnalysis]:
     transform_json = transform.to_json() if transform is not None else None
     tile_rois = _tile_rois(tiles, rois)
+    run_id = uuid.uuid4().hex
     jobs = [_ChunkJob(str(request.ihc), request.ihc_mpp, chunk, transform_json, params,
                       tuple(rois) if rois else None,
-                      None if tile_rois is None else tuple(tile_rois[i:i + len(chunk)]))
+                      None if tile_rois is None else tuple(tile_rois[i:i + len(chunk)]), run_id)
             for i, chunk in zip(range(0, len(tiles), CHUNK_TILES), _chunks(tiles))]
     results: list[list[TileAnalysis] | None] = [None] * len(jobs)
     if opts.seg_model is not None:
@@ -703,6 +714,7 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, 
         while pending:
             finished, pending = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
             if cancel is not None and cancel.is_set():
+                _CANCELLED_RUNS.add(run_id)  # chunks already running stop at their next tile
                 for fut in pending:
                     fut.cancel()
                 _check_cancel(cancel)
@@ -712,6 +724,7 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, 
     finally:
         if own_pool:
             pool.shutdown(wait=True, cancel_futures=True)
+        _CANCELLED_RUNS.discard(run_id)
     return [a for chunk in results if chunk is not None for a in chunk]
 
 

@@ -141,6 +141,33 @@ def test_progress_and_cancel(ihc_case) -> None:
     assert seen[0][0] == 0 and seen[0][1] > 0
 
 
+def test_cancel_stops_a_running_chunk_at_its_next_tile(ihc_case, monkeypatch) -> None:
+    """A chunk already running does not finish its tiles once the run is cancelled."""
+    import time
+
+    from her2_qupath import pipeline
+
+    done: list[int] = []
+    cancel = threading.Event()
+    real = pipeline.analyse_tile
+
+    def slow(*args, **kwargs):
+        done.append(1)
+        cancel.set()  # cancelled while the first tile is analysed
+        time.sleep(0.2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "analyse_tile", slow)
+    monkeypatch.setattr(pipeline, "CHUNK_TILES", 1000)  # one chunk holds every tile
+    with pytest.raises(JobCancelled):
+        run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif"), cancel=cancel)
+    analysed = len(done)
+    monkeypatch.setattr(pipeline, "analyse_tile", real)
+    n_tiles = run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif")).summary["n_tiles"]
+    assert n_tiles >= 8 and analysed <= 4, (analysed, n_tiles)
+    assert not pipeline._CANCELLED_RUNS
+
+
 def test_pair_with_registration_maps_rois_to_the_ihc_slide(tmp_path: Path) -> None:
     he, ihc, matrix, truth = synthetic_pair((SIZE, SIZE), seed=5, mpp=0.5, regions=REGIONS,
                                             rotation_deg=8.0, translation=(30.0, -20.0))
