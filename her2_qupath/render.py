@@ -52,14 +52,16 @@ def colorize_class_map(class_map: np.ndarray) -> np.ndarray:
 
 
 def blend(base: np.ndarray, top: np.ndarray, alpha: float, mask: np.ndarray | None = None) -> np.ndarray:
-    """Alpha-blend ``top`` over ``base`` (where ``mask`` is true, if given)."""
-    out = base.astype(np.float32)
-    mixed = (1 - alpha) * out + alpha * top.astype(np.float32)
+    """Alpha-blend ``top`` over ``base`` (where ``mask`` is true, if given); uint8, rounded."""
+    import cv2
+
+    b = np.ascontiguousarray(base, dtype=np.uint8)
+    mixed = cv2.addWeighted(b, 1.0 - alpha, np.ascontiguousarray(top, dtype=np.uint8), alpha, 0.0)
     if mask is None:
-        out = mixed
-    else:
-        out[mask] = mixed[mask]
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        return mixed
+    out = b.copy()
+    np.copyto(out, mixed, where=np.asarray(mask, bool)[..., None])
+    return out
 
 
 def _font(size: int):  # type: ignore[no-untyped-def]

@@ -275,3 +275,17 @@ def test_swapped_slides_are_flagged(tmp_path: Path) -> None:
     assert ok.summary["warnings"] == []
     swapped = run_score(ScoreRequest(ihc=tmp_path / "he.tif"))
     assert any("looks like an H&E" in w for w in swapped.summary["warnings"])
+
+
+def test_blend_is_the_rounded_alpha_mix_where_masked() -> None:
+    from her2_qupath.render import blend
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    top = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    mask = rng.random((40, 30)) < 0.5
+    out = blend(base, top, 0.55, mask=mask)
+    want = np.round(0.45 * base.astype(float) + 0.55 * top.astype(float))
+    assert np.abs(out[mask].astype(float) - want[mask]).max() <= 1
+    assert np.array_equal(out[~mask], base[~mask])
+    assert np.abs(blend(base, top, 0.3).astype(float) - np.round(0.7 * base + 0.3 * top.astype(float))).max() <= 1
