@@ -101,11 +101,23 @@ def draw_outlines(rgb: np.ndarray, rings: Sequence[Sequence[tuple[float, float]]
     return np.asarray(img)
 
 
+#: Legend text lines are wrapped at this many characters.
+LEGEND_WRAP = 48
+
+
 def add_legend(rgb: np.ndarray, title: str, lines: Sequence[str] = (),
                *, classes: bool = True) -> np.ndarray:
-    """Append a legend panel on the right: title, class swatches, free text lines."""
+    """Append a legend panel on the right: title, class swatches, free text lines.
+
+    Lines longer than ``LEGEND_WRAP`` characters (QC warnings) are wrapped, so the
+    panel stays narrower than a long sentence.
+    """
+    import textwrap
+
     from PIL import Image, ImageDraw
 
+    lines = [part for line in lines
+             for part in (textwrap.wrap(line, LEGEND_WRAP, subsequent_indent="  ") or [""])]
     h = rgb.shape[0]
     font_size = max(12, min(34, h // 36))
     big = _font(font_size + 4)
