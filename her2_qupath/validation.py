@@ -1,0 +1,305 @@
+"""Validate the scoring on a laboratory's own cases: agreement with its pathologists.
+
+A laboratory validates an image-analysis HER2 score on its own cases before
+reporting it (CAP guideline on quantitative image analysis of HER2 IHC,
+Bui MM et al., Arch Pathol Lab Med 2019;143:1180-1195). :func:`run_validation`
+scores every case through the same code path as ``her2-qupath score``
+(:func:`her2_qupath.pipeline.run_score` and :func:`~her2_qupath.pipeline.write_result`,
+one subfolder per case) and :func:`agreement_report` compares the scores with
+the pathologists': confusion matrix, exact and within-one agreement, Cohen's
+kappa (unweighted and quadratic), per-class sensitivity and positive
+predictive value, agreement on the clinical groups, Spearman correlation of
+the H-score and the % positive with the score, each with a 95 % bootstrap
+interval (cases resampled), and the discordant cases.
+
+Cases come as a CSV with the columns ``image`` and ``score`` (0, 1+, 2+, 3+)
+and optionally ``roi`` (QuPath GeoJSON), ``roi_class``, ``mpp``, ``guideline``
+and ``he``; relative paths are relative to the CSV's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .agreement import agreement, cohen_kappa, score_index
+from .config import GUIDELINES
+from .errors import UserInputError
+from .scoring import SCORE_NAMES
+
+__all__ = ["Case", "read_cases", "agreement_report", "run_validation", "CLINICAL_GROUPS",
+           "bootstrap_interval", "spearman"]
+
+log = logging.getLogger(__name__)
+
+#: The clinical groups of the 0-3+ scores (HER2-negative, -low, -equivocal, -positive as
+#: the 2018/2023 ASCO/CAP wording and the HER2-low trials use them).
+CLINICAL_GROUPS: dict[str, tuple[int, ...]] = {
+    "negative (0)": (0,),
+    "low (1+)": (1,),
+    "equivocal (2+)": (2,),
+    "positive (3+)": (3,),
+}
+_GROUP_OF = {k: i for i, ks in enumerate(CLINICAL_GROUPS.values()) for k in ks}
+#: Bootstrap resamples of the 95 % intervals (fixed seed: the report is reproducible).
+BOOTSTRAP_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: an IHC image, its pathologist's score and how to score it."""
+
+    row: int  # 1-based data row of the CSV (for messages)
+    image: Path
+    score: int  # 0..3
+    roi: Path | None = None
+    roi_class: str | None = None
+    mpp: float | None = None
+    guideline: str | None = None
+    he: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.image.stem
+
+
+def _path(value: str, base: Path, row: int, column: str) -> Path:
+    p = Path(value)
+    p = p if p.is_absolute() else base / p
+    if not p.exists():
+        raise UserInputError(f"cases row {row}: {column} {value!r} does not exist (looked at {p})",
+                             hint="give a path absolute or relative to the cases CSV")
+    return p
+
+
+def read_cases(path: str | Path) -> list[Case]:
+    """The cases of a CSV; a bad row gets one clear line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"cases file {path} not found", hint="give a CSV with image,score columns")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = set(reader.fieldnames or [])
+        missing = {"image", "score"} - columns
+        if missing:
+            raise UserInputError(f"cases file {path} lacks the column(s) {', '.join(sorted(missing))}",
+                                 hint="the header needs image,score (and optionally roi, roi_class, "
+                                 "mpp, guideline, he)")
+        rows = list(reader)
+    if not rows:
+        raise UserInputError(f"cases file {path} holds no case", hint="add one row per image")
+    base = path.parent
+    cases = []
+    for i, r in enumerate(rows, start=1):
+        image = (r.get("image") or "").strip()
+        if not image:
+            raise UserInputError(f"cases row {i}: no image", hint="fill the image column")
+        try:
+            score = score_index((r.get("score") or "").strip())
+        except UserInputError as err:
+            raise UserInputError(f"cases row {i}: score {r.get('score')!r} is not 0, 1+, 2+ or 3+",
+                                 hint="write the pathologist's score as 0, 1+, 2+ or 3+") from err
+        if score is None:
+            raise UserInputError(f"cases row {i}: a case needs the pathologist's score",
+                                 hint="leave cases without a score out")
+        mpp = None
+        raw_mpp = (r.get("mpp") or "").strip()
+        if raw_mpp:
+            try:
+                mpp = float(raw_mpp.split()[0])
+            except ValueError as err:
+                raise UserInputError(f"cases row {i}: mpp {raw_mpp!r} is not a number",
+                                     hint="micrometres per pixel, e.g. 0.25") from err
+            if not (math.isfinite(mpp) and 0.05 <= mpp <= 20):
+                raise UserInputError(f"cases row {i}: mpp {mpp} is not a brightfield pixel size",
+                                     hint="0.05-20 µm/px (0.25 at 40x, 0.5 at 20x)")
+        guideline = (r.get("guideline") or "").strip() or None
+        if guideline is not None and guideline not in GUIDELINES:
+            raise UserInputError(f"cases row {i}: unknown guideline {guideline!r}",
+                                 hint=f"one of {', '.join(GUIDELINES)}")
+        roi = (r.get("roi") or "").strip()
+        he = (r.get("he") or "").strip()
+        cases.append(Case(i, _path(image, base, i, "image"), score,
+                          _path(roi, base, i, "roi") if roi else None,
+                          (r.get("roi_class") or "").strip() or None, mpp, guideline,
+                          _path(he, base, i, "he") if he else None))
+    return cases
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN when either is constant."""
+    a = np.asarray(x, float)
+    b = np.asarray(y, float)
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        order = np.argsort(v, kind="mergesort")
+        r = np.empty(v.size)
+        r[order] = np.arange(1, v.size + 1)
+        for value in np.unique(v):  # average ranks of ties
+            tie = v == value
+            r[tie] = r[tie].mean()
+        return r
+
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def bootstrap_interval(stat: Callable[[np.ndarray], float], n: int, *,
+                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of ``stat(indices)`` over case resamples (NaNs left out)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    vals = np.array([stat(rng.integers(0, n, n)) for _ in range(resamples)], float)
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return (float("nan"), float("nan"))
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
+def _with_ci(value: float, stat: Callable[[np.ndarray], float], n: int) -> dict[str, Any]:
+    lo, hi = bootstrap_interval(stat, n)
+    return {"value": _num(value), "ci95": [_num(lo), _num(hi)]}
+
+
+def _num(v: float) -> float | None:
+    return None if not math.isfinite(v) else round(float(v), 4)
+
+
+def agreement_report(truth: Sequence[Any], pred: Sequence[Any], *,
+                     h_scores: Sequence[float] | None = None,
+                     percent_positive: Sequence[float] | None = None,
+                     names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The agreement figures of predictions against the truth, with 95 % bootstrap intervals.
+
+    ``pred`` may hold "not evaluable" (None): such cases are counted as unscored
+    and left out of the figures. ``h_scores`` / ``percent_positive`` (per case)
+    give the Spearman correlations with the truth.
+    """
+    names = list(names) if names is not None else [str(i + 1) for i in range(len(truth))]
+    ag = agreement(truth, pred)
+    t_all = [score_index(t) for t in truth]
+    p_all = [score_index(p) for p in pred]
+    keep = [i for i, p in enumerate(p_all) if p is not None]
+    t = np.array([t_all[i] for i in keep], dtype=np.int64)
+    p = np.array([p_all[i] for i in keep], dtype=np.int64)
+    n = len(keep)
+
+    def on(idx: np.ndarray, f: Callable[[np.ndarray, np.ndarray], float]) -> float:
+        return f(t[idx], p[idx])
+
+    exact = _with_ci(ag.exact, lambda i: on(i, lambda a, b: float((a == b).mean())), n)
+    within = _with_ci(ag.within_one, lambda i: on(i, lambda a, b: float((abs(a - b) <= 1).mean())), n)
+    kappa = _with_ci(ag.kappa, lambda i: on(i, lambda a, b: cohen_kappa(a, b)), n)
+    qwk = _with_ci(ag.quadratic_kappa,
+                   lambda i: on(i, lambda a, b: cohen_kappa(a, b, weights="quadratic")), n)
+    per_class = {}
+    for k, name in enumerate(SCORE_NAMES):
+        def sens(i: np.ndarray, k: int = k) -> float:
+            a, b = t[i], p[i]
+            return float((b[a == k] == k).mean()) if (a == k).any() else float("nan")
+
+        def ppv(i: np.ndarray, k: int = k) -> float:
+            a, b = t[i], p[i]
+            return float((a[b == k] == k).mean()) if (b == k).any() else float("nan")
+
+        all_idx = np.arange(n)
+        per_class[name] = {"n_truth": int((t == k).sum()), "n_called": int((p == k).sum()),
+                           "sensitivity": _with_ci(sens(all_idx), sens, n),
+                           "ppv": _with_ci(ppv(all_idx), ppv, n)}
+    groups = np.array([_GROUP_OF[int(v)] for v in t], dtype=np.int64) if n else t
+    pgroups = np.array([_GROUP_OF[int(v)] for v in p], dtype=np.int64) if n else p
+    group_exact = _with_ci(float((groups == pgroups).mean()) if n else float("nan"),
+                           lambda i: float((groups[i] == pgroups[i]).mean()), n)
+    report: dict[str, Any] = {
+        "n": n,
+        "unscored": ag.unscored,
+        "confusion_matrix": {"rows": "pathologist 0, 1+, 2+, 3+", "columns": "her2-qupath 0, 1+, 2+, 3+",
+                             "counts": ag.confusion},
+        "exact": exact,
+        "within_one": within,
+        "kappa": kappa,
+        "quadratic_kappa": qwk,
+        "two_step_errors": ag.two_step_errors,
+        "negative_called_positive": ag.negative_called_positive,
+        "per_class": per_class,
+        "clinical_groups": {"groups": list(CLINICAL_GROUPS), "exact": group_exact},
+    }
+    for key, values in (("h_score", h_scores), ("percent_positive", percent_positive)):
+        if values is None:
+            continue
+        v = np.array([values[i] for i in keep], float)
+        report[f"spearman_{key}"] = _with_ci(spearman(v, t), lambda i, v=v: spearman(v[i], t[i]), n)
+    report["discordant"] = [
+        {"case": names[i], "pathologist": SCORE_NAMES[t_all[i]],  # type: ignore[index]
+         "her2_qupath": "not evaluable" if p_all[i] is None else SCORE_NAMES[p_all[i]]}  # type: ignore[index]
+        for i in range(len(truth)) if p_all[i] != t_all[i]]
+    return report
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run_validation(cases: Sequence[Case], outdir: str | Path, options: Any, *,
+                   resume: bool = False,
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Score every case into ``outdir/cases/<n>-<name>/`` and write ``outdir/report.json``.
+
+    ``options`` is a :class:`~her2_qupath.pipeline.ScoreOptions`; a case's own
+    ``guideline`` overrides the options'. With ``resume`` a case whose folder
+    already holds a ``summary.json`` is not scored again.
+    """
+    from ._io import atomic_write_json
+    from .pipeline import ScoreRequest, run_score, write_result
+    from .qupath.geojson import read_geojson
+
+    out = Path(outdir)
+    rows = []
+    for k, case in enumerate(cases):
+        if progress is not None:
+            progress(k, len(cases))
+        folder = out / "cases" / f"{case.row:03d}-{case.name}"
+        summary_path = folder / "summary.json"
+        if not (resume and summary_path.is_file()):
+            opts = options
+            if case.guideline is not None:
+                opts = dataclasses.replace(opts, scoring=dataclasses.replace(
+                    opts.scoring, guideline=case.guideline))
+            rois = tuple(read_geojson(case.roi)) if case.roi is not None else None
+            request = ScoreRequest(ihc=case.image, he=case.he, ihc_mpp=case.mpp, rois=rois,
+                                   roi_class=case.roi_class, options=opts)
+            write_result(run_score(request), folder, he=case.he is not None or None)
+        summary = json.loads(summary_path.read_text())
+        rows.append({"row": case.row, "case": case.name, "image": str(case.image),
+                     "pathologist": SCORE_NAMES[case.score], "her2_qupath": summary["her2_score"],
+                     "h_score": summary["h_score"], "percent_positive": summary["percent_positive"],
+                     "not_evaluable_reasons": summary.get("not_evaluable_reasons", []),
+                     "folder": str(folder.relative_to(out))})
+    if progress is not None:
+        progress(len(cases), len(cases))
+    report = agreement_report([r["pathologist"] for r in rows], [r["her2_qupath"] for r in rows],
+                              h_scores=[r["h_score"] for r in rows],
+                              percent_positive=[r["percent_positive"] for r in rows],
+                              names=[r["case"] for r in rows])
+    report["cases"] = rows
+    report["settings"] = {"level": options.scoring.level, "aggregation": options.scoring.aggregation,
+                          "intensity": options.stain.intensity,
+                          "thresholds": list(options.stain.membrane_thresholds
+                                             if options.stain.intensity == "membrane"
+                                             else options.stain.thresholds)}
+    atomic_write_json(out / "report.json", report)
+    return report
