@@ -785,7 +785,7 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
               transform: Any, transform_info: dict[str, Any] | None, ihc_thumb: np.ndarray,
               white: Any, vectors: Any, seconds: float,
               warnings: list[str]) -> ScoreResult:
-    from .scoring import aggregate
+    from .scoring import EXPRESSION_GROUP_RULE, aggregate
 
     opts = request.options
     rule = GUIDELINES[opts.scoring.guideline]
@@ -823,6 +823,8 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
         "her2_score": slide_region.her2_score,
         "evaluable": slide_region.evaluable,
         "not_evaluable_reasons": list(slide_region.not_evaluable),
+        "her2_expression": slide_region.to_dict()["her2_expression"],
+        "her2_expression_rule": EXPRESSION_GROUP_RULE,
         "guideline": rule.name,
         "guideline_reference": rule.reference,
         "level": opts.scoring.level,
@@ -943,6 +945,8 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
         pic = side_by_side(he_pic, pic)
     pct = summary["class_percentages"]
     lines = [f"NOT EVALUABLE: {r}" for r in summary.get("not_evaluable_reasons", [])]
+    if summary.get("her2_expression"):
+        lines.append(summary["her2_expression"])
     lines += [f"{k}: {pct[k]:.1f} %" for k in ("0", "1+", "2+", "3+")]
     lines += [f"H-score: {summary['h_score']:.0f}", f"WSI% (2+/3+ px): {summary['percent_positive']:.1f}",
               f"tiles: {summary['n_tiles_counted']}/{summary['n_tiles']}"]

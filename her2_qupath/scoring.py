@@ -34,6 +34,8 @@ __all__ = [
     "SCORE_NAMES",
     "NOT_EVALUABLE",
     "evaluability",
+    "expression_group",
+    "EXPRESSION_GROUP_RULE",
     "TileScore",
     "RegionScore",
     "score_class_map",
@@ -541,6 +543,7 @@ class RegionScore:
             "tile_classes": dict(zip(SCORE_NAMES, self.tile_classes, strict=True)),
             "classifier_agreement": self.classifier_agreement,
             "n_nuclei": self.n_nuclei,
+            "her2_expression": expression_group(self.score, self.class_percentages),
             "evaluable": self.evaluable,
             "not_evaluable_reasons": list(self.not_evaluable),
             **dict(self.extra),
@@ -662,6 +665,38 @@ def aggregate(
         n_nuclei=nuclei if n else None,
         tissue_pixels=tissue_px if n else None,
     )
+
+
+#: Share of tumour at >= 1+ (percent) above which a HER2 0 counts as "ultralow" rather
+#: than "null": staining in a few scattered blocks or cells is taken as noise.
+ULTRALOW_MIN_PERCENT = 1.0
+
+#: The HER2 expression groups of the 2023 ASCO/CAP update and the HER2-low trials.
+EXPRESSION_GROUP_RULE = (
+    "HER2-positive: IHC 3+ (or 2+ with ISH amplification); HER2-low: IHC 1+, or 2+ without "
+    "amplification (2+ stays 'HER2-low or positive, pending ISH' until ISH is known); "
+    "HER2-ultralow: IHC 0 with faint, incomplete membrane staining in <= 10 % of tumour cells "
+    f"(here: > {ULTRALOW_MIN_PERCENT:g} % at >= 1+); HER2-null: IHC 0 without membrane staining. "
+    "Wolff AC et al., J Clin Oncol 2023;41:3867-72; Modi S et al. (DESTINY-Breast04), N Engl J "
+    "Med 2022;387:9-20; Bardia A et al. (DESTINY-Breast06), N Engl J Med 2024;391:2110-22"
+)
+
+
+def expression_group(score: int | None, class_percentages: Mapping[str, float]) -> str | None:
+    """HER2-null / -ultralow / -low / -positive of a 0-3+ score (None: not evaluable).
+
+    See :data:`EXPRESSION_GROUP_RULE`; a 2+ is "HER2-low or positive (2+, pending ISH)".
+    """
+    if score is None:
+        return None
+    if score == 3:
+        return "HER2-positive"
+    if score == 2:
+        return "HER2-low or positive (2+, pending ISH)"
+    if score == 1:
+        return "HER2-low"
+    stained = 100.0 - float(class_percentages.get("0", 100.0))
+    return "HER2-ultralow" if stained > ULTRALOW_MIN_PERCENT else "HER2-null"
 
 
 def evaluability(region: RegionScore, *, pixel_area_um2: float,

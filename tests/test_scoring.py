@@ -335,3 +335,18 @@ def test_paper_score_never_drops_when_a_tile_becomes_positive(classes: list[int]
     raised = list(classes)
     raised[i] = max(raised[i], 2)
     assert paper_slide_score([tile(c) for c in raised]).score >= before.score
+
+
+def test_her2_expression_groups() -> None:
+    from her2_qupath.scoring import expression_group
+
+    none = {"0": 100.0, "1+": 0.0, "2+": 0.0, "3+": 0.0}
+    faint = {"0": 95.0, "1+": 5.0, "2+": 0.0, "3+": 0.0}
+    speck = {"0": 99.5, "1+": 0.5, "2+": 0.0, "3+": 0.0}
+    assert expression_group(0, none) == "HER2-null"
+    assert expression_group(0, speck) == "HER2-null"  # below ULTRALOW_MIN_PERCENT: noise
+    assert expression_group(0, faint) == "HER2-ultralow"
+    assert expression_group(1, faint) == "HER2-low"
+    assert expression_group(2, faint).startswith("HER2-low or positive")
+    assert expression_group(3, none) == "HER2-positive"
+    assert expression_group(None, faint) is None

@@ -112,6 +112,8 @@ def print_summary(summary: dict[str, Any], outdir: Path) -> None:
                f"{summary['aggregation']} aggregation)")
     for reason in summary.get("not_evaluable_reasons", []):
         click.echo(f"  NOT EVALUABLE: {reason}", err=True)
+    if summary.get("her2_expression"):
+        click.echo(f"  expression group: {summary['her2_expression']}")
     click.echo("  classes: " + "  ".join(f"{k}: {pct[k]:.1f}%" for k in ("0", "1+", "2+", "3+")))
     click.echo(f"  H-score {summary['h_score']:.1f}   WSI% (2+/3+ pixels) {summary['percent_positive']:.1f}   "
                f"tiles {summary['n_tiles_counted']}/{summary['n_tiles']}"
