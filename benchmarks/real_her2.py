@@ -26,7 +26,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,11 +35,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from her2_qupath import membrane  # noqa: E402
+from her2_qupath import calibration  # noqa: E402
 from her2_qupath.agreement import agreement, score_index  # noqa: E402
-from her2_qupath.config import GUIDELINES, ScoringConfig  # noqa: E402
+from her2_qupath.config import ScoringConfig  # noqa: E402
 from her2_qupath.pipeline import ScoreOptions, ScoreRequest, run_score, write_result  # noqa: E402
-from her2_qupath.scoring import guideline_score  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("HER2_QUPATH_SHARED_DATA", REPO.parent / "shared" / "data")) / "her2-ihc"
@@ -77,61 +75,18 @@ def options(case: Case, level: str, aggregation: str, **stain: Any) -> ScoreOpti
                    stain=replace(base.stain, **stain))
 
 
-class _BlockRecorder:
-    """Records every membrane block the pipeline measures: intensity, pixels, mean OD sum.
-
-    All blocks holding any tissue (``cell_count_od_sum``) are kept, so that the
-    scored-tissue threshold can be fitted along with the intensity thresholds.
-    """
-
-    def __init__(self) -> None:
-        self.values: list[np.ndarray] = []
-        self.weights: list[np.ndarray] = []
-        self.od_sums: list[np.ndarray] = []
-        self._lock = threading.Lock()
-        self._orig = membrane.membrane_blocks
-
-    def __enter__(self) -> _BlockRecorder:
-        orig = self._orig
-
-        def recording(maps: Any, mpp: float, config: Any = None, tissue_mask: Any = None,
-                      od_blocks: Any = None) -> Any:
-            inten, tissue = orig(maps, mpp, config, tissue_mask, od_blocks)
-            od = membrane.block_mean(maps.od_sum, mpp, config)
-            anything = od >= config.cell_count_od_sum
-            b = membrane._block_px(float(mpp), config)
-            rows, cols = maps.od_sum.shape
-            hb = np.minimum(b, rows - b * np.arange(inten.shape[0]))
-            wb = np.minimum(b, cols - b * np.arange(inten.shape[1]))
-            px = hb[:, None] * wb[None, :]
-            with self._lock:
-                self.values.append(inten[anything].ravel())
-                self.weights.append(px[anything].ravel())
-                self.od_sums.append(od[anything].ravel())
-            return inten, tissue
-
-        membrane.membrane_blocks = recording  # type: ignore[assignment]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        membrane.membrane_blocks = self._orig  # type: ignore[assignment]
-
-
 def score_case(case: Case, level: str, aggregation: str, outdir: Path,
                record: bool = False, **stain: Any) -> tuple[dict[str, Any], Any]:
-    req = ScoreRequest(ihc=case.file, ihc_mpp=case.mpp, options=options(case, level, aggregation, **stain))
-    rec = _BlockRecorder() if record else None
+    """``score`` on one case; with ``record`` also its membrane blocks (for the fit)."""
+    opts = replace(options(case, level, aggregation, **stain), record_blocks=record)
     t0 = time.perf_counter()
-    if rec is not None:
-        with rec:
-            res = run_score(req)
-    else:
-        res = run_score(req)
+    res = run_score(ScoreRequest(ihc=case.file, ihc_mpp=case.mpp, options=opts))
     write_result(res, outdir)
     seconds = time.perf_counter() - t0
     blocks = None
-    if rec is not None:
-        blocks = (np.concatenate(rec.values), np.concatenate(rec.weights), np.concatenate(rec.od_sums))
+    if record:
+        recs = res.block_records or []
+        blocks = tuple(np.concatenate([r[i] for r in recs]) for i in range(3))
     return {**res.summary, "seconds": seconds}, blocks
 
 
@@ -157,87 +112,22 @@ def _print_setting(title: str, cases: list[Case], preds: list[str], extra: list[
 
 
 # ----------------------------------------------------------------------------- fitting
+# The fit is the product's (her2_qupath.calibration, what `her2-qupath calibrate` runs).
 
 
-def _pred_from_blocks(blocks: tuple[np.ndarray, ...], t: tuple[float, ...], guideline: str) -> int:
-    """The guideline score of recorded blocks for (scored-tissue OD sum, t1, t2, t3)."""
-    values, weights, od = blocks
-    keep = od >= t[0]
-    if not keep.any():
-        return 0
-    cls = membrane.classify_intensity(values[keep], t[1:])  # type: ignore[arg-type]
-    counts = np.bincount(cls, weights=weights[keep], minlength=4)[:4]
-    return guideline_score(np.round(counts).astype(np.int64), GUIDELINES[guideline])
-
-
-def _objective(preds: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Exact agreement minus a heavy penalty for clinically serious errors (per candidate)."""
-    exact = (preds == truth).sum(axis=1)
-    serious = (np.abs(preds - truth) >= 2).sum(axis=1) + ((truth == 0) & (preds >= 2)).sum(axis=1)
-    return exact - 3 * serious
-
-
-#: candidate scored-tissue thresholds (block mean OD sum) for the fit
-TISSUE_GRID = (0.04, 0.06, 0.08, 0.1, 0.12)
-
-
-def fit_thresholds(blocks: list[tuple[np.ndarray, ...]], truth: list[int],
-                   guidelines: list[str]) -> tuple[tuple[float, float, float, float], int]:
-    """(scored-tissue OD sum, t1, t2, t3) maximising :func:`_objective`, and its value.
-
-    Intensity thresholds come from a log-spaced grid; among the optimal candidates
-    each value is the (geometric) median of its optimal values: the centre of the
-    optimal region, the least sensitive choice.
-    """
-    grid = np.geomspace(0.01, 0.6, 70)
-    combos = np.array([(a, b, c) for i, a in enumerate(grid) for j, b in enumerate(grid[i + 1:], i + 1)
-                       for c in grid[j + 1:]])
-    y = np.array(truth)
-    best_rows: list[np.ndarray] = []
-    best_obj = -10**9
-    for tissue in TISSUE_GRID:
-        preds = np.empty((len(combos), len(blocks)), dtype=np.int64)
-        for k, (values, weights, od) in enumerate(blocks):
-            keep = od >= tissue
-            order = np.argsort(values[keep])
-            v, w = values[keep][order], weights[keep][order].astype(np.float64)
-            tail = np.concatenate([np.cumsum(w[::-1])[::-1], [0.0]])  # weight at >= v[i]
-            total = max(float(w.sum()), 1.0)
-            p1, p2, p3 = (100.0 * tail[np.searchsorted(v, combos[:, i], side="left")] / total
-                          for i in range(3))
-            rule = GUIDELINES[guidelines[k]]
-            inc3, inc2, inc1 = rule.inclusive
-            pr = np.zeros(len(combos), dtype=np.int64)
-            pr[(p1 >= rule.t1) if inc1 else (p1 > rule.t1)] = 1
-            pr[(p2 >= rule.t2) if inc2 else (p2 > rule.t2)] = 2
-            pr[(p3 >= rule.t3) if inc3 else (p3 > rule.t3)] = 3
-            preds[:, k] = pr
-        obj = _objective(preds, y[None, :])
-        m = int(obj.max())
-        rows = np.column_stack([np.full(int((obj == m).sum()), tissue), combos[obj == m]])
-        if m > best_obj:
-            best_obj, best_rows = m, [rows]
-        elif m == best_obj:
-            best_rows.append(rows)
-    best = np.concatenate(best_rows)
-    t = [float(np.exp(np.median(np.log(best[:, i])))) for i in range(4)]
-    t[2] = max(t[2], t[1] * 1.01)
-    t[3] = max(t[3], t[2] * 1.01)
-    return (t[0], t[1], t[2], t[3]), best_obj
-
-
-def cross_validate(cases: list[Case], blocks: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+def cross_validate(cases: list[Case], blocks: list[Any]) -> dict[str, Any]:
     """Leave-one-image-out: fit on the other scored images, predict the held-out one."""
     fit_idx = [i for i, c in enumerate(cases) if not c.no_tumour]
     truth = [score_index(c.label) for c in cases]
     out = {}
     for i in range(len(cases)):
         train = [k for k in fit_idx if k != i]
-        t, _ = fit_thresholds([blocks[k] for k in train], [truth[k] for k in train],  # type: ignore[misc]
-                              [cases[k].guideline for k in train])
-        out[i] = (t, _pred_from_blocks(blocks[i], t, cases[i].guideline))
-    t_all, _ = fit_thresholds([blocks[k] for k in fit_idx], [truth[k] for k in fit_idx],  # type: ignore[misc]
-                              [cases[k].guideline for k in fit_idx])
+        t, _ = calibration.fit_grading([blocks[k] for k in train], [truth[k] for k in train],  # type: ignore[misc]
+                                       [cases[k].guideline for k in train])
+        out[i] = (t, calibration.predict(blocks[i], t, cases[i].guideline))
+    t_all, _ = calibration.fit_grading([blocks[k] for k in fit_idx],  # type: ignore[misc]
+                                       [truth[k] for k in fit_idx],
+                                       [cases[k].guideline for k in fit_idx])
     return {"folds": out, "all": t_all}
 
 

@@ -87,6 +87,8 @@ class ScoreOptions:
     stain_model: Path | None = None
     seg_model: Path | None = None
     stain_vectors: str | None = None  # QuPath stain string; None = defaults / estimate
+    calibration: str | None = None  # the calibration file applied (recorded in the provenance)
+    record_blocks: bool = False  # keep every membrane block's measures (for calibrate)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ class ScoreResult:
     images: dict[str, np.ndarray] = field(default_factory=dict)  # further PNGs, e.g. heatmaps
     # with an H&E partner: the scored regions on the H&E slide (the ROIs as drawn there)
     he_annotations: list[Any] = field(default_factory=list)
+    # with ScoreOptions.record_blocks: per tile (intensity, pixels, mean OD sum) of its blocks
+    block_records: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass
@@ -127,6 +131,8 @@ class TileAnalysis:
     region_scores: dict[int, Any] = field(default_factory=dict)  # ROI index -> TileScore
     # membrane intensity: the class (0..3, -1 background) of each membrane block, for overlays
     blocks: np.ndarray | None = None
+    # with TileParams.record_blocks: (intensity, pixels, mean OD sum) of its blocks holding tissue
+    block_record: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 # --------------------------------------------------------------------------- tile work
@@ -144,6 +150,7 @@ class TileParams:
     mpp: float
     min_letter_fraction: float
     margin_px: int = 0  # cell level: tiles are read with this margin (see CellConfig)
+    record_blocks: bool = False  # keep the membrane blocks' measures (calibration)
 
 
 def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | None = None,
@@ -167,6 +174,7 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
     core = rgb[m:rgb.shape[0] - m, m:rgb.shape[1] - m] if m else rgb
     membrane = params.stain.intensity == "membrane"
     blocks = None
+    record = None
     counted: np.ndarray | None = None  # the tissue whose nuclei count toward "too few cells"
     if membrane:
         from .membrane import block_mean, membrane_class_map, membrane_maps
@@ -178,6 +186,8 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
         if class_map is None:
             class_map, blocks = membrane_class_map(maps, params.mpp, params.stain,
                                                    od_blocks=od_blocks)
+        if params.record_blocks:
+            record = _block_record(maps, od_blocks, params, regions)
     else:
         od = deconvolve(core, params.vectors, params.background)
         dab, hema = od[..., 1], od[..., 0]
@@ -218,12 +228,13 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
 
     if not regions:
         score, inside = score_within(None)
-        return TileAnalysis(score=score, cells=inside, blocks=blocks)
+        return TileAnalysis(score=score, cells=inside, blocks=blocks, block_record=record)
     union = np.logical_or.reduce(list(regions.values()))
     score, inside = score_within(union)
     region_scores = {r: score_within(m)[0] for r, m in regions.items()} if len(regions) > 1 \
         else {r: score for r in regions}
-    return TileAnalysis(score=score, cells=inside, region_scores=region_scores, blocks=blocks)
+    return TileAnalysis(score=score, cells=inside, region_scores=region_scores, blocks=blocks,
+                        block_record=record)
 
 
 def _score_blocks(blocks: np.ndarray, dab: np.ndarray, shape: tuple[int, int], params: TileParams,
@@ -253,6 +264,24 @@ def _score_blocks(blocks: np.ndarray, dab: np.ndarray, shape: tuple[int, int], p
                      None if cell_counts is None else tuple(int(c) for c in cell_counts),
                      min_letter_fraction=params.min_letter_fraction, dab_od_mean=dab_mean,
                      n_nuclei=n_nuclei, tissue_pixels=tissue_pixels)
+
+
+def _block_record(maps: Any, od_blocks: np.ndarray, params: TileParams,
+                  regions: dict[int, np.ndarray] | None) -> tuple[np.ndarray, ...]:
+    """(intensity, pixels, mean OD sum) of the tile's blocks holding any tissue (inside the ROIs)."""
+    from .membrane import _block_px, block_mean, block_membrane_intensity
+
+    inten = block_membrane_intensity(maps.membrane_dab, params.mpp, params.stain)
+    keep = od_blocks >= params.stain.cell_count_od_sum
+    if regions:
+        union = np.logical_or.reduce(list(regions.values())).astype(np.float32)
+        keep &= block_mean(union, params.mpp, params.stain) >= params.stain.membrane_block_min_tissue
+    b = _block_px(params.mpp, params.stain)
+    rows, cols = maps.od_sum.shape
+    hb = np.minimum(b, rows - b * np.arange(inten.shape[0]))
+    wb = np.minimum(b, cols - b * np.arange(inten.shape[1]))
+    px = hb[:, None] * wb[None, :]
+    return inten[keep].ravel(), px[keep].ravel(), od_blocks[keep].ravel()
 
 
 def _any_tissue(od_blocks: np.ndarray, shape: tuple[int, int], params: TileParams) -> np.ndarray:
@@ -614,7 +643,8 @@ def run_score(
         params = TileParams(opts.stain, opts.cells, opts.scoring.level, vectors,
                             tuple(float(b) for b in background), opts.tiling.mpp,
                             opts.scoring.min_letter_fraction,
-                            round(opts.cells.tile_margin_um / opts.tiling.mpp))
+                            round(opts.cells.tile_margin_um / opts.tiling.mpp),
+                            record_blocks=opts.record_blocks)
         analyses = _analyse_tiles(request, tiles, params, transform, roi_geoms, opts, step,
                                   cancel, executor)
         stain_cls = _classify_stain_tiles(request, tiles, params, transform, opts, cancel) \
@@ -623,6 +653,8 @@ def run_score(
         result = _assemble(request, ihc, he, grid, tiles, analyses, he_probs, stain_cls,
                            roi_geoms, roi_names, transform, transform_info, ihc_thumb,
                            white, vectors, time.perf_counter() - t_start, warnings)
+        if opts.record_blocks:
+            result.block_records = [a.block_record for a in analyses if a.block_record is not None]
         if transform is not None:
             from .registration import render_registration
 
@@ -843,6 +875,7 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
         "thresholds": list(opts.stain.membrane_thresholds if opts.stain.intensity == "membrane"
                            else opts.stain.thresholds),
         "white_point": white.to_dict(),
+        "calibration": opts.calibration,
         "tile_classes": slide_region.to_dict()["tile_classes"],
         "regions": [r.to_dict() for r in (regions or [slide_region])],
         "sources": {

@@ -33,14 +33,16 @@ LINE_BY_CLASS = (0.0, 0.08, 0.22, 0.5)
 BLOCK = 16
 
 
-def ihc_rgb(tile_classes: Sequence[Sequence[int | None]], tile: int = 128) -> np.ndarray:
+def ihc_rgb(tile_classes: Sequence[Sequence[int | None]], tile: int = 128,
+            line_scale: float = 1.0) -> np.ndarray:
     """An RGB image of cells drawn from stain concentrations: one HER2 class per tile (None: glass).
 
     Every 8 µm block of a tile holds a membrane line through its centre (1 µm wide,
     at the tile class's line density), a hematoxylin nucleus on each block corner
     (enough cells to be evaluable) and a 1 µm lumen (glass-white), so the white point
     and each block's class are known by construction and a scorer's class
-    percentages can be checked against exact numbers.
+    percentages can be checked against exact numbers. ``line_scale`` multiplies
+    the drawn line densities (a laboratory whose staining is paler or darker).
     """
     stain = StainConfig()
     h = np.asarray(stain.hematoxylin, float)
@@ -58,7 +60,7 @@ def ihc_rgb(tile_classes: Sequence[Sequence[int | None]], tile: int = 128) -> np
             if k is None:
                 continue
             width_um = 2 * MPP  # the drawn line is two pixels wide
-            dab = np.where(line, LINE_BY_CLASS[k] / width_um, 0.0)
+            dab = np.where(line, line_scale * LINE_BY_CLASS[k] / width_um, 0.0)
             hem = np.where(corner, 0.6, 0.15)
             od = hem[..., None] * h + dab[..., None] * d
             rgb = np.clip(np.round(255.0 * 10.0 ** (-od)), 0, 255).astype(np.uint8)

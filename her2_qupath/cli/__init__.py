@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("score", "Score HER2 on an IHC slide (and its H&E partner); write QuPath GeoJSON."),
     "train": ("train", "Train the tumor/stain classifiers or the stain segmenter on your data."),
     "evaluate": ("evaluate", "Evaluate a model on a labelled set: metrics JSON and plots."),
+    "calibrate": ("calibrate", "Fit the membrane grading to your cases; write a calibration file."),
     "validate": ("validate", "Agreement with your pathologists on your own cases: report.json."),
 }
 

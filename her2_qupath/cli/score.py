@@ -45,6 +45,9 @@ def score_options(f: Any) -> Any:
                      help="Thresholds for 1+, 2+, 3+ of the chosen --intensity [membrane: "
                           + ",".join(str(t) for t in _S.membrane_thresholds) + " OD·µm; od: "
                           + ",".join(str(t) for t in _S.thresholds) + " DAB OD]."),
+        click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None, help="A calibration file from `her2-qupath calibrate` "
+                     "(membrane thresholds fitted to your laboratory's cases)."),
         click.option("--background", default=None, metavar="R,G,B",
                      help="White point (RGB of empty glass) when the slide shows too little glass "
                           "to estimate it [default: estimated from the glass]."),
@@ -93,7 +96,7 @@ def build_options(**kw: Any) -> Any:
             stain = replace(stain, background=parse_rgb(kw["background"], "--background"))
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--background") from err
-    return ScoreOptions(
+    options = ScoreOptions(
         tiling=replace(base.tiling, tile_size=kw["tile_size"], mpp=kw["working_mpp"]),
         stain=stain,
         scoring=ScoringConfig(guideline=kw["guideline"], level=kw["level"],
@@ -104,6 +107,14 @@ def build_options(**kw: Any) -> Any:
         seg_model=kw["seg_model"],
         stain_vectors=kw["stain_vectors"],
     )
+    if kw.get("calibration") is not None:
+        from ..calibration import apply_calibration, load_calibration
+
+        if kw.get("thresholds") or kw.get("intensity") == "od":
+            raise click.UsageError("--calibration sets the membrane thresholds: "
+                                   "drop --thresholds and --intensity od")
+        options = apply_calibration(options, load_calibration(kw["calibration"]))
+    return options
 
 
 def print_summary(summary: dict[str, Any], outdir: Path) -> None:
