@@ -374,6 +374,7 @@ class ServerConfig:
     dask_scheduler: str | None = None  # tcp://HOST:PORT of a Dask cluster for tile work
     dask_timeout_s: float = 10.0  # connecting to the Dask scheduler (checked at start)
     models_dir: str | None = None  # directory whose sub-directories are model directories
+    calibration: str | None = None  # calibration file applied to every request (calibrate)
     max_sync_concurrency: int = 2  # synchronous /score requests computed at once
     retry_after_s: int = 10  # Retry-After of a 429 (queue full)
     progress_write_interval_s: float = 0.25  # throttle of job-progress writes to SQLite

@@ -516,3 +516,19 @@ def test_grading_and_white_point_options(make_app: Any, images: dict[str, Path])
     assert bad.status_code == 400 and "increase" in bad.json["error"]["message"]
     bad = client.post(url, json={**base, "options": {"background": [0, 10, 10]}})
     assert bad.status_code == 400 and "background" in json.dumps(bad.json)
+
+
+def test_server_wide_calibration(make_app: Any, images: dict[str, Path], tmp_path: Path) -> None:
+    """serve --calibration: every request is graded with the laboratory's calibration."""
+    from her2_qupath.calibration import write_calibration
+
+    cal = write_calibration(tmp_path / "lab.json", (0.04, 0.09, 0.15, 0.4), n_cases=8)
+    client = make_app(PipelineScorer(calibration=cal)).test_client()
+    s = client.post("/api/v1/score", json={"ihc": str(images["one"]),
+                                           "options": {"tile_size": 256}}).json["summary"]
+    assert s["thresholds"] == [0.09, 0.15, 0.4] and s["her2_score"] == "0"  # drawn 1+ at 0.08
+    assert s["calibration"].startswith(str(cal))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(Her2Error, match="calibration"):
+        PipelineScorer(calibration=bad)

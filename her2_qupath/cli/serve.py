@@ -103,6 +103,12 @@ _D = ServerConfig()
     "with an empty job list.",
 )
 @click.option(
+    "--calibration",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A calibration file from `her2-qupath calibrate`, applied to every request.",
+)
+@click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=_D.wsgi_threads,
@@ -125,6 +131,7 @@ def command(
     max_results_gb: float,
     max_crash_retries: int,
     repair_db: bool,
+    calibration: Path | None,
     threads: int,
 ) -> None:
     """Run the scoring server (waitress) until SIGTERM or Ctrl-C.
@@ -146,6 +153,7 @@ def command(
         data_dir=str((data_dir or default_data_dir()).expanduser().resolve()),
         image_roots=tuple(str(p.expanduser().resolve()) for p in image_roots),
         models_dir=str(models_dir.expanduser().resolve()) if models_dir else None,
+        calibration=str(calibration.expanduser().resolve()) if calibration else None,
         dask_scheduler=dask_scheduler,
         workers=workers,
         max_queue=max_queue,

@@ -244,14 +244,25 @@ class PipelineScorer:
         "segmenter": "seg_model",
     }
 
-    def __init__(self, models_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, models_dir: str | os.PathLike[str] | None = None,
+                 calibration: str | os.PathLike[str] | None = None) -> None:
         self.models_dir = Path(models_dir) if models_dir else None
+        #: the server-wide calibration (``serve --calibration``), validated at start-up
+        self.calibration: dict[str, Any] | None = None
+        if calibration is not None:
+            from ..calibration import load_calibration
+
+            self.calibration = load_calibration(calibration)
 
     def score_options(self, options: Mapping[str, Any]) -> Any:
         """``ScoreOptions`` from the request's options (defaults from config.py)."""
         from ..pipeline import ScoreOptions
 
         base = ScoreOptions()
+        if self.calibration is not None:
+            from ..calibration import apply_calibration
+
+            base = apply_calibration(base, self.calibration)
         scoring = dataclasses.replace(
             base.scoring,
             **{k: options[k] for k in ("guideline", "level", "aggregation") if k in options},
@@ -439,4 +450,4 @@ def _model_kind(path: Path) -> str | None:
 
 def default_scorer(config: ServerConfig) -> Scorer:
     """The scorer a server uses unless ``create_app`` is given one: the real pipeline."""
-    return PipelineScorer(config.models_dir)
+    return PipelineScorer(config.models_dir, config.calibration)
