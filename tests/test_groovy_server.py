@@ -80,7 +80,9 @@ def test_score_selected_against_real_server(groovy, real_server, tmp_path):  # n
         ys = [p[1] for p in t["geometry"]["coordinates"][0]]
         assert max(xs) <= 256 and max(ys) <= 256
     assert all(r["properties"].get("measurements") for r in regions)
-    assert {r["properties"]["classification"]["name"] for r in regions} <= {"HER2 0", "HER2 1+", "HER2 2+", "HER2 3+"}
+    # a 200 µm square holds ~200 nuclei: "not evaluable" (too few cells) is a valid result
+    assert {r["properties"]["classification"]["name"] for r in regions} <= {
+        "HER2 0", "HER2 1+", "HER2 2+", "HER2 3+", "HER2 not evaluable"}
     assert [r["id"] for r in rec["removed"]] == [OLD_ID]
     kept = {f["id"] for f in rec["hierarchy"]}
     assert {TUMOR_ID, OTHER_ID} <= kept
