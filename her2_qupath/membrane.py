@@ -60,6 +60,9 @@ __all__ = [
     "block_membrane_intensity",
     "classify_intensity",
     "membrane_blocks",
+    "block_pixels",
+    "upsample_blocks",
+    "class_map_from_blocks",
     "membrane_class_map",
     "nucleus_peaks",
     "count_nuclei",
@@ -303,6 +306,33 @@ def membrane_blocks(
     return inten, tissue
 
 
+def block_pixels(shape: tuple[int, int], mpp: float,
+                 config: StainConfig = StainConfig()) -> np.ndarray:  # noqa: B008
+    """Pixels each membrane block of a tile of ``shape`` holds (int64; edge blocks are partial)."""
+    b = _block_px(_check_mpp(mpp), config)
+    rows, cols = shape
+    hb = np.minimum(b, rows - b * np.arange(-(-rows // b)))
+    wb = np.minimum(b, cols - b * np.arange(-(-cols // b)))
+    return (hb[:, None] * wb[None, :]).astype(np.int64)
+
+
+def upsample_blocks(blocks: np.ndarray, shape: tuple[int, int], mpp: float,
+                    config: StainConfig = StainConfig()) -> np.ndarray:  # noqa: B008
+    """A per-block array spread over the pixels of a tile of ``shape``."""
+    b = _block_px(_check_mpp(mpp), config)
+    return np.repeat(np.repeat(blocks, b, axis=0), b, axis=1)[: shape[0], : shape[1]]
+
+
+def class_map_from_blocks(inten: np.ndarray, tissue: np.ndarray, shape: tuple[int, int],
+                          mpp: float, config: StainConfig = StainConfig(),  # noqa: B008
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel classes (0 background, 1..4) and block classes (-1 background) from
+    :func:`membrane_blocks`' intensities and scored blocks."""
+    cls = classify_intensity(inten, config.membrane_thresholds)
+    blocks = np.where(tissue, cls, -1).astype(np.int8)
+    return (upsample_blocks(blocks, shape, mpp, config) + 1).astype(np.uint8), blocks
+
+
 def membrane_class_map(
     maps: MembraneMaps, mpp: float, config: StainConfig = StainConfig(),  # noqa: B008
     tissue_mask: np.ndarray | None = None, od_blocks: np.ndarray | None = None,
@@ -314,12 +344,7 @@ def membrane_class_map(
     background blocks) come back for overlays.
     """
     inten, tissue = membrane_blocks(maps, mpp, config, tissue_mask, od_blocks)
-    cls = classify_intensity(inten, config.membrane_thresholds)
-    blocks = np.where(tissue, cls, -1).astype(np.int8)
-    b = _block_px(float(mpp), config)
-    rows, cols = maps.od_sum.shape
-    up = np.repeat(np.repeat(blocks, b, axis=0), b, axis=1)[:rows, :cols]
-    return (up + 1).astype(np.uint8), blocks
+    return class_map_from_blocks(inten, tissue, maps.od_sum.shape, mpp, config)
 
 
 def nucleus_peaks(hematoxylin: np.ndarray, mpp: float,

@@ -177,17 +177,19 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
     record = None
     counted: np.ndarray | None = None  # the tissue whose nuclei count toward "too few cells"
     if membrane:
-        from .membrane import block_mean, membrane_class_map, membrane_maps
+        from .membrane import block_mean, class_map_from_blocks, membrane_blocks, membrane_maps
 
         maps = membrane_maps(core, params.vectors, params.background)
         dab, hema = maps.dab, maps.hematoxylin
         od_blocks = block_mean(maps.od_sum, params.mpp, params.stain)
         counted = _any_tissue(od_blocks, core.shape[:2], params)
-        if class_map is None:
-            class_map, blocks = membrane_class_map(maps, params.mpp, params.stain,
-                                                   od_blocks=od_blocks)
-        if params.record_blocks:
-            record = _block_record(maps, od_blocks, params, regions)
+        if class_map is None or params.record_blocks:
+            inten, tissue = membrane_blocks(maps, params.mpp, params.stain, od_blocks=od_blocks)
+            if class_map is None:
+                class_map, blocks = class_map_from_blocks(inten, tissue, core.shape[:2],
+                                                          params.mpp, params.stain)
+            if params.record_blocks:
+                record = _block_record(inten, od_blocks, core.shape[:2], params, regions)
     else:
         od = deconvolve(core, params.vectors, params.background)
         dab, hema = od[..., 1], od[..., 0]
@@ -245,14 +247,11 @@ def _score_blocks(blocks: np.ndarray, dab: np.ndarray, shape: tuple[int, int], p
     pixel counts are block counts weighted by the pixels each block holds, and
     the mean DAB OD of the analysed pixels is that of the block means.
     """
-    from .membrane import _block_px, block_mean
+    from .membrane import block_mean, block_pixels
     from .scoring import TileScore
 
-    b = _block_px(params.mpp, params.stain)
     rows, cols = shape
-    hb = np.minimum(b, rows - b * np.arange(blocks.shape[0]))
-    wb = np.minimum(b, cols - b * np.arange(blocks.shape[1]))
-    px = (hb[:, None] * wb[None, :]).astype(np.int64)
+    px = block_pixels(shape, params.mpp, params.stain)
     counts = np.bincount((blocks.astype(np.int64) + 1).ravel(), weights=px.ravel(), minlength=5)
     scored = blocks >= 0
     n = int(px[scored].sum())
@@ -266,32 +265,25 @@ def _score_blocks(blocks: np.ndarray, dab: np.ndarray, shape: tuple[int, int], p
                      n_nuclei=n_nuclei, tissue_pixels=tissue_pixels)
 
 
-def _block_record(maps: Any, od_blocks: np.ndarray, params: TileParams,
-                  regions: dict[int, np.ndarray] | None) -> tuple[np.ndarray, ...]:
+def _block_record(inten: np.ndarray, od_blocks: np.ndarray, shape: tuple[int, int],
+                  params: TileParams, regions: dict[int, np.ndarray] | None) -> tuple[np.ndarray, ...]:
     """(intensity, pixels, mean OD sum) of the tile's blocks holding any tissue (inside the ROIs)."""
-    from .membrane import _block_px, block_mean, block_membrane_intensity
+    from .membrane import block_mean, block_pixels
 
-    inten = block_membrane_intensity(maps.membrane_dab, params.mpp, params.stain)
     keep = od_blocks >= params.stain.cell_count_od_sum
     if regions:
         union = np.logical_or.reduce(list(regions.values())).astype(np.float32)
         keep &= block_mean(union, params.mpp, params.stain) >= params.stain.membrane_block_min_tissue
-    b = _block_px(params.mpp, params.stain)
-    rows, cols = maps.od_sum.shape
-    hb = np.minimum(b, rows - b * np.arange(inten.shape[0]))
-    wb = np.minimum(b, cols - b * np.arange(inten.shape[1]))
-    px = hb[:, None] * wb[None, :]
+    px = block_pixels(shape, params.mpp, params.stain)
     return inten[keep].ravel(), px[keep].ravel(), od_blocks[keep].ravel()
 
 
 def _any_tissue(od_blocks: np.ndarray, shape: tuple[int, int], params: TileParams) -> np.ndarray:
     """Pixels of membrane blocks holding any tissue (``StainConfig.cell_count_od_sum``)."""
-    from .membrane import _block_px
+    from .membrane import upsample_blocks
 
-    b = _block_px(params.mpp, params.stain)
-    any_block = od_blocks >= params.stain.cell_count_od_sum
-    up = np.repeat(np.repeat(any_block, b, axis=0), b, axis=1)
-    return up[: shape[0], : shape[1]]
+    return upsample_blocks(od_blocks >= params.stain.cell_count_od_sum, shape, params.mpp,
+                           params.stain)
 
 
 def _cells_in_core(cells: Sequence[Any], margin: int, shape: tuple[int, int]) -> list[Any]:
