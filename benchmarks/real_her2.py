@@ -31,8 +31,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from her2_qupath import calibration  # noqa: E402
@@ -83,10 +81,7 @@ def score_case(case: Case, level: str, aggregation: str, outdir: Path,
     res = run_score(ScoreRequest(ihc=case.file, ihc_mpp=case.mpp, options=opts))
     write_result(res, outdir)
     seconds = time.perf_counter() - t0
-    blocks = None
-    if record:
-        recs = res.block_records or []
-        blocks = tuple(np.concatenate([r[i] for r in recs]) for i in range(3))
+    blocks = calibration.result_blocks(res) if record else None
     return {**res.summary, "seconds": seconds}, blocks
 
 

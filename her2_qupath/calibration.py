@@ -45,6 +45,8 @@ __all__ = [
     "apply_calibration",
     "write_calibration",
     "MIN_CASES_PER_CLASS",
+    "result_blocks",
+    "record_cases",
 ]
 
 FORMAT = "her2-qupath calibration"
@@ -201,6 +203,13 @@ def apply_calibration(options: Any, calibration: dict[str, Any]) -> Any:
                                calibration=f"{calibration['path']} (sha256 {calibration['sha256']})")
 
 
+def result_blocks(result: Any) -> Blocks:
+    """A run's recorded membrane blocks (``ScoreOptions.record_blocks``) as one :data:`Blocks`."""
+    recs = result.block_records or []
+    return tuple(np.concatenate([r[i] for r in recs]) if recs else np.zeros(0)  # type: ignore[return-value]
+                 for i in range(3))
+
+
 def record_cases(cases: Sequence[Any], options: Any,
                  progress: Callable[[int, int], None] | None = None) -> list[Blocks]:
     """Score each case once, recording its membrane blocks (pixel level)."""
@@ -216,9 +225,7 @@ def record_cases(cases: Sequence[Any], options: Any,
         rois = tuple(read_geojson(case.roi)) if case.roi is not None else None
         res = run_score(ScoreRequest(ihc=case.image, he=case.he, ihc_mpp=case.mpp, rois=rois,
                                      roi_class=case.roi_class, options=opts))
-        recs = res.block_records or []
-        out.append(tuple(np.concatenate([r[i] for r in recs]) if recs else np.zeros(0)  # type: ignore[misc]
-                         for i in range(3)))
+        out.append(result_blocks(res))
     if progress is not None:
         progress(len(cases), len(cases))
     return out
