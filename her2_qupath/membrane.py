@@ -66,6 +66,7 @@ __all__ = [
     "membrane_class_map",
     "nucleus_peaks",
     "count_nuclei",
+    "count_peaks",
     "cell_density_blocks",
 ]
 
@@ -382,15 +383,19 @@ def count_nuclei(hematoxylin: np.ndarray, mpp: float, tissue: np.ndarray | None 
     Fast enough for every tile of a pixel-level run, for the "too few cells"
     check; the cell level counts its detected cells instead.
     """
+    return count_peaks(nucleus_peaks(hematoxylin, mpp, config)[0], tissue)
+
+
+def count_peaks(peaks: np.ndarray, tissue: np.ndarray | None = None) -> int:
+    """Number of :func:`nucleus_peaks` inside ``tissue`` (any shape: resized to the peaks')."""
     import cv2
 
-    peaks, _ = nucleus_peaks(hematoxylin, mpp, config)
-    if tissue is not None and peaks.size:
-        t = np.asarray(tissue, np.uint8)
-        if t.shape != peaks.shape:
-            t = cv2.resize(t, (peaks.shape[1], peaks.shape[0]), interpolation=cv2.INTER_NEAREST)
-        peaks &= t.astype(bool)
-    return int(peaks.sum())
+    if tissue is None or peaks.size == 0:
+        return int(peaks.sum())
+    t = np.asarray(tissue, np.uint8)
+    if t.shape != peaks.shape:
+        t = cv2.resize(t, (peaks.shape[1], peaks.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return int(np.count_nonzero(peaks & t.astype(bool)))
 
 
 def cell_density_blocks(hematoxylin: np.ndarray, mpp: float, block_shape: tuple[int, int],

@@ -203,7 +203,10 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
                              vectors=params.vectors, background=params.background).cells
         cells = _cells_in_core(found, m, core.shape[:2])
 
+    peaks: np.ndarray | None = None  # nucleus blobs of the tile, found once for every region
+
     def score_within(mask: np.ndarray | None) -> tuple[Any, list[Any]]:
+        nonlocal peaks
         cmap = class_map if mask is None else np.where(mask, class_map, 0).astype(class_map.dtype)
         inside = cells if mask is None else [c for c in cells if _centroid_in(mask, c.centroid)]
         counts = None
@@ -212,11 +215,13 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
                                  minlength=4)[:4]
             n_nuclei = len(inside)
         else:
-            from .membrane import count_nuclei
+            from .membrane import count_peaks, nucleus_peaks
 
             tissue = cmap > 0 if counted is None else (
                 counted if mask is None else counted & mask)
-            n_nuclei = count_nuclei(hema, params.mpp, tissue, params.stain)
+            if peaks is None:
+                peaks = nucleus_peaks(hema, params.mpp, params.stain)[0]
+            n_nuclei = count_peaks(peaks, tissue)
         any_tissue = None
         if counted is not None:
             any_tissue = int(np.count_nonzero(counted if mask is None else counted & mask))
