@@ -34,7 +34,7 @@ BLOCK = 16
 
 
 def ihc_rgb(tile_classes: Sequence[Sequence[int | None]], tile: int = 128,
-            line_scale: float = 1.0) -> np.ndarray:
+            line_scale: float = 1.0, noise: float = 0.0, seed: int = 0) -> np.ndarray:
     """An RGB image of cells drawn from stain concentrations: one HER2 class per tile (None: glass).
 
     Every 8 µm block of a tile holds a membrane line through its centre (1 µm wide,
@@ -42,7 +42,8 @@ def ihc_rgb(tile_classes: Sequence[Sequence[int | None]], tile: int = 128,
     (enough cells to be evaluable) and a 1 µm lumen (glass-white), so the white point
     and each block's class are known by construction and a scorer's class
     percentages can be checked against exact numbers. ``line_scale`` multiplies
-    the drawn line densities (a laboratory whose staining is paler or darker).
+    the drawn line densities (a laboratory whose staining is paler or darker);
+    ``noise`` adds Gaussian scanner noise (standard deviation in 8-bit levels) before rounding.
     """
     stain = StainConfig()
     h = np.asarray(stain.hematoxylin, float)
@@ -55,6 +56,7 @@ def ihc_rgb(tile_classes: Sequence[Sequence[int | None]], tile: int = 128,
     corner = np.minimum(by, BLOCK - by) ** 2 + np.minimum(bx, BLOCK - bx) ** 2 <= 9
     lumen = (by >= 3) & (by < 5) & (bx >= 3) & (bx < 5)
     out = np.full((rows * tile, cols * tile, 3), 255, np.uint8)
+    rng = np.random.default_rng(seed)
     for r, row in enumerate(tile_classes):
         for c, k in enumerate(row):
             if k is None:
@@ -63,7 +65,10 @@ def ihc_rgb(tile_classes: Sequence[Sequence[int | None]], tile: int = 128,
             dab = np.where(line, line_scale * LINE_BY_CLASS[k] / width_um, 0.0)
             hem = np.where(corner, 0.6, 0.15)
             od = hem[..., None] * h + dab[..., None] * d
-            rgb = np.clip(np.round(255.0 * 10.0 ** (-od)), 0, 255).astype(np.uint8)
+            v = 255.0 * 10.0 ** (-od)
+            if noise:
+                v = v + rng.normal(0.0, noise, v.shape)
+            rgb = np.clip(np.round(v), 0, 255).astype(np.uint8)
             rgb[lumen] = 255
             out[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = rgb
     return out

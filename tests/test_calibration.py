@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -16,7 +17,7 @@ from her2_qupath.errors import UserInputError
 from her2_qupath.pipeline import ScoreOptions
 
 sys.path.insert(0, str(Path(__file__).parent))
-from server_support import ihc_rgb, write_png  # noqa: E402
+from server_support import LINE_BY_CLASS, ihc_rgb, write_png  # noqa: E402
 
 #: this laboratory's membranes are drawn at 0.45 x the reference densities
 SCALE = 0.45
@@ -94,3 +95,54 @@ def test_calibration_file_is_validated(tmp_path: Path) -> None:
             load_calibration(bad)
     with pytest.raises(UserInputError, match="not found"):
         load_calibration(tmp_path / "missing.json")
+
+
+# ----------------------------------------------------------------------------- threshold recovery
+
+#: the second laboratory stains at this factor of the reference laboratory
+LAB_FACTOR = 0.6
+#: 1+ tumour with glass along the top and left edges (glass gives the white point)
+_CASE_LAYOUT = [[None] * 4] + [[None, 1, 1, 1]] * 3
+
+
+@pytest.mark.slow
+def test_calibrate_recovers_a_known_staining_factor(tmp_path: Path) -> None:
+    """Two laboratories see the same 40 cases; the second stains at 0.6x the DAB.
+
+    The reference laboratory's calls are those of the default grading on its own
+    images (membranes drawn at line densities spread over 0.5x the 1+ to 1.6x the
+    3+ threshold, with scanner noise). The true thresholds of the second
+    laboratory are then the defaults times 0.6: calibrating on its images must
+    find them within 10 % and reproduce the reference calls.
+    """
+    from her2_qupath.pipeline import ScoreRequest, run_score
+
+    default = np.array(ScoreOptions().stain.membrane_thresholds)
+    rows = []
+    for i, x in enumerate(np.geomspace(0.5 * default[0], 1.6 * default[2], 40)):
+        def image(factor: float, i: int = i, x: float = x) -> np.ndarray:
+            return ihc_rgb(_CASE_LAYOUT, line_scale=factor * x / LINE_BY_CLASS[1], noise=1.5, seed=i)
+
+        ref = write_png(tmp_path / "ref" / f"case{i:02d}.png", image(1.0))
+        lab = write_png(tmp_path / "lab" / f"case{i:02d}.png", image(LAB_FACTOR))
+        rows.append({"image": str(lab), "score": run_score(ScoreRequest(ihc=ref)).summary["her2_score"]})
+    assert {r["score"] for r in rows} == {"0", "1+", "2+", "3+"}  # every class is represented
+    cases = tmp_path / "cases.csv"
+    with open(cases, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["image", "score"])
+        w.writeheader()
+        w.writerows(rows)
+    cal = tmp_path / "calibration.json"
+    r = CliRunner().invoke(cli, ["calibrate", str(cases), "-o", str(cal)])
+    assert r.exit_code == 0, r.output
+    obj = json.loads(cal.read_text())
+    fitted = np.array(obj["membrane_thresholds"])
+    np.testing.assert_allclose(fitted, LAB_FACTOR * default, rtol=0.10)
+    cv = obj["cross_validation"]
+    assert cv["default"]["exact"] < 0.7  # the default grading under-calls the paler lab
+    assert cv["calibrated_leave_one_out"]["exact"] >= 0.85
+    assert cv["calibrated_leave_one_out"]["two_step_errors"] == 0
+    out = tmp_path / "validated"
+    r = CliRunner().invoke(cli, ["validate", str(cases), "-o", str(out), "--calibration", str(cal)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "report.json").read_text())["exact"]["value"] >= 0.95
