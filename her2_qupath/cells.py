@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -905,6 +906,8 @@ class CellResult:
         measurements: name -> ``(n,)`` float array (NaN = compartment without pixels).
         touches_border: ``(n,)`` bool, the cell reaches the tile edge (it may be cut).
         mpp: pixel size of the tile in micrometres.
+        nucleus_polygons, cell_polygons: the outlines (shapely polygons, label order; None
+            without outlines). ``cells`` is empty when detected with ``objects=False``.
     """
 
     cells: list[Cell]
@@ -917,9 +920,11 @@ class CellResult:
     measurements: dict[str, np.ndarray]
     touches_border: np.ndarray
     mpp: float
+    nucleus_polygons: Sequence[Any] | None = None
+    cell_polygons: Sequence[Any] | None = None
 
     def __len__(self) -> int:
-        return len(self.cells)
+        return len(self.classes)
 
     def class_counts(self, *, include_border: bool = True) -> np.ndarray:
         """Number of cells at 0, 1+, 2+, 3+ (int64, length 4)."""
@@ -946,6 +951,7 @@ def detect_cells(
     vectors: StainVectors | None = None,
     background: Any = None,
     polygons: bool = True,
+    objects: bool = True,
 ) -> CellResult:
     """Detect, measure and classify the cells of one RGB IHC tile.
 
@@ -958,7 +964,9 @@ def detect_cells(
 
     ``polygons=False`` skips the outlines (about a fifth of the time) for
     callers that need only the classes and measurements: each cell's
-    ``nucleus_polygon`` and ``cell_polygon`` are then None.
+    ``nucleus_polygon`` and ``cell_polygon`` are then None. ``objects=False``
+    leaves out the :class:`Cell` objects (``cells`` is empty): the columns and
+    outlines are all a whole-slide run needs (:mod:`her2_qupath.cell_table`).
     """
     from .stain import StainVectors, deconvolve
 
@@ -997,7 +1005,7 @@ def detect_cells(
     touches = edge[1:]
     table = (
         np.column_stack([measurements[k] for k in MEASUREMENTS])
-        if n
+        if n and objects
         else np.zeros((0, len(MEASUREMENTS)))
     )
     cell_list = [
@@ -1013,7 +1021,7 @@ def detect_cells(
             touches_border=bool(touches[i]),
         )
         for i in range(n)
-    ]
+    ] if objects else []
     result = CellResult(
         cells=cell_list,
         nucleus_labels=nuclei,
@@ -1025,6 +1033,8 @@ def detect_cells(
         measurements=measurements,
         touches_border=touches,
         mpp=mpp,
+        nucleus_polygons=nucleus_polygons if polygons else None,
+        cell_polygons=cell_polygons if polygons else None,
     )
     log.debug("cells: %d, classes 0/1+/2+/3+ = %s", n, result.class_counts().tolist())
     return result

@@ -1,0 +1,266 @@
+"""Cells as columns: the cells of one tile as arrays, not as Python objects.
+
+At the cell level a whole slide holds millions of cells. Handling each one as
+an object (a :class:`~her2_qupath.cells.Cell`, two shapely outlines, a
+:class:`~her2_qupath.qupath.geojson.QuPathObject`, a feature dict) cost more
+than finding the cells. A :class:`CellTable` keeps a tile's cells as arrays —
+centroids, classes, the measurement matrix and both outlines as flat vertex
+arrays with offsets (shapely's "ragged" layout) — and every step the pipeline
+takes on them is one array operation: keeping the cells of the tile proper
+(not its margin), moving them to level-0 slide pixels, counting classes inside
+a region. Objects are made only as text, by :meth:`CellTable.feature_text`,
+at the moment the cells are written (see :mod:`her2_qupath.qupath.stream`).
+
+The text is what :func:`her2_qupath.qupath.geojson.to_feature` writes for
+:func:`~her2_qupath.qupath.geojson.cell_object` of the same cell, key for key
+and number for number, and it is valid by construction: the rare outline that
+is not a valid polygon (or any cell this fast path cannot vouch for) goes
+through the object path instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .config import HER2_CLASSES
+
+__all__ = ["CellTable", "Outlines"]
+
+
+@dataclass(frozen=True)
+class Outlines:
+    """Polygons in shapely's ragged layout: vertices, ring offsets, polygon offsets.
+
+    Polygon ``i`` has rings ``polys[i]:polys[i + 1]``; ring ``r`` has vertices
+    ``rings[r]:rings[r + 1]`` of ``coords`` (``(k, 2)`` float64 ``x, y``).
+    """
+
+    coords: np.ndarray
+    rings: np.ndarray
+    polys: np.ndarray
+
+    @classmethod
+    def from_polygons(cls, polygons: Any) -> Outlines:
+        import shapely
+
+        geoms = np.asarray(list(polygons), dtype=object)
+        if geoms.size == 0:
+            return cls.empty()
+        kind, coords, (rings, polys) = shapely.to_ragged_array(geoms)
+        if kind != shapely.GeometryType.POLYGON:  # pragma: no cover - label_polygons gives polygons
+            raise TypeError(f"cell outlines must be polygons, got {kind!r}")
+        return cls(np.ascontiguousarray(coords, dtype=np.float64), rings.astype(np.int64),
+                   polys.astype(np.int64))
+
+    @classmethod
+    def empty(cls) -> Outlines:
+        return cls(np.zeros((0, 2)), np.zeros(1, np.int64), np.zeros(1, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.polys) - 1
+
+    def take(self, idx: np.ndarray) -> Outlines:
+        """The polygons ``idx`` (in that order)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if idx.size == 0:
+            return Outlines.empty()
+        n_rings = self.polys[idx + 1] - self.polys[idx]
+        ring_ids = _ranges(self.polys[idx], n_rings)
+        n_verts = self.rings[ring_ids + 1] - self.rings[ring_ids]
+        vert_ids = _ranges(self.rings[ring_ids], n_verts)
+        rings = np.concatenate([[0], np.cumsum(n_verts)]).astype(np.int64)
+        polys = np.concatenate([[0], np.cumsum(n_rings)]).astype(np.int64)
+        return Outlines(self.coords[vert_ids], rings, polys)
+
+    def moved(self, shift: float, scale: tuple[float, float], offset: tuple[float, float]) -> Outlines:
+        """``(p + shift) * scale + offset``, in that order and rounding (shapely's affinity)."""
+        c = (self.coords + shift) * np.asarray(scale) + np.asarray(offset)
+        return Outlines(c, self.rings, self.polys)
+
+    def geometries(self) -> np.ndarray:
+        """The polygons as shapely objects (for checks and the rare slow path)."""
+        import shapely
+
+        if len(self) == 0:
+            return np.zeros(0, dtype=object)
+        return shapely.from_ragged_array(shapely.GeometryType.POLYGON, self.coords,
+                                         (self.rings, self.polys))
+
+    def simple_ok(self) -> np.ndarray:
+        """Per polygon: one ring or more, each closed with 4+ finite vertices (JSON-safe)."""
+        nv = np.diff(self.rings)
+        ring_ok = nv >= 4
+        if ring_ok.any():
+            first = self.coords[np.where(ring_ok, self.rings[:-1], 0)]
+            last = self.coords[np.where(ring_ok, self.rings[1:] - 1, 0)]
+            ring_ok &= (first == last).all(axis=1)
+        finite = np.isfinite(self.coords).all(axis=1)
+        bad_vert = np.concatenate([[0], np.cumsum(~finite)])
+        ring_ok &= (bad_vert[self.rings[1:]] - bad_vert[self.rings[:-1]]) == 0
+        bad_ring = np.concatenate([[0], np.cumsum(~ring_ok)])
+        n_rings = np.diff(self.polys)
+        ok = (n_rings >= 1) & ((bad_ring[self.polys[1:]] - bad_ring[self.polys[:-1]]) == 0)
+        return ok
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + n)`` for each start and length."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    base = np.repeat(np.asarray(starts, dtype=np.int64) - (ends - lengths), lengths)
+    return base + np.arange(total, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class CellTable:
+    """The cells of one tile as columns, in detection (label) order.
+
+    Attributes:
+        centroids: ``(n, 2)`` nucleus centroids ``(x, y)``.
+        classes: ``(n,)`` int8 HER2 class 0..3.
+        measurements: ``(n, len(names))`` float64, NaN where a compartment has no pixels.
+        names: the measurement names (``cells.MEASUREMENTS``).
+        cells, nuclei: the cell and nucleus outlines.
+    """
+
+    centroids: np.ndarray
+    classes: np.ndarray
+    measurements: np.ndarray
+    names: tuple[str, ...]
+    cells: Outlines
+    nuclei: Outlines
+
+    @classmethod
+    def from_result(cls, result: Any) -> CellTable:
+        """The table of a :class:`~her2_qupath.cells.CellResult` (detected with outlines)."""
+        from .cells import MEASUREMENTS
+
+        n = len(result.classes)
+        table = (np.column_stack([np.asarray(result.measurements[k], dtype=np.float64)
+                                  for k in MEASUREMENTS]) if n else np.zeros((0, len(MEASUREMENTS))))
+        return cls(np.asarray(result.centroids, dtype=np.float64).reshape(n, 2),
+                   np.asarray(result.classes, dtype=np.int8), table, tuple(MEASUREMENTS),
+                   Outlines.from_polygons(result.cell_polygons),
+                   Outlines.from_polygons(result.nucleus_polygons))
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def take(self, idx: np.ndarray) -> CellTable:
+        idx = np.asarray(idx, dtype=np.int64)
+        return CellTable(self.centroids[idx], self.classes[idx], self.measurements[idx], self.names,
+                         self.cells.take(idx), self.nuclei.take(idx))
+
+    def in_core(self, margin: int, shape: tuple[int, int]) -> CellTable:
+        """Cells whose centroid lies in the tile proper, moved to its own pixel frame."""
+        if margin == 0:
+            return self
+        x = self.centroids[:, 0] - margin
+        y = self.centroids[:, 1] - margin
+        keep = np.flatnonzero((x >= 0) & (x < shape[1]) & (y >= 0) & (y < shape[0]))
+        t = self.take(keep)
+        return CellTable(t.centroids - margin, t.classes, t.measurements, t.names,
+                         t.cells.moved(-margin, (1.0, 1.0), (0.0, 0.0)),
+                         t.nuclei.moved(-margin, (1.0, 1.0), (0.0, 0.0)))
+
+    def inside(self, mask: np.ndarray) -> np.ndarray:
+        """Indices of the cells whose centroid pixel is set in ``mask`` (clamped to it)."""
+        rows, cols = mask.shape
+        xi = np.clip(self.centroids[:, 0].astype(np.int64), 0, cols - 1)  # int() truncates as this
+        yi = np.clip(self.centroids[:, 1].astype(np.int64), 0, rows - 1)
+        return np.flatnonzero(mask[yi, xi])
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.classes.astype(np.intp), minlength=4)[:4]
+
+    def placed(self, scale: tuple[float, float], offset: tuple[float, float]) -> CellTable:
+        """Outlines and centroids moved by ``p * scale + offset`` (tile → level-0 pixels)."""
+        s, o = np.asarray(scale), np.asarray(offset)
+        return CellTable(self.centroids * s + o, self.classes, self.measurements, self.names,
+                         self.cells.moved(0.0, scale, offset), self.nuclei.moved(0.0, scale, offset))
+
+    def feature_text(self, marker: dict[str, str], warp: Any = None) -> str:
+        """The cells as QuPath GeoJSON features, comma-separated (no brackets).
+
+        Each feature is ``to_feature(cell_object(cell, nucleus, class, measurements))``
+        with the finite measurements. ``warp`` (a function of a shapely geometry)
+        maps the outlines when the cells are drawn elsewhere (the H&E → IHC case):
+        those cells then take the object path, as do outlines that are not valid
+        polygons (which the object path repairs).
+        """
+        n = len(self)
+        if n == 0:
+            return ""
+        fast = self.cells.simple_ok() & self.nuclei.simple_ok()
+        if warp is None and fast.any():
+            import shapely
+
+            fast &= shapely.is_valid(self.cells.geometries()) & shapely.is_valid(
+                self.nuclei.geometries())
+        else:
+            fast[:] = False
+        colors = _class_colors()
+        cell_xy, nuc_xy = self.cells.coords.tolist(), self.nuclei.coords.tolist()
+        meas = self.measurements.tolist()
+        names = self.names
+        feats: list[Any] = []
+        slow = np.flatnonzero(~fast)
+        slow_feats = dict(zip(slow.tolist(), self._object_features(slow, marker, warp)))
+        for i in range(n):
+            if i in slow_feats:
+                feats.append(slow_feats[i])
+                continue
+            k = int(self.classes[i])
+            feats.append({
+                "type": "Feature",
+                "id": str(uuid.uuid4()),
+                "geometry": {"type": "Polygon", "coordinates": _rings(self.cells, i, cell_xy)},
+                "nucleusGeometry": {"type": "Polygon",
+                                    "coordinates": _rings(self.nuclei, i, nuc_xy)},
+                "properties": {
+                    "objectType": "cell",
+                    "classification": {"name": HER2_CLASSES[k], "color": colors[k]},
+                    "measurements": {m: v for m, v in zip(names, meas[i]) if math.isfinite(v)},
+                    "metadata": dict(marker),
+                },
+            })
+        text = json.dumps(feats, allow_nan=False, ensure_ascii=False)
+        return text[1:-1]
+
+    def _object_features(self, idx: np.ndarray, marker: dict[str, str], warp: Any) -> list[Any]:
+        """The features of cells ``idx`` built as objects (repairs, warps), as the old path did."""
+        from .qupath.geojson import cell_object, to_feature
+
+        if idx.size == 0:
+            return []
+        cells = self.cells.take(idx).geometries()
+        nuclei = self.nuclei.take(idx).geometries()
+        out = []
+        for j, i in enumerate(idx.tolist()):
+            cg, ng = cells[j], nuclei[j]
+            if warp is not None:
+                cg, ng = warp(cg), warp(ng)
+            meas = {m: v for m, v in zip(self.names, self.measurements[i].tolist()) if math.isfinite(v)}
+            obj = cell_object(cg, ng, HER2_CLASSES[int(self.classes[i])], meas, metadata=marker)
+            out.append(to_feature(obj))
+        return out
+
+
+def _rings(outlines: Outlines, i: int, xy: list[Any]) -> list[Any]:
+    r0, r1 = int(outlines.polys[i]), int(outlines.polys[i + 1])
+    return [xy[outlines.rings[r]:outlines.rings[r + 1]] for r in range(r0, r1)]
+
+
+def _class_colors() -> list[list[int]]:
+    from .qupath.geojson import class_color
+
+    return [list(class_color(name)) for name in HER2_CLASSES]
