@@ -33,12 +33,15 @@ __all__ = [
 
 #: QuPath classification names of the four HER2 classes, in order 0, 1+, 2+, 3+.
 HER2_CLASSES: tuple[str, str, str, str] = ("HER2 0", "HER2 1+", "HER2 2+", "HER2 3+")
-#: Their colours (RGB), the blue-yellow-orange-red ramp QuPath uses for 0/1+/2+/3+.
+#: Their colours (RGB): blue, yellow, vermilion, dark crimson (the first three from Okabe &
+#: Ito's colour-blind-safe set). Under simulated protan-, deutan- and tritanopia (Machado et
+#: al. 2009, full severity) every pair stays at least 30 CIELAB units apart
+#: (tests/test_case_report.py); QuPath's red-orange-yellow ramp falls to 20.
 HER2_COLORS: dict[str, tuple[int, int, int]] = {
-    "HER2 0": (112, 112, 225),
-    "HER2 1+": (255, 215, 0),
-    "HER2 2+": (255, 128, 0),
-    "HER2 3+": (200, 0, 0),
+    "HER2 0": (0, 114, 178),
+    "HER2 1+": (240, 228, 66),
+    "HER2 2+": (213, 94, 0),
+    "HER2 3+": (120, 0, 40),
     "HER2 not evaluable": (150, 150, 150),
 }
 #: The paper's stain letters for classes 0, 1+, 2+, 3+ (no-stain, faint, weak, strong).

@@ -24,6 +24,9 @@ __all__ = [
     "draw_tiles",
     "draw_outlines",
     "add_legend",
+    "add_scale_bar",
+    "add_colour_bar",
+    "scale_bar_length",
     "side_by_side",
     "checkerboard",
     "encode_png",
@@ -65,8 +68,15 @@ def blend(base: np.ndarray, top: np.ndarray, alpha: float, mask: np.ndarray | No
 
 
 def _font(size: int):  # type: ignore[no-untyped-def]
+    """DejaVu Sans (shipped with Matplotlib: it has µ, ², ·) at ``size``; Pillow's default otherwise."""
     from PIL import ImageFont
 
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except (ImportError, OSError, ValueError):
+        pass
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
@@ -81,15 +91,21 @@ def draw_tiles(rgb: np.ndarray, marks: Sequence[TileMark], *, width: int = 2) ->
     draw = ImageDraw.Draw(img)
     for mark in marks:
         if mark.her2_class is None or not mark.counted:
-            colour: tuple[int, int, int] = (150, 150, 150)
+            colour: tuple[int, int, int] = UNCOUNTED_COLOUR
         else:
             colour = HER2_COLORS[HER2_CLASSES[mark.her2_class]]
         draw.polygon(list(mark.points), outline=colour, width=width)
     return np.asarray(img)
 
 
+#: Colour of the scored regions' outlines (black: apart from every class colour).
+REGION_COLOUR: tuple[int, int, int] = (0, 0, 0)
+#: Colour of tiles that are not counted (not tumour on H&E, too little tissue).
+UNCOUNTED_COLOUR: tuple[int, int, int] = (150, 150, 150)
+
+
 def draw_outlines(rgb: np.ndarray, rings: Sequence[Sequence[tuple[float, float]]],
-                  colour: tuple[int, int, int] = (0, 110, 0), *, width: int = 3) -> np.ndarray:
+                  colour: tuple[int, int, int] = REGION_COLOUR, *, width: int = 3) -> np.ndarray:
     """Draw closed outlines (e.g. the regions of interest) in one colour."""
     from PIL import Image, ImageDraw
 
@@ -99,6 +115,79 @@ def draw_outlines(rgb: np.ndarray, rings: Sequence[Sequence[tuple[float, float]]
         if len(ring) >= 3:
             draw.line(list(ring) + [ring[0]], fill=colour, width=width, joint="curve")
     return np.asarray(img)
+
+
+#: Scale bar lengths to choose from (µm).
+_BAR_UM = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
+
+
+def scale_bar_length(width_px: int, um_per_px: float) -> float:
+    """The round length (µm) whose bar is closest to a fifth of the picture's width."""
+    target = 0.2 * width_px * um_per_px
+    return float(min(_BAR_UM, key=lambda um: abs(np.log(um / target))))
+
+
+def _um_label(um: float) -> str:
+    return f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} µm"
+
+
+def add_scale_bar(rgb: np.ndarray, um_per_px: float | None) -> np.ndarray:
+    """Draw a labelled scale bar in the bottom-left corner (on a white box); unchanged without a pixel size."""
+    from PIL import Image, ImageDraw
+
+    if not um_per_px or not np.isfinite(um_per_px) or um_per_px <= 0:
+        return rgb
+    h, w = rgb.shape[:2]
+    um = scale_bar_length(w, um_per_px)
+    bar = max(2, int(round(um / um_per_px)))
+    font_size = max(10, min(28, h // 30))
+    font = _font(font_size)
+    thick = max(3, font_size // 3)
+    pad = max(4, font_size // 2)
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(img)
+    label = _um_label(um)
+    text_w = int(draw.textlength(label, font=font))
+    box_w = max(bar, text_w) + 2 * pad
+    box_h = font_size + thick + 3 * pad
+    x0, y0 = pad, h - pad - box_h
+    draw.rectangle([x0, y0, x0 + box_w, y0 + box_h], fill=(255, 255, 255), outline=(128, 128, 128))
+    draw.text((x0 + pad, y0 + pad // 2), label, fill=(0, 0, 0), font=font)
+    y_bar = y0 + box_h - pad - thick
+    draw.rectangle([x0 + pad, y_bar, x0 + pad + bar - 1, y_bar + thick - 1], fill=(0, 0, 0))
+    return np.asarray(img)
+
+
+def add_colour_bar(rgb: np.ndarray, title: str, *, cmap: str, vmin: float = 0.0,
+                   vmax: float = 1.0) -> np.ndarray:
+    """A title above and a labelled colour bar on the right of a heatmap picture."""
+    import matplotlib
+    from PIL import Image, ImageDraw
+
+    h, w = rgb.shape[:2]
+    font_size = max(12, min(30, h // 32))
+    font, big = _font(font_size), _font(font_size + 4)
+    top = int(font_size * 2.4)
+    bar_w = max(12, font_size)
+    ticks = np.linspace(vmin, vmax, 5)
+    tick_labels = [f"{t:.2f}".rstrip("0").rstrip(".") if t != int(t) else f"{int(t)}" for t in ticks]
+    panel_w = bar_w + 3 * font_size + int(font_size * 0.62 * max(len(t) for t in tick_labels))
+    canvas = Image.new("RGB", (w + panel_w, h + top), (255, 255, 255))
+    canvas.paste(Image.fromarray(np.ascontiguousarray(rgb)), (0, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((font_size // 2, font_size // 3), title, fill=(0, 0, 0), font=big)
+    x = w + font_size
+    y0, y1 = top + font_size, top + h - font_size
+    if y1 - y0 >= 8:
+        ramp = matplotlib.colormaps[cmap](np.linspace(1.0, 0.0, y1 - y0))[:, :3]
+        column = (ramp * 255).round().astype(np.uint8)[:, None, :].repeat(bar_w, axis=1)
+        canvas.paste(Image.fromarray(column), (x, y0))
+        draw.rectangle([x, y0, x + bar_w, y1], outline=(0, 0, 0))
+        for t, text in zip(ticks, tick_labels, strict=True):
+            y = y1 - (t - vmin) / max(vmax - vmin, 1e-12) * (y1 - y0)
+            draw.line([x + bar_w, y, x + bar_w + 4, y], fill=(0, 0, 0))
+            draw.text((x + bar_w + 6, y - font_size // 2), text, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
 
 
 #: Legend text lines are wrapped at this many characters.

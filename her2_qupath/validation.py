@@ -31,25 +31,28 @@ from typing import Any
 
 import numpy as np
 
+from . import __version__
 from .agreement import agreement, cohen_kappa, score_index
 from .config import GUIDELINES
 from .errors import UserInputError
 from .scoring import SCORE_NAMES
+from .validation_report import write_html_report
 
 __all__ = ["Case", "read_cases", "agreement_report", "run_validation", "CLINICAL_GROUPS",
            "bootstrap_interval", "spearman"]
 
 log = logging.getLogger(__name__)
 
-#: The clinical groups of the 0-3+ scores (HER2-negative, -low, -equivocal, -positive as
-#: the 2018/2023 ASCO/CAP wording and the HER2-low trials use them).
-CLINICAL_GROUPS: dict[str, tuple[int, ...]] = {
-    "negative (0)": (0,),
-    "low (1+)": (1,),
-    "equivocal (2+)": (2,),
-    "positive (3+)": (3,),
+#: Groupings of the 0-3+ scores on which agreement is reported: each maps a group's name to
+#: the scores in it. "scores" are the four clinical categories of the ASCO/CAP wording
+#: (HER2-negative 0, -low 1+, -equivocal 2+, -positive 3+); "therapy" the groups the
+#: HER2-low trials treat differently (Modi S et al., N Engl J Med 2022;387:9-20); "ish" the
+#: split into no reflex test (0, 1+) and ISH or positive (2+, 3+).
+CLINICAL_GROUPS: dict[str, dict[str, tuple[int, ...]]] = {
+    "scores": {"negative (0)": (0,), "low (1+)": (1,), "equivocal (2+)": (2,), "positive (3+)": (3,)},
+    "therapy": {"HER2-0": (0,), "HER2-low (1+, 2+)": (1, 2), "HER2-positive (3+)": (3,)},
+    "ish": {"negative (0, 1+)": (0, 1), "equivocal or positive (2+, 3+)": (2, 3)},
 }
-_GROUP_OF = {k: i for i, ks in enumerate(CLINICAL_GROUPS.values()) for k in ks}
 #: Bootstrap resamples of the 95 % intervals (fixed seed: the report is reproducible).
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -221,13 +224,27 @@ def agreement_report(truth: Sequence[Any], pred: Sequence[Any], *,
         per_class[name] = {"n_truth": int((t == k).sum()), "n_called": int((p == k).sum()),
                            "sensitivity": _with_ci(sens(all_idx), sens, n),
                            "ppv": _with_ci(ppv(all_idx), ppv, n)}
-    groups = np.array([_GROUP_OF[int(v)] for v in t], dtype=np.int64) if n else t
-    pgroups = np.array([_GROUP_OF[int(v)] for v in p], dtype=np.int64) if n else p
-    group_exact = _with_ci(float((groups == pgroups).mean()) if n else float("nan"),
-                           lambda i: float((groups[i] == pgroups[i]).mean()), n)
+    groupings = {}
+    for key, groups in CLINICAL_GROUPS.items():
+        of = {k: i for i, ks in enumerate(groups.values()) for k in ks}
+        gt = np.array([of[int(v)] for v in t], dtype=np.int64)
+        gp = np.array([of[int(v)] for v in p], dtype=np.int64)
+
+        def g_exact(i: np.ndarray, gt: np.ndarray = gt, gp: np.ndarray = gp) -> float:
+            return float((gt[i] == gp[i]).mean()) if i.size else float("nan")
+
+        def g_kappa(i: np.ndarray, gt: np.ndarray = gt, gp: np.ndarray = gp,
+                    m: int = len(groups)) -> float:
+            return cohen_kappa(gt[i], gp[i], n_classes=m)
+
+        all_idx = np.arange(n)
+        groupings[key] = {"groups": list(groups),
+                          "exact": _with_ci(g_exact(all_idx), g_exact, n),
+                          "kappa": _with_ci(g_kappa(all_idx) if n else float("nan"), g_kappa, n)}
     report: dict[str, Any] = {
         "n": n,
         "unscored": ag.unscored,
+        "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
         "confusion_matrix": {"rows": "pathologist 0, 1+, 2+, 3+", "columns": "her2-qupath 0, 1+, 2+, 3+",
                              "counts": ag.confusion},
         "exact": exact,
@@ -237,7 +254,7 @@ def agreement_report(truth: Sequence[Any], pred: Sequence[Any], *,
         "two_step_errors": ag.two_step_errors,
         "negative_called_positive": ag.negative_called_positive,
         "per_class": per_class,
-        "clinical_groups": {"groups": list(CLINICAL_GROUPS), "exact": group_exact},
+        "clinical_groups": groupings,
     }
     for key, values in (("h_score", h_scores), ("percent_positive", percent_positive)):
         if values is None:
@@ -287,6 +304,7 @@ def run_validation(cases: Sequence[Case], outdir: str | Path, options: Any, *,
         rows.append({"row": case.row, "case": case.name, "image": str(case.image),
                      "pathologist": SCORE_NAMES[case.score], "her2_qupath": summary["her2_score"],
                      "h_score": summary["h_score"], "percent_positive": summary["percent_positive"],
+                     "class_percentages": summary["class_percentages"],
                      "not_evaluable_reasons": summary.get("not_evaluable_reasons", []),
                      "folder": str(folder.relative_to(out))})
     if progress is not None:
@@ -296,10 +314,13 @@ def run_validation(cases: Sequence[Case], outdir: str | Path, options: Any, *,
                               percent_positive=[r["percent_positive"] for r in rows],
                               names=[r["case"] for r in rows])
     report["cases"] = rows
-    report["settings"] = {"level": options.scoring.level, "aggregation": options.scoring.aggregation,
+    report["settings"] = {"guideline": options.scoring.guideline, "level": options.scoring.level,
+                          "aggregation": options.scoring.aggregation,
+                          "calibration": options.calibration, "her2_qupath": __version__,
                           "intensity": options.stain.intensity,
                           "thresholds": list(options.stain.membrane_thresholds
                                              if options.stain.intensity == "membrane"
                                              else options.stain.thresholds)}
     atomic_write_json(out / "report.json", report)
+    write_html_report(report, out)
     return report

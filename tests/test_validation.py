@@ -89,6 +89,15 @@ def test_report_figures_by_hand() -> None:
     lo, hi = r["exact"]["ci95"]
     assert 0 <= lo <= 5 / 7 <= hi <= 1
     assert r["spearman_h_score"]["value"] > 0.9
+    # kappas by hand: observed 5/7, chance (2*1 + 2*3 + 2*1 + 1*2) / 49 -> 23/37; quadratic:
+    # observed weighted disagreement 2, chance 110/7 -> 1 - 14/110
+    assert r["kappa"]["value"] == pytest.approx(23 / 37, abs=1e-4)
+    assert r["quadratic_kappa"]["value"] == pytest.approx(1 - 14 / 110, abs=1e-4)
+    groups = r["clinical_groups"]
+    assert groups["scores"]["exact"]["value"] == pytest.approx(5 / 7, abs=1e-4)
+    assert groups["therapy"]["exact"]["value"] == pytest.approx(5 / 7, abs=1e-4)  # b: 0->low, f: low->pos
+    assert groups["ish"]["exact"]["value"] == 1.0  # every call on the right side of 1+/2+
+    assert groups["ish"]["kappa"]["value"] == 1.0
 
 
 def test_bootstrap_interval_is_degenerate_on_a_constant_and_covers_the_mean() -> None:
@@ -140,3 +149,38 @@ def test_validate_reproduces_the_benchmark_on_real_ihc(shared_data: Path, tmp_pa
     assert report["quadratic_kappa"]["value"] == pytest.approx(0.87, abs=0.01)
     assert report["two_step_errors"] == 0
     assert report["spearman_h_score"]["value"] >= 0.75  # measured 0.77
+
+
+@pytest.mark.browser
+def test_html_report_renders_the_numbers_of_report_json(images, tmp_path: Path, browser) -> None:
+    """report.html in headless Chromium: the tables show report.json's figures, pictures load."""
+    from selenium.webdriver.common.by import By
+
+    from her2_qupath.validation_report import fmt_ci
+
+    cases = _csv(tmp_path / "cases.csv", [
+        {"image": str(images["3+"]), "score": "3+"}, {"image": str(images["2+"]), "score": "2+"},
+        {"image": str(images["1+"]), "score": "2+"},  # discordant: her2-qupath says 1+
+        {"image": str(images["3+"]), "score": "3+"}])
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["validate", str(cases), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    page = (out / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page  # self-contained
+    browser.get((out / "report.html").as_uri())
+    assert browser.find_element(By.ID, "n").text == str(report["n"]) == "4"
+    for key in ("exact", "within_one", "kappa", "quadratic_kappa", "spearman_h_score"):
+        cells = browser.find_elements(By.CSS_SELECTOR, f'#agreement tr[data-key="{key}"] td')
+        assert [c.text for c in cells[1:]] == list(fmt_ci(report[key]))
+    assert report["exact"]["value"] == 0.75
+    for i, score in enumerate(("0", "1+", "2+", "3+")):
+        cells = browser.find_elements(By.CSS_SELECTOR, f'#confusion tr[data-key="{score}"] td')
+        assert [int(c.text) for c in cells[1:5]] == report["confusion_matrix"]["counts"][i]
+    sens = browser.find_elements(By.CSS_SELECTOR, '#per-class tr[data-key="2+"] td')[3].text
+    assert sens == fmt_ci(report["per_class"]["2+"]["sensitivity"])[0] == "0.50"
+    discordant = browser.find_elements(By.CSS_SELECTOR, ".case")
+    assert [d.get_attribute("data-case") for d in discordant] == ["c"]
+    for img in browser.find_elements(By.TAG_NAME, "img"):
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
+    assert len(browser.find_elements(By.TAG_NAME, "img")) == 3  # confusion, strip plot, one case

@@ -53,4 +53,4 @@ def command(cases: Path, outdir: Path, resume: bool, **kw: Any) -> None:
     for d in report["discordant"]:
         click.echo(f"  discordant: {d['case']}: pathologist {d['pathologist']}, "
                    f"her2-qupath {d['her2_qupath']}")
-    click.echo(f"Report written to {outdir / 'report.json'}")
+    click.echo(f"Report written to {outdir / 'report.html'} and {outdir / 'report.json'}")

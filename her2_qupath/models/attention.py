@@ -278,14 +278,24 @@ def slide_heatmaps(model: LoadedModel, slide: Any, grid: Any, out_dir: str | os.
 
 
 def heatmap_images(heatmaps: SlideHeatmaps, slide: Any, grid: Any, *, thumbnail_max: int = 2048,
-                   alpha: float = 0.5, cmap: str = "inferno") -> dict[str, np.ndarray]:
-    """The probability and attention heatmaps as RGB pictures over a thumbnail of the slide."""
+                   alpha: float = 0.5, cmap: str = "inferno",
+                   label: str = "Tumour probability") -> dict[str, np.ndarray]:
+    """The probability and attention heatmaps over a thumbnail of the slide, each with a
+    title, a colour bar and a scale bar (when the slide's pixel size is known)."""
+    from ..render import add_colour_bar, add_scale_bar
+
     thumb = np.asarray(slide.thumbnail(max_size=thumbnail_max))
     downsample = slide.dimensions[0] / thumb.shape[1]
     cell = float(grid.level0_stride) / downsample  # one grid cell in thumbnail pixels
     canvas_cell = max(4, int(round(cell)))
     canvas = attention_heatmap(heatmaps.attention, grid, cell_px=canvas_cell)
-    return {
-        "probability": heatmap_overlay(heatmaps.heatmap, thumb, cell_px=cell, alpha=alpha, cmap=cmap),
-        "attention": heatmap_overlay(canvas, thumb, cell_px=cell / canvas_cell, alpha=alpha, cmap=cmap),
+    mpp = getattr(slide, "mpp_or_none", None)
+    um_per_px = float(mpp) * downsample if mpp else None
+    pictures = {
+        "probability": (heatmap_overlay(heatmaps.heatmap, thumb, cell_px=cell, alpha=alpha, cmap=cmap),
+                        f"{label} per tile"),
+        "attention": (heatmap_overlay(canvas, thumb, cell_px=cell / canvas_cell, alpha=alpha, cmap=cmap),
+                      "Attention (rollout, scaled to each tile's maximum)"),
     }
+    return {name: add_colour_bar(add_scale_bar(rgb, um_per_px), title, cmap=cmap)
+            for name, (rgb, title) in pictures.items()}
