@@ -32,6 +32,7 @@ class Level:
     feat: np.ndarray  # (h, w) float32 hematoxylin-like channel, 0 on glass, ~1 on nuclei-rich tissue
     mask: np.ndarray  # (h, w) bool tissue
     scale: tuple[float, float]  # level-0 pixels per level pixel along x and y
+    hema_strength: float = 1.0  # hematoxylin OD of the tissue (90th percentile above glass)
 
 
 def level_matrix(scale: tuple[float, float]) -> np.ndarray:
@@ -134,7 +135,7 @@ def od_magnitude(rgb: np.ndarray) -> np.ndarray:
     return od_sum(a, estimate_white_point(a))
 
 
-def hematoxylin(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def hematoxylin(rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
     """Hematoxylin channel (Ruifrok & Johnston colour deconvolution), 0 on glass, ~1 on tissue.
 
     Both H&E and hematoxylin-counterstained DAB IHC carry hematoxylin on the
@@ -149,7 +150,8 @@ def hematoxylin(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     tissue = h[mask] if mask.sum() >= 16 else h.ravel()
     hi = float(np.percentile(tissue, 99.0))
     out = (h - lo) / max(hi - lo, 1e-6)
-    return np.clip(out, 0.0, 1.5).astype(np.float32)
+    strength = float(np.percentile(tissue, 90.0)) - lo
+    return np.clip(out, 0.0, 1.5).astype(np.float32), strength
 
 
 def tissue_mask(od: np.ndarray, *, min_od: float, closing_px: int, min_area_px: int) -> np.ndarray:

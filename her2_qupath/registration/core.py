@@ -25,7 +25,6 @@ stains need not look alike):
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -45,9 +44,26 @@ from ._images import (
     od_magnitude,
     tissue_mask,
 )
+from ._ops import dilate, ecc, m3, ncc, warp
+from .search import (
+    FEATURE_SIZE,
+    SCALES,
+    SCALES_KNOWN,
+    centroid,
+    feature_candidate,
+    rotation_search,
+    structure,
+)
 from .transform import Transform
 
-__all__ = ["register", "Pair"]
+__all__ = ["register", "Pair", "METRICS"]
+
+#: images the intensity refinement can align (see :func:`register`)
+METRICS = ("auto", "hema", "od", "mix")
+#: hematoxylin weaker than this (90th percentile inside the tissue, OD units) is not aligned on
+HEMA_MIN_OD = 0.018
+#: tissue masks are widened by this many working pixels before they restrict ECC (edges count)
+MASK_MARGIN_PX = 8
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +100,8 @@ def _make_level(src: ImageSource, downsample: float, cfg: RegistrationConfig, un
     else:
         ref = float(od.max()) or 1.0
     od = np.clip(od / max(ref, 1e-6), 0.0, 1.5).astype(np.float32)
-    return Level(rgb=rgb, od=od, feat=hematoxylin(rgb, mask), mask=mask, scale=scale)
+    feat, strength = hematoxylin(rgb, mask)
+    return Level(rgb=rgb, od=od, feat=feat, mask=mask, scale=scale, hema_strength=strength)
 
 
 def _pair_at(fixed: ImageSource, moving: ImageSource, unit: float, fu: float, mu: float,
@@ -98,115 +115,13 @@ def _to_level0(w_level: np.ndarray, pair: Pair) -> np.ndarray:
     """Level warp (fixed level px → moving level px) to level-0 (fixed → moving)."""
     sf = level_matrix(pair.fixed.scale)
     sm = level_matrix(pair.moving.scale)
-    return sm @ _m3(w_level) @ np.linalg.inv(sf)
+    return sm @ m3(w_level) @ np.linalg.inv(sf)
 
 
 def _to_level(a0: np.ndarray, pair: Pair) -> np.ndarray:
     sf = level_matrix(pair.fixed.scale)
     sm = level_matrix(pair.moving.scale)
     return (np.linalg.inv(sm) @ a0 @ sf)[:2].astype(np.float32)
-
-
-def _m3(w: np.ndarray) -> np.ndarray:
-    w = np.asarray(w, dtype=np.float64)
-    return np.vstack([w[:2], [0.0, 0.0, 1.0]])
-
-
-def _warp(img: np.ndarray, w: np.ndarray, size: tuple[int, int], *, nearest: bool = False,
-          border: float = 0.0) -> np.ndarray:
-    """Sample ``img`` (moving level) on the fixed level grid through ``w`` (fixed → moving)."""
-    import cv2
-
-    flags = (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
-    return cv2.warpAffine(img, np.asarray(w, dtype=np.float64)[:2], size, flags=flags,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=border)
-
-
-def _ncc(a: np.ndarray, b: np.ndarray, weight: np.ndarray | None = None) -> float:
-    if weight is not None:
-        sel = weight
-        if sel.sum() < 16:
-            return 0.0
-        a, b = a[sel], b[sel]
-    a = a.astype(np.float64).ravel()
-    b = b.astype(np.float64).ravel()
-    a = a - a.mean()
-    b = b - b.mean()
-    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else 0.0
-
-
-def _centroid(mask: np.ndarray, od: np.ndarray) -> np.ndarray:
-    w = od * mask
-    s = float(w.sum())
-    if s <= 0:
-        h, wd = mask.shape
-        return np.array([(wd - 1) / 2.0, (h - 1) / 2.0])
-    ys, xs = np.indices(mask.shape)
-    return np.array([float((xs * w).sum() / s), float((ys * w).sum() / s)])
-
-
-def _candidate(theta: float, mirror: bool, s: float, cf: np.ndarray, cm: np.ndarray) -> np.ndarray:
-    """fixed → moving level warp: rotate/mirror/scale about the fixed centroid onto the moving one."""
-    c, sn = math.cos(theta), math.sin(theta)
-    lin = s * np.array([[c, -sn], [sn, c]])
-    if mirror:
-        lin = lin @ np.diag([-1.0, 1.0])
-    t = cm - lin @ cf
-    return np.hstack([lin, t[:, None]])
-
-
-def _coarse_search(pair: Pair, cfg: RegistrationConfig, scale0: float) -> tuple[list[tuple[float, np.ndarray]], float]:
-    """Score every rotation (and mirror); returns the ranked candidates and the peak's distinctness."""
-    import cv2
-
-    f, m = pair.fixed, pair.moving
-    size = (f.od.shape[1], f.od.shape[0])
-    cf, cm = _centroid(f.mask, f.od), _centroid(m.mask, m.od)
-    fod = cv2.GaussianBlur(f.feat, (0, 0), 1.0)
-    mod = cv2.GaussianBlur(m.feat, (0, 0), 1.0)
-    hann = cv2.createHanningWindow(size, cv2.CV_32F)
-    step = max(0.5, float(cfg.rotation_step_deg))
-    angles = np.arange(0.0, 360.0, step)
-    mirrors = (False, True) if cfg.allow_mirror else (False,)
-    scored: list[tuple[float, np.ndarray]] = []
-    for mirror in mirrors:
-        for deg in angles:
-            w = _candidate(math.radians(deg), mirror, scale0, cf, cm)
-            warped = _warp(mod, w, size)
-            (dx, dy), _ = cv2.phaseCorrelate(fod, warped, hann)
-            # the warped image is shifted by (dx, dy) against the fixed one
-            w2 = w.copy()
-            w2[:, 2] += w[:, :2] @ np.array([dx, dy])
-            if abs(dx) > size[0] / 3 or abs(dy) > size[1] / 3:
-                w2 = w
-            score = _ncc(fod, _warp(mod, w2, size))
-            scored.append((score, w2))
-    scored.sort(key=lambda t: -t[0])
-    scores = np.array([s for s, _ in scored])
-    spread = float(np.std(scores)) or 1e-6
-    distinct = float((scores[0] - np.median(scores)) / spread)
-    return scored, distinct
-
-
-def _ecc(template: np.ndarray, image: np.ndarray, w: np.ndarray, motion: int, cfg: RegistrationConfig,
-         gauss: int) -> tuple[float, np.ndarray]:
-    import cv2
-
-    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, int(cfg.ecc_iterations), float(cfg.ecc_eps))
-    warp = np.asarray(w, dtype=np.float32)[:2].copy()
-    try:
-        cc, warp = cv2.findTransformECC(template, image, warp, motion, crit, None, gauss)
-    except cv2.error as err:  # did not converge: keep the start
-        log.debug("ECC did not converge: %s", str(err).splitlines()[-1] if str(err) else err)
-        return -1.0, np.asarray(w, dtype=np.float32)[:2]
-    return float(cc), warp
-
-
-def _motion(cfg: RegistrationConfig) -> int:
-    import cv2
-
-    return cv2.MOTION_EUCLIDEAN if cfg.model == "rigid" else cv2.MOTION_AFFINE
 
 
 def _pyramid_units(extent: float, cfg: RegistrationConfig, physical: bool, finest: float) -> list[float]:
@@ -224,6 +139,58 @@ def _pyramid_units(extent: float, cfg: RegistrationConfig, physical: bool, fines
     return units
 
 
+def channel(level: Level, kind: str) -> np.ndarray:
+    return structure(level.od, level.feat, kind)
+
+
+def _choose_metric(pair: Pair, metric: str) -> str:
+    """The image to align: ``"hema"`` unless one image's hematoxylin is too weak (then ``"od"``).
+
+    ``metric`` ``"auto"`` decides by the hematoxylin contrast inside the tissue
+    (its median over the 99th percentile); ``"hema"``, ``"od"`` or ``"mix"`` force one.
+    """
+    if metric != "auto":
+        return metric
+    weak = []
+    for lvl in (pair.fixed, pair.moving):
+        weak.append(lvl.hema_strength < HEMA_MIN_OD)
+    return "od" if any(weak) else "hema"
+
+
+def _start(pair: Pair, kind: str, cfg: RegistrationConfig, physical: bool, fine: Pair | None,
+           motion: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The best coarse warp (fixed → moving, coarse level) over rotations, scales, mirrors and features."""
+    import cv2
+
+    f, m = pair.fixed, pair.moving
+    fimg = cv2.GaussianBlur(channel(f, kind), (0, 0), 1.0)
+    mimg = cv2.GaussianBlur(channel(m, kind), (0, 0), 1.0)
+    cf, cm = centroid(f.mask, f.od), centroid(m.mask, m.od)
+    mirrors = (False, True) if cfg.allow_mirror else (False,)
+    scales = SCALES_KNOWN if physical else SCALES
+    if cfg.model == "rigid" and physical:
+        scales = (1.0,)
+    cands, distinct = rotation_search(fimg, mimg, cf, cm, step_deg=cfg.rotation_step_deg, scales=scales,
+                                      mirrors=mirrors, keep=max(1, cfg.coarse_candidates - 1))
+    info: dict[str, Any] = {"distinctness": round(distinct, 3)}
+    if fine is not None:
+        fc, stats = feature_candidate(fine.fixed.od, fine.fixed.mask, fine.moving.od, fine.moving.mask, mirrors)
+        info["features"] = stats
+        if fc is not None:  # into coarse-level pixels
+            a0 = _to_level0(fc.w, fine)
+            fc.w = _to_level(a0, pair)
+            cands.append(fc)
+    fmask, mmask = dilate(f.mask, MASK_MARGIN_PX), dilate(m.mask, MASK_MARGIN_PX)
+    best = (-2.0, cands[0].w, cands[0])
+    for c in cands:
+        cc, w2 = ecc(fimg, mimg, c.w, motion, cfg.ecc_iterations, cfg.ecc_eps, 5, fmask, mmask)
+        if cc > best[0]:
+            best = (cc, w2, c)
+    info.update(ecc=round(best[0], 4), start=best[2].source, start_scale=round(best[2].scale, 3),
+                mirror=bool(best[2].mirror))
+    return best[1], info
+
+
 def register(
     fixed: Any,
     moving: Any,
@@ -232,15 +199,19 @@ def register(
     fixed_mpp: float | None = None,
     moving_mpp: float | None = None,
     progress: ProgressCallback | None = None,
+    metric: str = "auto",
 ) -> Transform:
     """Align ``moving`` (IHC) to ``fixed`` (H&E); returns the fixed → moving transform.
 
     ``fixed`` and ``moving`` are RGB arrays (taken as level 0) or slides (objects
     with ``dimensions`` and ``thumbnail``, such as :class:`her2_qupath.slide.Slide`).
     Pixel sizes come from the slides or ``fixed_mpp``/``moving_mpp``; without
-    them both images are assumed to share one pixel size and everything is in
-    pixels. Raises :class:`RegistrationError` when an image shows no tissue;
-    a poor alignment is returned with ``quality["reliable"] = False``.
+    them both images are assumed to share one pixel size (up to the scale the
+    search finds) and everything is in pixels. ``metric`` chooses the image
+    aligned: ``"auto"`` (hematoxylin, or optical density when one image's
+    hematoxylin is weak), ``"hema"``, ``"od"`` or ``"mix"``. Raises
+    :class:`RegistrationError` when an image shows no tissue; a poor alignment
+    is returned with ``quality["reliable"] = False``.
     """
     import cv2
 
@@ -249,6 +220,8 @@ def register(
     if cfg.model not in ("rigid", "affine", "nonrigid"):
         raise UserInputError(f"unknown registration model {cfg.model!r}",
                              hint="use rigid, affine or nonrigid")
+    if metric not in METRICS:
+        raise UserInputError(f"unknown registration metric {metric!r}", hint="use " + ", ".join(METRICS))
     fsrc = as_source(fixed, fixed_mpp, "fixed (H&E)")
     msrc = as_source(moving, moving_mpp, "moving (IHC)")
     fu, mu, physical = _units(fsrc, msrc)
@@ -265,34 +238,26 @@ def register(
                  msrc.dimensions[0] * mu, msrc.dimensions[1] * mu)
     finest = max(fu, mu)
     units = _pyramid_units(extent, cfg, physical, finest)
+    motion = cv2.MOTION_EUCLIDEAN if cfg.model == "rigid" else cv2.MOTION_AFFINE
 
-    # 1. coarse search
-    pair = _pair_at(fsrc, msrc, units[0], fu, mu, cfg)
+    # 1. start: rotation x scale (x mirror) search and feature matching, refined at the coarse level
+    pair = coarse = _pair_at(fsrc, msrc, units[0], fu, mu, cfg)
     for name, lvl in (("fixed (H&E)", pair.fixed), ("moving (IHC)", pair.moving)):
         check_tissue(lvl.mask, name, cfg.min_tissue_fraction)
-    if physical and cfg.model == "rigid":
-        scale0 = 1.0
-    else:
-        scale0 = math.sqrt(pair.moving.mask.sum() / max(pair.fixed.mask.sum(), 1))
-        if physical:  # sections shrink a little, never by much: ECC refines the rest
-            scale0 = float(np.clip(scale0, 0.8, 1.25))
-    scored, distinct = _coarse_search(pair, cfg, scale0)
-    step()
-    fod = cv2.GaussianBlur(pair.fixed.feat, (0, 0), 1.0)
-    mod = cv2.GaussianBlur(pair.moving.feat, (0, 0), 1.0)
-    best_cc, best_w = -2.0, scored[0][1]
-    for _, w in scored[: max(1, cfg.coarse_candidates)]:
-        cc, w2 = _ecc(fod, mod, w, _motion(cfg), cfg, 5)
-        if cc > best_cc:
-            best_cc, best_w = cc, w2
-    a0 = _to_level0(best_w, pair)
+    kind = _choose_metric(pair, metric)
+    funit = max(finest, extent / FEATURE_SIZE)
+    fpair = _pair_at(fsrc, msrc, funit, fu, mu, cfg) if funit < units[0] * 0.9 else pair
+    w, info = _start(pair, kind, cfg, physical, fpair, motion)
+    a0 = _to_level0(w, pair)
     step()
 
-    # 2. affine (or rigid) pyramid
+    # 2. affine (or rigid) pyramid, ECC inside the fixed tissue mask
     for unit in units[1:]:
-        pair = _pair_at(fsrc, msrc, unit, fu, mu, cfg)
+        pair = fpair if abs(unit - fpair.unit) < 1e-9 else _pair_at(fsrc, msrc, unit, fu, mu, cfg)
         w = _to_level(a0, pair)
-        cc, w2 = _ecc(pair.fixed.feat, pair.moving.feat, w, _motion(cfg), cfg, cfg.ecc_gauss)
+        cc, w2 = ecc(channel(pair.fixed, kind), channel(pair.moving, kind), w, motion, cfg.ecc_iterations,
+                     cfg.ecc_eps, cfg.ecc_gauss, dilate(pair.fixed.mask, MASK_MARGIN_PX),
+                     dilate(pair.moving.mask, MASK_MARGIN_PX))
         if cc > 0:
             a0 = _to_level0(w2, pair)
     step()
@@ -301,7 +266,6 @@ def register(
         a0 = _nearest_rigid(a0, fu / mu if physical else None, fsrc.dimensions)
     affine = Transform(a0, fsrc.dimensions, msrc.dimensions, fixed_mpp=fsrc.mpp if physical else None,
                        moving_mpp=msrc.mpp if physical else None, model=cfg.model)
-    quality = measure_quality(pair, affine, cfg)
     result = affine
 
     # 3. non-rigid
@@ -311,21 +275,15 @@ def register(
         floor = max(cfg.nonrigid_mpp, finest) if physical else finest
         nunit = max(floor, extent / cfg.max_nonrigid_size)
         npair = pair if abs(nunit - pair.unit) < 1e-9 else _pair_at(fsrc, msrc, nunit, fu, mu, cfg)
-        fld = refine_nonrigid(npair, affine, cfg)
+        fld = refine_nonrigid(npair, affine, cfg, "mix" if kind == "hema" else kind)
         if fld is not None:
-            candidate = affine.with_metadata(field=fld)
-            q2 = measure_quality(npair, candidate, cfg)
-            q1 = quality if npair is pair else measure_quality(npair, affine, cfg)
-            if q2["ncc"] > q1["ncc"]:
-                result, quality = candidate, q2
-            else:
-                log.info("non-rigid refinement did not improve the alignment (NCC %.3f -> %.3f); "
-                         "keeping the affine transform", q1["ncc"], q2["ncc"])
+            result = affine.with_metadata(field=fld)
         step()
 
-    quality["distinctness"] = round(distinct, 3)
-    quality["ecc"] = round(best_cc, 4)
-    quality["score"] = round(_score(quality, cfg), 4)
+    quality = measure_quality(coarse, result, cfg, kind)
+    step()
+    quality.update(info)
+    quality["metric"] = kind
     quality["min_quality"] = cfg.min_quality
     quality["reliable"] = bool(quality["score"] >= cfg.min_quality)
     quality["seconds"] = round(time.perf_counter() - t0, 3)
@@ -333,12 +291,9 @@ def register(
     quality["unit"] = "um" if physical else "px"
     if not quality["reliable"]:
         log.warning(
-            "registration quality %.2f is below %.2f (tissue overlap %.2f, correlation %.2f): "
-            "the H&E and IHC images may show different tissue; mapped results are flagged unreliable",
-            quality["score"], cfg.min_quality, quality["dice"], quality["ncc"],
-        )
+            "registration reliability %.2f is below %.2f: the H&E and IHC images may show different "
+            "tissue or be mirrored; mapped results are flagged unreliable", quality["score"], cfg.min_quality)
     return result.with_metadata(quality=quality)
-
 
 def _nearest_rigid(a0: np.ndarray, scale: float | None, fixed_size: tuple[int, int]) -> np.ndarray:
     """Project an affine matrix onto rotation (+ mirror) times a fixed scale.
@@ -403,19 +358,18 @@ def warp_moving_to_fixed(pair: Pair, transform: Transform, image: np.ndarray, *,
 
     h, w = pair.fixed.od.shape
     if transform.field is None and maps is None:
-        return _warp(image, _to_level(transform.matrix, pair), (w, h), nearest=nearest, border=border)
+        return warp(image, _to_level(transform.matrix, pair), (w, h), nearest=nearest, border=border)
     mx, my = maps if maps is not None else _moving_maps(pair, transform)
     interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
     return cv2.remap(image, mx, my, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=border)
 
 
-def measure_quality(pair: Pair, transform: Transform, cfg: RegistrationConfig) -> dict[str, Any]:
-    """Tissue-mask Dice and hematoxylin-image correlation after alignment.
-
-    The correlation is taken over the union of both tissue masks (so tissue
-    facing glass counts against it), after a light Gaussian smoothing.
-    """
+def measure_quality(pair: Pair, transform: Transform, cfg: RegistrationConfig, kind: str = "hema") -> dict[str, Any]:
+    """Reliability score (forward-backward consistency of local matches, :mod:`.quality`) and,
+    for information, the tissue-mask Dice and the structure images' correlation."""
     import cv2
+
+    from .quality import measure, reliability_score
 
     f = pair.fixed
     maps = None if transform.field is None else _moving_maps(pair, transform)
@@ -424,7 +378,10 @@ def measure_quality(pair: Pair, transform: Transform, cfg: RegistrationConfig) -
     inter = float((wm & f.mask).sum())
     dice = 2.0 * inter / max(float(wm.sum() + f.mask.sum()), 1.0)
     sigma = max(0.5, float(cfg.quality_smoothing_px))
-    fod = cv2.GaussianBlur(f.feat, (0, 0), sigma)
-    wod = cv2.GaussianBlur(warp_moving_to_fixed(pair, transform, pair.moving.feat, maps=maps), (0, 0), sigma)
-    ncc = _ncc(fod, wod, f.mask | wm)
-    return {"dice": round(dice, 4), "ncc": round(ncc, 4)}
+    fimg, mimg = channel(f, kind), channel(pair.moving, kind)
+    fod = cv2.GaussianBlur(fimg, (0, 0), sigma)
+    wod = cv2.GaussianBlur(warp_moving_to_fixed(pair, transform, mimg, maps=maps), (0, 0), sigma)
+    out: dict[str, Any] = {"dice": round(dice, 4), "ncc": round(ncc(fod, wod, f.mask | wm), 4)}
+    out.update(measure(pair, transform, fimg, mimg, maps))
+    out["score"] = round(reliability_score(out["consistent_share"], out["residual_pct"]), 4)
+    return out

@@ -1,21 +1,32 @@
-"""Non-rigid refinement: a smooth displacement field on top of the affine transform.
+"""Non-rigid refinement: a regularised, multi-resolution displacement field inside the tissue.
 
-Block matching on the hematoxylin images (the same structures in H&E and IHC):
-the fixed image is cut into small patches on a regular grid inside the tissue,
-each patch is located in the affinely aligned moving image by normalised
-cross-correlation (``cv2.matchTemplate``, insensitive to the stains' different
-contrast) within a small search radius, with sub-pixel refinement of the
-correlation peak. The local displacements are combined into a dense field by
-normalised convolution with a wide Gaussian (each weighted by its correlation),
-which keeps only the slow, section-scale deformations (stretching, bending).
-The field is sampled on a coarse grid that
-:class:`~her2_qupath.registration.transform.DisplacementField` interpolates with
-cubic B-splines.
+On top of the affine transform, in :data:`STAGES` passes from coarse to fine:
+
+1. **Local matches**: the fixed image is cut into patches on a regular grid
+   inside the tissue of both images; each patch is located in the moving image
+   (warped by the current transform) by normalised cross-correlation
+   (``cv2.matchTemplate``: insensitive to the stains' different contrast)
+   within a search radius, with sub-pixel refinement of the peak. Weak or
+   ambiguous peaks are dropped.
+2. **Regularised fit**: the displacements are fitted by a smooth field on a
+   control grid (bilinear basis) that minimises the weighted squared misfit
+   plus ``λ ×`` the field's bending energy (squared second differences,
+   the discrete thin-plate penalty elastix's B-spline transform also uses),
+   solved as one sparse linear system. Matches far from the fit are outliers:
+   dropped, and the fit repeated. Outside the tissue the bending penalty
+   continues the field smoothly.
+3. The increment is added to the field and the next, finer pass matches
+   smaller patches within a smaller radius with a weaker penalty.
+
+The result is stored on a regular grid that
+:class:`~her2_qupath.registration.transform.DisplacementField` interpolates
+with cubic B-splines.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,9 +38,29 @@ from .transform import DisplacementField, Transform
 if TYPE_CHECKING:
     from .core import Pair
 
-__all__ = ["refine_nonrigid", "match_blocks"]
+__all__ = ["refine_nonrigid", "match_blocks", "fit_field", "STAGES"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pass: images reduced by ``shrink``; patch, step and radius as fractions of the config's."""
+
+    shrink: int
+    patch: float
+    radius: float
+    bending: float  # λ of the bending energy, relative to the data term
+    method: str = "blocks"  # "blocks" (patch NCC) or "flow" (dense optical flow)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(shrink=1, patch=1.0, radius=1.0, bending=1.0, method="blocks"),
+    Stage(shrink=1, patch=1.0, radius=1.0, bending=3.0, method="flow"),
+)
+MIN_MATCHES = 16
+FLOW_CONTRAST_PX = 3.0  # neighbourhood (sigma, px) of the contrast normalisation before optical flow
+CONTROL_PX = 16  # control-grid spacing of the fit (non-rigid level px)
 
 
 def _subpixel(a: float, b: float, c: float) -> float:
@@ -47,7 +78,7 @@ def match_blocks(fixed: np.ndarray, moving: np.ndarray, valid: np.ndarray, *, pa
     import cv2
 
     h, w = fixed.shape
-    half = patch // 2
+    half = max(4, patch // 2)
     pts, disp, conf = [], [], []
     for y in range(half + radius, h - half - radius, step):
         for x in range(half + radius, w - half - radius, step):
@@ -66,64 +97,164 @@ def match_blocks(fixed: np.ndarray, moving: np.ndarray, valid: np.ndarray, *, pa
             pts.append((x, y))
             disp.append((px + ddx - radius, py + ddy - radius))
             conf.append(peak)
-    return (np.asarray(pts, dtype=np.int64).reshape(-1, 2), np.asarray(disp, dtype=np.float32).reshape(-1, 2),
-            np.asarray(conf, dtype=np.float32))
+    return (np.asarray(pts, dtype=np.float64).reshape(-1, 2), np.asarray(disp, dtype=np.float64).reshape(-1, 2),
+            np.asarray(conf, dtype=np.float64))
 
 
-def _densify(shape: tuple[int, int], pts: np.ndarray, disp: np.ndarray, conf: np.ndarray,
-             sigma: float) -> np.ndarray:
-    """Normalised convolution of sparse displacements; fades to zero far from any match."""
+def _second_differences(rows: int, cols: int):
+    """Sparse operators of the second differences along x, y and the mixed one (bending energy)."""
+    import scipy.sparse as sp
+
+    def d2(n: int):
+        if n < 3:
+            return sp.csr_matrix((0, n))
+        return sp.diags([np.ones(n - 2), -2 * np.ones(n - 2), np.ones(n - 2)], [0, 1, 2], shape=(n - 2, n))
+
+    def d1(n: int):
+        return sp.diags([-np.ones(n - 1), np.ones(n - 1)], [0, 1], shape=(n - 1, n))
+
+    ix, iy = sp.identity(cols), sp.identity(rows)
+    dxx = sp.kron(iy, d2(cols))
+    dyy = sp.kron(d2(rows), ix)
+    dxy = sp.kron(d1(rows), d1(cols))
+    return sp.vstack([dxx, dyy, np.sqrt(2.0) * dxy]).tocsr()
+
+
+def fit_field(shape: tuple[int, int], pts: np.ndarray, disp: np.ndarray, weight: np.ndarray, *,
+              spacing: int, bending: float) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth displacement (dense ``(h, w, 2)``) fitting ``disp`` at ``pts`` under a bending penalty.
+
+    Minimises ``Σ wᵢ |u(pᵢ) − dᵢ|² + bending · n̄ · Σ |∇²u|²`` with ``u`` bilinear on a
+    control grid of ``spacing`` px (``n̄``: the mean number of matches per control
+    cell, so that ``bending`` does not depend on the match density). Also returns
+    the fitted displacement at each point.
+    """
     import cv2
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import spsolve
 
     h, w = shape
-    den = np.zeros((h, w), np.float32)
-    num = np.zeros((h, w, 2), np.float32)
-    den[pts[:, 1], pts[:, 0]] = conf
-    num[pts[:, 1], pts[:, 0]] = disp * conf[:, None]
-    dens = cv2.GaussianBlur(den, (0, 0), sigma)
-    flow = np.stack([cv2.GaussianBlur(num[..., k], (0, 0), sigma) / np.maximum(dens, 1e-9) for k in range(2)], -1)
-    fade = np.clip(dens / max(float(dens.max()) * 0.05, 1e-9), 0.0, 1.0)
-    return flow * fade[..., None]
+    g = float(spacing)
+    rows, cols = int(np.ceil((h - 1) / g)) + 2, int(np.ceil((w - 1) / g)) + 2
+    gx, gy = pts[:, 0] / g, pts[:, 1] / g
+    x0, y0 = np.floor(gx).astype(np.int64), np.floor(gy).astype(np.int64)
+    fx, fy = gx - x0, gy - y0
+    n = len(pts)
+    idx = np.concatenate([y0 * cols + x0, y0 * cols + x0 + 1, (y0 + 1) * cols + x0, (y0 + 1) * cols + x0 + 1])
+    val = np.concatenate([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy])
+    a = sp.csr_matrix((val, (np.tile(np.arange(n), 4), idx)), shape=(n, rows * cols))
+    wa = sp.diags(weight) @ a
+    reg = _second_differences(rows, cols)
+    density = max(n / float(rows * cols), 1e-3)
+    lhs = (a.T @ wa + bending * density * (reg.T @ reg) + 1e-6 * sp.identity(rows * cols)).tocsc()
+    coef = np.stack([spsolve(lhs, wa.T @ disp[:, k]) for k in range(2)], axis=1)
+    fitted = a @ coef
+    grid = coef.reshape(rows, cols, 2).astype(np.float32)
+    # bilinear grid → dense field: resize with pixel-centre alignment of the nodes at 0, g, 2g, ...
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32) / np.float32(g)
+    dense = np.stack([cv2.remap(grid[..., k], xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                      for k in range(2)], axis=-1)
+    return dense, fitted
 
 
-def refine_nonrigid(pair: Pair, affine: Transform, cfg: RegistrationConfig) -> DisplacementField | None:
+def _local_contrast(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Each pixel relative to its neighbourhood's mean and spread: the stains' contrast cancels."""
+    import cv2
+
+    mean = cv2.GaussianBlur(img, (0, 0), sigma)
+    var = cv2.GaussianBlur((img - mean) ** 2, (0, 0), sigma)
+    return (img - mean) / np.sqrt(var + 1e-4)
+
+
+def flow_matches(fixed: np.ndarray, moving: np.ndarray, valid: np.ndarray, *, step: int,
+                 window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dense Farnebäck optical flow between the contrast-normalised images, sampled every ``step`` px."""
+    import cv2
+
+    def u8(x: np.ndarray) -> np.ndarray:
+        return np.clip(_local_contrast(x, FLOW_CONTRAST_PX) * 40.0 + 128.0, 0, 255).astype(np.uint8)
+
+    win = max(5, window | 1)
+    fl = cv2.calcOpticalFlowFarneback(u8(fixed), u8(moving), None, 0.5, 3, win, 5, 7, 1.5,
+                                      cv2.OPTFLOW_FARNEBACK_GAUSSIAN)
+    h, w = fixed.shape
+    ys, xs = np.mgrid[step // 2:h:step, step // 2:w:step]
+    sel = valid[ys, xs]
+    pts = np.stack([xs[sel], ys[sel]], axis=1).astype(np.float64)
+    return pts, fl[ys[sel], xs[sel]].astype(np.float64), np.ones(len(pts))
+
+
+def _remap(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    import cv2
+
+    h, w = img.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return cv2.remap(img, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+
+
+def _shrink(img: np.ndarray, k: int) -> np.ndarray:
+    import cv2
+
+    if k == 1:
+        return img
+    return cv2.resize(img, (img.shape[1] // k, img.shape[0] // k), interpolation=cv2.INTER_AREA)
+
+
+def refine_nonrigid(pair: Pair, affine: Transform, cfg: RegistrationConfig, kind: str = "hema",
+                    ) -> DisplacementField | None:
     """A smooth displacement field refining ``affine`` on the images of ``pair`` (or None)."""
     import cv2
 
-    from .core import warp_moving_to_fixed
+    from .core import channel, warp_moving_to_fixed
 
     f = pair.fixed
-    warped = warp_moving_to_fixed(pair, affine, pair.moving.feat)
-    warped_mask = warp_moving_to_fixed(pair, affine, pair.moving.mask.astype(np.uint8), nearest=True) > 0
-    valid = f.mask & warped_mask
-    # bound the work on large tissue: widen the patch spacing to at most max_patches patches
-    step = max(int(cfg.nonrigid_step_px), int(np.ceil(np.sqrt(valid.sum() / max(cfg.nonrigid_max_patches, 1)))))
-    pts, disp, conf = match_blocks(
-        cv2.GaussianBlur(f.feat, (0, 0), 1.0), cv2.GaussianBlur(warped, (0, 0), 1.0), valid,
-        patch=int(cfg.nonrigid_patch_px), step=step,
-        radius=int(cfg.nonrigid_radius_px), min_ncc=float(cfg.nonrigid_min_ncc),
-    )
-    if len(pts) < 16:
-        log.info("only %d reliable local matches: no non-rigid refinement", len(pts))
+    fimg = cv2.GaussianBlur(channel(f, kind), (0, 0), 1.0)
+    mimg = cv2.GaussianBlur(warp_moving_to_fixed(pair, affine, channel(pair.moving, kind)), (0, 0), 1.0)
+    mmask = warp_moving_to_fixed(pair, affine, pair.moving.mask.astype(np.uint8), nearest=True) > 0
+    valid = f.mask & mmask
+    h, w = fimg.shape
+    flow = np.zeros((h, w, 2), np.float32)
+    used = 0
+    for st in STAGES:
+        k = st.shrink
+        fi, mi = _shrink(fimg, k), _shrink(_remap(mimg, flow), k)
+        vk = cv2.resize(valid.astype(np.uint8), (fi.shape[1], fi.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+        patch = max(8, int(round(cfg.nonrigid_patch_px * st.patch)))
+        radius = max(2, int(round(cfg.nonrigid_radius_px * st.radius)))
+        step = max(int(cfg.nonrigid_step_px), int(np.ceil(np.sqrt(vk.sum() / max(cfg.nonrigid_max_patches, 1)))))
+        if st.method == "flow":
+            pts, disp, conf = flow_matches(fi, mi, vk, step=step, window=int(round(patch * 0.67)))
+        else:
+            pts, disp, conf = match_blocks(fi, mi, vk, patch=patch, step=step, radius=radius,
+                                           min_ncc=float(cfg.nonrigid_min_ncc))
+        if len(pts) < MIN_MATCHES:
+            log.info("non-rigid pass at 1/%d: only %d reliable local matches", k, len(pts))
+            continue
+        wgt = conf.copy()
+        for _ in range(2):
+            dense, fitted = fit_field(fi.shape, pts, disp, wgt, spacing=max(4, CONTROL_PX // k),
+                                      bending=st.bending)
+            resid = np.hypot(*(disp - fitted).T)
+            if cfg.nonrigid_outlier_px <= 0:
+                break
+            keep = resid <= max(cfg.nonrigid_outlier_px / k, 1.0)
+            if keep.all() or keep.sum() < MIN_MATCHES:
+                break
+            wgt = np.where(keep, conf, 0.0)
+        inc = dense if k == 1 else cv2.resize(dense, (w, h), interpolation=cv2.INTER_LINEAR) * k
+        # compose: new(p) = old(p) + inc(p) (increments are small and smooth)
+        flow = flow + inc.astype(np.float32)
+        used += 1
+    if not used:
         return None
-    sigma = float(cfg.nonrigid_smoothing_px)
-    flow = _densify(f.feat.shape, pts, disp, conf, sigma)
-    if cfg.nonrigid_outlier_px > 0:
-        # drop matches that disagree with their smoothed neighbourhood, then smooth again
-        resid = np.hypot(*(disp - flow[pts[:, 1], pts[:, 0]]).T)
-        keep = resid <= cfg.nonrigid_outlier_px
-        if keep.sum() >= 16 and not keep.all():
-            log.debug("non-rigid: %d of %d matches are outliers", int((~keep).sum()), len(keep))
-            pts, disp, conf = pts[keep], disp[keep], conf[keep]
-            flow = _densify(f.feat.shape, pts, disp, conf, sigma)
     g = max(1, int(cfg.nonrigid_grid_px))
-    h, w = f.feat.shape
     rows = np.arange(0, h + g, g)
     cols = np.arange(0, w + g, g)
     sample = flow[np.ix_(rows.clip(max=h - 1), cols.clip(max=w - 1))]
     sx, sy = f.scale
     sf = level_matrix(f.scale)
-    log.debug("non-rigid: %d matches, max displacement %.2f px", len(pts), float(np.abs(sample).max()))
+    log.debug("non-rigid: %d passes, max displacement %.2f px", used, float(np.abs(sample).max()))
     return DisplacementField(
         origin=(float(sf[0, 2]), float(sf[1, 2])),
         spacing=(float(g * sx), float(g * sy)),

@@ -1,0 +1,114 @@
+"""Small image operations shared by the registration stages (warping, correlation, ECC, MI)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+__all__ = ["m3", "warp", "ncc", "ecc", "nmi", "dilate"]
+
+log = logging.getLogger(__name__)
+
+
+def m3(w: np.ndarray) -> np.ndarray:
+    """A 2×3 (or 3×3) matrix as 3×3 float64."""
+    w = np.asarray(w, dtype=np.float64)
+    return np.vstack([w[:2], [0.0, 0.0, 1.0]])
+
+
+def warp(img: np.ndarray, w: np.ndarray, size: tuple[int, int], *, nearest: bool = False,
+         border: float = 0.0) -> np.ndarray:
+    """Sample ``img`` (moving level) on the fixed level grid through ``w`` (fixed → moving)."""
+    import cv2
+
+    flags = (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(img, np.asarray(w, dtype=np.float64)[:2], size, flags=flags,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+
+
+def ncc(a: np.ndarray, b: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """Normalised cross-correlation of two images (over ``weight > 0`` when given)."""
+    if weight is not None:
+        if weight.sum() < 16:
+            return 0.0
+        a, b = a[weight], b[weight]
+    a = a.astype(np.float64).ravel()
+    b = b.astype(np.float64).ravel()
+    a = a - a.mean()
+    b = b - b.mean()
+    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def nmi(a: np.ndarray, b: np.ndarray, weight: np.ndarray | None = None, bins: int = 32) -> float:
+    """Normalised mutual information ``(H(a) + H(b)) / H(a, b) - 1`` in [0, 1].
+
+    Stain-agnostic: it asks only that one image's intensities predict the
+    other's, whatever the relation (Studholme et al. 1999).
+    """
+    if weight is not None:
+        if weight.sum() < 64:
+            return 0.0
+        a, b = a[weight], b[weight]
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+
+    def q(x: np.ndarray) -> np.ndarray:
+        lo, hi = np.percentile(x, [1.0, 99.0])
+        return np.clip(((x - lo) / max(hi - lo, 1e-9) * bins).astype(np.int64), 0, bins - 1)
+
+    joint = np.bincount(q(a) * bins + q(b), minlength=bins * bins).astype(np.float64)
+    p = joint / max(joint.sum(), 1.0)
+    pa, pb = p.reshape(bins, bins).sum(1), p.reshape(bins, bins).sum(0)
+
+    def ent(x: np.ndarray) -> float:
+        x = x[x > 0]
+        return float(-(x * np.log(x)).sum())
+
+    hab = ent(p)
+    return (ent(pa) + ent(pb)) / hab - 1.0 if hab > 0 else 0.0
+
+
+def dilate(mask: np.ndarray, px: int) -> np.ndarray:
+    import cv2
+
+    if px <= 0:
+        return mask
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+    return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
+
+
+ECC_MASKS = "moving"
+
+
+def ecc(template: np.ndarray, image: np.ndarray, w: np.ndarray, motion: int, iterations: int, eps: float,
+        gauss: int, fixed_mask: np.ndarray | None = None,
+        moving_mask: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """OpenCV's ECC maximisation from ``w`` (fixed → moving) over the tissue.
+
+    With both masks (and OpenCV ≥ 4.11's ``findTransformECCWithMask``) only
+    pixels inside both count; otherwise the moving mask (carried along by the
+    warp). Returns the final correlation and warp; ``(-1, w)`` when it does not
+    converge.
+    """
+    import cv2
+
+    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, int(iterations), float(eps))
+    start = np.asarray(w, dtype=np.float32)[:2].copy()
+    fm = None if fixed_mask is None else fixed_mask.astype(np.uint8)
+    mm = None if moving_mask is None else moving_mask.astype(np.uint8)
+    try:
+        if ECC_MASKS == "none":
+            cc, out = cv2.findTransformECC(template, image, start.copy(), motion, crit, None, gauss)
+        elif ECC_MASKS == "both" and fm is not None and mm is not None and hasattr(cv2, "findTransformECCWithMask"):
+            cc, out = cv2.findTransformECCWithMask(template, image, fm, mm, start.copy(), motion, crit, gauss)
+        else:
+            cc, out = cv2.findTransformECC(template, image, start.copy(), motion, crit, mm, gauss)
+    except cv2.error as err:  # did not converge: keep the start
+        log.debug("ECC did not converge: %s", str(err).splitlines()[-1] if str(err) else err)
+        return -1.0, start
+    if not np.all(np.isfinite(out)) or abs(float(np.linalg.det(out[:, :2]))) < 1e-6:
+        return -1.0, start
+    return float(cc), out
