@@ -42,11 +42,13 @@ __all__ = [
     "predict",
     "cross_validate",
     "load_calibration",
+    "check_calibration",
     "apply_calibration",
     "write_calibration",
     "MIN_CASES_PER_CLASS",
     "result_blocks",
     "record_cases",
+    "calibrate_cases",
 ]
 
 FORMAT = "her2-qupath calibration"
@@ -170,27 +172,39 @@ def write_calibration(path: str | Path, grading: Sequence[float], *, n_cases: in
 def load_calibration(path: str | Path) -> dict[str, Any]:
     """Read and validate a calibration file; a clear error names what is wrong."""
     p = Path(path)
-    hint = "make it with `her2-qupath calibrate CASES -o calibration.json`"
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
-        raise UserInputError(f"calibration file {p} not found", hint=hint) from err
+        raise UserInputError(f"calibration file {p} not found", hint=_MAKE_ONE) from err
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserInputError(f"calibration file {p} is not JSON: {err}", hint=hint) from err
+        raise UserInputError(f"calibration file {p} is not JSON: {err}", hint=_MAKE_ONE) from err
+    checked = check_calibration(obj, f"calibration file {p}")
+    return {**checked, "path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+
+
+_MAKE_ONE = "make it with `her2-qupath calibrate CASES -o calibration.json`"
+
+
+def check_calibration(obj: Any, source: str = "the calibration") -> dict[str, Any]:
+    """Validate a calibration's content (a file's, or a request's ``options.calibration``).
+
+    Returns it with ``path`` (``source``) and ``sha256`` (of its canonical JSON) added
+    unless it carries them already.
+    """
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise UserInputError(f"{p} is not a her2-qupath calibration file", hint=hint)
+        raise UserInputError(f"{source} is not a her2-qupath calibration", hint=_MAKE_ONE)
     if obj.get("version") != VERSION:
-        raise UserInputError(f"calibration file {p} has version {obj.get('version')!r}; "
+        raise UserInputError(f"{source} has version {obj.get('version')!r}; "
                              f"this version reads {VERSION}", hint="calibrate again with this version")
     t = obj.get("membrane_thresholds")
     tissue = obj.get("membrane_tissue_od_sum")
     ok = (isinstance(t, list) and len(t) == 3 and all(isinstance(x, (int, float)) for x in t)
           and 0 < t[0] < t[1] < t[2] < 10 and isinstance(tissue, (int, float)) and 0 <= tissue < 2)
     if not ok:
-        raise UserInputError(f"calibration file {p} holds no valid grading "
-                             f"(thresholds {t!r}, tissue {tissue!r})", hint=hint)
-    sha = hashlib.sha256(p.read_bytes()).hexdigest()
-    return {**obj, "path": str(p), "sha256": sha}
+        raise UserInputError(f"{source} holds no valid grading (thresholds {t!r}, tissue {tissue!r})",
+                             hint=_MAKE_ONE)
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return {**obj, "path": source, "sha256": hashlib.sha256(canonical).hexdigest()}
 
 
 def apply_calibration(options: Any, calibration: dict[str, Any]) -> Any:
@@ -211,21 +225,61 @@ def result_blocks(result: Any) -> Blocks:
 
 
 def record_cases(cases: Sequence[Any], options: Any,
-                 progress: Callable[[int, int], None] | None = None) -> list[Blocks]:
-    """Score each case once, recording its membrane blocks (pixel level)."""
+                 progress: Callable[[int, int], None] | None = None
+                 ) -> list[tuple[Blocks, tuple[str, ...]]]:
+    """Score each case once (pixel level), recording its membrane blocks; per case the
+    blocks and why it is not evaluable at these settings (empty: evaluable)."""
     from .pipeline import ScoreRequest, run_score
-    from .qupath.geojson import read_geojson
 
     opts = dataclasses.replace(options, record_blocks=True,
                                scoring=dataclasses.replace(options.scoring, level="pixel"))
-    out: list[Blocks] = []
+    out: list[tuple[Blocks, tuple[str, ...]]] = []
     for k, case in enumerate(cases):
         if progress is not None:
             progress(k, len(cases))
-        rois = tuple(read_geojson(case.roi)) if case.roi is not None else None
-        res = run_score(ScoreRequest(ihc=case.image, he=case.he, ihc_mpp=case.mpp, rois=rois,
+        res = run_score(ScoreRequest(ihc=case.image, he=case.he, ihc_mpp=case.mpp, rois=case.load_rois(),
                                      roi_class=case.roi_class, options=opts))
-        out.append(result_blocks(res))
+        out.append((result_blocks(res), tuple(res.summary.get("not_evaluable_reasons") or ())))
     if progress is not None:
         progress(len(cases), len(cases))
     return out
+
+
+def calibrate_cases(cases: Sequence[Any], options: Any, *,
+                    min_cases_per_class: int = MIN_CASES_PER_CLASS,
+                    progress: Callable[[int, int], None] | None = None
+                    ) -> tuple[tuple[float, float, float, float], dict[str, Any]]:
+    """Fit the grading to the cases; the fitted (tissue, t1, t2, t3) and the report.
+
+    Cases that are not evaluable at ``options`` (too little tissue, too few cells)
+    are left out of the fit and listed; the report gives the leave-one-case-out
+    agreement of the calibrated grading and the agreement of ``options``' grading
+    on the same cases.
+    """
+    from .agreement import agreement
+    from .scoring import SCORE_NAMES
+
+    check_classes([c.score for c in cases], min_cases_per_class)
+    recorded = record_cases(cases, options, progress=progress)
+    kept = [k for k, (_, reasons) in enumerate(recorded) if not reasons]
+    left_out = [{"case": cases[k].name, "pathologist": SCORE_NAMES[cases[k].score],
+                 "reason": recorded[k][1][0]} for k in range(len(cases)) if k not in kept]
+    truth = [cases[k].score for k in kept]
+    check_classes(truth, min_cases_per_class)
+    blocks = [recorded[k][0] for k in kept]
+    guidelines = [cases[k].guideline or options.scoring.guideline for k in kept]
+    st = options.stain
+    default = (st.membrane_tissue_od_sum, *st.membrane_thresholds)
+    grading, _ = fit_grading(blocks, truth, guidelines)
+    folds = cross_validate(blocks, truth, guidelines)
+    names = [SCORE_NAMES[t] for t in truth]
+    cv_cal = agreement(names, [SCORE_NAMES[p] for _, p in folds])
+    cv_def = agreement(names, [SCORE_NAMES[predict(b, default, g)]
+                               for b, g in zip(blocks, guidelines, strict=True)])
+    report = {"calibrated_leave_one_out": cv_cal.to_dict(), "default": cv_def.to_dict(),
+              "default_grading": [round(float(x), 5) for x in default],
+              "cases": [{"case": cases[k].name, "pathologist": SCORE_NAMES[cases[k].score],
+                         "calibrated_leave_one_out": SCORE_NAMES[p]}
+                        for k, (_, p) in zip(kept, folds, strict=True)],
+              "left_out": left_out}
+    return grading, report

@@ -38,7 +38,7 @@ from .errors import UserInputError
 from .scoring import SCORE_NAMES
 from .validation_report import write_html_report
 
-__all__ = ["Case", "read_cases", "agreement_report", "run_validation", "CLINICAL_GROUPS",
+__all__ = ["Case", "read_cases", "read_project_cases", "load_cases", "SCORE_KEY", "agreement_report", "run_validation", "CLINICAL_GROUPS",
            "bootstrap_interval", "spearman"]
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,21 @@ class Case:
     mpp: float | None = None
     guideline: str | None = None
     he: Path | None = None
+    rois: tuple[Any, ...] | None = None  # the regions themselves (a QuPath project's annotations)
 
     @property
     def name(self) -> str:
         return self.image.stem
+
+    def load_rois(self) -> tuple[Any, ...] | None:
+        """The regions to score: given, read from ``roi``, or None (all tissue)."""
+        if self.rois is not None:
+            return self.rois
+        if self.roi is None:
+            return None
+        from .qupath.geojson import read_geojson
+
+        return tuple(read_geojson(self.roi))
 
 
 def _path(value: str, base: Path, row: int, column: str) -> Path:
@@ -136,6 +147,74 @@ def read_cases(path: str | Path) -> list[Case]:
                           (r.get("roi_class") or "").strip() or None, mpp, guideline,
                           _path(he, base, i, "he") if he else None))
     return cases
+
+
+#: The project metadata key that holds the pathologist's score by default.
+SCORE_KEY = "HER2 score"
+
+
+def _metadata_value(metadata: dict[str, Any], key: str) -> str | None:
+    """The value of ``key`` (case and surrounding spaces ignored); None when absent or empty."""
+    wanted = key.strip().casefold()
+    for k, v in metadata.items():
+        if str(k).strip().casefold() == wanted and str(v).strip():
+            return str(v).strip()
+    return None
+
+
+def read_project_cases(path: str | Path, *, score_key: str = SCORE_KEY,
+                       image_roots: Sequence[Path] = (), roi: Path | None = None,
+                       roi_class: str | None = None, backend: str = "auto") -> list[Case]:
+    """The cases of a QuPath project: every entry whose metadata holds ``score_key``.
+
+    Read with QuPath (paquo: the entry's own annotations are its regions) or, without
+    it, from ``project.qpproj`` (regions from GeoJSON files, as ``batch`` finds them).
+    Entries without the key are left out; a bad value or a missing image stops with
+    one line naming the entry.
+    """
+    from .qupath.batch import entry_rois
+    from .qupath.project import open_project
+
+    project = open_project(path, backend=backend, image_roots=image_roots)  # type: ignore[arg-type]
+    cases: list[Case] = []
+    try:
+        for k, entry in enumerate(project.images(), start=1):
+            value = _metadata_value(entry.metadata, score_key)
+            if value is None:
+                continue
+            where = f"project entry {entry.entry_id} ({entry.name})"
+            try:
+                score = score_index(value)
+            except UserInputError as err:
+                raise UserInputError(f"{where}: {score_key} {value!r} is not 0, 1+, 2+ or 3+",
+                                     hint="set the metadata value to 0, 1+, 2+ or 3+") from err
+            if score is None:
+                raise UserInputError(f"{where}: {score_key} {value!r} is not a score",
+                                     hint="remove the metadata value from images without a score")
+            if entry.path is None or not entry.exists:
+                raise UserInputError(f"{where}: image file not found ({entry.problem or entry.uri})",
+                                     hint="pass --image-root FOLDER where the images now lie")
+            rois, _source = entry_rois(project, entry, roi=roi)
+            cases.append(Case(k, entry.path, score, roi_class=roi_class, mpp=entry.mpp,
+                              rois=tuple(rois) if rois else None))
+    finally:
+        project.close()
+    if not cases:
+        raise UserInputError(f"no image of the project {path} carries a {score_key!r} metadata value",
+                             hint="add the pathologist's score to each image's metadata in QuPath, "
+                             "or name the key with --score-key")
+    return cases
+
+
+def load_cases(source: str | Path, *, score_key: str = SCORE_KEY, image_roots: Sequence[Path] = (),
+               roi: Path | None = None, roi_class: str | None = None,
+               backend: str = "auto") -> list[Case]:
+    """Cases from a CSV file or a QuPath project (a folder or its ``project.qpproj``)."""
+    p = Path(source)
+    if p.is_dir() or p.suffix.lower() == ".qpproj":
+        return read_project_cases(p, score_key=score_key, image_roots=image_roots, roi=roi,
+                                  roi_class=roi_class, backend=backend)
+    return read_cases(p)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -282,7 +361,6 @@ def run_validation(cases: Sequence[Case], outdir: str | Path, options: Any, *,
     """
     from ._io import atomic_write_json
     from .pipeline import ScoreRequest, run_score, write_result
-    from .qupath.geojson import read_geojson
 
     out = Path(outdir)
     rows = []
@@ -296,8 +374,7 @@ def run_validation(cases: Sequence[Case], outdir: str | Path, options: Any, *,
             if case.guideline is not None:
                 opts = dataclasses.replace(opts, scoring=dataclasses.replace(
                     opts.scoring, guideline=case.guideline))
-            rois = tuple(read_geojson(case.roi)) if case.roi is not None else None
-            request = ScoreRequest(ihc=case.image, he=case.he, ihc_mpp=case.mpp, rois=rois,
+            request = ScoreRequest(ihc=case.image, he=case.he, ihc_mpp=case.mpp, rois=case.load_rois(),
                                    roi_class=case.roi_class, options=opts)
             write_result(run_score(request), folder, he=case.he is not None or None)
         summary = json.loads(summary_path.read_text())

@@ -25,14 +25,15 @@ SCALE = 0.45
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two cases per score 0..3+, every tile of a case at its class, paler than the reference."""
+    """Two cases per score 0..3+, every tile of a case at its class, paler than the reference
+    (glass along the top edge gives the white point)."""
     d = tmp_path_factory.mktemp("lab")
     rows = []
     for k in range(4):
         for rep in range(2):
-            layout = [[k] * 3 for _ in range(3)]
+            layout = [[None] * 3] + [[k] * 3 for _ in range(3)]  # glass along the top
             if rep:  # the second case of a class holds some unstained tumour too
-                layout[0] = [0, 0, k]
+                layout[1] = [0, 0, k]
             path = write_png(d / f"case{k}{rep}.png", ihc_rgb(layout, line_scale=SCALE))
             rows.append({"image": path.name, "score": ("0", "1+", "2+", "3+")[k]})
     with open(d / "cases.csv", "w", newline="") as fh:

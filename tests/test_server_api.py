@@ -149,6 +149,12 @@ def test_job_lifecycle_and_results_match_direct_call(
         and png.mimetype == "image/png"
         and png.data[:8] == b"\x89PNG\r\n\x1a\n"
     )
+    report = client.get(f"/api/v1/jobs/{job['id']}/report.png")
+    assert report.status_code == 200 and report.data[:8] == b"\x89PNG\r\n\x1a\n"
+    pdf = client.get(f"/api/v1/jobs/{job['id']}/report.pdf")
+    assert pdf.status_code == 200 and pdf.mimetype == "application/pdf" and pdf.data[:5] == b"%PDF-"
+    links = client.get(f"/api/v1/jobs/{job['id']}").json["links"]
+    assert links["report_pdf"] == f"/api/v1/jobs/{job['id']}/report.pdf"
 
     listing = client.get("/api/v1/jobs").json
     assert listing["count"] == 1 and listing["jobs"][0]["id"] == job["id"]
@@ -532,3 +538,29 @@ def test_server_wide_calibration(make_app: Any, images: dict[str, Path], tmp_pat
     bad.write_text("{}")
     with pytest.raises(Her2Error, match="calibration"):
         PipelineScorer(calibration=bad)
+
+
+def test_calibration_per_request(make_app: Any, images: dict[str, Path], tmp_path: Path) -> None:
+    """options.calibration (a calibration file's content) grades that request only."""
+    from her2_qupath.calibration import write_calibration
+
+    server_cal = write_calibration(tmp_path / "server.json", (0.04, 0.09, 0.15, 0.4), n_cases=8)
+    client = make_app(PipelineScorer(calibration=server_cal)).test_client()
+    darker_lab = json.loads(write_calibration(tmp_path / "req.json", (0.04, 0.02, 0.05, 0.07),
+                                              n_cases=8).read_text())
+
+    def score(options: dict) -> Any:
+        return client.post("/api/v1/score", json={"ihc": str(images["one"]),
+                                                  "options": {"tile_size": 256, **options}})
+
+    s = score({"calibration": darker_lab}).json["summary"]
+    assert s["thresholds"] == [0.02, 0.05, 0.07] and s["her2_score"] == "3+"  # drawn 1+ at 0.08
+    assert s["calibration"].startswith("options.calibration (sha256 ")
+    s = score({}).json["summary"]  # the next request is graded by the server's again
+    assert s["thresholds"] == [0.09, 0.15, 0.4] and s["her2_score"] == "0"
+    r = score({"calibration": {**darker_lab, "membrane_thresholds": [0.3, 0.2, 0.1]}})
+    assert r.status_code == 400 and "options.calibration holds no valid grading" in r.get_data(True)
+    r = score({"calibration": darker_lab, "thresholds": [0.1, 0.2, 0.3]})
+    assert r.status_code == 400 and "options.calibration sets the membrane thresholds" in r.get_data(True)
+    r = score({"calibration": {"format": "x"}})
+    assert r.status_code == 400 and "calibration" in r.get_data(True)

@@ -184,3 +184,34 @@ def test_html_report_renders_the_numbers_of_report_json(images, tmp_path: Path, 
     for img in browser.find_elements(By.TAG_NAME, "img"):
         assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
     assert len(browser.find_elements(By.TAG_NAME, "img")) == 3  # confusion, strip plot, one case
+
+
+def test_cases_from_a_qupath_project(images, tmp_path: Path) -> None:
+    """Entries carry the pathologist's score as metadata; entries without it are left out."""
+    from test_project import make_project
+
+    def entry(name: str, path: Path, meta: dict[str, str]) -> dict:
+        return {"name": name, "uri": path.as_uri(), "mpp": 0.5, "metadata": meta}
+
+    proj = make_project(tmp_path / "proj", [
+        entry("a.png", images["3+"], {"HER2 score": "3+"}),
+        entry("b.png", images["2+"], {"her2 score ": "2+", "case": "B"}),  # key matched loosely
+        entry("c.png", images["1+"], {"case": "C"}),  # no score: not a validation case
+    ])
+    r = CliRunner().invoke(cli, ["validate", str(proj), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [c["case"] for c in report["cases"]] == ["a", "b"]
+    assert report["n"] == 2 and report["exact"]["value"] == 1.0
+    # another key, and a value that is no score: one line naming the entry
+    bad = make_project(tmp_path / "bad", [entry("a.png", images["3+"], {"IHC": "strong"})])
+    r = CliRunner().invoke(cli, ["validate", str(bad), "-o", str(tmp_path / "o2"), "--score-key", "IHC"])
+    assert r.exit_code != 0 and "project entry 1 (a.png): IHC 'strong' is not 0, 1+, 2+ or 3+" in str(
+        r.exception)
+    r = CliRunner().invoke(cli, ["validate", str(bad), "-o", str(tmp_path / "o3")])
+    assert r.exit_code != 0 and "carries a 'HER2 score' metadata value" in str(r.exception)
+    gone = make_project(tmp_path / "gone", [{"name": "x.svs", "uri": "file:/nowhere/x.svs",
+                                             "metadata": {"HER2 score": "0"}}])
+    r = CliRunner().invoke(cli, ["validate", str(gone), "-o", str(tmp_path / "o4")])
+    assert r.exit_code != 0 and "project entry 1 (x.svs): image file not found" in str(r.exception)
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o4").exists()

@@ -30,7 +30,7 @@ def score_options(f: Any) -> Any:
                      show_default=True, help="Clinical rule used for the region and slide score."),
         click.option("--level", type=click.Choice(["pixel", "cell"]), default=_SC.level,
                      show_default=True, help="Count stained tumour-area pixels or tumour cells."),
-        click.option("--aggregation", type=click.Choice(["guideline", "paper"]),
+        click.option("--aggregation", type=click.Choice(["guideline", "paper", "paper-adapted"]),
                      default=_SC.aggregation, show_default=True,
                      help="Slide score by the guideline rule or by the paper's Algorithm 1."),
         click.option("--tile-size", type=click.IntRange(32, 4096), default=_T.tile_size,

@@ -60,7 +60,7 @@ from .project import (
     uri_to_path,
 )
 
-__all__ = ["BatchOptions", "ImageOutcome", "BatchReport", "run_batch", "Status"]
+__all__ = ["BatchOptions", "ImageOutcome", "BatchReport", "run_batch", "Status", "entry_rois"]
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +157,17 @@ def _matches_class(obj: Any, roi_class: str) -> bool:
     return name.casefold() == roi_class.casefold() or roi_class.casefold() in parts
 
 
-def _load_rois(
-    project: ProjectView, entry: ImageEntry, opts: BatchOptions
+def entry_rois(
+    project: ProjectView, entry: ImageEntry, *, roi: Path | None = None,
+    config: ProjectConfig | None = None,
 ) -> tuple[list[Any] | None, str | None]:
-    """The user's annotations for ``entry`` (never ours) and where they came from."""
+    """The user's annotations for ``entry`` (never ours) and where they came from: the
+    project (with QuPath), else a GeoJSON file (``roi`` or :func:`find_roi_file`'s places)."""
     objs = project.user_annotations(entry)
     source = "project" if objs is not None else None
-    if objs is None or opts.roi is not None:
-        path = find_roi_file(entry, project_dir=project.project_dir, roi=opts.roi, config=opts.config)
+    if objs is None or roi is not None:
+        path = find_roi_file(entry, project_dir=project.project_dir, roi=roi,
+                             config=config or ProjectConfig())
         if path is None:
             return None, None
         from .geojson import read_geojson
@@ -484,7 +487,7 @@ def _one(
     try:
         # in a pair the ROIs are drawn on the H&E image: the pipeline takes them in H&E coordinates
         roi_entry = he if he is not None else e
-        rois, source = _load_rois(project, roi_entry, opts)
+        rois, source = entry_rois(project, roi_entry, roi=opts.roi, config=opts.config)
         o.roi_source = source
         if opts.roi_class:
             rois = [r for r in rois or [] if _matches_class(r, opts.roi_class)]

@@ -30,6 +30,8 @@ RESULT_FILES = {
     "detections": ("detections.geojson", "application/geo+json"),
     "annotations": ("annotations.geojson", "application/geo+json"),
     "overlay": ("overlay.png", "image/png"),
+    "report_png": ("report.png", "image/png"),
+    "report_pdf": ("report.pdf", "application/pdf"),
 }
 
 
@@ -54,6 +56,8 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
             detections=url_for("api.job_detections", job_id=job["id"]),
             annotations=url_for("api.job_annotations", job_id=job["id"]),
             overlay=url_for("api.job_overlay", job_id=job["id"]),
+            report_png=url_for("api.job_report_png", job_id=job["id"]),
+            report_pdf=url_for("api.job_report_pdf", job_id=job["id"]),
         )
     return {
         "id": job["id"],
@@ -249,6 +253,16 @@ def job_annotations(job_id: str) -> Response:
 @bp.get("/jobs/<job_id>/overlay.png")
 def job_overlay(job_id: str) -> Response:
     return _result_file(job_id, "overlay")
+
+
+@bp.get("/jobs/<job_id>/report.png")
+def job_report_png(job_id: str) -> Response:
+    return _result_file(job_id, "report_png")
+
+
+@bp.get("/jobs/<job_id>/report.pdf")
+def job_report_pdf(job_id: str) -> Response:
+    return _result_file(job_id, "report_pdf")
 
 
 @bp.post("/score")

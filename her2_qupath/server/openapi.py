@@ -344,6 +344,12 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/jobs/{job_id}/overlay.png": _result_op(
             "Overlay of the tile classes on the slide.", "image/png", None, "jobOverlay"
         ),
+        "/api/v1/jobs/{job_id}/report.png": _result_op(
+            "The case report (one A4 landscape page).", "image/png", None, "jobReportPng"
+        ),
+        "/api/v1/jobs/{job_id}/report.pdf": _result_op(
+            "The case report as PDF.", "application/pdf", None, "jobReportPdf"
+        ),
         "/api/v1/score": {
             "post": {
                 "operationId": "scoreNow",

@@ -124,6 +124,13 @@ _OPTIONS = {
             "maxItems": 3,
             "description": "White point (RGB of empty glass); estimated from the glass when absent.",
         },
+        "calibration": {
+            "type": "object",
+            "required": ["format", "version", "membrane_thresholds", "membrane_tissue_od_sum"],
+            "description": "A calibration file's content (from `her2-qupath calibrate`): its "
+            "membrane grading replaces the server's for this request; not with 'thresholds' "
+            "or intensity 'od'.",
+        },
         "models": {
             "type": "object",
             "additionalProperties": False,

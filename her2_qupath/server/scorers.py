@@ -256,13 +256,18 @@ class PipelineScorer:
 
     def score_options(self, options: Mapping[str, Any]) -> Any:
         """``ScoreOptions`` from the request's options (defaults from config.py)."""
+        from ..calibration import apply_calibration, check_calibration
         from ..pipeline import ScoreOptions
 
         base = ScoreOptions()
-        if self.calibration is not None:
-            from ..calibration import apply_calibration
-
-            base = apply_calibration(base, self.calibration)
+        calibration = self.calibration
+        if options.get("calibration") is not None:  # this request's, over the server's
+            if options.get("thresholds") is not None or options.get("intensity") == "od":
+                raise UserInputError("options.calibration sets the membrane thresholds",
+                                     hint="drop options.thresholds and intensity 'od'")
+            calibration = check_calibration(options["calibration"], "options.calibration")
+        if calibration is not None:
+            base = apply_calibration(base, calibration)
         scoring = dataclasses.replace(
             base.scoring,
             **{k: options[k] for k in ("guideline", "level", "aggregation") if k in options},
