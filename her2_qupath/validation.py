@@ -352,12 +352,14 @@ def agreement_report(truth: Sequence[Any], pred: Sequence[Any], *,
 
 def run_validation(cases: Sequence[Case], outdir: str | Path, options: Any, *,
                    resume: bool = False,
-                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                   progress: Callable[[int, int], None] | None = None,
+                   executor: Any = None) -> dict[str, Any]:
     """Score every case into ``outdir/cases/<n>-<name>/`` and write ``outdir/report.json``.
 
     ``options`` is a :class:`~her2_qupath.pipeline.ScoreOptions`; a case's own
     ``guideline`` overrides the options'. With ``resume`` a case whose folder
-    already holds a ``summary.json`` is not scored again.
+    already holds a ``summary.json`` is not scored again. ``executor`` runs the tile work
+    (e.g. a Dask cluster's, as ``batch --dask-scheduler``; default: the local pool).
     """
     from ._io import atomic_write_json
     from .pipeline import ScoreRequest, run_score, write_result
@@ -376,7 +378,7 @@ def run_validation(cases: Sequence[Case], outdir: str | Path, options: Any, *,
                     opts.scoring, guideline=case.guideline))
             request = ScoreRequest(ihc=case.image, he=case.he, ihc_mpp=case.mpp, rois=case.load_rois(),
                                    roi_class=case.roi_class, options=opts)
-            write_result(run_score(request), folder, he=case.he is not None or None)
+            write_result(run_score(request, executor=executor), folder, he=case.he is not None or None)
         summary = json.loads(summary_path.read_text())
         rows.append({"row": case.row, "case": case.name, "image": str(case.image),
                      "pathologist": SCORE_NAMES[case.score], "her2_qupath": summary["her2_score"],

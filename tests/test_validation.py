@@ -215,3 +215,40 @@ def test_cases_from_a_qupath_project(images, tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["validate", str(gone), "-o", str(tmp_path / "o4")])
     assert r.exit_code != 0 and "project entry 1 (x.svs): image file not found" in str(r.exception)
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o4").exists()
+
+
+def test_validate_sends_tile_work_to_a_dask_cluster(images, tmp_path: Path, monkeypatch) -> None:
+    """--dask-scheduler: the cases' tile work goes to the cluster's executor, closed at the end."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import her2_qupath.server.executors as executors_mod
+
+    class CountingPool(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *a, **k):  # type: ignore[no-untyped-def]
+            CountingPool.submitted += 1
+            return super().submit(*a, **k)
+
+    pool = CountingPool(1)
+    seen: dict[str, object] = {}
+
+    class FakeDask:
+        def __init__(self, address: str) -> None:
+            seen["address"] = address
+
+        def executor(self) -> CountingPool:
+            return pool
+
+        def close(self) -> None:
+            seen["closed"] = True
+
+    monkeypatch.setattr(executors_mod, "DaskBackend", FakeDask)
+    cases = _csv(tmp_path / "cases.csv", [{"image": str(images["3+"]), "score": "3+"}])
+    r = CliRunner().invoke(cli, ["validate", str(cases), "-o", str(tmp_path / "out"),
+                                 "--dask-scheduler", "tcp://10.0.0.5:8786"])
+    pool.shutdown()
+    assert r.exit_code == 0, r.output
+    assert seen == {"address": "tcp://10.0.0.5:8786", "closed": True}
+    assert CountingPool.submitted >= 1
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["exact"]["value"] == 1.0

@@ -54,7 +54,9 @@ def _fmt(entry: dict[str, Any]) -> str:
 @click.option("-o", "--output", "outdir", required=True,
               type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 @click.option("--resume", is_flag=True, help="Keep the cases already scored in OUTPUT.")
-def command(cases: Path, outdir: Path, resume: bool, **kw: Any) -> None:
+@click.option("--dask-scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Send tile work to this Dask distributed cluster instead of the local pool.")
+def command(cases: Path, outdir: Path, resume: bool, dask_scheduler: str | None, **kw: Any) -> None:
     """Score every case of CASES and compare with the pathologists' scores: OUTPUT/report.html,
     OUTPUT/report.json and one folder per case (the outputs of `score`, with its case report).
 
@@ -63,6 +65,7 @@ def command(cases: Path, outdir: Path, resume: bool, **kw: Any) -> None:
     scored as `her2-qupath score` scores them, with the same options.
     """
     from ..errors import OutputExists
+    from ..server.executors import dask_executor
     from ..validation import run_validation
     from ._common import progress
     from .score import build_options
@@ -72,8 +75,9 @@ def command(cases: Path, outdir: Path, resume: bool, **kw: Any) -> None:
         raise OutputExists(f"output directory {outdir} is not empty",
                            hint="choose a new -o directory, or pass --resume to keep its cases")
     options = build_options(**kw)
-    with progress("Validating", unit="case") as cb:
-        report = run_validation(case_list, outdir, options, resume=resume, progress=cb)
+    with dask_executor(dask_scheduler) as executor, progress("Validating", unit="case") as cb:
+        report = run_validation(case_list, outdir, options, resume=resume, progress=cb,
+                                executor=executor)
     click.echo(f"{report['n']} cases scored, {report['unscored']} not evaluable")
     click.echo(f"  exact agreement   {_fmt(report['exact'])}")
     click.echo(f"  within one step   {_fmt(report['within_one'])}")

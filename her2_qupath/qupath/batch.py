@@ -362,19 +362,13 @@ def run_batch(
             "into the project needs QuPath (set PAQUO_QUPATH_DIR to the QuPath folder). "
             f"[{status.message}]"
         )
-    backend = None
-    executor = None
-    if opts.dask_scheduler and not opts.dry_run:
-        from ..server.executors import DaskBackend
+    from ..server.executors import dask_executor
 
-        backend = DaskBackend(opts.dask_scheduler)
-        executor = backend.executor()
     try:
-        return _run(project, opts, write_back=write_back, notes=notes, executor=executor,
-                    image_progress=image_progress, tile_progress=tile_progress)
+        with dask_executor(None if opts.dry_run else opts.dask_scheduler) as executor:
+            return _run(project, opts, write_back=write_back, notes=notes, executor=executor,
+                        image_progress=image_progress, tile_progress=tile_progress)
     finally:
-        if backend is not None:
-            backend.close()
         project.close()
 
 

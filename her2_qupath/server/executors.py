@@ -9,16 +9,18 @@ a scheduler of our own. Dask is imported only when a scheduler is given.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from ..config import ServerConfig
 from ..errors import UserInputError
 
-__all__ = ["Backend", "LocalBackend", "DaskBackend", "make_backend", "worker_count"]
+__all__ = ["Backend", "LocalBackend", "DaskBackend", "make_backend", "worker_count", "dask_executor"]
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +109,16 @@ def make_backend(config: ServerConfig) -> LocalBackend | DaskBackend:
     if config.dask_scheduler:
         return DaskBackend(config.dask_scheduler, timeout_s=config.dask_timeout_s)
     return LocalBackend()
+
+
+@contextlib.contextmanager
+def dask_executor(address: str | None) -> Iterator[Executor | None]:
+    """The executor of the Dask cluster at ``address`` for the ``with`` block (None: no Dask)."""
+    if not address:
+        yield None
+        return
+    backend = DaskBackend(address)
+    try:
+        yield backend.executor()
+    finally:
+        backend.close()
