@@ -2,16 +2,23 @@
  * her2-qupath: HER2 score of an IHC image with its H&E partner
  * ============================================================
  *
- * Run it on the HER2 IHC image. The H&E image of the same case is taken from
- * the project by name (HE_IMAGE_NAME, or the IHC name with IHC_TAG replaced by
- * HE_TAG). The server registers the two slides, finds tumour on the H&E
- * image (tumour model, or your annotations) and scores the matching IHC
- * tiles. Results are added to the IHC image:
+ * Run it on the HER2 IHC image. The H&E image of the same case is found in
+ * the project by the pairing rules of `her2-qupath batch` (the server applies
+ * PAIR_PATTERN, or PAIR_METADATA, to the project's image names and metadata),
+ * or named by HE_IMAGE_NAME. The server registers the two slides and scores
+ * the IHC tiles that match:
+ *   - annotations selected on the IHC image: each is scored as its own job;
+ *   - else the H&E image's annotations of class TUMOR_CLASS (your tumour
+ *     outlines on the H&E) are the regions;
+ *   - else the whole image.
+ * Results are added to the IHC image:
  *   - one detection per tile (or cell), classified "HER2 0" ... "HER2 3+",
  *   - one annotation per scored region with the HER2 score and measurements.
- * Objects this product added earlier are replaced inside the scored regions;
- * your own annotations are never touched. Selected annotations on the IHC
- * image limit scoring to them; with none selected the whole image is scored.
+ * Re-running replaces exactly the objects this product added for that region
+ * (their names end in "#<region id>"; "#image" for the whole image or the H&E
+ * tumour) and never duplicates them; your own objects are never touched.
+ * Stopping the script (Kill running script) cancels its job on the server. An
+ * image of type "Not set" is set to Brightfield (H-DAB).
  *
  * Start the server first, on the machine that can read the image files:
  *     her2-qupath serve
@@ -35,19 +42,24 @@ import java.time.Duration
 // ---------------------------------------------------------------- settings --
 // Address of the server started with `her2-qupath serve` (default port 8765).
 @Field String SERVER_URL = 'http://127.0.0.1:8765'
-// Access token: printed by `her2-qupath serve` when it needs one; '' when it does not.
-@Field String TOKEN = ''
+// The access token (printed by `her2-qupath serve` when it needs one) is never written here:
+// set the environment variable HER2_QUPATH_TOKEN, or run set_server_token.groovy once.
 // Clinical rule: 'breast' (ASCO/CAP 2018/2023), 'gastric' or 'endometrial'.
 @Field String GUIDELINE = 'breast'
 // 'pixel' (stained tumour area) or 'cell' (tumour cells with membrane staining).
 @Field String LEVEL = 'pixel'
 // 'guideline' (clinical rule) or 'paper' (the published tile algorithm).
 @Field String AGGREGATION = 'guideline'
-// Name of the H&E image in this project; '' = the IHC name with IHC_TAG replaced by HE_TAG.
+// How the H&E partner is found, as `her2-qupath batch` pairs images: a regular expression
+// over the image names with the named groups case and stain (stain HE, H&E or HES = the
+// H&E), or the metadata key that names the case (PAIR_METADATA wins when set).
+@Field String PAIR_PATTERN = '(?P<case>.+)_(?P<stain>HE|HER2)'
+@Field String PAIR_METADATA = ''
+// Or name the H&E image in this project directly ('' = find it by the pairing rule).
 @Field String HE_IMAGE_NAME = ''
-@Field String IHC_TAG = 'HER2'
-@Field String HE_TAG = 'HE'
-// With no annotation selected: true scores the whole image, false stops.
+// Class of your tumour annotations on the H&E image (case ignored; 'Tumor: x' counts too).
+@Field String TUMOR_CLASS = 'Tumor'
+// With no annotation selected and no tumour annotation on the H&E: true scores the whole image.
 @Field boolean WHOLE_IMAGE_IF_NOTHING_SELECTED = true
 // Seconds between progress checks, and the longest wait in minutes.
 @Field double POLL_SECONDS = 1.0
@@ -85,11 +97,19 @@ String serverMessage(HttpResponse response) {
     return "HTTP ${response.statusCode()}: ${body.take(300)}"
 }
 
+/** The access token: $HER2_QUPATH_TOKEN, else the one set_server_token.groovy stored ('' = none). */
+String accessToken() {
+    String env = System.getenv('HER2_QUPATH_TOKEN')
+    if (env?.trim()) return env.trim()
+    return java.util.prefs.Preferences.userRoot().node('her2-qupath').get('token', '')
+}
+
 HttpResponse<String> http(String method, String path, String json = null) {
     def builder = HttpRequest.newBuilder(URI.create(SERVER_URL.replaceAll('/+$', '') + path))
             .timeout(Duration.ofSeconds(60))
             .header('Accept', 'application/json')
-    if (TOKEN) builder.header('Authorization', 'Bearer ' + TOKEN)
+    String token = accessToken()
+    if (token) builder.header('Authorization', 'Bearer ' + token)
     if (json != null)
         builder.header('Content-Type', 'application/json').method(method, HttpRequest.BodyPublishers.ofString(json))
     else
@@ -104,7 +124,8 @@ HttpResponse<String> http(String method, String path, String json = null) {
     int code = response.statusCode()
     if (code == 401 || code == 403)
         throw new Her2ScriptError("the server refused access: ${serverMessage(response)}. " +
-                "Set TOKEN at the top of this script to the token 'her2-qupath serve' printed.")
+                "Store the token 'her2-qupath serve' printed with set_server_token.groovy " +
+                "(or set the environment variable HER2_QUPATH_TOKEN).")
     if (code >= 400)
         throw new Her2ScriptError("the server could not do it: ${serverMessage(response)}")
     return response
@@ -148,44 +169,78 @@ List readObjects(String geojson) {
     }
 }
 
+/** Cancel a job on the server, even from an interrupted thread; failures are only logged. */
+void cancelJob(String id) {
+    boolean interrupted = Thread.interrupted()  // clear the flag so the request can be sent
+    try {
+        http('DELETE', "/api/v1/jobs/${id}")
+        println "her2-qupath: job ${id} cancelled on the server"
+    } catch (Exception e) {
+        println "her2-qupath: could not cancel job ${id}: ${e.message}"
+    } finally {
+        if (interrupted) Thread.currentThread().interrupt()
+    }
+}
+
 Map submitAndWait(Map request) {
     def created = new JsonSlurper().parseText(http('POST', '/api/v1/jobs', JsonOutput.toJson(request)).body())
     String id = created.id
     println "her2-qupath: job ${id} submitted to ${SERVER_URL}"
     long deadline = System.currentTimeMillis() + (long) (MAX_WAIT_MINUTES * 60000)
     String last = ''
-    while (true) {
-        def job = new JsonSlurper().parseText(http('GET', "/api/v1/jobs/${id}").body())
-        String line = "${job.state} ${Math.round(100 * ((job.progress ?: 0) as double))}%" +
-                (job.tiles_total ? " (${job.tiles_done}/${job.tiles_total} tiles)" : '')
-        if (line != last) { println "her2-qupath: ${line}"; last = line }
-        if (job.state == 'done') return job
-        if (job.state == 'failed')
-            throw new Her2ScriptError("scoring failed on the server: ${job.error ?: 'no reason given'}")
-        if (job.state == 'cancelled')
-            throw new Her2ScriptError("the job was cancelled on the server")
-        if (System.currentTimeMillis() > deadline) {
-            try { http('DELETE', "/api/v1/jobs/${id}") } catch (Her2ScriptError ignored) { }
-            throw new Her2ScriptError("no result after ${MAX_WAIT_MINUTES} minutes; the job was cancelled " +
-                    "(raise MAX_WAIT_MINUTES for very large regions)")
+    boolean ended = false  // done, failed or cancelled on the server: nothing to cancel
+    try {
+        while (true) {
+            def job = new JsonSlurper().parseText(http('GET', "/api/v1/jobs/${id}").body())
+            String line = "${job.state} ${Math.round(100 * ((job.progress ?: 0) as double))}%" +
+                    (job.tiles_total ? " (${job.tiles_done}/${job.tiles_total} tiles)" : '')
+            if (line != last) { println "her2-qupath: ${line}"; last = line }
+            ended = job.state in ['done', 'failed', 'cancelled']
+            if (job.state == 'done') return job
+            if (job.state == 'failed')
+                throw new Her2ScriptError("scoring failed on the server: ${job.error ?: 'no reason given'}")
+            if (job.state == 'cancelled')
+                throw new Her2ScriptError("the job was cancelled on the server")
+            if (System.currentTimeMillis() > deadline)
+                throw new Her2ScriptError("no result after ${MAX_WAIT_MINUTES} minutes; the job was cancelled " +
+                        "(raise MAX_WAIT_MINUTES for very large regions)")
+            Thread.sleep((long) (POLL_SECONDS * 1000))
         }
-        Thread.sleep((long) (POLL_SECONDS * 1000))
+    } catch (InterruptedException e) {
+        throw new Her2ScriptError("interrupted: job ${id} was cancelled on the server")
+    } finally {
+        if (!ended) cancelJob(id)
     }
 }
 
-/** Replace earlier results of this product (inside `regions`, or all of them) by `objects`. */
-Map replaceResults(List objects, List regions) {
-    def earlier = (getAnnotationObjects() + getDetectionObjects()).findAll { isOurs(it) }
-    if (regions) {
-        earlier = earlier.findAll { obj ->
-            def roi = obj.getROI()
-            regions.any { it.getROI().contains(roi.getCentroidX(), roi.getCentroidY()) }
-        }
+/** The object's ID (QuPath 0.4-0.5: getID(), later getId()). */
+String objectId(obj) {
+    for (String method in ['getID', 'getId']) {
+        if (obj.metaClass.respondsTo(obj, method)) return obj."${method}"().toString()
+    }
+    return Integer.toHexString(System.identityHashCode(obj))
+}
+
+/** The tag that ties results to the region they were scored for ('image': the whole image). */
+String tagOf(region) {
+    return region == null ? 'image' : objectId(region).replaceAll('-', '').take(8)
+}
+
+/** Replace this product's earlier results for `region` (null: the whole image) by `objects`. */
+Map replaceResults(List objects, region) {
+    String suffix = " #${tagOf(region)}"
+    def earlier = (getAnnotationObjects() + getDetectionObjects()).findAll { obj ->
+        if (!isOurs(obj)) return false
+        if (region == null) return true  // the whole image replaces every earlier result
+        String name = obj.getName()
+        if (name.endsWith(suffix)) return true
+        if (name ==~ /.* #([0-9a-f]{8}|image)$/) return false  // another region's, or the whole image's
+        def roi = obj.getROI()  // untagged (her2-qupath batch): replaced inside the region
+        return region.getROI().contains(roi.getCentroidX(), roi.getCentroidY())
     }
     objects.each { obj ->
-        def name = obj.getName()
-        if (name == null || !name.startsWith(MARKER))
-            obj.setName(name ? "${MARKER}: ${name}" : MARKER)
+        String name = obj.getName()
+        obj.setName((name == null ? MARKER : (name.startsWith(MARKER) ? name : "${MARKER}: ${name}")) + suffix)
     }
     removeObjects(earlier, true)
     addObjects(objects)
@@ -193,30 +248,70 @@ Map replaceResults(List objects, List regions) {
     return [removed: earlier.size(), added: objects.size()]
 }
 
-String baseName(String name) {
-    return name.replaceAll('(?i)\\.(ome\\.tiff?|[a-z0-9]{2,5})$', '')
+/** Results need colour deconvolution: an image of type "Not set" becomes Brightfield (H-DAB). */
+void ensureBrightfield(imageData) {
+    String type = String.valueOf(imageData.getImageType())
+    if (type in ['UNSET', 'null']) {
+        setImageType('BRIGHTFIELD_H_DAB')
+        println 'her2-qupath: image type set to Brightfield (H-DAB)'
+    }
 }
 
-/** The project entry of the H&E partner and its image location. */
+/** An entry's metadata (QuPath 0.4-0.5: getMetadataMap(), later getMetadata()). */
+Map entryMetadata(entry) {
+    for (String method in ['getMetadataMap', 'getMetadata']) {
+        if (entry.metaClass.respondsTo(entry, method)) return (entry."${method}"() ?: [:]).collectEntries {
+            k, v -> [(k.toString()): v.toString()] }
+    }
+    return [:]
+}
+
+/** The project entry of the H&E partner, its name and image location. */
 Map findPartner() {
     def project = getProject()
     def entry = getProjectEntry()
     if (project == null || entry == null)
         throw new Her2ScriptError('open the IHC image from a QuPath project: the H&E partner is looked up in it')
-    String ihcName = entry.getImageName()
-    String wanted = HE_IMAGE_NAME ?: ihcName.replace(IHC_TAG, HE_TAG)
-    if (!HE_IMAGE_NAME && wanted == ihcName)
-        throw new Her2ScriptError("the image name '${ihcName}' does not contain IHC_TAG '${IHC_TAG}'; " +
-                "set HE_IMAGE_NAME at the top of this script")
     def images = project.getImageList()
-    def he = images.find { it.getImageName() == wanted } ?: images.find { baseName(it.getImageName()) == baseName(wanted) }
+    String wanted = HE_IMAGE_NAME
+    if (!wanted) {
+        def body = [ihc   : entry.getImageName(),
+                    images: images.collect { [name: it.getImageName(), id: objectId(it), metadata: entryMetadata(it)] }]
+        if (PAIR_METADATA) body.pair_metadata = PAIR_METADATA
+        else body.pair_pattern = PAIR_PATTERN
+        def found = new JsonSlurper().parseText(http('POST', '/api/v1/pairing', JsonOutput.toJson(body)).body())
+        if (!found.he)
+            throw new Her2ScriptError("no H&E partner for '${entry.getImageName()}': ${found.reason}. " +
+                    "Set PAIR_PATTERN or PAIR_METADATA (as for her2-qupath batch), or HE_IMAGE_NAME, at the top of this script")
+        wanted = found.he
+    }
+    def he = images.find { it.getImageName() == wanted }
     if (he == null)
         throw new Her2ScriptError("no image named '${wanted}' in this project; set HE_IMAGE_NAME at the top of this script")
     def uris = []
     try { uris = he.getURIs() as List } catch (MissingMethodException ignored) { uris = he.getServerURIs() as List }
     if (uris.size() != 1)
         throw new Her2ScriptError("the H&E image '${he.getImageName()}' is built from ${uris.size()} files; use a single-file image")
-    return [name: he.getImageName(), location: uris[0].toString()]
+    return [name: he.getImageName(), location: uris[0].toString(), entry: he]
+}
+
+/** Whether the object's class is `wanted` (case ignored) or has it as a part ('Tumor: x'). */
+boolean hasClass(obj, String wanted) {
+    def pathClass = obj.getPathClass()
+    if (pathClass == null) return false
+    String name = pathClass.toString()
+    return name.equalsIgnoreCase(wanted) || name.split(':').any { it.trim().equalsIgnoreCase(wanted) }
+}
+
+/** Your tumour annotations on the H&E image (never this product's). */
+List tumourAnnotations(heEntry) {
+    def data
+    try {
+        data = heEntry.readImageData()
+    } catch (Exception e) {
+        throw new Her2ScriptError("cannot read the annotations of the H&E image '${heEntry.getImageName()}' (${e.message})")
+    }
+    return data.getHierarchy().getAnnotationObjects().findAll { !isOurs(it) && hasClass(it, TUMOR_CLASS) } as List
 }
 
 void runScript() {
@@ -227,27 +322,37 @@ void runScript() {
     def regions = selected.findAll { !isOurs(it) } as List
     if (selected && !regions)
         throw new Her2ScriptError('the selected annotations are results of an earlier run; select the region you drew')
-    if (!regions && !WHOLE_IMAGE_IF_NOTHING_SELECTED)
-        throw new Her2ScriptError('select one or more annotations to score (or set WHOLE_IMAGE_IF_NOTHING_SELECTED = true)')
     def partner = findPartner()
-    def request = [
-            ihc    : imageLocation(server),
-            he     : partner.location,
-            ihc_mpp: pixelSizeMicrons(server),
-            rois   : regions ? [type: 'FeatureCollection', features: featuresOf(regions)] : null,
-            // the regions were drawn on this (IHC) image: the server maps them to the H&E slide
-            roi_space: 'ihc',
-            options: [guideline: GUIDELINE, level: LEVEL, aggregation: AGGREGATION],
-    ]
-    println "her2-qupath: scoring ${regions ? regions.size() + ' annotation(s)' : 'the whole image'} of ${request.ihc} with H&E ${partner.name}"
-    def job = submitAndWait(request)
-    def detections = readObjects(http('GET', "/api/v1/jobs/${job.id}/detections").body())
-    def annotations = readObjects(http('GET', "/api/v1/jobs/${job.id}/annotations").body())
-    def counts = replaceResults(detections + annotations, regions)
-    def result = new JsonSlurper().parseText(http('GET', "/api/v1/jobs/${job.id}/result").body())
-    def summary = result.summary ?: result
-    println "her2-qupath: HER2 ${summary.her2_score} (${GUIDELINE}); added ${counts.added} objects, " +
-            "replaced ${counts.removed} earlier ones"
+    def tumour = regions ? [] : tumourAnnotations(partner.entry)
+    if (!regions && !tumour && !WHOLE_IMAGE_IF_NOTHING_SELECTED)
+        throw new Her2ScriptError("select annotations to score, or draw '${TUMOR_CLASS}' annotations on the H&E image " +
+                "(or set WHOLE_IMAGE_IF_NOTHING_SELECTED = true)")
+    String location = imageLocation(server)
+    Double mpp = pixelSizeMicrons(server)
+    for (region in (regions ?: [null])) {
+        def rois = region != null ? featuresOf([region]) : (tumour ? featuresOf(tumour) : null)
+        def request = [
+                ihc      : location,
+                he       : partner.location,
+                ihc_mpp  : mpp,
+                rois     : rois == null ? null : [type: 'FeatureCollection', features: rois],
+                // selected regions were drawn on this (IHC) image: the server maps them to the H&E
+                roi_space: region != null ? 'ihc' : 'he',
+                options  : [guideline: GUIDELINE, level: LEVEL, aggregation: AGGREGATION],
+        ]
+        String what = region != null ? "region '${region.getName() ?: tagOf(region)}'" :
+                (tumour ? "the ${tumour.size()} '${TUMOR_CLASS}' annotation(s) of the H&E image" : 'the whole image')
+        println "her2-qupath: scoring ${what} of ${location} with H&E ${partner.name}"
+        def job = submitAndWait(request)
+        def detections = readObjects(http('GET', "/api/v1/jobs/${job.id}/detections").body())
+        def annotations = readObjects(http('GET', "/api/v1/jobs/${job.id}/annotations").body())
+        def counts = replaceResults(detections + annotations, region)
+        def result = new JsonSlurper().parseText(http('GET', "/api/v1/jobs/${job.id}/result").body())
+        def summary = result.summary ?: result
+        println "her2-qupath: ${what}: HER2 ${summary.her2_score} (${GUIDELINE}); added ${counts.added} objects, " +
+                "replaced ${counts.removed} earlier ones"
+    }
+    ensureBrightfield(imageData)
 }
 
 try {

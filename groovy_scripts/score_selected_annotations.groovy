@@ -7,8 +7,13 @@
  * progress is written to the log, and adds the results to the image:
  *   - one detection per tile (or cell), classified "HER2 0" ... "HER2 3+",
  *   - one annotation per scored region with the HER2 score and measurements.
- * Objects this script (or `her2-qupath batch`) added earlier are replaced
- * inside the scored regions; your own annotations are never touched.
+ * Each selected region is scored as its own job. Re-running replaces exactly
+ * the objects this product added for that region (their names end in
+ * "#<region id>"; "#image" for the whole image) and never duplicates them;
+ * results of `her2-qupath batch` (no tag) are replaced inside the region.
+ * Your own objects are never touched. Stopping the script (Kill running
+ * script) cancels its job on the server. An image of type "Not set" is set
+ * to Brightfield (H-DAB).
  *
  * Start the server first, on the machine that can read the image files:
  *     her2-qupath serve
@@ -32,8 +37,8 @@ import java.time.Duration
 // ---------------------------------------------------------------- settings --
 // Address of the server started with `her2-qupath serve` (default port 8765).
 @Field String SERVER_URL = 'http://127.0.0.1:8765'
-// Access token: printed by `her2-qupath serve` when it needs one; '' when it does not.
-@Field String TOKEN = ''
+// The access token (printed by `her2-qupath serve` when it needs one) is never written here:
+// set the environment variable HER2_QUPATH_TOKEN, or run set_server_token.groovy once.
 // Clinical rule: 'breast' (ASCO/CAP 2018/2023), 'gastric' or 'endometrial'.
 @Field String GUIDELINE = 'breast'
 // 'pixel' (stained tumour area) or 'cell' (tumour cells with membrane staining).
@@ -78,11 +83,19 @@ String serverMessage(HttpResponse response) {
     return "HTTP ${response.statusCode()}: ${body.take(300)}"
 }
 
+/** The access token: $HER2_QUPATH_TOKEN, else the one set_server_token.groovy stored ('' = none). */
+String accessToken() {
+    String env = System.getenv('HER2_QUPATH_TOKEN')
+    if (env?.trim()) return env.trim()
+    return java.util.prefs.Preferences.userRoot().node('her2-qupath').get('token', '')
+}
+
 HttpResponse<String> http(String method, String path, String json = null) {
     def builder = HttpRequest.newBuilder(URI.create(SERVER_URL.replaceAll('/+$', '') + path))
             .timeout(Duration.ofSeconds(60))
             .header('Accept', 'application/json')
-    if (TOKEN) builder.header('Authorization', 'Bearer ' + TOKEN)
+    String token = accessToken()
+    if (token) builder.header('Authorization', 'Bearer ' + token)
     if (json != null)
         builder.header('Content-Type', 'application/json').method(method, HttpRequest.BodyPublishers.ofString(json))
     else
@@ -97,7 +110,8 @@ HttpResponse<String> http(String method, String path, String json = null) {
     int code = response.statusCode()
     if (code == 401 || code == 403)
         throw new Her2ScriptError("the server refused access: ${serverMessage(response)}. " +
-                "Set TOKEN at the top of this script to the token 'her2-qupath serve' printed.")
+                "Store the token 'her2-qupath serve' printed with set_server_token.groovy " +
+                "(or set the environment variable HER2_QUPATH_TOKEN).")
     if (code >= 400)
         throw new Her2ScriptError("the server could not do it: ${serverMessage(response)}")
     return response
@@ -141,49 +155,92 @@ List readObjects(String geojson) {
     }
 }
 
+/** Cancel a job on the server, even from an interrupted thread; failures are only logged. */
+void cancelJob(String id) {
+    boolean interrupted = Thread.interrupted()  // clear the flag so the request can be sent
+    try {
+        http('DELETE', "/api/v1/jobs/${id}")
+        println "her2-qupath: job ${id} cancelled on the server"
+    } catch (Exception e) {
+        println "her2-qupath: could not cancel job ${id}: ${e.message}"
+    } finally {
+        if (interrupted) Thread.currentThread().interrupt()
+    }
+}
+
 Map submitAndWait(Map request) {
     def created = new JsonSlurper().parseText(http('POST', '/api/v1/jobs', JsonOutput.toJson(request)).body())
     String id = created.id
     println "her2-qupath: job ${id} submitted to ${SERVER_URL}"
     long deadline = System.currentTimeMillis() + (long) (MAX_WAIT_MINUTES * 60000)
     String last = ''
-    while (true) {
-        def job = new JsonSlurper().parseText(http('GET', "/api/v1/jobs/${id}").body())
-        String line = "${job.state} ${Math.round(100 * ((job.progress ?: 0) as double))}%" +
-                (job.tiles_total ? " (${job.tiles_done}/${job.tiles_total} tiles)" : '')
-        if (line != last) { println "her2-qupath: ${line}"; last = line }
-        if (job.state == 'done') return job
-        if (job.state == 'failed')
-            throw new Her2ScriptError("scoring failed on the server: ${job.error ?: 'no reason given'}")
-        if (job.state == 'cancelled')
-            throw new Her2ScriptError("the job was cancelled on the server")
-        if (System.currentTimeMillis() > deadline) {
-            try { http('DELETE', "/api/v1/jobs/${id}") } catch (Her2ScriptError ignored) { }
-            throw new Her2ScriptError("no result after ${MAX_WAIT_MINUTES} minutes; the job was cancelled " +
-                    "(raise MAX_WAIT_MINUTES for very large regions)")
+    boolean ended = false  // done, failed or cancelled on the server: nothing to cancel
+    try {
+        while (true) {
+            def job = new JsonSlurper().parseText(http('GET', "/api/v1/jobs/${id}").body())
+            String line = "${job.state} ${Math.round(100 * ((job.progress ?: 0) as double))}%" +
+                    (job.tiles_total ? " (${job.tiles_done}/${job.tiles_total} tiles)" : '')
+            if (line != last) { println "her2-qupath: ${line}"; last = line }
+            ended = job.state in ['done', 'failed', 'cancelled']
+            if (job.state == 'done') return job
+            if (job.state == 'failed')
+                throw new Her2ScriptError("scoring failed on the server: ${job.error ?: 'no reason given'}")
+            if (job.state == 'cancelled')
+                throw new Her2ScriptError("the job was cancelled on the server")
+            if (System.currentTimeMillis() > deadline)
+                throw new Her2ScriptError("no result after ${MAX_WAIT_MINUTES} minutes; the job was cancelled " +
+                        "(raise MAX_WAIT_MINUTES for very large regions)")
+            Thread.sleep((long) (POLL_SECONDS * 1000))
         }
-        Thread.sleep((long) (POLL_SECONDS * 1000))
+    } catch (InterruptedException e) {
+        throw new Her2ScriptError("interrupted: job ${id} was cancelled on the server")
+    } finally {
+        if (!ended) cancelJob(id)
     }
 }
 
-/** Replace earlier results of this product (inside `regions`, or all of them) by `objects`. */
-Map replaceResults(List objects, List regions) {
-    def earlier = (getAnnotationObjects() + getDetectionObjects()).findAll { isOurs(it) }
-    if (regions) {
-        earlier = earlier.findAll { obj ->
-            def roi = obj.getROI()
-            regions.any { it.getROI().contains(roi.getCentroidX(), roi.getCentroidY()) }
-        }
+/** The object's ID (QuPath 0.4-0.5: getID(), later getId()). */
+String objectId(obj) {
+    for (String method in ['getID', 'getId']) {
+        if (obj.metaClass.respondsTo(obj, method)) return obj."${method}"().toString()
+    }
+    return Integer.toHexString(System.identityHashCode(obj))
+}
+
+/** The tag that ties results to the region they were scored for ('image': the whole image). */
+String tagOf(region) {
+    return region == null ? 'image' : objectId(region).replaceAll('-', '').take(8)
+}
+
+/** Replace this product's earlier results for `region` (null: the whole image) by `objects`. */
+Map replaceResults(List objects, region) {
+    String suffix = " #${tagOf(region)}"
+    def earlier = (getAnnotationObjects() + getDetectionObjects()).findAll { obj ->
+        if (!isOurs(obj)) return false
+        if (region == null) return true  // the whole image replaces every earlier result
+        String name = obj.getName()
+        if (name.endsWith(suffix)) return true
+        if (name ==~ /.* #([0-9a-f]{8}|image)$/) return false  // another region's, or the whole image's
+        def roi = obj.getROI()  // untagged (her2-qupath batch): replaced inside the region
+        return region.getROI().contains(roi.getCentroidX(), roi.getCentroidY())
     }
     objects.each { obj ->
-        def name = obj.getName()
-        if (name == null || !name.startsWith(MARKER))
-            obj.setName(name ? "${MARKER}: ${name}" : MARKER)
+        String name = obj.getName()
+        obj.setName((name == null ? MARKER : (name.startsWith(MARKER) ? name : "${MARKER}: ${name}")) + suffix)
     }
     removeObjects(earlier, true)
     addObjects(objects)
     fireHierarchyUpdate()
     return [removed: earlier.size(), added: objects.size()]
+}
+
+/** Results need colour deconvolution: an image of type "Not set" becomes Brightfield (H-DAB). */
+void ensureBrightfield(imageData) {
+    String type = String.valueOf(imageData.getImageType())
+    if (type in ['UNSET', 'null']) {
+        setImageType('BRIGHTFIELD_H_DAB')
+        println 'her2-qupath: image type set to Brightfield (H-DAB)'
+    }
 }
 
 void runScript() {
@@ -196,21 +253,27 @@ void runScript() {
         throw new Her2ScriptError('the selected annotations are results of an earlier run; select the region you drew')
     if (!regions && !WHOLE_IMAGE_IF_NOTHING_SELECTED)
         throw new Her2ScriptError('select one or more annotations to score (or set WHOLE_IMAGE_IF_NOTHING_SELECTED = true)')
-    def request = [
-            ihc    : imageLocation(server),
-            ihc_mpp: pixelSizeMicrons(server),
-            rois   : regions ? [type: 'FeatureCollection', features: featuresOf(regions)] : null,
-            options: [guideline: GUIDELINE, level: LEVEL, aggregation: AGGREGATION],
-    ]
-    println "her2-qupath: scoring ${regions ? regions.size() + ' annotation(s)' : 'the whole image'} of ${request.ihc}"
-    def job = submitAndWait(request)
-    def detections = readObjects(http('GET', "/api/v1/jobs/${job.id}/detections").body())
-    def annotations = readObjects(http('GET', "/api/v1/jobs/${job.id}/annotations").body())
-    def counts = replaceResults(detections + annotations, regions)
-    def result = new JsonSlurper().parseText(http('GET', "/api/v1/jobs/${job.id}/result").body())
-    def summary = result.summary ?: result
-    println "her2-qupath: HER2 ${summary.her2_score} (${GUIDELINE}); added ${counts.added} objects, " +
-            "replaced ${counts.removed} earlier ones"
+    String location = imageLocation(server)
+    Double mpp = pixelSizeMicrons(server)
+    for (region in (regions ?: [null])) {
+        def request = [
+                ihc    : location,
+                ihc_mpp: mpp,
+                rois   : region == null ? null : [type: 'FeatureCollection', features: featuresOf([region])],
+                options: [guideline: GUIDELINE, level: LEVEL, aggregation: AGGREGATION],
+        ]
+        String what = region == null ? 'the whole image' : "region '${region.getName() ?: tagOf(region)}'"
+        println "her2-qupath: scoring ${what} of ${location}"
+        def job = submitAndWait(request)
+        def detections = readObjects(http('GET', "/api/v1/jobs/${job.id}/detections").body())
+        def annotations = readObjects(http('GET', "/api/v1/jobs/${job.id}/annotations").body())
+        def counts = replaceResults(detections + annotations, region)
+        def result = new JsonSlurper().parseText(http('GET', "/api/v1/jobs/${job.id}/result").body())
+        def summary = result.summary ?: result
+        println "her2-qupath: ${what}: HER2 ${summary.her2_score} (${GUIDELINE}); added ${counts.added} objects, " +
+                "replaced ${counts.removed} earlier ones"
+    }
+    ensureBrightfield(imageData)
 }
 
 try {

@@ -66,7 +66,7 @@ def square(x: float, y: float, s: float) -> list[list[float]]:
 
 
 def run_script(groovy: str, name: str, state: dict, tmp_path: Path, settings: dict[str, str] | None = None,
-               ) -> tuple[subprocess.CompletedProcess, dict]:
+               env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     """Run groovy_scripts/<name> with its settings lines changed as a user would edit them."""
     text = (SCRIPTS / name).read_text(encoding="utf-8")
     for key, value in (settings or {}).items():
@@ -77,7 +77,10 @@ def run_script(groovy: str, name: str, state: dict, tmp_path: Path, settings: di
     state_file = tmp_path / f"{name}.state.json"
     state_file.write_text(json.dumps(state), encoding="utf-8")
     out = tmp_path / f"{name}.out.json"
-    env = dict(os.environ, JAVA_HOME=_java_home() or "")
+    prefs = tmp_path / "java-prefs"  # the user's Java preferences live here, not in $HOME
+    env = {**{k: v for k, v in os.environ.items() if k != "HER2_QUPATH_TOKEN"},
+           "JAVA_HOME": _java_home() or "", "JAVA_OPTS": f"-Djava.util.prefs.userRoot={prefs}",
+           **(env or {})}
     proc = subprocess.run(
         [groovy, "-cp", str(STUBS), str(STUBS / "run_with_stub.groovy"), str(state_file), str(script), str(out)],
         capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
@@ -100,11 +103,15 @@ class StandIn:
         self.token: str | None = None
         self.fail_submit: tuple[int, dict] | None = None
         self.job_error: str | None = None
+        self.never_finish = False
         self.detections = {"type": "FeatureCollection", "features": [
             feature(square(110, 110, 20), kind="tile", name="NFW/2+", cls=HER2_2,
                     measurements={"HER2: 2+ %": 61.0}),
             feature(square(140, 140, 20), kind="tile", name="NF/1+",
                     cls={"name": "HER2 1+", "color": [255, 215, 0]}),
+            # touches the region, centre outside it (the server returns every tile touching it)
+            feature(square(195, 150, 20), kind="tile", name="N/0",
+                    cls={"name": "HER2 0", "color": [0, 114, 178]}),
         ]}
         self.annotations = {"type": "FeatureCollection", "features": [
             feature(square(100, 100, 100), name="her2-qupath: Region 1 HER2 2+", cls=HER2_2,
@@ -139,6 +146,13 @@ class StandIn:
                 if not self._auth():
                     return
                 outer.requests[-1]["body"] = body
+                if self.path == "/api/v1/pairing":  # the server's pairing rules, for real
+                    from her2_qupath.qupath.project import partner_of
+
+                    self._send(200, partner_of(body["ihc"], body["images"],
+                                               pattern=body.get("pair_pattern"),
+                                               metadata_key=body.get("pair_metadata")))
+                    return
                 if outer.fail_submit:
                     self._send(*outer.fail_submit)
                     return
@@ -149,7 +163,7 @@ class StandIn:
                     return
                 if self.path == "/api/v1/jobs/job-1":
                     outer.polls += 1
-                    if outer.polls < 2:
+                    if outer.polls < 2 or outer.never_finish:
                         self._send(200, {"id": "job-1", "state": "running", "progress": 0.5,
                                          "tiles_done": 2, "tiles_total": 4, "error": None})
                     elif outer.job_error:
@@ -234,12 +248,13 @@ def test_score_selected_sends_image_rois_and_adds_results(groovy, standin, tmp_p
     assert feats[0]["geometry"]["coordinates"][0] == square(100, 100, 100)
     # progress reached the log
     assert "running 50% (2/4 tiles)" in proc.stdout and "HER2 2+" in proc.stdout
-    # added: 2 tiles + 1 annotation, each named with the marker, classes kept
+    # added: 3 tiles + 1 annotation, each named with the marker and the region's tag, classes kept
     added = rec["added"]
-    assert len(added) == 3
+    assert len(added) == 4
     assert all(a["properties"]["name"].startswith("her2-qupath") for a in added)
-    assert sorted(a["properties"]["objectType"] for a in added) == ["annotation", "tile", "tile"]
-    assert {a["properties"]["classification"]["name"] for a in added} == {"HER2 1+", "HER2 2+"}
+    assert all(a["properties"]["name"].endswith(" #usertumo") for a in added)  # id "user-tumor"
+    assert sorted(a["properties"]["objectType"] for a in added) == ["annotation", "tile", "tile", "tile"]
+    assert {a["properties"]["classification"]["name"] for a in added} == {"HER2 0", "HER2 1+", "HER2 2+"}
     # removed: only the earlier product object inside the scored region
     assert [r["id"] for r in rec["removed"]] == ["old-in"]
     assert _user(rec["hierarchy"]) == _user(state["objects"])
@@ -272,7 +287,8 @@ def test_failed_job_and_token(groovy, standin, tmp_path):
     standin.token = "s3cret"
     standin.job_error = "slide has no pixel size; pass mpp"
     proc, rec = run_script(groovy, "score_selected_annotations.groovy", image_state(tmp_path), tmp_path,
-                           {"SERVER_URL": f"'{standin.url}'", "TOKEN": "'s3cret'", "POLL_SECONDS": "0.05"})
+                           {"SERVER_URL": f"'{standin.url}'", "POLL_SECONDS": "0.05"},
+                           env={"HER2_QUPATH_TOKEN": "s3cret"})
     assert all(r["auth"] == "Bearer s3cret" for r in standin.requests)
     assert "scoring failed on the server: slide has no pixel size; pass mpp" in proc.stdout
     assert rec["added"] == []
@@ -293,18 +309,22 @@ def test_score_pair_finds_he_partner_by_name(groovy, standin, tmp_path):
                            {"SERVER_URL": f"'{standin.url}'", "POLL_SECONDS": "0.05"})
     assert proc.returncode == 0, proc.stderr
     assert "ERROR" not in proc.stdout, proc.stdout
-    body = next(r for r in standin.requests if r["method"] == "POST")["body"]
+    pairing = next(r for r in standin.requests if r["path"] == "/api/v1/pairing")["body"]
+    assert pairing["ihc"] == "case1_HER2.svs" and pairing["pair_pattern"] == "(?P<case>.+)_(?P<stain>HE|HER2)"
+    assert [i["name"] for i in pairing["images"]] == ["case1_HER2.svs", "case1_HE.svs"]
+    body = next(r for r in standin.requests if r["path"] == "/api/v1/jobs")["body"]
     assert body["ihc"] == state["image_uri"]
     assert body["he"] == "file:/slides/case%201/HE.svs"
-    assert len(rec["added"]) == 3
+    assert body["roi_space"] == "ihc"  # the selected region was drawn on the IHC image
+    assert len(rec["added"]) == 4
 
 
 def test_score_pair_missing_partner(groovy, standin, tmp_path):
     state = image_state(tmp_path)
     state["project_images"] = state["project_images"][:1]
     proc, rec = run_script(groovy, "score_pair.groovy", state, tmp_path, {"SERVER_URL": f"'{standin.url}'"})
-    assert "no image named 'case1_HE.svs' in this project" in proc.stdout
-    assert not [r for r in standin.requests if r["method"] == "POST"]
+    assert "no H&E partner for 'case1_HER2.svs': case 'case1' has no H&E image" in proc.stdout
+    assert not [r for r in standin.requests if r["path"] == "/api/v1/jobs"]
     assert rec["added"] == []
 
 
@@ -319,7 +339,7 @@ def test_import_results_replaces_only_product_objects(groovy, standin, tmp_path)
     (out / "annotations.geojson").write_text(json.dumps(standin.annotations))
     proc, rec = run_script(groovy, "import_results.groovy", state, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "added 3 objects, replaced 2 earlier ones" in proc.stdout
+    assert "added 4 objects, replaced 2 earlier ones" in proc.stdout
     assert sorted(r["id"] for r in rec["removed"]) == ["old-in", "old-out"]
     assert _user(rec["hierarchy"]) == _user(state["objects"])
     # a second import leaves the same hierarchy (idempotent)
@@ -362,3 +382,91 @@ def test_selecting_only_earlier_results_is_refused(groovy, standin, tmp_path):
                            {"SERVER_URL": f"'{standin.url}'"})
     assert "results of an earlier run" in proc.stdout
     assert not [r for r in standin.requests if r["method"] == "POST"] and rec["added"] == []
+
+
+# --------------------------------------------------------------------------- re-runs, H&E tumour, interrupts
+
+
+def _rerun(groovy: str, name: str, state: dict, tmp_path: Path, settings: dict) -> tuple[dict, dict]:
+    """Run a script, then again on the hierarchy it left, with the same selection."""
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    proc, rec = run_script(groovy, name, state, first_dir, settings)
+    assert proc.returncode == 0 and "ERROR" not in proc.stdout, proc.stdout + proc.stderr
+    again = dict(state, objects=rec["hierarchy"])
+    proc2, rec2 = run_script(groovy, name, again, second_dir, settings)
+    assert proc2.returncode == 0 and "ERROR" not in proc2.stdout, proc2.stdout + proc2.stderr
+    return rec, rec2
+
+
+@pytest.mark.parametrize("script", ["score_selected_annotations.groovy", "score_pair.groovy"])
+def test_rerun_replaces_its_results_and_never_duplicates(groovy, standin, tmp_path, script):
+    """The server returns every tile touching the region (one with its centre outside): a second
+    run on the same selection leaves exactly as many objects as the first."""
+    state = image_state(tmp_path)
+    settings = {"SERVER_URL": f"'{standin.url}'", "POLL_SECONDS": "0.05"}
+    rec, rec2 = _rerun(groovy, script, state, tmp_path, settings)
+    assert len(rec2["hierarchy"]) == len(rec["hierarchy"])
+    ours = sorted(o["properties"]["name"] for o in rec["hierarchy"]
+                  if o["properties"].get("name", "").startswith("her2-qupath"))
+    assert ours == sorted(o["properties"]["name"] for o in rec2["hierarchy"]
+                          if o["properties"].get("name", "").startswith("her2-qupath"))
+    assert len(rec2["removed"]) == 4 and len(rec2["added"]) == 4
+    assert _user(rec2["hierarchy"]) == _user(state["objects"])
+    # a whole-image run next replaces every result of the product, region results included
+    whole = dict(state, objects=rec2["hierarchy"], selected_ids=[])
+    (tmp_path / "whole").mkdir()
+    proc3, rec3 = run_script(groovy, script, whole, tmp_path / "whole", settings)
+    assert all(o["properties"]["name"].endswith(" #image") for o in rec3["added"])
+    assert not [o for o in rec3["hierarchy"] if o["properties"].get("name", "").endswith("#usertumo")]
+
+
+def test_score_pair_scores_inside_the_he_tumour_annotations(groovy, standin, tmp_path):
+    """Nothing selected on the IHC image: the H&E image's Tumor annotations are the regions."""
+    state = image_state(tmp_path, selected=False)
+    he_tumour = feature(square(300, 300, 200), name="HE tumour",
+                        cls={"name": "tumor: invasive", "color": [200, 0, 0]}, fid="he-t")
+    he_stroma = feature(square(0, 0, 50), name="HE stroma", cls="Stroma", fid="he-s")
+    he_ours = feature(square(300, 300, 10), name="her2-qupath: NF/1+", fid="he-old",
+                      cls={"name": "Tumor", "color": [200, 0, 0]})
+    state["project_images"][1]["objects"] = [he_tumour, he_stroma, he_ours]
+    proc, rec = run_script(groovy, "score_pair.groovy", state, tmp_path,
+                           {"SERVER_URL": f"'{standin.url}'", "POLL_SECONDS": "0.05"})
+    assert proc.returncode == 0 and "ERROR" not in proc.stdout, proc.stdout + proc.stderr
+    body = next(r for r in standin.requests if r["path"] == "/api/v1/jobs")["body"]
+    assert [f["properties"]["name"] for f in body["rois"]["features"]] == ["HE tumour"]
+    assert body["roi_space"] == "he"
+    assert "the 1 'Tumor' annotation(s) of the H&E image" in proc.stdout
+
+
+def test_interrupting_a_script_cancels_its_job(groovy, standin, tmp_path):
+    standin.never_finish = True
+    state = dict(image_state(tmp_path), interrupt_after_ms=1500)
+    proc, rec = run_script(groovy, "score_selected_annotations.groovy", state, tmp_path,
+                           {"SERVER_URL": f"'{standin.url}'", "POLL_SECONDS": "0.05"})
+    assert proc.returncode == 0, proc.stderr
+    assert [r["path"] for r in standin.requests if r["method"] == "DELETE"] == ["/api/v1/jobs/job-1"]
+    assert "interrupted: job job-1 was cancelled on the server" in proc.stdout
+    assert rec["added"] == [] and rec["removed"] == []
+
+
+def test_token_from_the_user_preferences_and_image_type(groovy, standin, tmp_path):
+    """set_server_token.groovy keeps the token in the user's preferences; the scripts read it."""
+    standin.token = "pref-t0ken"
+    proc, _ = run_script(groovy, "set_server_token.groovy", image_state(tmp_path), tmp_path,
+                         env={"HER2_QUPATH_TOKEN": "pref-t0ken"})
+    assert proc.returncode == 0 and "token stored" in proc.stdout, proc.stdout + proc.stderr
+    assert "pref-t0ken" not in (SCRIPTS / "score_selected_annotations.groovy").read_text()
+    proc, rec = run_script(groovy, "score_selected_annotations.groovy", image_state(tmp_path), tmp_path,
+                           {"SERVER_URL": f"'{standin.url}'", "POLL_SECONDS": "0.05"})
+    assert proc.returncode == 0 and "ERROR" not in proc.stdout, proc.stdout + proc.stderr
+    assert {r["auth"] for r in standin.requests} == {"Bearer pref-t0ken"}
+    assert rec["image_type"] == "BRIGHTFIELD_H_DAB"  # it was "Not set"
+    standin.token = None
+    typed = dict(image_state(tmp_path), image_type="BRIGHTFIELD_H_E")
+    (tmp_path / "typed").mkdir()
+    proc, rec = run_script(groovy, "score_selected_annotations.groovy", typed, tmp_path / "typed",
+                           {"SERVER_URL": f"'{standin.url}'", "POLL_SECONDS": "0.05"})
+    assert "ERROR" not in proc.stdout and len(rec["added"]) == 4, proc.stdout
+    assert rec["image_type"] is None  # a type the user chose is left alone

@@ -87,6 +87,14 @@ def test_score_selected_against_real_server(groovy, real_server, tmp_path):  # n
     kept = {f["id"] for f in rec["hierarchy"]}
     assert {TUMOR_ID, OTHER_ID} <= kept
     assert "HER2 " in proc.stdout
+    # the same selection again: the first run's results are replaced, never duplicated
+    (tmp_path / "again").mkdir()
+    proc2, rec2 = run_script(groovy, "score_selected_annotations.groovy", dict(state, objects=rec["hierarchy"]),
+                             tmp_path / "again",
+                             {"SERVER_URL": f"'{url}'", "POLL_SECONDS": "0.2", "MAX_WAIT_MINUTES": "3"})
+    assert proc2.returncode == 0 and "ERROR" not in proc2.stdout, proc2.stdout
+    assert len(rec2["hierarchy"]) == len(rec["hierarchy"])
+    assert len(rec2["removed"]) == len(rec2["added"]) == len(added)
 
 
 def test_image_outside_roots_is_refused_clearly(groovy, real_server, tmp_path):  # noqa: F811

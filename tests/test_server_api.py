@@ -564,3 +564,28 @@ def test_calibration_per_request(make_app: Any, images: dict[str, Path], tmp_pat
     assert r.status_code == 400 and "options.calibration sets the membrane thresholds" in r.get_data(True)
     r = score({"calibration": {"format": "x"}})
     assert r.status_code == 400 and "calibration" in r.get_data(True)
+
+
+def test_pairing_follows_the_batch_rules(make_app: Any) -> None:
+    """POST /api/v1/pairing: the scripts find the H&E partner as `batch` pairs images."""
+    client = make_app(PipelineScorer()).test_client()
+    images = [{"name": "c1_HER2.svs", "id": "1"}, {"name": "c1_HE.svs", "id": "2"},
+              {"name": "c2_HER2.svs", "id": "3"},
+              {"name": "slide A.svs", "metadata": {"case": "A", "stain": "IHC"}},
+              {"name": "slide B.svs", "metadata": {"case": "A", "stain": "H&E"}}]
+    pattern = "(?P<case>.+)_(?P<stain>HE|HER2)"
+
+    def pair(**body: Any) -> Any:
+        return client.post("/api/v1/pairing", json={"images": images, **body})
+
+    r = pair(ihc="c1_HER2.svs", pair_pattern=pattern)
+    assert r.status_code == 200 and r.json == {"ihc": "c1_HER2.svs", "he": "c1_HE.svs", "case": "c1",
+                                               "method": "pattern", "reason": None}
+    r = pair(ihc="c2_HER2.svs", pair_pattern=pattern).json
+    assert r["he"] is None and "has no H&E image" in r["reason"]
+    assert pair(ihc="slide A.svs", pair_metadata="case").json["he"] == "slide B.svs"
+    assert "no pairing rule" in pair(ihc="c1_HER2.svs").json["reason"]
+    r = pair(ihc="c1_HER2.svs", pair_pattern="(?P<case>.+)")
+    assert r.status_code == 400 and "named groups 'case' and 'stain'" in r.get_data(True)
+    r = pair(ihc="nope.svs", pair_pattern=pattern)
+    assert r.status_code == 400 and "'nope.svs' is not among the images sent" in r.get_data(True)

@@ -29,13 +29,14 @@ import re
 import shutil
 import time
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..config import PRODUCT_MARKER, ProjectConfig
 from ..errors import ProjectError, ProjectLocked, QuPathUnavailable, UserInputError
+from ..preflight import recorded_format
 from .qpdata import QPDataHeader, read_qpdata_header, read_server_json
 
 __all__ = [
@@ -90,6 +91,8 @@ class ImageEntry:
     qupath_version: str | None = None  # QuPath that last wrote data.qpdata
     data_version: int | None = None
     problem: str | None = None  # why the image cannot be used (missing file, ...)
+    #: what QuPath recorded about the pixels (preflight.recorded_format: pixel_type, rgb, channels)
+    recorded: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stem(self) -> str:
@@ -326,6 +329,7 @@ def _entry_from_parts(
     mpp = pixel_size_from_metadata(builder_metadata or {})
     width = (builder_metadata or {}).get("width")
     height = (builder_metadata or {}).get("height")
+    smeta: dict[str, Any] = {}
     server_json = data_dir / "server.json"
     if server_json.is_file():
         try:
@@ -359,6 +363,7 @@ def _entry_from_parts(
         qupath_version=header.qupath_version if header else None,
         data_version=header.data_version if header else None,
         problem="; ".join(problems) or None,
+        recorded=recorded_format(builder_metadata, smeta),
     )
 
 
@@ -593,6 +598,26 @@ def pair_images(
         else:
             pairs.append(ImagePair(e.stem, e, None))
     return Pairing(pairs, unmatched, "none")
+
+
+def partner_of(ihc: str, images: Sequence[Mapping[str, Any]], *, pattern: str | None = None,
+               metadata_key: str | None = None, config: ProjectConfig = _DEFAULT_CONFIG) -> dict[str, Any]:
+    """The H&E partner of the image named ``ihc`` among ``images`` (name, id, metadata), by
+    the rules of :func:`pair_images`: ``{"ihc", "he" (None: none), "case", "method", "reason"}``."""
+    entries = [ImageEntry(entry_id=str(im.get("id") or k), name=str(im["name"]), uri=None, path=None,
+                          exists=False, metadata=dict(im.get("metadata") or {}))
+               for k, im in enumerate(images, start=1)]
+    if not any(e.name == ihc for e in entries):
+        raise UserInputError(f"{ihc!r} is not among the images sent",
+                             hint="send the project's image list, the IHC image included")
+    found = pair_images(entries, pattern=pattern, metadata_key=metadata_key, config=config)
+    pair = next((p for p in found.pairs if p.ihc.name == ihc), None)
+    reason = next((why for e, why in found.unpaired if e.name == ihc), None)
+    if pair is not None and pair.he is None and reason is None:
+        reason = "no pairing rule given: send pair_pattern or pair_metadata"
+    return {"ihc": ihc, "he": pair.he.name if pair and pair.he else None,
+            "case": pair.case if pair else None, "method": found.method,
+            "reason": None if pair and pair.he else reason or "not paired"}
 
 
 def _pair_by_csv(entries: Sequence[ImageEntry], path: Path) -> Pairing:

@@ -265,6 +265,17 @@ def job_report_pdf(job_id: str) -> Response:
     return _result_file(job_id, "report_pdf")
 
 
+@bp.post("/pairing")
+def pairing() -> Response:
+    """The H&E partner of an IHC image by the pairing rules of ``batch`` (for the scripts)."""
+    from ..qupath.project import partner_of
+
+    body = _json_body("PairRequest")
+    found = partner_of(body["ihc"], body["images"], pattern=body.get("pair_pattern") or None,
+                       metadata_key=body.get("pair_metadata") or None)
+    return jsonify(found)
+
+
 @bp.post("/score")
 def score() -> Response:
     state = server_state()

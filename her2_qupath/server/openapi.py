@@ -93,6 +93,13 @@ EXAMPLES: dict[str, Any] = {
     "FeatureCollection": {"type": "FeatureCollection", "features": []},
 }
 EXAMPLES["JobList"] = {"jobs": [EXAMPLES["Job"]], "count": 1}
+EXAMPLES["PairRequest"] = {
+    "ihc": "case12_HER2.svs",
+    "images": [{"name": "case12_HER2.svs", "id": "3"}, {"name": "case12_HE.svs", "id": "4"}],
+    "pair_pattern": "(?P<case>.+)_(?P<stain>HE|HER2)",
+}
+EXAMPLES["Pair"] = {"ihc": "case12_HER2.svs", "he": "case12_HE.svs", "case": "case12",
+                    "method": "pattern", "reason": None}
 EXAMPLES["ScoreResponse"] = {
     "summary": EXAMPLES["Summary"],
     "detections": EXAMPLES["FeatureCollection"],
@@ -341,6 +348,19 @@ def openapi_document() -> dict[str, Any]:
             _ref("FeatureCollection"),
             "jobAnnotations",
         ),
+        "/api/v1/pairing": {
+            "post": {
+                "operationId": "pairImage",
+                "summary": "The H&E partner of an IHC image by batch's pairing rules "
+                "(pattern, metadata key), from the project's image names and metadata.",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("PairRequest"), "example": EXAMPLES["PairRequest"]}}},
+                "responses": {
+                    "200": _json("Pair", "The partner (he null, with the reason, when none)."),
+                    **_errors(400, *_AUTH, 413, 415),
+                },
+            }
+        },
         "/api/v1/jobs/{job_id}/overlay.png": _result_op(
             "Overlay of the tile classes on the slide.", "image/png", None, "jobOverlay"
         ),

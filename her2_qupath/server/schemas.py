@@ -12,7 +12,7 @@ import functools
 import json
 from typing import Any, get_args
 
-from ..config import Aggregation, Guideline, Level
+from ..config import TILE_SIZE_RANGE, Aggregation, Guideline, Level
 from ..errors import UserInputError
 
 __all__ = [
@@ -96,7 +96,7 @@ _OPTIONS = {
         "guideline": {"enum": list(get_args(Guideline))},
         "level": {"enum": list(get_args(Level))},
         "aggregation": {"enum": list(get_args(Aggregation))},
-        "tile_size": {"type": "integer", "minimum": 64, "maximum": 4096},
+        "tile_size": {"type": "integer", "minimum": TILE_SIZE_RANGE[0], "maximum": TILE_SIZE_RANGE[1]},
         "mpp": {
             "type": "number",
             "exclusiveMinimum": 0,
@@ -214,8 +214,51 @@ _FEATURE_COLLECTION = {
     "properties": {"type": {"const": "FeatureCollection"}, "features": {"type": "array"}},
 }
 
+_PAIR_REQUEST = {
+    "type": "object",
+    "required": ["ihc", "images"],
+    "additionalProperties": False,
+    "properties": {
+        "ihc": {"type": "string", "minLength": 1, "maxLength": 1000,
+                "description": "Name of the IHC image (as in the project)."},
+        "images": {
+            "type": "array",
+            "maxItems": 20000,
+            "description": "The project's images: name, optional entry id and metadata.",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 1000},
+                    "id": {"type": "string", "maxLength": 100},
+                    "metadata": {"type": "object", "maxProperties": 200,
+                                 "additionalProperties": {"type": "string", "maxLength": 1000}},
+                },
+            },
+        },
+        "pair_pattern": {"type": "string", "maxLength": 500,
+                         "description": "As `batch --pair-pattern`: named groups case and stain."},
+        "pair_metadata": {"type": "string", "maxLength": 200,
+                          "description": "As `batch --pair-metadata`: the metadata key naming the case."},
+    },
+}
+_PAIR = {
+    "type": "object",
+    "required": ["ihc", "he", "method"],
+    "properties": {
+        "ihc": {"type": "string"},
+        "he": {"type": ["string", "null"], "description": "The H&E partner's name; null: none."},
+        "case": {"type": ["string", "null"]},
+        "method": {"enum": ["pattern", "metadata", "none"]},
+        "reason": {"type": ["string", "null"], "description": "Why there is no partner."},
+    },
+}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "ScoreRequest": _SCORE_REQUEST,
+    "PairRequest": _PAIR_REQUEST,
+    "Pair": _PAIR,
     "ScoreOptions": _OPTIONS,
     "Error": _ERROR,
     "Job": _JOB,

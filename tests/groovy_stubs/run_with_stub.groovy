@@ -1,12 +1,26 @@
 // Usage: groovy -cp tests/groovy_stubs run_with_stub.groovy STATE.json SCRIPT.groovy OUT.json
+// The script runs on its own thread; with "interrupt_after_ms" in the state it is interrupted
+// then, as QuPath's "Kill running script" does.
 import groovy.json.JsonOutput
 import groovy.json.JsonSlurper
 import qupath.lib.gui.scripting.QPEx
 
-QPEx.load(new JsonSlurper().parse(new File(args[0])) as Map)
+Map state = new JsonSlurper().parse(new File(args[0])) as Map
+QPEx.load(state)
 def shell = new GroovyShell(this.class.classLoader, new Binding())
-try {
-    shell.evaluate(new File(args[1]))
-} finally {
-    new File(args[2]).text = JsonOutput.toJson(QPEx.record())
+Throwable failure = null
+def runner = new Thread({
+    try {
+        shell.evaluate(new File(args[1]))
+    } catch (Throwable e) {
+        failure = e
+    }
+})
+runner.start()
+if (state.interrupt_after_ms) {
+    runner.join(state.interrupt_after_ms as long)
+    if (runner.isAlive()) runner.interrupt()
 }
+runner.join()
+new File(args[2]).text = JsonOutput.toJson(QPEx.record())
+if (failure != null) throw failure

@@ -13,6 +13,7 @@ class QPEx {
     static List<Map> removed = []
     static List<Map> exports = []
     static int updates = 0
+    static String imageType = null  // set by setImageType
 
     static void load(Map s) {
         state = s
@@ -22,11 +23,14 @@ class QPEx {
 
     static Map record() {
         [added: added, removed: removed, exports: exports, updates: updates,
-         hierarchy: hierarchy.collect { it.toFeature() }]
+         hierarchy: hierarchy.collect { it.toFeature() }, image_type: imageType]
     }
 
     static Object getQuPath() { null }
-    static Object getCurrentImageData() { state.no_image ? null : new StubImageData(server: getCurrentServer()) }
+    static Object getCurrentImageData() {
+        state.no_image ? null : new StubImageData(server: getCurrentServer(), type: imageType ?: state.image_type ?: 'UNSET')
+    }
+    static void setImageType(String type) { imageType = type }
     static Object getCurrentServer() { new StubServer(state) }
     static Collection<PathObject> getSelectedObjects() { new ArrayList(selected) }
     static Collection<PathObject> getAnnotationObjects() { hierarchy.findAll { it.isAnnotation() } }
@@ -42,7 +46,8 @@ class QPEx {
     static Object getProjectEntry() { state.entry_id == null ? null : new StubEntry(id: state.entry_id as String, name: state.image_name, uri: state.image_uri) }
     static Object getProject() {
         state.project_dir == null ? null : new StubProject(entries: ((state.project_images ?: []) as List).collect {
-            new StubEntry(id: it.id as String, name: it.name, uri: it.uri) })
+            new StubEntry(id: it.id as String, name: it.name, uri: it.uri, metadata: (it.metadata ?: [:]) as Map,
+                    objects: ((it.objects ?: []) as List).collect { f -> PathObject.fromFeature(f as Map) }) })
     }
     static String buildFilePath(String... parts) {
         def p = parts.collect { it == PROJECT_BASE_DIR ? (state.project_dir as String) : it }
@@ -58,7 +63,16 @@ class QPEx {
 
 class StubImageData {
     Object server
+    String type = 'UNSET'
+    List<PathObject> objects = []
     Object getServer() { server }
+    String getImageType() { type }
+    Object getHierarchy() { new StubHierarchy(objects: objects) }
+}
+
+class StubHierarchy {
+    List<PathObject> objects
+    Collection<PathObject> getAnnotationObjects() { objects.findAll { it.isAnnotation() } }
 }
 
 class StubServer {
@@ -77,9 +91,13 @@ class StubCalibration {
 
 class StubEntry {
     String id, name, uri
+    Map metadata = [:]
+    List<PathObject> objects = []
     String getID() { id }
     String getImageName() { name }
+    Map getMetadataMap() { metadata }
     Collection<URI> getURIs() { [new URI(uri)] }
+    Object readImageData() { new StubImageData(objects: objects) }
 }
 
 class StubProject {
