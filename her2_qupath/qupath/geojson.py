@@ -46,6 +46,7 @@ import numpy as np
 from .._io import atomic_write_bytes
 from ..config import HER2_COLORS, PRODUCT_MARKER
 from ..errors import GeoJSONError
+from .classes import class_matches
 
 __all__ = [
     "OBJECT_TYPES",
@@ -1088,8 +1089,8 @@ def rois_from_objects(
 ) -> list[tuple[Any, str | None]]:
     """Annotations with an area as ``(geometry, name)`` pairs, optionally of one class.
 
-    ``roi_class`` matches the full class (``"Tumor: HER2 2+"``) or its first name
-    (``"Tumor"``). Annotations without area (points, lines) are skipped; from a
+    ``roi_class`` matches by :func:`~her2_qupath.qupath.classes.class_matches` (the
+    whole class or any part of it, case ignored: ``tumor`` matches ``Tumor: HER2 2+``). Annotations without area (points, lines) are skipped; from a
     mixed geometry collection only the polygons are kept. ``name`` is the
     annotation's name (None when it has none). The geometries can be passed
     straight to ``tile_grid(..., rois=...)``; a tile's ``roi_index`` then indexes
@@ -1099,9 +1100,7 @@ def rois_from_objects(
     for k, obj in enumerate(objects):
         if obj.object_type != "annotation":
             continue
-        if roi_class is not None and not (
-            obj.class_name == roi_class or obj.names[:1] == (roi_class,)
-        ):
+        if roi_class is not None and not class_matches(obj.class_name, roi_class):
             continue
         geom = obj.geometry
         if geom.geom_type not in _POLYGONAL:
