@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from shapely.geometry import Polygon, box
 
+from her2_qupath.config import HER2_COLORS
 from her2_qupath.qupath._paquo import replace_product_objects
 from her2_qupath.qupath.geojson import QuPathObject
 from her2_qupath.qupath.project import mark_product_object
@@ -129,7 +130,7 @@ def test_two_runs_leave_user_objects_byte_for_byte():
     assert len(ours) == 7
     assert {o.kind for o in ours} == {"tile", "cell", "annotation"}
     tile = next(o for o in ours if o.kind == "tile")
-    assert tile.name == "her2-qupath: NFW/3+" and tile.path_class == ("HER2 3+", (200, 0, 0))
+    assert tile.name == "her2-qupath: NFW/3+" and tile.path_class == ("HER2 3+", HER2_COLORS["HER2 3+"])
     assert tile.measurements == {"HER2: 2+ %": 42.5}
     cell = next(o for o in ours if o.kind == "cell")
     assert cell.path_class[0] == "Tumor: HER2 3+" and cell.nucleus_roi.equals(box(2, 22, 5, 25))
@@ -224,3 +225,27 @@ def _check_objects_read_back(ours: list[Any], expected: list[QuPathObject]) -> N
             nucleus = QuPathPathCellObject(o.java_object).nucleus_roi
             assert nucleus.normalize().equals_exact(exp.nucleus_geometry.normalize(), 1e-9)
     assert not left
+
+
+def test_qupath_java_logging_is_quiet_unless_verbose() -> None:
+    """paquo sets QuPath's Java logging to DEBUG; a run without -v turns it back to WARN."""
+    import logging
+
+    from her2_qupath.qupath._paquo import quiet_java_logging
+
+    class FakeLogManager:
+        calls: list[str] = []
+
+        @classmethod
+        def setWarn(cls) -> None:  # noqa: N802 - QuPath's name
+            cls.calls.append("warn")
+
+    ours = logging.getLogger("her2_qupath")
+    before = ours.level
+    try:
+        ours.setLevel(logging.WARNING)  # the CLI without -v
+        assert quiet_java_logging(FakeLogManager) is True and FakeLogManager.calls == ["warn"]
+        ours.setLevel(logging.INFO)  # -v: QuPath's messages stay
+        assert quiet_java_logging(FakeLogManager) is False and FakeLogManager.calls == ["warn"]
+    finally:
+        ours.setLevel(before)

@@ -29,7 +29,8 @@ from .project import (
     project_file,
 )
 
-__all__ = ["QuPathStatus", "qupath_status", "PaquoProject", "replace_product_objects", "object_kind"]
+__all__ = ["QuPathStatus", "qupath_status", "PaquoProject", "replace_product_objects", "object_kind",
+           "quiet_java_logging"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,27 @@ def qupath_status() -> QuPathStatus:
             "QuPath.app on macOS)",
         )
     return QuPathStatus(True, f"QuPath at {info.app_dir.parent.parent}", info.app_dir.parent.parent)
+
+
+def quiet_java_logging(log_manager: Any = None) -> bool:
+    """Keep QuPath's Java logging at WARN unless this product logs at INFO or DEBUG (``-v``).
+
+    paquo turns QuPath's logging to DEBUG when it starts the JVM, and lines the JVM
+    prints outside paquo's redirection reach the console. Returns whether the
+    level was lowered. ``log_manager`` is QuPath's ``LogManager`` class (default:
+    paquo's; None when this QuPath has none).
+    """
+    if logging.getLogger("her2_qupath").getEffectiveLevel() <= logging.INFO:
+        return False
+    if log_manager is None:
+        try:
+            from paquo.java import LogManager as log_manager  # noqa: N813
+        except ImportError:
+            return False
+    if log_manager is None:
+        return False
+    log_manager.setWarn()
+    return True
 
 
 def object_kind(obj: Any) -> Literal["annotation", "detection", "tile", "cell"]:
@@ -172,6 +194,7 @@ class PaquoProject:
             raise QuPathUnavailable(status.message)
         from paquo.projects import QuPathProject  # starts the JVM
 
+        quiet_java_logging()
         self.path = project_file(path)
         self.mode = mode
         try:
