@@ -29,6 +29,8 @@ __all__ = [
     "ServerConfig",
     "SlideConfig",
     "ProjectConfig",
+    "PreflightConfig",
+    "TILE_SIZE_RANGE",
 ]
 
 #: QuPath classification names of the four HER2 classes, in order 0, 1+, 2+, 3+.
@@ -53,6 +55,11 @@ PRODUCT_MARKER = "her2-qupath"
 Guideline = Literal["breast", "gastric", "endometrial"]
 Level = Literal["pixel", "cell"]
 Aggregation = Literal["guideline", "paper", "paper-adapted"]
+
+
+#: Tile sizes f (pixels at the working MPP) the CLI and the server accept: smaller tiles hold
+#: too few membranes for a stain class; larger ones do not fit a model's input.
+TILE_SIZE_RANGE: tuple[int, int] = (64, 4096)
 
 
 @dataclass(frozen=True)
@@ -426,3 +433,23 @@ class ProjectConfig:
     recent_write_seconds: float = 120.0  # a project saved this recently looks open in QuPath
     backup_dirname: str = "backups"  # under output_dirname
     lock_filename: str = ".her2-qupath.lock"  # our own lock while writing the project
+
+
+@dataclass(frozen=True)
+class PreflightConfig:
+    """Input sanity checked before any pixel is analysed (:mod:`her2_qupath.preflight`).
+
+    A pixel size outside ``min_mpp``..``max_mpp`` (brightfield scans: 0.1 to 2 µm/px;
+    thumbnails and macro images up to ~20) or one that would enlarge the image's pixels more
+    than ``max_upsample`` times at the working resolution is refused unless forced; a run whose
+    tile grid or memory estimate exceeds the budget is refused (give a larger tile or working
+    pixel size, or an ROI).
+    """
+
+    min_mpp: float = 0.05  # µm/px of the image (--mpp, the file's, the project's)
+    max_mpp: float = 20.0
+    max_upsample: float = 8.0  # working MPP finer than the image's pixels by more than this
+    max_tiles: int = 200_000  # tiles of the grid over the slide (or the ROIs' bounding boxes)
+    bytes_per_tile: int = 64 * 1024  # grid, tile objects and measurements held per tile
+    bytes_per_cell_tile: int = 256 * 1024  # --level cell: the tile's cells as well
+    max_memory_gb: float = 16.0  # estimate of the run's memory for its tiles
