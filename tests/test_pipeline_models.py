@@ -111,3 +111,21 @@ def test_tumor_classifier_decides_which_tiles_count(case, tmp_path: Path) -> Non
     out = write_result(res, tmp_path / "out")
     assert (out / "probability_heatmap.png").stat().st_size > 0
     assert (out / "attention_heatmap.png").stat().st_size > 0
+
+
+def test_a_model_is_refused_on_tiles_of_another_field_of_view(case) -> None:
+    """Trained on 256-px tiles at 0.5 µm/px (128 µm): 512-px tiles at 0.5 µm/px are refused before
+    any work, 128-px tiles at 1 µm/px (the same 128 µm) are accepted."""
+    from her2_qupath.errors import ModelError
+    from her2_qupath.models.io import check_tiling, validate_model_dir
+
+    base = ScoreOptions()
+    wide = replace(base, tiling=replace(base.tiling, tile_size=512), stain_model=case["stain"])
+    with pytest.raises(ModelError, match=r"trained on 256-px tiles at 0.5 µm/px \(128 µm across\); "
+                                         r"this run cuts 512-px tiles at 0.5 µm/px \(256 µm\)"):
+        run_score(ScoreRequest(ihc=case["dir"] / "missing.tif", options=wide))  # refused before reading
+    spec = validate_model_dir(case["stain"], expected_kind="stain")
+    check_tiling(spec, 128, 1.0)  # same field of view: fine
+    check_tiling(spec, 270, 0.5)  # within 10 %
+    with pytest.raises(ModelError, match="--tile-size 256 --working-mpp 0.5"):
+        check_tiling(spec, 300, 0.5)

@@ -494,6 +494,29 @@ def validate_model_dir(path: str | os.PathLike[str], *, expected_kind: str | Non
     return spec
 
 
+#: A run's tile may show at most this much more or less tissue (µm across) than the model's.
+FIELD_OF_VIEW_TOLERANCE = 0.10
+
+
+def check_tiling(spec: ModelSpec, tile_size: int, mpp: float, *, where: str = "the model") -> None:
+    """Refuse a run whose tiles show a different field of view than the model was trained on.
+
+    A tile of ``tile_size`` pixels at ``mpp`` µm/px is resized to the network's input;
+    the network only recognises what it learnt when the tile spans the same tissue
+    (``preprocessing.tile_size`` × ``preprocessing.mpp`` µm) within
+    :data:`FIELD_OF_VIEW_TOLERANCE`.
+    """
+    pre = spec.preprocessing
+    trained = pre.tile_size * pre.mpp
+    run = tile_size * mpp
+    if abs(run / trained - 1.0) > FIELD_OF_VIEW_TOLERANCE:
+        raise ModelError(
+            f"{where} was trained on {pre.tile_size}-px tiles at {pre.mpp:g} µm/px ({trained:g} µm "
+            f"across); this run cuts {tile_size}-px tiles at {mpp:g} µm/px ({run:g} µm)",
+            hint=f"pass --tile-size {pre.tile_size} --working-mpp {pre.mpp:g} (server: options "
+                 f"tile_size and mpp), or use a model trained at this tile size")
+
+
 def load_model(path: str | os.PathLike[str], *, expected_kind: str | None = None,
                verify: bool = True, device: str = "cpu") -> LoadedModel:
     """Load a model directory (local files only) for inference.
