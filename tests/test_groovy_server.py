@@ -23,7 +23,6 @@ TUMOR_ID, OTHER_ID, OLD_ID = (str(uuid.UUID(int=i)) for i in (1, 2, 3))  # QuPat
 
 @pytest.fixture()
 def real_server(tmp_path):
-    pytest.importorskip("her2_qupath.server.app", reason="the server package is not present")
     from skimage import data
     from skimage.io import imsave
     from werkzeug.serving import make_server

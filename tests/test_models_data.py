@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -105,52 +103,26 @@ def _slide_image() -> np.ndarray:
     return render_od(h, d, rng)
 
 
-class _FakeSlide:
-    def __init__(self, rgb: np.ndarray, mpp: float) -> None:
-        self.rgb, self.mpp, self.closed = rgb, mpp, False
-
-    def read_region_mpp(self, location: tuple[int, int], size: tuple[int, int], mpp: float) -> np.ndarray:
-        f = int(round(mpp / self.mpp))
-        x, y = location
-        out = np.full((size[1] * f, size[0] * f, 3), 255, np.uint8)
-        part = self.rgb[max(0, y):y + size[1] * f, max(0, x):x + size[0] * f]
-        out[:part.shape[0], :part.shape[1]] = part
-        return out[::f, ::f]
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def test_qupath_annotations_with_fake_slide_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Source (b) against the documented open_slide / read_geojson API, with stand-ins."""
+def test_qupath_annotations_tiles_classes_and_caps(tmp_path: Path) -> None:
+    """Source (b) through the real slide reader and GeoJSON parser: classes, partial regions, caps."""
     from shapely.geometry import Polygon, box
 
-    opened: list[_FakeSlide] = []
-    objects = [
-        types.SimpleNamespace(geometry=box(100, 100, 612, 612), classification="HER2 3+",
-                              object_type="annotation"),
-        types.SimpleNamespace(geometry=Polygon([(1200, 100), (1900, 100), (1200, 800)]),
-                              classification={"name": "HER2 0", "color": [0, 0, 255]},
-                              object_type="annotation"),
-        types.SimpleNamespace(geometry=box(0, 0, 2000, 1000), classification="Tumor",
-                              object_type="annotation"),
-        types.SimpleNamespace(geometry=box(100, 100, 400, 400), classification="HER2 3+",
-                              object_type="detection"),  # detections are not training regions
-        types.SimpleNamespace(geometry=box(10, 10, 50, 50), classification=None,
-                              object_type="annotation"),
-    ]
+    from her2_qupath.qupath.geojson import annotation_object, tile_object, write_geojson
+    from her2_qupath.slide_writer import write_slide
 
-    def open_slide(path: object, *, mpp: float | None = None) -> _FakeSlide:
-        opened.append(_FakeSlide(_slide_image(), 0.25))
-        return opened[-1]
-
-    monkeypatch.setitem(sys.modules, "her2_qupath.slide", types.SimpleNamespace(open_slide=open_slide))
-    monkeypatch.setitem(sys.modules, "her2_qupath.qupath.geojson",
-                        types.SimpleNamespace(read_geojson=lambda path: objects))
+    write_slide(tmp_path / "case1.tif", _slide_image(), mpp=0.25, kind="pyramidal", compression="zlib")
+    write_geojson(tmp_path / "case1.geojson", [
+        annotation_object(box(100, 100, 612, 612), "HER2 3+"),
+        annotation_object(Polygon([(1200, 100), (1900, 100), (1200, 800)]), "HER2 0"),
+        annotation_object(box(0, 0, 2000, 1000), "Tumor"),
+        tile_object(box(100, 100, 400, 400), "HER2 3+"),  # detections are not training regions
+        annotation_object(box(10, 10, 50, 50)),  # unclassified
+    ])
     from her2_qupath.models.io import stain_value
 
-    ds = load_qupath_annotations([(tmp_path / "case1.svs", tmp_path / "case1.geojson")], tile_size=64,
-                                 mpp=0.5, class_filter=lambda n: stain_value(n) in (1, 2, 3, 4))
+    pairs = [(tmp_path / "case1.tif", tmp_path / "case1.geojson")]
+    ds = load_qupath_annotations(pairs, tile_size=64, mpp=0.5,
+                                 class_filter=lambda n: stain_value(n) in (1, 2, 3, 4))
     assert ds.label_names == ("HER2 0", "HER2 3+")
     counts = ds.class_counts()
     assert counts["HER2 3+"] == 16  # 512 x 512 px box / 128 px tiles (64 px at 0.5 µm, slide 0.25 µm)
@@ -162,11 +134,11 @@ def test_qupath_annotations_with_fake_slide_reader(tmp_path: Path, monkeypatch: 
         assert tile.shape == (64, 64, 3)
         od = -np.log10((tile.astype(float) + 1) / 256).mean()
         assert (od > 0.5) == (ds.label_names[ds.labels[i]] == "HER2 3+")  # the tile shows its class
-    capped = load_qupath_annotations([(tmp_path / "case1.svs", tmp_path / "case1.geojson")], tile_size=64,
-                                     mpp=0.5, classes=["HER2 0", "HER2 3+"], max_tiles_per_annotation=5)
+    ds.close()
+    capped = load_qupath_annotations(pairs, tile_size=64, mpp=0.5, classes=["HER2 0", "HER2 3+"],
+                                     max_tiles_per_annotation=5)
     assert capped.class_counts() == {"HER2 0": 5, "HER2 3+": 5}
     capped.close()
-    assert opened[-1].closed
 
 
 def test_qupath_annotations_with_a_real_slide_and_geojson(tmp_path: Path) -> None:

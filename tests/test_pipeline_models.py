@@ -19,8 +19,6 @@ from her2_qupath.slide import open_slide
 from her2_qupath.slide_writer import write_slide
 from her2_qupath.synthetic import synthetic_pair
 
-pytest.importorskip("torch")
-
 
 def _model_dir(kind: str, tmp: Path, input_size: int) -> Path:
     import torch

@@ -268,7 +268,7 @@ def test_serve_command_token_and_sigterm(tmp_path: Path, images: dict[str, Path]
 
 
 def test_dask_cluster_gives_the_same_results(tmp_path: Path, images: dict[str, Path]) -> None:
-    distributed = pytest.importorskip("distributed")
+    import distributed  # a dependency (dask[distributed]): never a skip
     with distributed.LocalCluster(
         n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
     ) as cluster:
