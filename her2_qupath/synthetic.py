@@ -37,6 +37,7 @@ __all__ = [
     "synthetic_ihc",
     "synthetic_pair",
     "compose_rgb",
+    "render_stains",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,25 @@ def _normal_table() -> np.ndarray:
     from scipy.special import ndtri
 
     return ndtri((np.arange(65536, dtype=np.float64) + 0.5) / 65536).astype(np.float32)
+
+
+def render_stains(h_od: np.ndarray, dab_od: np.ndarray, *, noise: float = 0.0,
+                  rng: np.random.Generator | None = None, stain: StainConfig | None = None,
+                  white: float = 255.0) -> np.ndarray:
+    """uint8 RGB of a section holding ``h_od`` hematoxylin and ``dab_od`` DAB (OD, H x W each).
+
+    Beer-Lambert with the stain vectors of ``stain`` (unit length):
+    ``I_c = round(clip(white * 10^-(h unit(H)_c + d unit(DAB)_c) + N(0, noise)))``, the
+    noise being scanner noise in 8-bit levels (``rng``; none when ``noise`` is 0). The one
+    renderer of synthetic tiles and test images; :func:`compose_rgb` draws whole slides.
+    """
+    stain = stain or StainConfig()
+    od = (np.asarray(h_od, dtype=np.float64)[..., None] * _unit(stain.hematoxylin)
+          + np.asarray(dab_od, dtype=np.float64)[..., None] * _unit(stain.dab))
+    rgb = white * np.power(10.0, -od)
+    if noise:
+        rgb = rgb + (rng if rng is not None else np.random.default_rng(0)).normal(0.0, noise, rgb.shape)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
 def compose_rgb(

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from her2_qupath.config import StainConfig
 from her2_qupath.errors import JobCancelled
 from her2_qupath.server.scorers import JobSpec, PipelineScorer
+from her2_qupath.synthetic import render_stains
 
 #: pixel size the test images carry (µm/px), also the pipeline's working resolution
 MPP = 0.5
@@ -45,10 +45,6 @@ def ihc_rgb(tile_classes: Sequence[Sequence[int | None]], tile: int = 128,
     the drawn line densities (a laboratory whose staining is paler or darker);
     ``noise`` adds Gaussian scanner noise (standard deviation in 8-bit levels) before rounding.
     """
-    stain = StainConfig()
-    h = np.asarray(stain.hematoxylin, float)
-    d = np.asarray(stain.dab, float)
-    h, d = h / np.linalg.norm(h), d / np.linalg.norm(d)
     rows, cols = len(tile_classes), len(tile_classes[0])
     yy, xx = np.mgrid[0:tile, 0:tile]
     by, bx = yy % BLOCK, xx % BLOCK
@@ -64,11 +60,7 @@ def ihc_rgb(tile_classes: Sequence[Sequence[int | None]], tile: int = 128,
             width_um = 2 * MPP  # the drawn line is two pixels wide
             dab = np.where(line, line_scale * LINE_BY_CLASS[k] / width_um, 0.0)
             hem = np.where(corner, 0.6, 0.15)
-            od = hem[..., None] * h + dab[..., None] * d
-            v = 255.0 * 10.0 ** (-od)
-            if noise:
-                v = v + rng.normal(0.0, noise, v.shape)
-            rgb = np.clip(np.round(v), 0, 255).astype(np.uint8)
+            rgb = render_stains(hem, dab, noise=noise, rng=rng)
             rgb[lumen] = 255
             out[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = rgb
     return out

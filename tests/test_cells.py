@@ -18,6 +18,7 @@ from her2_qupath.cells import (
 )
 from her2_qupath.config import CellConfig, StainConfig
 from her2_qupath.errors import UserInputError
+from her2_qupath.synthetic import render_stains
 
 #: The synthetic cells here are drawn in DAB OD against QuPath's 0.2/0.4/0.6 thresholds:
 #: they test the "od" grading; the membrane line-density grading has its own tests.
@@ -31,20 +32,11 @@ MEMBRANE_UM = 1.5  # width of the drawn membranes
 # ----------------------------------------------------------------------------- synthetic tiles
 
 
-def _unit(v: tuple[float, float, float]) -> np.ndarray:
-    a = np.asarray(v, dtype=np.float64)
-    return a / np.linalg.norm(a)
-
-
 def render(
     h_od: np.ndarray, dab_od: np.ndarray, *, noise: float = 1.5, seed: int = 0
 ) -> np.ndarray:
     """Beer-Lambert: RGB of a white-lit section holding the given H and DAB amounts."""
-    sc = StainConfig()
-    od = h_od[..., None] * _unit(sc.hematoxylin) + dab_od[..., None] * _unit(sc.dab)
-    rgb = 255.0 * np.power(10.0, -od)
-    rgb += np.random.default_rng(seed).normal(0.0, noise, rgb.shape)
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+    return render_stains(h_od, dab_od, noise=noise, rng=np.random.default_rng(seed))
 
 
 @dataclasses.dataclass(frozen=True)

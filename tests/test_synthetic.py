@@ -173,3 +173,24 @@ def test_adding_dab_to_tissue_never_lowers_the_score(
     assert scores[1][0] >= scores[0][0]
     assert scores[1][1] >= scores[0][1]
     assert scores[1][2] >= scores[0][2]
+
+
+def test_render_stains_is_beer_lambert_by_hand() -> None:
+    """One hematoxylin pixel, one DAB pixel, one empty: the RGB worked out by hand."""
+    from her2_qupath.config import StainConfig
+    from her2_qupath.synthetic import render_stains
+
+    sc = StainConfig()
+    h = np.array([[0.5, 0.0, 0.0]])
+    d = np.array([[0.0, 0.8, 0.0]])
+    rgb = render_stains(h, d)
+    hv = np.asarray(sc.hematoxylin) / np.linalg.norm(sc.hematoxylin)
+    dv = np.asarray(sc.dab) / np.linalg.norm(sc.dab)
+    assert rgb[0, 0].tolist() == [round(255 * 10 ** (-0.5 * c)) for c in hv]
+    assert rgb[0, 1].tolist() == [round(255 * 10 ** (-0.8 * c)) for c in dv]
+    assert rgb[0, 2].tolist() == [255, 255, 255]
+    noisy = render_stains(np.zeros((200, 200)), np.full((200, 200), 0.3), noise=2.0,
+                          rng=np.random.default_rng(1)).astype(float)
+    clean = render_stains(np.zeros((1, 1)), np.full((1, 1), 0.3)).astype(float)[0, 0]
+    assert np.abs(noisy.mean(axis=(0, 1)) - clean).max() < 0.6  # unbiased
+    assert 1.8 < noisy[..., 0].std() < 2.3  # the noise asked for (plus rounding)

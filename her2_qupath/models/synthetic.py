@@ -24,12 +24,10 @@ DAB_LEVELS: tuple[tuple[float, float], ...] = ((0.0, 0.08), (0.24, 0.34), (0.45,
 
 def render_od(h: np.ndarray, d: np.ndarray, rng: np.random.Generator, *, noise: float = 3.0,
               stain: StainConfig = _STAIN) -> np.ndarray:
-    """RGB uint8 from hematoxylin and DAB optical densities (H x W each)."""
-    hv = np.asarray(stain.hematoxylin) / np.linalg.norm(stain.hematoxylin)
-    dv = np.asarray(stain.dab) / np.linalg.norm(stain.dab)
-    od = h[..., None] * hv + d[..., None] * dv
-    rgb = 255.0 * np.power(10.0, -od) + rng.normal(0, noise, od.shape)
-    return np.clip(rgb, 0, 255).round().astype(np.uint8)
+    """RGB uint8 from hematoxylin and DAB optical densities (H x W each), scanner noise 3 levels."""
+    from ..synthetic import render_stains
+
+    return render_stains(h, d, noise=noise, rng=rng, stain=stain)
 
 
 def _texture(rng: np.random.Generator, size: int, blobs: int) -> np.ndarray:
