@@ -13,7 +13,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "atomic_output_dir",
+    "exit_on_signals",
     "sha256_file",
     "json_default",
 ]
@@ -36,6 +39,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, private: bo
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with exit_on_signals():  # SIGHUP/SIGTERM mid-write: the temporary file is removed
+        return _write_replace(path, data, private)
+
+
+def _write_replace(path: Path, data: bytes, private: bool) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         if not private:  # mkstemp creates 0600
@@ -107,7 +115,9 @@ def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = True) -
 
     If the block raises, nothing at ``path`` changes. An existing ``path`` is
     replaced only when ``overwrite`` is true (files not written by the block are
-    then gone: point the output at a directory of its own).
+    then gone: point the output at a directory of its own). SIGHUP or SIGTERM
+    (the terminal closed, ``kill``) during the block removes the temporary
+    directory before the process ends (:func:`exit_on_signals`).
     """
     from .errors import OutputExists
 
@@ -117,20 +127,49 @@ def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = True) -
     if path.exists() and not overwrite:
         raise OutputExists(f"output directory {path} exists", hint="remove it or pass --overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
+    with exit_on_signals():
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
+            yield tmp
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+class SignalExit(SystemExit):
+    """SIGHUP / SIGTERM turned into an exit that runs ``finally`` blocks and cleanups."""
+
+
+@contextlib.contextmanager
+def exit_on_signals(signals: tuple[str, ...] = ("SIGHUP", "SIGTERM")) -> Iterator[None]:
+    """While the block runs, a signal of ``signals`` whose handler is the default (end the
+    process at once) raises :class:`SignalExit` (exit code 128 + signal) instead, so cleanups
+    run. Only in the main thread; handlers set by the application (the server's) are kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SignalExit(128 + signum)
+
+    for name in signals:
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, handler)
     try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:

@@ -45,9 +45,11 @@ __all__ = [
     "project_image_mpp",
     "pairs_csv_pixel_sizes",
     "check_batch_inputs",
+    "check_cases",
     "check_project_pair",
     "roi_file_info",
     "roi_features_info",
+    "record_roi_source",
     "read_roi_file",
     "check_features",
     "check_output_dir",
@@ -294,6 +296,16 @@ def check_project_pair(e: Any, he: Any | None, *, options: Any, moved: Callable[
     return out[0], out[1], warnings
 
 
+def check_cases(cases: Iterable[Any], *, config: PreflightConfig = _DEFAULT) -> None:
+    """``validate`` / ``calibrate``: every case's pixel size plausible and ROI file not empty."""
+    for case in cases:
+        what = f"case {getattr(case, 'name', '?')} (row {getattr(case, 'row', '?')})"
+        check_pixel_size(getattr(case, "mpp", None), what=what, source="its mpp", force_flag="",
+                         config=config)
+        if getattr(case, "roi", None) is not None and getattr(case, "rois", None) is None:
+            read_roi_file(case.roi, what=f"{what}: ROI file")
+
+
 # --------------------------------------------------------------------------- ROIs
 
 
@@ -316,6 +328,14 @@ def roi_features_info(features: Sequence[Any]) -> dict[str, Any]:
     text = json.dumps(list(features), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return {"path": None, "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
             "bytes": len(text.encode("utf-8", "surrogatepass")), "features": len(features)}
+
+
+def record_roi_source(summary: dict[str, Any], info: Mapping[str, Any] | None) -> None:
+    """Put where the ROIs came from (:func:`roi_file_info`, :func:`roi_features_info`) into a
+    run's provenance (``summary["provenance"]["inputs"]["roi"]``)."""
+    prov = summary.get("provenance")
+    if info is not None and isinstance(prov, dict):
+        prov.setdefault("inputs", {})["roi"] = dict(info)
 
 
 def read_roi_file(path: str | os.PathLike[str], *, what: str = "--roi") -> tuple[tuple[Any, ...], dict[str, Any]]:

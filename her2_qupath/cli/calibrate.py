@@ -27,11 +27,14 @@ def command(cases: Path, out: Path, min_cases_per_class: int, **kw: Any) -> None
 
     Use the file with `score`, `batch` or `validate` --calibration FILE.
     """
+    from .. import preflight
     from ..calibration import calibrate_cases, write_calibration
     from ._common import progress
     from .score import build_options
 
     case_list = cases_from(cases, kw)
+    preflight.check_output_file(out)  # before the work, not after it
+    preflight.check_cases(case_list)
     options = build_options(**kw)
     with progress("Measuring", unit="case") as cb:
         grading, report = calibrate_cases(case_list, options, min_cases_per_class=min_cases_per_class,

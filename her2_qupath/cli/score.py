@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from ..config import GUIDELINES, ModelConfig, ScoringConfig, StainConfig, TilingConfig
+from ..config import (
+    GUIDELINES,
+    TILE_SIZE_RANGE,
+    ModelConfig,
+    ScoringConfig,
+    StainConfig,
+    TilingConfig,
+)
 from ._common import mpp_option, progress
 
 __all__ = ["command", "build_options", "score_options"]
@@ -33,7 +40,7 @@ def score_options(f: Any) -> Any:
         click.option("--aggregation", type=click.Choice(["guideline", "paper", "paper-adapted"]),
                      default=_SC.aggregation, show_default=True,
                      help="Slide score by the guideline rule or by the paper's Algorithm 1."),
-        click.option("--tile-size", type=click.IntRange(32, 4096), default=_T.tile_size,
+        click.option("--tile-size", type=click.IntRange(*TILE_SIZE_RANGE), default=_T.tile_size,
                      show_default=True, help="Tile size f in pixels at the working pixel size."),
         click.option("--working-mpp", type=click.FloatRange(0.05, 50), default=_T.mpp,
                      show_default=True, help="Working pixel size (µm/px) the tiles are read at."),
@@ -147,30 +154,35 @@ def print_summary(summary: dict[str, Any], outdir: Path) -> None:
 @click.option("--roi", type=_existing_file, default=None,
               help="QuPath GeoJSON export of the regions to score (on the H&E slide with --he).")
 @click.option("--roi-class", default=None, help="Use only ROI annotations of this class, e.g. Tumor.")
-@click.option("--roi-on", "roi_space", type=click.Choice(["he", "ihc"]), default="he",
-              show_default=True,
-              help="With --he: the slide the ROIs were drawn on (ihc ROIs are mapped to the H&E slide).")
+@click.option("--roi-on", "roi_space", type=click.Choice(["he", "ihc"]), default=None,
+              help="With --he: the slide the ROIs were drawn on (ihc ROIs are mapped to the H&E "
+                   "slide) [default: he].")
 @mpp_option()
 @click.option("--he-mpp", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Pixel size of the H&E slide if it carries none.")
+              help="With --he: pixel size of the H&E slide if it carries none.")
 @score_options
 @click.option("-o", "--output", "outdir", required=True,
               type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--force", is_flag=True,
+              help="Score with a pixel size outside 0.05-20 µm/px, or one the working resolution "
+                   "enlarges more than 8 times (docs/commands/score.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def command(ihc: Path, he: Path | None, transform: Path | None, roi: Path | None,
-            roi_class: str | None, roi_space: str, mpp: float | None, he_mpp: float | None,
+            roi_class: str | None, roi_space: str | None, mpp: float | None, he_mpp: float | None,
             outdir: Path,
-            overwrite: bool, as_json: bool, **kw: Any) -> None:
+            overwrite: bool, force: bool, as_json: bool, **kw: Any) -> None:
     """Score HER2 on an IHC slide and write QuPath GeoJSON, a summary and an overlay.
 
     Without --roi all tissue is scored. Writes detections.geojson,
     annotations.geojson, summary.json and overlay.png into OUTPUT (atomically;
     with --he also he_detections.geojson and ihc_detections.geojson).
     """
+    from .. import preflight
     from ..errors import OutputExists, UserInputError
     from ..pipeline import ScoreRequest, run_score, write_result
 
+    preflight.check_output_dir(outdir)
     if outdir.exists() and any(outdir.iterdir()) and not overwrite:
         raise OutputExists(f"output directory {outdir} is not empty",
                            hint="choose a new -o directory or pass --overwrite")
@@ -179,16 +191,28 @@ def command(ihc: Path, he: Path | None, transform: Path | None, roi: Path | None
                              hint="add --he HE_SLIDE, or drop --tumor-model")
     if transform is not None and he is None:
         raise UserInputError("--transform maps H&E tiles and needs --he", hint="add --he HE_SLIDE")
-    rois = None
+    for flag, value in (("--roi-on", roi_space), ("--he-mpp", he_mpp)):
+        if value is not None and he is None:
+            raise UserInputError(f"{flag} applies to the H&E slide and needs --he",
+                                 hint=f"add --he HE_SLIDE, or drop {flag}")
+    roi_space = roi_space or "he"
+    preflight.check_pixel_size(mpp, what=f"IHC slide {ihc.name}", source="--mpp", force=force)
+    preflight.check_pixel_size(he_mpp, what=f"H&E slide {he.name if he else ''}", source="--he-mpp",
+                               force=force)
+    rois, roi_source = None, None
     if roi is not None:
-        from ..qupath.geojson import read_geojson
-
-        rois = tuple(read_geojson(roi))
+        rois, roi_source = preflight.read_roi_file(roi)
+    options = build_options(**kw)
+    bounds = None if rois is None or (he is not None and roi_space == "ihc") else [
+        o.geometry.bounds for o in rois if getattr(o, "geometry", None) is not None]
+    preflight.check_slides(ihc, ihc_mpp=mpp, he=he, he_mpp=he_mpp, options=options, roi_bounds=bounds,
+                           force=force)
     request = ScoreRequest(ihc=ihc, he=he, ihc_mpp=mpp, he_mpp=he_mpp, rois=rois,
-                           roi_class=roi_class, transform=transform, options=build_options(**kw),
+                           roi_class=roi_class, transform=transform, options=options,
                            roi_space=roi_space)  # type: ignore[arg-type]
     with progress("Scoring tiles") as cb:
         result = run_score(request, progress=cb)
+    preflight.record_roi_source(result.summary, roi_source)
     write_result(result, outdir)
     if as_json:
         click.echo(json.dumps(result.summary, indent=2, default=str))

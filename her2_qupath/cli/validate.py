@@ -64,6 +64,7 @@ def command(cases: Path, outdir: Path, resume: bool, dask_scheduler: str | None,
     images carry the pathologist's score as a metadata value (--score-key). The cases are
     scored as `her2-qupath score` scores them, with the same options.
     """
+    from .. import preflight
     from ..errors import OutputExists
     from ..server.executors import dask_executor
     from ..validation import run_validation
@@ -71,6 +72,8 @@ def command(cases: Path, outdir: Path, resume: bool, dask_scheduler: str | None,
     from .score import build_options
 
     case_list = cases_from(cases, kw)  # every case checked before any work
+    preflight.check_output_dir(outdir)
+    preflight.check_cases(case_list)
     if outdir.exists() and any(outdir.iterdir()) and not resume:
         raise OutputExists(f"output directory {outdir} is not empty",
                            hint="choose a new -o directory, or pass --resume to keep its cases")

@@ -31,6 +31,13 @@ from typing import Any, Protocol
 from .._types import ProgressCallback
 from ..config import ServerConfig
 from ..errors import UserInputError
+from ..preflight import (
+    check_features,
+    check_pixel_size,
+    count_tiles,
+    record_roi_source,
+    roi_features_info,
+)
 from .http import ApiError
 from .security import count_vertices, resolve_image
 
@@ -138,8 +145,11 @@ def build_spec(body: Mapping[str, Any], config: ServerConfig) -> JobSpec:
         ("options.mpp", options.get("mpp")),
     ):
         _check_mpp(name, value, config)
+    for name in ("ihc_mpp", "he_mpp"):  # the slides' own pixel sizes: plausible brightfield scans
+        check_pixel_size(body.get(name), what=name, source="request", force_flag="")
     features = _features(body.get("rois"))
     if features is not None:
+        check_features(features, what="rois")  # empty: 400, not the whole slide
         check_vertex_limit(features, config.max_roi_vertices)
         if roi_class := body.get("roi_class"):
             features = [f for f in features if _class_name(f) == roi_class]
@@ -212,21 +222,6 @@ def _roi_bounds(spec: JobSpec) -> list[tuple[float, float, float, float]] | None
     from shapely.geometry import shape
 
     return [shape(f["geometry"]).bounds for f in spec.rois]
-
-
-def _count_tiles(
-    dims: tuple[int, int], side: float, bounds: list[tuple[float, float, float, float]] | None
-) -> int:
-    """Upper bound of the tiles of side ``side`` (level-0 px) covering the image or the ROI boxes."""
-    cols, rows = math.ceil(dims[0] / side), math.ceil(dims[1] / side)
-    if not bounds:
-        return cols * rows
-    total = 0
-    for x0, y0, x1, y1 in bounds:
-        c0, r0 = max(0, math.floor(x0 / side)), max(0, math.floor(y0 / side))
-        c1, r1 = min(cols, math.ceil(x1 / side)), min(rows, math.ceil(y1 / side))
-        total += max(0, c1 - c0) * max(0, r1 - r0)
-    return min(total, cols * rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,7 +368,7 @@ class PipelineScorer:
                 grid_bounds = (
                     _roi_bounds(spec) if spec.he is None or spec.roi_space == "he" else None
                 )
-                tiles = _count_tiles((int(dims[0]), int(dims[1])), side, grid_bounds)
+                tiles = count_tiles((int(dims[0]), int(dims[1])), side, grid_bounds)
             read_side = math.ceil(side / level_ds)
             per_tile += max(tile_size, read_side) ** 2
         assert tiles is not None
@@ -391,6 +386,7 @@ class PipelineScorer:
         from ..pipeline import run_score, write_result
 
         result = run_score(self.request(spec), progress=progress, cancel=cancel, executor=executor)
+        _record_rois(result, spec)
         write_result(result, outdir)
         return dict(result.summary)
 
@@ -407,6 +403,7 @@ class PipelineScorer:
         from ..qupath.geojson import to_feature
 
         result = run_score(self.request(spec), progress=progress, cancel=cancel, executor=executor)
+        _record_rois(result, spec)
         return json_ready(
             {
                 "summary": result.summary,
@@ -435,6 +432,12 @@ class PipelineScorer:
             if sub.is_dir() and (sub / "config.json").is_file():
                 found.append({"name": sub.name, "kind": _model_kind(sub), "loaded": False})
         return found
+
+
+def _record_rois(result: Any, spec: JobSpec) -> None:
+    """The ROIs received (sha256 of their features) in the run's provenance."""
+    if spec.rois is not None:
+        record_roi_source(result.summary, roi_features_info(spec.rois))
 
 
 def _model_kind(path: Path) -> str | None:
