@@ -30,6 +30,12 @@ __all__ = ["command"]
 @click.option("--dry-run", is_flag=True, help="List what would be scored and written; write nothing.")
 @click.option("--resume", is_flag=True, help="Skip images that already have results.")
 @click.option("--force", is_flag=True, help="Write even if the project looks open in QuPath.")
+@click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Pixel size (µm/px) for images whose project entry and file record none; per image: "
+                   "an mpp (and he_mpp) column in the --pairs CSV.")
+@click.option("--force-mpp", is_flag=True,
+              help="Score pixel sizes outside 0.05-20 µm/px, or ones the working resolution enlarges "
+                   "more than 8 times (--force is about the project being open).")
 @click.option("--no-write-back", is_flag=True, help="Only write GeoJSON files, even when QuPath is installed.")
 @click.option("--backend", type=click.Choice(["auto", "paquo", "json"]), default="auto", show_default=True,
               help="paquo needs QuPath (PAQUO_QUPATH_DIR); json reads project.qpproj directly.")
@@ -40,16 +46,20 @@ __all__ = ["command"]
 def command(
     project: Path, roi_class: str | None, pairs_csv: Path | None, pair_pattern: str | None,
     pair_metadata: str | None, images: tuple[str, ...], image_roots: tuple[Path, ...], roi: Path | None,
-    dry_run: bool, resume: bool, force: bool, no_write_back: bool, backend: str,
+    dry_run: bool, resume: bool, force: bool, mpp: float | None, force_mpp: bool, no_write_back: bool,
+    backend: str,
     dask_scheduler: str | None, as_json: bool,
     **score_kw: Any,
 ) -> None:
     """Score the images of a QuPath PROJECT (folder or project.qpproj).
 
     Results go to PROJECT/her2_qupath/<entryID>/ as GeoJSON (detections,
-    annotations) and summary.json, plus batch_summary.csv/.json; with QuPath
-    installed (PAQUO_QUPATH_DIR) they are also written into the project after a
-    backup. Exits with 1 only when no image could be scored.
+    annotations) and summary.json, plus batch_summary.csv/.json (cumulative: one
+    row per image, its latest result and run id); with QuPath installed
+    (PAQUO_QUPATH_DIR) they are also written into the project after a backup. An
+    image whose file is not the one its entry records, or whose pixel size or work
+    is implausible, is refused. Exits with 1 only when no image could be scored;
+    with 2 when an input is unusable (nothing is computed).
     """
     import json
 
@@ -61,7 +71,7 @@ def command(
     opts = BatchOptions(
         project=project, roi_class=roi_class, pairs_csv=pairs_csv, pair_pattern=pair_pattern,
         pair_metadata=pair_metadata, images=images, image_roots=image_roots, roi=roi, dry_run=dry_run,
-        resume=resume, force=force, backend=backend,  # type: ignore[arg-type]
+        resume=resume, force=force, mpp=mpp, force_mpp=force_mpp, backend=backend,  # type: ignore[arg-type]
         write_back=not no_write_back,
         options=None if dry_run else build_options(**score_kw), dask_scheduler=dask_scheduler,
     )
@@ -111,8 +121,9 @@ def _print_report(report) -> None:  # type: ignore[no-untyped-def]
         echo(f"  [{o.status:>11}] {o.entry_id:>6} {o.image}{pair} {score} {o.message}".rstrip())
     for u in report.unpaired:
         echo(f"  [   unpaired] {u['entry_id']:>6} {u['image']}: {u['reason']}")
-    counts = ", ".join(f"{s} {report.count(s)}" for s in ("scored", "would-score", "skipped", "missing", "failed")
-                       if report.count(s))
+    from ..qupath.batch import STATUSES
+
+    counts = ", ".join(f"{s} {report.count(s)}" for s in STATUSES if report.count(s))
     echo(f"Done: {counts or 'nothing to do'}.")
     if report.backup_dir:
         echo(f"Backup of the project files: {report.backup_dir}")

@@ -10,8 +10,15 @@ ROIs, runs :func:`her2_qupath.pipeline.run_score` per image and writes
   (the scored regions as drawn on the H&E slide);
 * the objects straight into the project when QuPath is installed (paquo),
   after a backup and only when the project does not look open in QuPath;
-* ``PROJECT/her2_qupath/batch_summary.csv`` / ``.json`` and, without QuPath,
-  ``IMPORT.txt`` saying how to bring the results into QuPath.
+* ``PROJECT/her2_qupath/batch_summary.csv`` / ``.json``: cumulative, one row per
+  image with its latest result and the run id that produced it (kept across
+  ``--resume`` and re-runs), and, without QuPath, ``IMPORT.txt`` saying how
+  to bring the results into QuPath.
+
+Before an image is scored its file is checked against the project entry
+(size, pixel type, channels: :func:`her2_qupath.preflight.entry_file_mismatch`)
+and its pixel size and work against :class:`~her2_qupath.config.PreflightConfig`;
+an image that fails is ``refused`` with one line naming the entry.
 
 In pair mode the ROIs are the H&E image's annotations (the pipeline takes
 them in H&E coordinates and maps the tiles onto the IHC slide). Every object
@@ -27,10 +34,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import logging
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +49,8 @@ from .. import __version__
 from .._io import atomic_write_json, atomic_write_text
 from .._types import ProgressCallback
 from ..config import PRODUCT_MARKER, ProjectConfig
-from ..errors import QuPathUnavailable
+from ..errors import Her2Error, QuPathUnavailable
+from .classes import class_matches
 from .project import (
     ImageEntry,
     ImagePair,
@@ -64,7 +74,8 @@ __all__ = ["BatchOptions", "ImageOutcome", "BatchReport", "run_batch", "Status",
 
 log = logging.getLogger(__name__)
 
-Status = Literal["scored", "would-score", "skipped", "missing", "failed"]
+Status = Literal["scored", "would-score", "skipped", "missing", "refused", "failed"]
+STATUSES: tuple[str, ...] = ("scored", "would-score", "skipped", "missing", "refused", "failed")
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,9 @@ class BatchOptions:
     options: Any = None  # pipeline.ScoreOptions (None: the defaults)
     dask_scheduler: str | None = None  # tcp://HOST:PORT: tile work on that Dask cluster
     config: ProjectConfig = field(default_factory=ProjectConfig)
+    mpp: float | None = None  # µm/px for images without one (in the project and the file)
+    force_mpp: bool = False  # score pixel sizes outside PreflightConfig's plausible range
+    pixel_sizes: dict[str, float] = field(default_factory=dict)  # the pairs CSV's, by image name or ID
 
 
 @dataclass
@@ -111,6 +125,7 @@ class ImageOutcome:
     written_to_project: bool = False
     he_written_to_project: bool = False
     seconds: float = 0.0
+    run_id: str | None = None  # the run whose result this is (an earlier one for --resume)
 
 
 @dataclass
@@ -137,12 +152,12 @@ class BatchReport:
         """True when images failed or were missing and none has results (scored now or before)."""
         if self.dry_run:
             return False
-        bad = any(o.status in ("failed", "missing") for o in self.outcomes)
+        bad = any(o.status in ("failed", "missing", "refused") for o in self.outcomes)
         return bad and not any(o.status in ("scored", "skipped") for o in self.outcomes)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {
-            "counts": {s: self.count(s) for s in ("scored", "would-score", "skipped", "missing", "failed")}
+            "counts": {s: self.count(s) for s in STATUSES}  # type: ignore[arg-type]
         }
 
 
@@ -150,11 +165,7 @@ class BatchReport:
 
 
 def _matches_class(obj: Any, roi_class: str) -> bool:
-    name = _classification_name(obj)
-    if not name:
-        return False
-    parts = [p.strip().casefold() for p in name.split(":")]
-    return name.casefold() == roi_class.casefold() or roi_class.casefold() in parts
+    return class_matches(_classification_name(obj), roi_class)
 
 
 def entry_rois(
@@ -196,14 +207,8 @@ def _flat_summary(summary: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _write_entry_outputs(
-    outdir: Path,
-    *,
-    detections: Sequence[Any],
-    annotations: Sequence[Any],
-    summary: dict[str, Any],
-    config: ProjectConfig,
-) -> list[str]:
+def _write_entry_outputs(outdir: Path, *, detections: Sequence[Any], annotations: Sequence[Any],
+                         summary: dict[str, Any], config: ProjectConfig) -> list[str]:
     """The three per-image files, each written atomically (exported ROIs beside them stay)."""
     from .geojson import write_geojson
 
@@ -277,25 +282,62 @@ def _moved(entry: ImageEntry | None) -> bool:
 
 CSV_FIELDS = [
     "entry_id", "image", "case", "he_image", "status", "her2_score", "h_score", "percent_positive",
-    "n_tiles", "pct 0", "pct 1+", "pct 2+", "pct 3+", "n_rois", "roi_source",
+    "n_tiles", "pct 0", "pct 1+", "pct 2+", "pct 3+", "n_rois", "roi_source", "run_id",
     "mpp", "qupath_version", "written_to_project", "he_written_to_project", "seconds", "path", "message",
 ]
 
 
-def _csv_text(outcomes: Sequence[ImageOutcome]) -> str:
+def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
     buf = io.StringIO()
     extra: list[str] = []
-    rows = []
-    for o in outcomes:
-        row = {k: v for k, v in dataclasses.asdict(o).items() if k not in ("summary", "outputs", "he_outputs")}
-        row.update(_flat_summary(o.summary))
+    flat = []
+    for r in rows:
+        row = {k: v for k, v in r.items() if k not in ("summary", "outputs", "he_outputs")}
+        row.update(_flat_summary(r.get("summary") or {}))
         extra += [k for k in row if k not in CSV_FIELDS and k not in extra and k != "he_entry_id"]
-        rows.append(row)
+        flat.append(row)
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS + extra, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for row in rows:
+    for row in flat:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     return buf.getvalue()
+
+
+def _earlier_result(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """The run id and result of an image's ``summary.json`` (an earlier run's, for --resume)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, {}
+    result = saved.get("result") if isinstance(saved, dict) else None
+    return (saved.get("run_id") if isinstance(saved, dict) else None), (result if isinstance(result, dict) else {})
+
+
+def cumulative_rows(path: Path, report: BatchReport) -> list[dict[str, Any]]:
+    """One row per image of the project: this run's outcome over the rows of the earlier
+    ``batch_summary.json`` at ``path``; an image skipped by ``--resume`` keeps its earlier result
+    and the run id that produced it. Images no longer in the project are dropped."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = {}
+    old = old if isinstance(old, dict) else {}
+    earlier = old.get("images")
+    if not isinstance(earlier, list):  # written before the summary was cumulative
+        earlier = [dict(o, run_id=old.get("run_id")) for o in old.get("outcomes") or []
+                   if isinstance(o, dict) and o.get("status") == "scored"]
+    rows = {str(r["entry_id"]): r for r in earlier if isinstance(r, dict) and r.get("entry_id") is not None}
+    for o in report.outcomes:
+        prev = rows.get(o.entry_id)
+        if o.status == "skipped" and prev is not None and prev.get("run_id") == o.run_id:
+            continue  # resumed: the earlier row holds its result
+        row = dataclasses.asdict(o)
+        if o.status == "skipped":
+            row["status"] = "scored" if o.summary else "skipped"
+            row["message"] = f"scored by run {o.run_id}; kept by --resume"
+        rows[o.entry_id] = row
+    order = {str(e["entry_id"]): i for i, e in enumerate(report.entries)}
+    return sorted((r for k, r in rows.items() if k in order), key=lambda r: order[str(r["entry_id"])])
 
 
 def _import_text(report: BatchReport, config: ProjectConfig) -> str:
@@ -330,16 +372,18 @@ def _import_text(report: BatchReport, config: ProjectConfig) -> str:
 # --------------------------------------------------------------------------- the run
 
 
-def run_batch(
-    opts: BatchOptions,
-    *,
-    image_progress: ProgressCallback | None = None,
-    tile_progress: Callable[[str], ProgressCallback | None] | None = None,
-) -> BatchReport:
+def run_batch(opts: BatchOptions, *, image_progress: ProgressCallback | None = None,
+              tile_progress: Callable[[str], ProgressCallback | None] | None = None) -> BatchReport:
     """Score the project's images; see the module docstring for what is written where."""
+    from .. import preflight
+
     pfile = project_file(opts.project)
     project_dir = pfile.parent
     cfg = opts.config
+    # --mpp, the pairs CSV's pixel sizes, a --roi file and the output folder: before any work
+    opts = dataclasses.replace(opts, pixel_sizes=preflight.check_batch_inputs(
+        mpp=opts.mpp, pairs_csv=opts.pairs_csv, roi=opts.roi, force=opts.force_mpp,
+        output_dir=None if opts.dry_run else project_dir / cfg.output_dirname))
     from . import _paquo
 
     status = _paquo.qupath_status()
@@ -349,12 +393,8 @@ def run_batch(
     write_back = use_paquo and opts.write_back and not opts.dry_run
     if write_back:
         ensure_project_closed(project_dir, force=opts.force, config=cfg)
-    project = open_project(
-        pfile,
-        backend="paquo" if use_paquo else "json",
-        mode="r+" if write_back else "r",
-        image_roots=list(opts.image_roots),
-    )
+    project = open_project(pfile, backend="paquo" if use_paquo else "json",
+                           mode="r+" if write_back else "r", image_roots=list(opts.image_roots))
     notes: list[str] = []
     if not use_paquo:
         notes.append(
@@ -372,46 +412,25 @@ def run_batch(
         project.close()
 
 
-def _run(
-    project: ProjectView,
-    opts: BatchOptions,
-    *,
-    write_back: bool,
-    notes: list[str],
-    executor: Any,
-    image_progress: ProgressCallback | None,
-    tile_progress: Callable[[str], ProgressCallback | None] | None,
-) -> BatchReport:
+def _run(project: ProjectView, opts: BatchOptions, *, write_back: bool, notes: list[str], executor: Any,
+         image_progress: ProgressCallback | None,
+         tile_progress: Callable[[str], ProgressCallback | None] | None) -> BatchReport:
     cfg = opts.config
     project_dir = project.project_dir
     all_entries = project.images()
     entries = filter_entries(all_entries, opts.images)
     if opts.images and not entries:
         notes.append(f"no image matches --images {' '.join(opts.images)}")
-    pairing = pair_images(
-        entries,
-        pattern=opts.pair_pattern,
-        pairs_csv=opts.pairs_csv,
-        metadata_key=opts.pair_metadata,
-        config=cfg,
-    )
+    pairing = pair_images(entries, pattern=opts.pair_pattern, pairs_csv=opts.pairs_csv,
+                          metadata_key=opts.pair_metadata, config=cfg)
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    versions: dict[str, int] = {}
-    for e in all_entries:
-        key = e.qupath_version or "unknown"
-        versions[key] = versions.get(key, 0) + 1
+    versions = dict(Counter(e.qupath_version or "unknown" for e in all_entries))
     report = BatchReport(
-        project=os.fspath(project.path),
-        backend=project.backend,
-        qupath_versions=versions,
-        run_id=run_id,
-        dry_run=opts.dry_run,
-        outcomes=[],
+        project=os.fspath(project.path), backend=project.backend, qupath_versions=versions,
+        run_id=run_id, dry_run=opts.dry_run, outcomes=[],
         unpaired=[{"entry_id": e.entry_id, "image": e.name, "reason": r} for e, r in pairing.unpaired],
-        entries=[e.describe() for e in all_entries],
-        output_dir=os.fspath(project_dir / cfg.output_dirname),
-        notes=notes,
-    )
+        entries=[e.describe() for e in all_entries], output_dir=os.fspath(project_dir / cfg.output_dirname),
+        notes=notes)
     options = opts.options
     if options is None and not opts.dry_run:
         from ..pipeline import ScoreOptions
@@ -442,30 +461,24 @@ def _run(
 
     if not opts.dry_run:
         out = project_dir / cfg.output_dirname
-        atomic_write_text(out / "batch_summary.csv", _csv_text(report.outcomes))
-        atomic_write_json(out / "batch_summary.json", report.to_json())
+        rows = cumulative_rows(out / "batch_summary.json", report)
+        atomic_write_text(out / "batch_summary.csv", _csv_text(rows))
+        atomic_write_json(out / "batch_summary.json", report.to_json() | {"images": rows})
         if not write_back:
             atomic_write_text(out / "IMPORT.txt", _import_text(report, cfg))
     return report
 
 
-def _one(
-    project: ProjectView,
-    pair: ImagePair,
-    opts: BatchOptions,
-    *,
-    options: Any,
-    run_id: str,
-    executor: Any,
-    write_back: bool,
-    tile_progress: Callable[[str], ProgressCallback | None] | None,
-) -> ImageOutcome:
+def _one(project: ProjectView, pair: ImagePair, opts: BatchOptions, *, options: Any, run_id: str,
+         executor: Any, write_back: bool,
+         tile_progress: Callable[[str], ProgressCallback | None] | None) -> ImageOutcome:
     cfg = opts.config
     e, he = pair.ihc, pair.he
     o = ImageOutcome(
         entry_id=e.entry_id, image=e.name, case=pair.case, status="failed",
         he_entry_id=he.entry_id if he else None, he_image=he.name if he else None,
         path=os.fspath(e.path) if e.path else None, mpp=e.mpp, qupath_version=e.qupath_version,
+        run_id=run_id,
     )
     outdir = entry_output_dir(project.project_dir, e, cfg)
     if not e.exists:
@@ -476,13 +489,23 @@ def _one(
         return o
     if opts.resume and (outdir / cfg.summary_filename).is_file():
         o.status, o.message = "skipped", f"already scored ({outdir / cfg.summary_filename}); --resume"
+        o.run_id, o.summary = _earlier_result(outdir / cfg.summary_filename)
         return o
+    from .. import preflight
+
     t0 = time.perf_counter()
     try:
         # in a pair the ROIs are drawn on the H&E image: the pipeline takes them in H&E coordinates
         roi_entry = he if he is not None else e
         rois, source = entry_rois(project, roi_entry, roi=opts.roi, config=opts.config)
         o.roi_source = source
+        try:  # the files are the entries' images, pixel sizes and work plausible, ROI files not empty
+            ihc_mpp, he_mpp, warnings = preflight.check_project_pair(
+                e, he, moved=_moved, options=options, rois=rois, roi_source=source, fallback=opts.mpp,
+                csv_mpps=opts.pixel_sizes, force=opts.force_mpp)
+        except Her2Error as err:
+            o.status, o.message = "refused", f"refused: {err}"
+            return o
         if opts.roi_class:
             rois = [r for r in rois or [] if _matches_class(r, opts.roi_class)]
             if not rois:
@@ -495,20 +518,26 @@ def _one(
                 )
                 return o
         o.n_rois = len(rois) if rois else 0
+        o.mpp = ihc_mpp
+        o.message = "; ".join(warnings)
         if opts.dry_run:
             o.status = "would-score"
-            o.message = f"{o.n_rois} ROI(s)" if o.n_rois else "whole image"
+            o.message = "; ".join([f"{o.n_rois} ROI(s)" if o.n_rois else "whole image", *warnings])
             if he is not None:
                 o.message += f" on H&E {he.name} (results to entries {e.entry_id} and {he.entry_id})"
             return o
         from ..pipeline import ScoreRequest, run_score
 
+        roi_info = None
+        if source and source != "project":
+            roi_info = preflight.roi_file_info(source, n_features=len(rois or []))
         request = ScoreRequest(
-            ihc=e.path, he=he.path if he else None, ihc_mpp=e.mpp, he_mpp=he.mpp if he else None,
+            ihc=e.path, he=he.path if he else None, ihc_mpp=ihc_mpp, he_mpp=he_mpp,
             rois=rois or None, roi_class=None, options=options,
         )
         cb = tile_progress(e.name) if tile_progress else None
         result = run_score(request, progress=cb, executor=executor)
+        preflight.record_roi_source(result.summary, roi_info)
         detections = [mark_product_object(d, run_id=run_id) for d in result.detections]
         annotations = [mark_product_object(a, run_id=run_id) for a in result.annotations]
         summary = dict(result.summary)
@@ -520,6 +549,7 @@ def _one(
             "product": PRODUCT_MARKER,
             "version": __version__,
             "roi_source": source,
+            "roi_file": roi_info,
             "n_rois": o.n_rois,
             "result": summary,
         }
