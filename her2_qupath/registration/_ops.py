@@ -80,32 +80,21 @@ def dilate(mask: np.ndarray, px: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
 
 
-ECC_MASKS = "moving"
-
-
 def ecc(template: np.ndarray, image: np.ndarray, w: np.ndarray, motion: int, iterations: int, eps: float,
-        gauss: int, fixed_mask: np.ndarray | None = None,
-        moving_mask: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-    """OpenCV's ECC maximisation from ``w`` (fixed → moving) over the tissue.
+        gauss: int, moving_mask: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """OpenCV's ECC maximisation from ``w`` (fixed → moving).
 
-    With both masks (and OpenCV ≥ 4.11's ``findTransformECCWithMask``) only
-    pixels inside both count; otherwise the moving mask (carried along by the
-    warp). Returns the final correlation and warp; ``(-1, w)`` when it does not
-    converge.
+    ``moving_mask`` (the moving image's tissue) is carried along by the warp and
+    restricts the correlation to the pixels it covers, so glass does not count.
+    Returns the final correlation and warp; ``(-1, w)`` when it does not converge.
     """
     import cv2
 
     crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, int(iterations), float(eps))
     start = np.asarray(w, dtype=np.float32)[:2].copy()
-    fm = None if fixed_mask is None else fixed_mask.astype(np.uint8)
     mm = None if moving_mask is None else moving_mask.astype(np.uint8)
     try:
-        if ECC_MASKS == "none":
-            cc, out = cv2.findTransformECC(template, image, start.copy(), motion, crit, None, gauss)
-        elif ECC_MASKS == "both" and fm is not None and mm is not None and hasattr(cv2, "findTransformECCWithMask"):
-            cc, out = cv2.findTransformECCWithMask(template, image, fm, mm, start.copy(), motion, crit, gauss)
-        else:
-            cc, out = cv2.findTransformECC(template, image, start.copy(), motion, crit, mm, gauss)
+        cc, out = cv2.findTransformECC(template, image, start.copy(), motion, crit, mm, gauss)
     except cv2.error as err:  # did not converge: keep the start
         log.debug("ECC did not converge: %s", str(err).splitlines()[-1] if str(err) else err)
         return -1.0, start

@@ -1,25 +1,33 @@
 """Estimating the H&E → IHC transform from low-resolution images.
 
-Steps (on the hematoxylin channel and the optical-density tissue masks, so the
-stains need not look alike):
+Registration never compares colours: it aligns a *structure image*, the
+hematoxylin channel (nuclei, present in H&E and in counterstained IHC) or,
+when one image's hematoxylin is weak (an IHC with a faint counterstain), the
+optical-density magnitude (every stain absorbs light); ``metric`` forces one.
 
-1. **Coarse search** at ``config.coarse_size`` pixels: every rotation in steps
-   of ``config.rotation_step_deg`` (and the mirror image when
-   ``allow_mirror``), scaled by the ratio of tissue areas when the pixel sizes
-   are unknown, translated by phase correlation after matching the tissue
-   centroids; the best few candidates are refined with ECC and the best kept.
+1. **Start** (:mod:`.search`), at ``config.coarse_size`` pixels: every
+   rotation in steps of ``config.rotation_step_deg`` (and the mirror image when
+   ``allow_mirror``) at each scale of a grid (0.8–1.25 without pixel sizes,
+   0.9–1.11 with them), translated by phase correlation, plus a RANSAC
+   similarity from SIFT matches of the optical-density images (any scale).
+   The best candidates are refined with ECC inside the moving tissue mask and
+   the one with the highest correlation wins. Nothing depends on the tissue
+   areas, and the pixel sizes only narrow the scale grid.
 2. **Affine refinement**: OpenCV's ECC maximisation (``findTransformECC``,
    Evangelidis & Psarakis 2008) in a pyramid up to ``config.max_work_size``
-   pixels along the longest side (never finer than ``config.work_mpp``);
-   Euclidean motion for ``rigid``, affine otherwise.
-3. **Non-rigid refinement** (``nonrigid``): block matching by normalised
-   cross-correlation between the fixed image and the affinely aligned moving
-   image at up to ``config.max_nonrigid_size`` pixels, combined into a smooth
-   displacement field (:mod:`.nonrigid`); kept only when it improves the
-   image correlation.
-4. **Quality**: tissue-mask Dice and normalised cross-correlation of the
-   hematoxylin images after alignment. Below ``config.min_quality`` the
-   transform is flagged ``reliable = False`` and a warning is logged.
+   pixels along the longest side (never finer than ``config.work_mpp``),
+   restricted to the tissue except at the finest level (where the outline
+   against glass helps); Euclidean motion for ``rigid``, affine otherwise.
+3. **Non-rigid refinement** (``nonrigid``, :mod:`.nonrigid`): block matching
+   and contrast-normalised optical flow inside the tissue at up to
+   ``config.max_nonrigid_size`` pixels, each fitted by a displacement field
+   under a bending-energy penalty.
+4. **Reliability** (:mod:`.quality`): forward-backward consistency of local
+   matches at the coarse level gives a share of consistent patches and an
+   estimate of the residual misalignment; below ``config.min_quality`` the
+   transform is flagged ``reliable = False`` and a warning is logged. The
+   tissue-mask Dice, correlation and normalised mutual information are
+   recorded for information only.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from ._images import (
     od_magnitude,
     tissue_mask,
 )
-from ._ops import dilate, ecc, m3, ncc, warp
+from ._ops import dilate, ecc, m3, ncc, nmi, warp
 from .search import (
     FEATURE_SIZE,
     SCALES,
@@ -140,21 +148,21 @@ def _pyramid_units(extent: float, cfg: RegistrationConfig, physical: bool, fines
 
 
 def channel(level: Level, kind: str) -> np.ndarray:
+    """The structure image of ``level`` named by ``kind`` (see :data:`METRICS`)."""
     return structure(level.od, level.feat, kind)
 
 
 def _choose_metric(pair: Pair, metric: str) -> str:
     """The image to align: ``"hema"`` unless one image's hematoxylin is too weak (then ``"od"``).
 
-    ``metric`` ``"auto"`` decides by the hematoxylin contrast inside the tissue
-    (its median over the 99th percentile); ``"hema"``, ``"od"`` or ``"mix"`` force one.
+    ``"auto"`` compares each image's hematoxylin strength (90th percentile in
+    the tissue above the glass) with :data:`HEMA_MIN_OD`; ``"hema"``, ``"od"``
+    or ``"mix"`` (their mean) force one.
     """
     if metric != "auto":
         return metric
-    weak = []
-    for lvl in (pair.fixed, pair.moving):
-        weak.append(lvl.hema_strength < HEMA_MIN_OD)
-    return "od" if any(weak) else "hema"
+    weak = any(lvl.hema_strength < HEMA_MIN_OD for lvl in (pair.fixed, pair.moving))
+    return "od" if weak else "hema"
 
 
 def _start(pair: Pair, kind: str, cfg: RegistrationConfig, physical: bool, fine: Pair | None,
@@ -180,10 +188,10 @@ def _start(pair: Pair, kind: str, cfg: RegistrationConfig, physical: bool, fine:
             a0 = _to_level0(fc.w, fine)
             fc.w = _to_level(a0, pair)
             cands.append(fc)
-    fmask, mmask = dilate(f.mask, MASK_MARGIN_PX), dilate(m.mask, MASK_MARGIN_PX)
+    mmask = dilate(m.mask, MASK_MARGIN_PX)
     best = (-2.0, cands[0].w, cands[0])
     for c in cands:
-        cc, w2 = ecc(fimg, mimg, c.w, motion, cfg.ecc_iterations, cfg.ecc_eps, 5, fmask, mmask)
+        cc, w2 = ecc(fimg, mimg, c.w, motion, cfg.ecc_iterations, cfg.ecc_eps, 5, mmask)
         if cc > best[0]:
             best = (cc, w2, c)
     info.update(ecc=round(best[0], 4), start=best[2].source, start_scale=round(best[2].scale, 3),
@@ -252,12 +260,13 @@ def register(
     step()
 
     # 2. affine (or rigid) pyramid, ECC inside the fixed tissue mask
-    for unit in units[1:]:
+    for i, unit in enumerate(units[1:], start=2):
         pair = fpair if abs(unit - fpair.unit) < 1e-9 else _pair_at(fsrc, msrc, unit, fu, mu, cfg)
         w = _to_level(a0, pair)
+        # the finest level sees the whole image: the tissue outline against glass then helps
+        mask = None if i == len(units) else dilate(pair.moving.mask, MASK_MARGIN_PX)
         cc, w2 = ecc(channel(pair.fixed, kind), channel(pair.moving, kind), w, motion, cfg.ecc_iterations,
-                     cfg.ecc_eps, cfg.ecc_gauss, dilate(pair.fixed.mask, MASK_MARGIN_PX),
-                     dilate(pair.moving.mask, MASK_MARGIN_PX))
+                     cfg.ecc_eps, cfg.ecc_gauss, mask)
         if cc > 0:
             a0 = _to_level0(w2, pair)
     step()
@@ -381,7 +390,9 @@ def measure_quality(pair: Pair, transform: Transform, cfg: RegistrationConfig, k
     fimg, mimg = channel(f, kind), channel(pair.moving, kind)
     fod = cv2.GaussianBlur(fimg, (0, 0), sigma)
     wod = cv2.GaussianBlur(warp_moving_to_fixed(pair, transform, mimg, maps=maps), (0, 0), sigma)
-    out: dict[str, Any] = {"dice": round(dice, 4), "ncc": round(ncc(fod, wod, f.mask | wm), 4)}
+    both = f.mask | wm
+    out: dict[str, Any] = {"dice": round(dice, 4), "ncc": round(ncc(fod, wod, both), 4),
+                           "nmi": round(nmi(fod, wod, both), 4)}
     out.update(measure(pair, transform, fimg, mimg, maps))
     out["score"] = round(reliability_score(out["consistent_share"], out["residual_pct"]), 4)
     return out

@@ -56,10 +56,11 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage(shrink=1, patch=1.0, radius=1.0, bending=1.0, method="blocks"),
-    Stage(shrink=1, patch=1.0, radius=1.0, bending=3.0, method="flow"),
+    Stage(shrink=1, patch=1.0, radius=1.0, bending=1.0, method="flow"),
 )
 MIN_MATCHES = 16
-FLOW_CONTRAST_PX = 3.0  # neighbourhood (sigma, px) of the contrast normalisation before optical flow
+SMOOTH_PX = 0.5  # Gaussian sigma applied to both images before matching
+FLOW_CONTRAST_PX = 2.5  # neighbourhood (sigma, px) of the contrast normalisation before optical flow
 CONTROL_PX = 16  # control-grid spacing of the fit (non-rigid level px)
 
 
@@ -209,8 +210,8 @@ def refine_nonrigid(pair: Pair, affine: Transform, cfg: RegistrationConfig, kind
     from .core import channel, warp_moving_to_fixed
 
     f = pair.fixed
-    fimg = cv2.GaussianBlur(channel(f, kind), (0, 0), 1.0)
-    mimg = cv2.GaussianBlur(warp_moving_to_fixed(pair, affine, channel(pair.moving, kind)), (0, 0), 1.0)
+    fimg = cv2.GaussianBlur(channel(f, kind), (0, 0), SMOOTH_PX)
+    mimg = cv2.GaussianBlur(warp_moving_to_fixed(pair, affine, channel(pair.moving, kind)), (0, 0), SMOOTH_PX)
     mmask = warp_moving_to_fixed(pair, affine, pair.moving.mask.astype(np.uint8), nearest=True) > 0
     valid = f.mask & mmask
     h, w = fimg.shape

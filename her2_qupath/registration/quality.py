@@ -50,16 +50,20 @@ RADIUS_PX = 12  # search radius of each match
 AGREE_PX = 1.5  # forward + backward displacement must cancel to within this
 MIN_PEAK = 0.2  # weaker correlation peaks do not count
 MIN_STD = 0.03  # flatter patches (glass, uniform tissue) are not judged
-MIN_SHARE = 0.08  # fewer consistent patches: the images do not match (score 0.5 here)
-MAX_RESIDUAL_PCT = 0.65  # larger residual (% of the diagonal): misaligned (score 0.5 here)
+MIN_SHARE = 0.06  # fewer consistent patches: the images do not match (score 0.5 here)
+MAX_RESIDUAL_PCT = 1.2  # larger residual (% of the diagonal): misaligned (score 0.5 here)
 
 
 def _locate(template: np.ndarray, window: np.ndarray, radius: int) -> tuple[float, float, float]:
     import cv2
 
+    from .nonrigid import _subpixel
+
     r = cv2.matchTemplate(window, template, cv2.TM_CCOEFF_NORMED)
     _, peak, _, (px, py) = cv2.minMaxLoc(r)
-    return float(px - radius), float(py - radius), float(peak)
+    sx = _subpixel(r[py, px - 1], r[py, px], r[py, px + 1]) if 0 < px < r.shape[1] - 1 else 0.0
+    sy = _subpixel(r[py - 1, px], r[py, px], r[py + 1, px]) if 0 < py < r.shape[0] - 1 else 0.0
+    return float(px + sx - radius), float(py + sy - radius), float(peak)
 
 
 def consistency(fixed: np.ndarray, warped: np.ndarray, fixed_mask: np.ndarray,
