@@ -15,6 +15,11 @@ checked by ``tests/test_cells.py``), timed on the same tile:
 * per-cell maxima: ``np.maximum.at`` over labelled pixels vs. ``scipy.ndimage.maximum``;
 * membrane depth: OpenCV's exact distance transform vs. ``scipy.ndimage.distance_transform_edt``.
 
+Like with like: everything runs on **one thread** (OpenCV's own threads are
+switched off: with them the fast paths borrowed a second core the library
+routines did not get), and each figure is the median of ``--repeats`` (>= 3)
+rounds in which the contenders run interleaved, so machine load hits both.
+
 Target: a 512 x 512 tile in well under a second on one core.
 
 Usage: python benchmarks/cells.py [--repeats N]
@@ -51,19 +56,34 @@ def tiles() -> list[tuple[str, np.ndarray, float]]:
     return out
 
 
+def _time(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median time of each function over ``repeats`` (>= 3) rounds, run in turn each round."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(max(3, repeats)):
+        for k, fn in enumerate(fns):
+            times[k].append(_time(fn))
+    return [statistics.median(t) for t in times]
+
+
 def best_of(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    """Median time of ``fn`` over ``repeats`` (>= 3) runs (a stage alone)."""
+    return interleaved([fn], repeats)[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    import cv2
+
+    cv2.setNumThreads(1)  # one thread on both sides (rgb2hed, scipy, skimage use one)
+    print("threads: 1 on every side (cv2.setNumThreads(1)); medians of interleaved rounds")
 
     from scipy import ndimage as ndi
     from skimage.color import rgb2hed
@@ -79,12 +99,14 @@ def main() -> None:
     for name, rgb, mpp in tiles():
         bg = estimate_background(rgb)
         result = cells.detect_cells(rgb, mpp, background=bg)
-        t_cells = best_of(
-            lambda rgb=rgb, mpp=mpp, bg=bg: cells.detect_cells(rgb, mpp, background=bg),
+        t_cells, t_dec, t_sk = interleaved(
+            [
+                lambda rgb=rgb, mpp=mpp, bg=bg: cells.detect_cells(rgb, mpp, background=bg),
+                lambda rgb=rgb, bg=bg: deconvolve(rgb, None, bg),
+                lambda rgb=rgb: ndi.gaussian_filter(rgb2hed(rgb)[..., 0], 2.0),
+            ],
             args.repeats,
         )
-        t_dec = best_of(lambda rgb=rgb, bg=bg: deconvolve(rgb, None, bg), args.repeats)
-        t_sk = best_of(lambda rgb=rgb: ndi.gaussian_filter(rgb2hed(rgb)[..., 0], 2.0), args.repeats)
         ratios.append(t_cells / t_sk)
         print(
             f"{name:<14} {len(result):>6} {t_cells:>15.3f} {t_dec:>13.4f} "
@@ -189,8 +211,7 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
     }
     print(f"\nfast paths on the first tile ({n} cells): module s, library s, speed-up")
     for label, (fast, ref) in pairs.items():
-        t_fast = best_of(fast, repeats)
-        t_ref = best_of(ref, repeats)
+        t_fast, t_ref = interleaved([fast, ref], repeats)
         print(f"  {label:<27} {t_fast:8.4f} {t_ref:8.4f} {t_ref / t_fast:6.1f}x")
 
 
