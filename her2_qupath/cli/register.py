@@ -41,6 +41,9 @@ def _read_landmarks(path: str | None):
                    "is in pixels.")
 @click.option("--fixed-mpp", type=_MPP, default=None, help="Pixel size of the H&E image (overrides --mpp).")
 @click.option("--moving-mpp", type=_MPP, default=None, help="Pixel size of the IHC image (overrides --mpp).")
+@click.option("--metric", type=click.Choice(["auto", "hema", "od", "mix"]), default="auto", show_default=True,
+              help="Image aligned: hematoxylin (hema), optical density of all stains (od, for an IHC "
+                   "without counterstain), their mean (mix); auto takes od when a hematoxylin is weak.")
 @click.option("--allow-mirror/--no-mirror", default=None,
               help="Also try the mirrored IHC section (a slide mounted face down).")
 @click.option("--overview", type=click.Path(dir_okay=False), default=None,
@@ -50,7 +53,7 @@ def _read_landmarks(path: str | None):
 @click.option("--moving-landmarks", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV (X, Y) of the matching IHC landmarks, row for row.")
 def command(fixed: str, moving: str, output: str, model: str | None, mpp: float | None,
-            fixed_mpp: float | None, moving_mpp: float | None, allow_mirror: bool | None,
+            fixed_mpp: float | None, moving_mpp: float | None, metric: str, allow_mirror: bool | None,
             overview: str | None, fixed_landmarks: str | None, moving_landmarks: str | None) -> None:
     """Register an H&E slide (fixed) to its IHC slide (moving) and save the transform.
 
@@ -61,6 +64,7 @@ def command(fixed: str, moving: str, output: str, model: str | None, mpp: float 
     from ..config import RegistrationConfig
     from ..errors import UserInputError
     from ..registration.files import register_slides
+    from ..registration.render import reliability_text
 
     cfg = RegistrationConfig()
     if model is not None:
@@ -73,7 +77,8 @@ def command(fixed: str, moving: str, output: str, model: str | None, mpp: float 
         raise UserInputError("--fixed-landmarks and --moving-landmarks go together",
                              hint="give both CSV files or neither")
     with progress("registering", unit="step") as cb:
-        transform = register_slides(fixed, moving, cfg, fixed_mpp=fmpp, moving_mpp=mmpp, progress=cb)
+        transform = register_slides(fixed, moving, cfg, fixed_mpp=fmpp, moving_mpp=mmpp, progress=cb,
+                                    metric=metric)
     quality = dict(transform.quality)
     lf, lm = _read_landmarks(fixed_landmarks), _read_landmarks(moving_landmarks)
     if lf is not None and lm is not None:
@@ -93,8 +98,8 @@ def command(fixed: str, moving: str, output: str, model: str | None, mpp: float 
         _write_overview(fixed, moving, transform, overview, fmpp, mmpp, lf, lm)
     a = transform.to_qupath_affine()
     click.echo(f"wrote {output}  (model {transform.model}, units {quality.get('unit')})")
-    click.echo(f"quality: tissue overlap (Dice) {quality['dice']:.3f}, correlation {quality['ncc']:.3f}, "
-               f"score {quality['score']:.3f} (minimum {quality['min_quality']})")
+    click.echo(f"{reliability_text(quality)} (minimum score {quality['min_quality']}; "
+               f"aligned on {quality.get('metric')}, start from {quality.get('start')})")
     if "landmarks" in quality:
         lmq = quality["landmarks"]
         click.echo(f"landmarks: median error {lmq['median_px']:.2f} px ({100 * lmq['median_rtre']:.3f} % of "
@@ -103,7 +108,8 @@ def command(fixed: str, moving: str, output: str, model: str | None, mpp: float 
                f"[[{a[0][0]:.6f}, {a[0][1]:.6f}, {a[0][2]:.3f}], [{a[1][0]:.6f}, {a[1][1]:.6f}, {a[1][2]:.3f}]]")
     if not transform.reliable:
         click.echo("Warning: the registration is unreliable (the images may show different tissue, or "
-                   "be mirrored: try --allow-mirror); results mapped through it are flagged.", err=True)
+                   "be mirrored: try --allow-mirror; for an IHC without counterstain try --metric od); "
+                   "results mapped through it are flagged.", err=True)
 
 
 def _write_overview(fixed: str, moving: str, transform, path: str, fmpp, mmpp, lf, lm) -> None:

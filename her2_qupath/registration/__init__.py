@@ -9,7 +9,7 @@ and the QuPath affine convention.
 
 from __future__ import annotations
 
-from .core import register
+from .core import assess, register
 from .files import check_transform_fits, register_slides, warp_geojson, warp_points_csv
 from .mapping import map_tile, read_mapped_tile, tile_sample_grid, warp_geometry
 from .render import render_registration
@@ -17,6 +17,7 @@ from .transform import DisplacementField, Transform
 
 __all__ = [
     "register",
+    "assess",
     "Transform",
     "DisplacementField",
     "map_tile",

@@ -17,7 +17,8 @@ optical-density magnitude (every stain absorbs light); ``metric`` forces one.
    Evangelidis & Psarakis 2008) in a pyramid up to ``config.max_work_size``
    pixels along the longest side (never finer than ``config.work_mpp``),
    restricted to the tissue except at the finest level (where the outline
-   against glass helps); Euclidean motion for ``rigid``, affine otherwise.
+   against glass helps). For ``rigid`` the affine result is projected onto
+   the nearest rotation (+ mirror) × scale (the pixel-size ratio when known).
 3. **Non-rigid refinement** (``nonrigid``, :mod:`.nonrigid`): block matching
    and contrast-normalised optical flow inside the tissue at up to
    ``config.max_nonrigid_size`` pixels, each fitted by a displacement field
@@ -64,7 +65,7 @@ from .search import (
 )
 from .transform import Transform
 
-__all__ = ["register", "Pair", "METRICS"]
+__all__ = ["register", "assess", "Pair", "METRICS"]
 
 #: images the intensity refinement can align (see :func:`register`)
 METRICS = ("auto", "hema", "od", "mix")
@@ -217,12 +218,11 @@ def register(
     them both images are assumed to share one pixel size (up to the scale the
     search finds) and everything is in pixels. ``metric`` chooses the image
     aligned: ``"auto"`` (hematoxylin, or optical density when one image's
-    hematoxylin is weak), ``"hema"``, ``"od"`` or ``"mix"``. Raises
+    hematoxylin is weak; the other one too when the first result is not
+    reliable, keeping the more reliable), ``"hema"``, ``"od"`` or ``"mix"``. Raises
     :class:`RegistrationError` when an image shows no tissue; a poor alignment
     is returned with ``quality["reliable"] = False``.
     """
-    import cv2
-
     t0 = time.perf_counter()
     cfg = config
     if cfg.model not in ("rigid", "affine", "nonrigid"):
@@ -244,24 +244,70 @@ def register(
 
     extent = max(fsrc.dimensions[0] * fu, fsrc.dimensions[1] * fu,
                  msrc.dimensions[0] * mu, msrc.dimensions[1] * mu)
-    finest = max(fu, mu)
-    units = _pyramid_units(extent, cfg, physical, finest)
-    motion = cv2.MOTION_EUCLIDEAN if cfg.model == "rigid" else cv2.MOTION_AFFINE
+    units = _pyramid_units(extent, cfg, physical, max(fu, mu))
+    run = _Run(fsrc, msrc, fu, mu, physical, extent, units, cfg)
+    coarse = run.pair(units[0])
+    for name, lvl in (("fixed (H&E)", coarse.fixed), ("moving (IHC)", coarse.moving)):
+        check_tissue(lvl.mask, name, cfg.min_tissue_fraction)
+    kind = _choose_metric(coarse, metric)
+    result, quality, work_unit = _align(run, coarse, kind, step)
+    if metric == "auto" and quality["score"] < cfg.min_quality:
+        # the other structure image may suit these stains better: keep the more reliable result
+        other = "hema" if kind == "od" else "od"
+        result2, quality2, unit2 = _align(run, coarse, other, lambda: None)
+        log.info("alignment on %s scored %.2f, on %s %.2f", kind, quality["score"], other, quality2["score"])
+        if quality2["score"] > quality["score"]:
+            result, quality, work_unit = result2, quality2, unit2
+    quality["min_quality"] = cfg.min_quality
+    quality["reliable"] = bool(quality["score"] >= cfg.min_quality)
+    quality["seconds"] = round(time.perf_counter() - t0, 3)
+    quality["work_unit"] = round(work_unit, 4)
+    quality["unit"] = "um" if physical else "px"
+    if not quality["reliable"]:
+        log.warning(
+            "registration reliability %.2f is below %.2f: the H&E and IHC images may show different "
+            "tissue or be mirrored; mapped results are flagged unreliable", quality["score"], cfg.min_quality)
+    return result.with_metadata(quality=quality)
+
+
+@dataclass
+class _Run:
+    """The two images, their units and working resolutions for one registration."""
+
+    fsrc: ImageSource
+    msrc: ImageSource
+    fu: float
+    mu: float
+    physical: bool
+    extent: float
+    units: list[float]
+    cfg: RegistrationConfig
+
+    def pair(self, unit: float) -> Pair:
+        return _pair_at(self.fsrc, self.msrc, unit, self.fu, self.mu, self.cfg)
+
+
+def _align(run: _Run, coarse: Pair, kind: str, step: Any) -> tuple[Transform, dict[str, Any], float]:
+    """Start, affine pyramid and (``nonrigid``) field on the ``kind`` structure image, and the quality."""
+    import cv2
+
+    cfg, units = run.cfg, run.units
+    finest = max(run.fu, run.mu)
+    # OpenCV's Euclidean ECC reads the angle with an arcsine (|angle| < 90° only): a rigid
+    # transform is found as an affine one and projected onto rotation x scale at the end
+    motion = cv2.MOTION_AFFINE
 
     # 1. start: rotation x scale (x mirror) search and feature matching, refined at the coarse level
-    pair = coarse = _pair_at(fsrc, msrc, units[0], fu, mu, cfg)
-    for name, lvl in (("fixed (H&E)", pair.fixed), ("moving (IHC)", pair.moving)):
-        check_tissue(lvl.mask, name, cfg.min_tissue_fraction)
-    kind = _choose_metric(pair, metric)
-    funit = max(finest, extent / FEATURE_SIZE)
-    fpair = _pair_at(fsrc, msrc, funit, fu, mu, cfg) if funit < units[0] * 0.9 else pair
-    w, info = _start(pair, kind, cfg, physical, fpair, motion)
-    a0 = _to_level0(w, pair)
+    funit = max(finest, run.extent / FEATURE_SIZE)
+    fpair = run.pair(funit) if funit < units[0] * 0.9 else coarse
+    w, info = _start(coarse, kind, cfg, run.physical, fpair, motion)
+    a0 = _to_level0(w, coarse)
     step()
 
-    # 2. affine (or rigid) pyramid, ECC inside the fixed tissue mask
+    # 2. affine pyramid, ECC inside the moving tissue mask
+    pair = coarse
     for i, unit in enumerate(units[1:], start=2):
-        pair = fpair if abs(unit - fpair.unit) < 1e-9 else _pair_at(fsrc, msrc, unit, fu, mu, cfg)
+        pair = fpair if abs(unit - fpair.unit) < 1e-9 else run.pair(unit)
         w = _to_level(a0, pair)
         # the finest level sees the whole image: the tissue outline against glass then helps
         mask = None if i == len(units) else dilate(pair.moving.mask, MASK_MARGIN_PX)
@@ -271,19 +317,20 @@ def register(
             a0 = _to_level0(w2, pair)
     step()
 
+    fsrc, msrc = run.fsrc, run.msrc
     if cfg.model == "rigid":
-        a0 = _nearest_rigid(a0, fu / mu if physical else None, fsrc.dimensions)
-    affine = Transform(a0, fsrc.dimensions, msrc.dimensions, fixed_mpp=fsrc.mpp if physical else None,
-                       moving_mpp=msrc.mpp if physical else None, model=cfg.model)
+        a0 = _nearest_rigid(a0, run.fu / run.mu if run.physical else None, fsrc.dimensions)
+    affine = Transform(a0, fsrc.dimensions, msrc.dimensions, fixed_mpp=fsrc.mpp if run.physical else None,
+                       moving_mpp=msrc.mpp if run.physical else None, model=cfg.model)
     result = affine
 
-    # 3. non-rigid
+    # 3. non-rigid (on the mean of hematoxylin and OD when hematoxylin is aligned: measured best)
     if cfg.model == "nonrigid":
         from .nonrigid import refine_nonrigid
 
-        floor = max(cfg.nonrigid_mpp, finest) if physical else finest
-        nunit = max(floor, extent / cfg.max_nonrigid_size)
-        npair = pair if abs(nunit - pair.unit) < 1e-9 else _pair_at(fsrc, msrc, nunit, fu, mu, cfg)
+        floor = max(cfg.nonrigid_mpp, finest) if run.physical else finest
+        nunit = max(floor, run.extent / cfg.max_nonrigid_size)
+        npair = pair if abs(nunit - pair.unit) < 1e-9 else run.pair(nunit)
         fld = refine_nonrigid(npair, affine, cfg, "mix" if kind == "hema" else kind)
         if fld is not None:
             result = affine.with_metadata(field=fld)
@@ -293,16 +340,32 @@ def register(
     step()
     quality.update(info)
     quality["metric"] = kind
-    quality["min_quality"] = cfg.min_quality
-    quality["reliable"] = bool(quality["score"] >= cfg.min_quality)
-    quality["seconds"] = round(time.perf_counter() - t0, 3)
-    quality["work_unit"] = round(pair.unit, 4)
-    quality["unit"] = "um" if physical else "px"
-    if not quality["reliable"]:
-        log.warning(
-            "registration reliability %.2f is below %.2f: the H&E and IHC images may show different "
-            "tissue or be mirrored; mapped results are flagged unreliable", quality["score"], cfg.min_quality)
-    return result.with_metadata(quality=quality)
+    return result, quality, pair.unit
+
+
+def assess(fixed: Any, moving: Any, transform: Transform,
+           config: RegistrationConfig = RegistrationConfig(),  # noqa: B008 (frozen, immutable)
+           *, fixed_mpp: float | None = None, moving_mpp: float | None = None,
+           metric: str = "auto") -> dict[str, Any]:
+    """The reliability figures of any ``transform`` between these two images.
+
+    The same measurement :func:`register` records in ``quality`` (the consistent
+    share, the residual, the score and ``reliable``), for a transform made
+    elsewhere (a QuPath alignment, a landmark fit) or a spoiled one.
+    """
+    if metric not in METRICS:
+        raise UserInputError(f"unknown registration metric {metric!r}", hint="use " + ", ".join(METRICS))
+    fsrc = as_source(fixed, fixed_mpp, "fixed (H&E)")
+    msrc = as_source(moving, moving_mpp, "moving (IHC)")
+    fu, mu, physical = _units(fsrc, msrc)
+    extent = max(fsrc.dimensions[0] * fu, fsrc.dimensions[1] * fu,
+                 msrc.dimensions[0] * mu, msrc.dimensions[1] * mu)
+    units = _pyramid_units(extent, config, physical, max(fu, mu))
+    pair = _pair_at(fsrc, msrc, units[0], fu, mu, config)
+    q = measure_quality(pair, transform, config, _choose_metric(pair, metric))
+    q["reliable"] = bool(q["score"] >= config.min_quality)
+    return q
+
 
 def _nearest_rigid(a0: np.ndarray, scale: float | None, fixed_size: tuple[int, int]) -> np.ndarray:
     """Project an affine matrix onto rotation (+ mirror) times a fixed scale.

@@ -42,13 +42,13 @@ GEOMETRY_MEMBERS = ("geometry", "nucleusGeometry")
 def register_slides(fixed_path: str | os.PathLike[str], moving_path: str | os.PathLike[str],
                     config: RegistrationConfig = RegistrationConfig(), *,  # noqa: B008
                     fixed_mpp: float | None = None, moving_mpp: float | None = None,
-                    progress: ProgressCallback | None = None) -> Transform:
+                    progress: ProgressCallback | None = None, metric: str = "auto") -> Transform:
     """Open two slide files, register them and record their names and SHA-256 hashes."""
     from ..slide import open_slide
     from .core import register
 
     with open_slide(fixed_path, mpp=fixed_mpp) as fixed, open_slide(moving_path, mpp=moving_mpp) as moving:
-        transform = register(fixed, moving, config, progress=progress)
+        transform = register(fixed, moving, config, progress=progress, metric=metric)
     return transform.with_metadata(
         fixed_name=Path(fixed_path).name, moving_name=Path(moving_path).name,
         fixed_sha256=sha256_file(fixed_path), moving_sha256=sha256_file(moving_path),

@@ -9,7 +9,15 @@ import numpy as np
 from ..render import checkerboard
 from .transform import Transform
 
-__all__ = ["render_registration", "warp_image"]
+__all__ = ["render_registration", "warp_image", "reliability_text"]
+
+
+def reliability_text(q: dict[str, Any]) -> str:
+    """One line: the reliability score and what it is made of (see :mod:`.quality`)."""
+    if "consistent_share" not in q:  # a transform file from an older version
+        return f"score {q.get('score', float('nan')):.2f}"
+    return (f"reliability {q.get('score', float('nan')):.2f}: {100 * q['consistent_share']:.0f} % of patches "
+            f"consistent, residual {q.get('residual_pct', float('nan')):.2f} % of the diagonal")
 
 
 def warp_image(moving_rgb: np.ndarray, transform: Transform, fixed_shape: tuple[int, int],
@@ -68,7 +76,7 @@ def render_registration(fixed_rgb: np.ndarray, moving_rgb: np.ndarray, transform
     out = np.hstack([fixed, gap, warped, gap, check])
     q = transform.quality
     if q:
-        text = f"Dice {q.get('dice', float('nan')):.2f}  NCC {q.get('ncc', float('nan')):.2f}"
+        text = reliability_text(q)
         if not q.get("reliable", True):
             text += "  UNRELIABLE"
         cv2.putText(out, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
