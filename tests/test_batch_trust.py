@@ -221,3 +221,18 @@ def test_unwritable_output_folder_is_refused_before_any_work(tmp_path, fake_scor
     res = CliRunner().invoke(cli, ["batch", str(proj)])
     assert res.exit_code != 0 and "is not a directory" in str(res.exception)
     assert fake_score == []
+
+
+def test_dry_run_checks_with_the_given_scoring_options(tmp_path, fake_score):  # noqa: F811
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    image = rgb_png(slides / "a_HER2.png", (1000, 800))
+    proj = make_project(tmp_path / "proj", [{"name": image.name, "uri": image.as_uri(), "mpp": 1.0}])
+    assert invoke(str(proj), "--dry-run").exit_code == 0
+    res = invoke(str(proj), "--dry-run", "--json")
+    assert json.loads(res.output)["outcomes"][0]["status"] == "would-score"
+    # 1 µm pixels read at 0.05 µm/px: enlarged 20 times, refused before anything is read
+    res = invoke(str(proj), "--dry-run", "--json", "--working-mpp", "0.05")
+    (outcome,) = json.loads(res.output)["outcomes"]
+    assert outcome["status"] == "refused" and "20 times the working pixel size" in outcome["message"]
+    assert "--force-mpp" in outcome["message"] and fake_score == []

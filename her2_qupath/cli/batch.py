@@ -73,7 +73,7 @@ def command(
         pair_metadata=pair_metadata, images=images, image_roots=image_roots, roi=roi, dry_run=dry_run,
         resume=resume, force=force, mpp=mpp, force_mpp=force_mpp, backend=backend,  # type: ignore[arg-type]
         write_back=not no_write_back,
-        options=None if dry_run else build_options(**score_kw), dask_scheduler=dask_scheduler,
+        options=build_options(**score_kw), dask_scheduler=dask_scheduler,  # dry run: for the checks
     )
     from tqdm import tqdm
 
