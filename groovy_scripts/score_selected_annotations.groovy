@@ -169,7 +169,12 @@ void cancelJob(String id) {
 }
 
 Map submitAndWait(Map request) {
-    def created = new JsonSlurper().parseText(http('POST', '/api/v1/jobs', JsonOutput.toJson(request)).body())
+    def created
+    try {
+        created = new JsonSlurper().parseText(http('POST', '/api/v1/jobs', JsonOutput.toJson(request)).body())
+    } catch (InterruptedException e) {
+        throw new Her2ScriptError('interrupted while submitting the job; check the server status page for it')
+    }
     String id = created.id
     println "her2-qupath: job ${id} submitted to ${SERVER_URL}"
     long deadline = System.currentTimeMillis() + (long) (MAX_WAIT_MINUTES * 60000)

@@ -7,7 +7,8 @@ the calibration used and the product version. Every panel has a title, every
 picture a scale bar, every colour a legend entry, and the class colours are
 the colour-blind-safe set of :data:`her2_qupath.config.HER2_COLORS`.
 
-Matplotlib draws it through its object API (no pyplot state: safe in server
+Matplotlib draws it through its object API (no pyplot state), one report at a
+time (Matplotlib is not thread-safe; the server writes results from several
 threads); both files are written atomically.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import textwrap
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,8 @@ _PNG_DPI = 110
 #: pictures are reduced to this longest side for the page
 _MAX_SIDE = 1000
 _SCORE_NAMES = ("0", "1+", "2+", "3+")
+#: Matplotlib draws one figure at a time in this process
+DRAW_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -226,13 +230,16 @@ def _swatch(fig: Any, colour: tuple[float, float, float]) -> Any:
 def write_case_report(folder: str | os.PathLike[str], summary: Mapping[str, Any],
                       pictures: Sequence[Picture]) -> list[Path]:
     """Write ``report.png`` and ``report.pdf`` into ``folder`` (atomically); their paths."""
-    fig = case_report_figure(summary, pictures)
+    encoded = []
+    with DRAW_LOCK:
+        fig = case_report_figure(summary, pictures)
+        for kw in ({"format": "png", "dpi": _PNG_DPI}, {"format": "pdf"}):
+            buf = io.BytesIO()
+            fig.savefig(buf, **kw)
+            encoded.append(buf.getvalue())
     out = []
-    for name, kw in zip(REPORT_FILES, ({"format": "png", "dpi": _PNG_DPI}, {"format": "pdf"}),
-                        strict=True):
-        buf = io.BytesIO()
-        fig.savefig(buf, **kw)
+    for name, data in zip(REPORT_FILES, encoded, strict=True):
         path = Path(folder) / name
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, data)
         out.append(path)
     return out

@@ -52,9 +52,13 @@ def fmt_ci(entry: Mapping[str, Any] | None) -> tuple[str, str]:
     return f"{entry['value']:.2f}", ci
 
 
-def _png(fig: Any) -> str:
+def _png(figure: Any, report: Mapping[str, Any]) -> str:
+    """``figure(report)`` drawn as a PNG data URI (under the case report's drawing lock)."""
+    from .case_report import DRAW_LOCK
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    with DRAW_LOCK:
+        figure(report).savefig(buf, format="png", dpi=100)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -254,14 +258,14 @@ def render_html(report: Mapping[str, Any], outdir: str | Path) -> str:
 <p class="muted">Intervals: 95 % percentile bootstrap over cases ({report.get('bootstrap_resamples', '?')} resamples).
 Cases "not evaluable" are left out of every figure and counted above.</p>
 <h2>Confusion matrix</h2>
-<div class="figure"><img id="confusion-figure" alt="confusion matrix" src="{_png(confusion_figure(report))}"></div>
+<div class="figure"><img id="confusion-figure" alt="confusion matrix" src="{_png(confusion_figure, report)}"></div>
 {_confusion_table(report)}
 <h2>Per score</h2>
 {_per_class_table(report)}
 <h2>Clinical groupings</h2>
 {_groups_table(report)}
 <h2>Stained tumour by the pathologist's score</h2>
-<div class="figure"><img id="strip-figure" alt="strip plot" src="{_png(strip_figure(report))}"></div>
+<div class="figure"><img id="strip-figure" alt="strip plot" src="{_png(strip_figure, report)}"></div>
 <p class="muted">Each dot is a case, coloured by the her2-qupath score; the dashed line is the
 guideline's percentage cut-off (the intensity thresholds decide which class a cell or block is in).</p>
 <h2>Discordant cases ({len(report.get('discordant', []))})</h2>

@@ -104,6 +104,7 @@ class StandIn:
         self.fail_submit: tuple[int, dict] | None = None
         self.job_error: str | None = None
         self.never_finish = False
+        self.polled_flag: Path | None = None
         self.detections = {"type": "FeatureCollection", "features": [
             feature(square(110, 110, 20), kind="tile", name="NFW/2+", cls=HER2_2,
                     measurements={"HER2: 2+ %": 61.0}),
@@ -163,6 +164,8 @@ class StandIn:
                     return
                 if self.path == "/api/v1/jobs/job-1":
                     outer.polls += 1
+                    if outer.polled_flag is not None:
+                        outer.polled_flag.touch()  # the job is running: now the user stops the script
                     if outer.polls < 2 or outer.never_finish:
                         self._send(200, {"id": "job-1", "state": "running", "progress": 0.5,
                                          "tiles_done": 2, "tiles_total": 4, "error": None})
@@ -442,7 +445,8 @@ def test_score_pair_scores_inside_the_he_tumour_annotations(groovy, standin, tmp
 
 def test_interrupting_a_script_cancels_its_job(groovy, standin, tmp_path):
     standin.never_finish = True
-    state = dict(image_state(tmp_path), interrupt_after_ms=1500)
+    standin.polled_flag = tmp_path / "polled"
+    state = dict(image_state(tmp_path), interrupt_when=str(standin.polled_flag))
     proc, rec = run_script(groovy, "score_selected_annotations.groovy", state, tmp_path,
                            {"SERVER_URL": f"'{standin.url}'", "POLL_SECONDS": "0.05"})
     assert proc.returncode == 0, proc.stderr

@@ -197,4 +197,13 @@ def test_slide_heatmaps_over_a_real_tile_grid(tmp_path) -> None:
         assert out.measurements[list(grid).index(t)]["Tumor probability"] == pytest.approx(p)
     for name in ("probability", "attention"):
         with Image.open(out.paths[name]) as im:
-            assert im.size == (384, 256)
+            # the 384 x 256 overlay, a title band above it and a colour bar beside it
+            w, h = im.size
+            assert w > 384 and h > 256
+            pic = np.asarray(im.convert("RGB"))
+            top = h - 256
+            assert (pic[:top, :384] == 255).mean() > 0.7  # the title band: dark text on white
+            import matplotlib
+
+            hi = np.array(matplotlib.colormaps["inferno"](1.0)[:3]) * 255
+            assert (np.abs(pic[:, 384:].astype(float) - hi).sum(axis=2) < 12).any()  # the bar

@@ -1,6 +1,6 @@
 // Usage: groovy -cp tests/groovy_stubs run_with_stub.groovy STATE.json SCRIPT.groovy OUT.json
-// The script runs on its own thread; with "interrupt_after_ms" in the state it is interrupted
-// then, as QuPath's "Kill running script" does.
+// The script runs on its own thread; with "interrupt_when" (a file path) in the state it is
+// interrupted as soon as that file exists, as QuPath's "Kill running script" does.
 import groovy.json.JsonOutput
 import groovy.json.JsonSlurper
 import qupath.lib.gui.scripting.QPEx
@@ -17,8 +17,9 @@ def runner = new Thread({
     }
 })
 runner.start()
-if (state.interrupt_after_ms) {
-    runner.join(state.interrupt_after_ms as long)
+if (state.interrupt_when) {
+    def flag = new File(state.interrupt_when as String)
+    while (runner.isAlive() && !flag.exists()) Thread.sleep(10)
     if (runner.isAlive()) runner.interrupt()
 }
 runner.join()
