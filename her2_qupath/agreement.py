@@ -35,7 +35,8 @@ def score_index(value: Any) -> int | None:
     raise UserInputError(f"{value!r} is not a HER2 score", hint="use 0, 1+, 2+ or 3+")
 
 
-def cohen_kappa(truth: Sequence[int], pred: Sequence[int], *, weights: str | None = None,
+def cohen_kappa(truth: Sequence[int] | np.ndarray, pred: Sequence[int] | np.ndarray, *,
+                weights: str | None = None,
                 n_classes: int = 4) -> float:
     """Cohen's kappa of two ratings 0..n-1; ``weights`` None, "linear" or "quadratic".
 

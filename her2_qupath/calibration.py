@@ -127,7 +127,7 @@ def fit_grading(blocks: Sequence[Blocks], truth: Sequence[int],
 def cross_validate(blocks: Sequence[Blocks], truth: Sequence[int],
                    guidelines: Sequence[str]) -> list[tuple[tuple[float, ...], int]]:
     """Leave-one-case-out: per case, the grading fitted without it and its prediction."""
-    out = []
+    out: list[tuple[tuple[float, ...], int]] = []
     for i in range(len(blocks)):
         idx = [k for k in range(len(blocks)) if k != i]
         g, _ = fit_grading([blocks[k] for k in idx], [truth[k] for k in idx],

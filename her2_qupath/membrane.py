@@ -144,7 +144,7 @@ def membrane_maps(rgb: np.ndarray, vectors: Any, background: Any) -> MembraneMap
     cv2.LUT(a, np.ascontiguousarray(od_lut(background).reshape(1, 256, 3)), dst=od)
     m = unmixing_matrix(vectors).T.astype(np.float32)  # cv2.transform: dst = M @ src
     planes = cv2.transform(od, m)
-    cv2.max(od, 0.0, dst=od)
+    cv2.max(od, 0.0, dst=od)  # type: ignore[call-overload]
     odsum = cv2.transform(od, np.ones((1, 3), np.float32)).reshape(a.shape[:2])
     # views of the stack (no copies: fresh large arrays cost page faults on every tile);
     # the membrane plane is copied once, contiguous for the filters
@@ -204,7 +204,7 @@ def block_membrane_intensity(dab: np.ndarray, mpp: float,
     import cv2
 
     mpp = _check_mpp(mpp)
-    d = np.ascontiguousarray(dab, dtype=np.float32)
+    d: np.ndarray = np.ascontiguousarray(dab, dtype=np.float32)
     f = _work_factor(mpp, config)
     if f > 1 and d.shape[0] >= 2 * f and d.shape[1] >= 2 * f:
         rows, cols = d.shape
@@ -359,7 +359,7 @@ def nucleus_peaks(hematoxylin: np.ndarray, mpp: float,
     import cv2
 
     mpp = _check_mpp(mpp)
-    h = np.ascontiguousarray(hematoxylin, np.float32)
+    h: np.ndarray = np.ascontiguousarray(hematoxylin, np.float32)
     if h.size == 0:
         return np.zeros(h.shape, bool), mpp
     f = min(1.0, mpp / config.nucleus_count_um)
@@ -368,9 +368,9 @@ def nucleus_peaks(hematoxylin: np.ndarray, mpp: float,
                        interpolation=cv2.INTER_AREA)
     px = mpp * hematoxylin.shape[1] / h.shape[1]
     s = config.nucleus_sigma_um / px
-    resp = cv2.GaussianBlur(h, (0, 0), s)
+    resp: np.ndarray = cv2.GaussianBlur(h, (0, 0), s)
     resp = cv2.Laplacian(resp, cv2.CV_32F)
-    resp *= np.float32(-s * s)
+    resp *= np.float32(-s * s)  # type: ignore[arg-type]
     k = max(3, int(round(config.nucleus_spacing_um / px)) | 1)
     peaks = (resp >= cv2.dilate(resp, np.ones((k, k), np.uint8))) & (resp >= config.nucleus_log_min)
     return peaks, px
@@ -392,7 +392,7 @@ def count_peaks(peaks: np.ndarray, tissue: np.ndarray | None = None) -> int:
 
     if tissue is None or peaks.size == 0:
         return int(peaks.sum())
-    t = np.asarray(tissue, np.uint8)
+    t: np.ndarray = np.asarray(tissue, np.uint8)
     if t.shape != peaks.shape:
         t = cv2.resize(t, (peaks.shape[1], peaks.shape[0]), interpolation=cv2.INTER_NEAREST)
     return int(np.count_nonzero(peaks & t.astype(bool)))
@@ -412,7 +412,7 @@ def cell_density_blocks(hematoxylin: np.ndarray, mpp: float, block_shape: tuple[
     if peaks.size == 0:
         return np.zeros(block_shape, np.float32)
     win = max(1, int(round(config.cellularity_window_um / px)))
-    density = cv2.boxFilter(peaks.astype(np.float32), -1, (win, win), normalize=True,
+    density: np.ndarray = cv2.boxFilter(peaks.astype(np.float32), -1, (win, win), normalize=True,
                             borderType=cv2.BORDER_REFLECT)
     density *= np.float32(1000.0 / (px * px))
     return cv2.resize(density, (block_shape[1], block_shape[0]), interpolation=cv2.INTER_AREA)

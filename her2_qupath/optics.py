@@ -159,13 +159,13 @@ def _brightness_stats(rgb: np.ndarray, window_px: int,
     import cv2
 
     r, g, b = cv2.split(np.ascontiguousarray(rgb))
-    bright = (r.astype(np.float32) + g + b) * np.float32(1.0 / 3.0)
+    bright: np.ndarray = (r.astype(np.float32) + g + b) * np.float32(1.0 / 3.0)
     if denoise:
         bright = cv2.blur(bright, (3, 3), borderType=cv2.BORDER_REFLECT)
     k = (window_px, window_px)
     mean = cv2.blur(bright, k, borderType=cv2.BORDER_REFLECT)
     sq = cv2.blur(bright * bright, k, borderType=cv2.BORDER_REFLECT)
-    sd = cv2.sqrt(cv2.max(sq - mean * mean, 0.0))
+    sd = cv2.sqrt(cv2.max(sq - mean * mean, 0.0))  # type: ignore[call-overload]
     mx = cv2.max(cv2.max(r, g), b).astype(np.float32)
     mn = cv2.min(cv2.min(r, g), b).astype(np.float32)
     sat = (mx - mn) / np.maximum(mx, np.float32(1.0))
@@ -390,7 +390,7 @@ def tissue_mask(
     radius = int(round(config.closing_um / mpp))
     if radius >= 1 and mask.any():
         pad = radius + 1
-        padded = np.pad(mask, pad).astype(np.uint8)
+        padded: np.ndarray = np.pad(mask, pad).astype(np.uint8)
         padded = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, _disk(radius))
         mask = padded[pad:-pad, pad:-pad].astype(bool)
     mask = _remove_small(mask, config.min_object_um2 / mpp**2, holes=False)

@@ -423,7 +423,7 @@ def file_format(path: str | os.PathLike[str]) -> FileFormat | None:
             import tifffile
 
             with tifffile.TiffFile(p) as tif:
-                page = tif.series[0].levels[0].keyframe if tif.series else tif.pages[0]
+                page: Any = tif.series[0].levels[0].keyframe if tif.series else tif.pages[0]
                 bits = page.bitspersample
                 return FileFormat(int(page.imagewidth), int(page.imagelength), int(page.samplesperpixel),
                                   int(max(bits) if isinstance(bits, tuple) else bits))

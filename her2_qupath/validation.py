@@ -220,7 +220,7 @@ def load_cases(source: str | Path, *, score_key: str = SCORE_KEY, image_roots: S
 # ----------------------------------------------------------------------------- statistics
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Spearman's rank correlation (average ranks for ties); NaN when either is constant."""
     a = np.asarray(x, float)
     b = np.asarray(y, float)
@@ -339,7 +339,11 @@ def agreement_report(truth: Sequence[Any], pred: Sequence[Any], *,
         if values is None:
             continue
         v = np.array([values[i] for i in keep], float)
-        report[f"spearman_{key}"] = _with_ci(spearman(v, t), lambda i, v=v: spearman(v[i], t[i]), n)
+
+        def rho(i: np.ndarray, v: np.ndarray = v) -> float:
+            return spearman(v[i], t[i])
+
+        report[f"spearman_{key}"] = _with_ci(spearman(v, t), rho, n)
     report["discordant"] = [
         {"case": names[i], "pathologist": SCORE_NAMES[t_all[i]],  # type: ignore[index]
          "her2_qupath": "not evaluable" if p_all[i] is None else SCORE_NAMES[p_all[i]]}  # type: ignore[index]

@@ -68,8 +68,8 @@ def _file_uri(path: Path) -> str | None:
 
     if not path.is_file():
         return None
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    with Image.open(path) as source:
+        im = source.convert("RGB")
         im.thumbnail((_CASE_PX, _CASE_PX))
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=85)
