@@ -60,6 +60,7 @@ STAGES: tuple[Stage, ...] = (
 )
 MIN_MATCHES = 16
 SMOOTH_PX = 0.5  # Gaussian sigma applied to both images before matching
+FLOW_WINDOWS = (0.45, 0.67)  # Farnebäck window sizes, as fractions of the patch size
 FLOW_CONTRAST_PX = 2.5  # neighbourhood (sigma, px) of the contrast normalisation before optical flow
 CONTROL_PX = 16  # control-grid spacing of the fit (non-rigid level px)
 
@@ -224,8 +225,9 @@ def refine_nonrigid(pair: Pair, affine: Transform, cfg: RegistrationConfig, kind
         patch = max(8, int(round(cfg.nonrigid_patch_px * st.patch)))
         radius = max(2, int(round(cfg.nonrigid_radius_px * st.radius)))
         step = max(int(cfg.nonrigid_step_px), int(np.ceil(np.sqrt(vk.sum() / max(cfg.nonrigid_max_patches, 1)))))
-        if st.method == "flow":
-            pts, disp, conf = flow_matches(fi, mi, vk, step=step, window=int(round(patch * 0.67)))
+        if st.method == "flow":  # two window sizes in one fit: their errors average out
+            found = [flow_matches(fi, mi, vk, step=step, window=int(round(patch * k))) for k in FLOW_WINDOWS]
+            pts, disp, conf = (np.concatenate([f3[i] for f3 in found]) for i in range(3))
         else:
             pts, disp, conf = match_blocks(fi, mi, vk, patch=patch, step=step, radius=radius,
                                            min_ncc=float(cfg.nonrigid_min_ncc))
