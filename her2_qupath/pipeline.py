@@ -32,6 +32,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -111,7 +112,9 @@ class ScoreRequest:
 @dataclass
 class ScoreResult:
     summary: dict[str, Any]
-    detections: list[Any]
+    # tile objects (and at cell level each tile's cells, kept on disk until written:
+    # a qupath.stream.Detections that reads like the list of objects)
+    detections: Sequence[Any]
     annotations: list[Any]
     he_detections: list[Any]
     overlay: np.ndarray
@@ -120,6 +123,8 @@ class ScoreResult:
     he_annotations: list[Any] = field(default_factory=list)
     # with ScoreOptions.record_blocks: per tile (intensity, pixels, mean OD sum) of its blocks
     block_records: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    # the case report's pictures (case_report.Picture: titled, with scale bars)
+    pictures: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -127,12 +132,17 @@ class TileAnalysis:
     """What one IHC tile yields: its stain class map score and optional cells."""
 
     score: Any  # scoring.TileScore over the tile (inside the ROIs when there are ROIs)
-    cells: list[Any] = field(default_factory=list)  # cells.Cell, tile-pixel coordinates
+    cells: Any = None  # cell level: cell_table.CellTable, tile pixels (dropped once written)
     region_scores: dict[int, Any] = field(default_factory=dict)  # ROI index -> TileScore
     # membrane intensity: the class (0..3, -1 background) of each membrane block, for overlays
     blocks: np.ndarray | None = None
     # with TileParams.record_blocks: (intensity, pixels, mean OD sum) of its blocks holding tissue
     block_record: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    # cell level: the cells as GeoJSON feature text (level-0 pixels), made by the tile worker,
+    # then moved to the run's spill file (qupath.stream.CellSpill, key)
+    cell_text: str | None = None
+    cell_spill: tuple[Any, tuple[int, int]] | None = None
+    cell_count: int = 0  # the cells in that text
 
 
 # --------------------------------------------------------------------------- tile work
@@ -195,24 +205,24 @@ def analyse_tile(rgb: np.ndarray, params: TileParams, class_map: np.ndarray | No
         dab, hema = od[..., 1], od[..., 0]
         if class_map is None:
             class_map = class_map_from_stains(od, params.stain, vectors=params.vectors)
-    cells: list[Any] = []
+    cells: Any = None
     if params.level == "cell":
+        from .cell_table import CellTable
         from .cells import detect_cells
 
-        found = detect_cells(rgb, params.mpp, params.cells, params.stain,
-                             vectors=params.vectors, background=params.background).cells
-        cells = _cells_in_core(found, m, core.shape[:2])
+        found = detect_cells(rgb, params.mpp, params.cells, params.stain, vectors=params.vectors,
+                             background=params.background, objects=False)
+        cells = CellTable.from_result(found).in_core(m, core.shape[:2])
 
     peaks: np.ndarray | None = None  # nucleus blobs of the tile, found once for every region
 
-    def score_within(mask: np.ndarray | None) -> tuple[Any, list[Any]]:
+    def score_within(mask: np.ndarray | None) -> tuple[Any, Any]:
         nonlocal peaks
         cmap = class_map if mask is None else np.where(mask, class_map, 0).astype(class_map.dtype)
-        inside = cells if mask is None else [c for c in cells if _centroid_in(mask, c.centroid)]
+        inside = cells if (mask is None or cells is None) else cells.take(cells.inside(mask))
         counts = None
         if params.level == "cell":
-            counts = np.bincount(np.array([c.her2_class for c in inside], dtype=np.intp),
-                                 minlength=4)[:4]
+            counts = inside.class_counts()
             n_nuclei = len(inside)
         else:
             from .membrane import count_peaks, nucleus_peaks
@@ -291,29 +301,6 @@ def _any_tissue(od_blocks: np.ndarray, shape: tuple[int, int], params: TileParam
                            params.stain)
 
 
-def _cells_in_core(cells: Sequence[Any], margin: int, shape: tuple[int, int]) -> list[Any]:
-    """Cells whose centroid lies in the tile proper, moved to the tile's own pixel frame."""
-    if margin == 0:
-        return list(cells)
-    from shapely import affinity
-
-    out = []
-    for c in cells:
-        x, y = c.centroid[0] - margin, c.centroid[1] - margin
-        if 0 <= x < shape[1] and 0 <= y < shape[0]:
-            out.append(dataclasses.replace(
-                c, centroid=(x, y),
-                nucleus_polygon=affinity.translate(c.nucleus_polygon, -margin, -margin),
-                cell_polygon=affinity.translate(c.cell_polygon, -margin, -margin)))
-    return out
-
-
-def _centroid_in(mask: np.ndarray, centroid: tuple[float, float]) -> bool:
-    rows, cols = mask.shape
-    x, y = centroid
-    return bool(mask[min(rows - 1, max(0, int(y))), min(cols - 1, max(0, int(x)))])
-
-
 #: Open slides kept per process for tile work (workers of a pool or a Dask cluster).
 #: Beyond this many the least recently used is dropped (and closed once no reader holds
 #: it), so a long-running server does not accumulate file handles.
@@ -322,16 +309,21 @@ _SLIDE_CACHE: OrderedDict[tuple[str, float | None, int, int], Any] = OrderedDict
 _SLIDE_CACHE_LOCK = threading.Lock()
 
 
-def _cached_slide(path: str, mpp: float | None) -> Any:
-    """One open slide per process and file version, shared by the threads of that process."""
+def _cached_slide(path: str, mpp: float | None, cache_mb: float | None = None) -> Any:
+    """One open slide per process and file version, shared by the threads of that process.
+
+    ``cache_mb`` sizes the reader's tile cache (default: ``SlideConfig.tile_cache_mb``).
+    """
+    from .config import SlideConfig
     from .slide import open_slide
 
     st = os.stat(path)
-    key = (path, mpp, st.st_mtime_ns, st.st_size)  # a rewritten file is opened afresh
+    key = (path, mpp, st.st_mtime_ns, st.st_size, cache_mb)  # a rewritten file is opened afresh
     with _SLIDE_CACHE_LOCK:
         slide = _SLIDE_CACHE.get(key)
         if slide is None:
-            slide = open_slide(path, mpp=mpp)
+            config = SlideConfig() if cache_mb is None else SlideConfig(tile_cache_mb=cache_mb)
+            slide = open_slide(path, mpp=mpp, config=config)
             _SLIDE_CACHE[key] = slide
             while len(_SLIDE_CACHE) > SLIDE_CACHE_SIZE:
                 _SLIDE_CACHE.popitem(last=False)
@@ -351,6 +343,7 @@ class _ChunkJob:
     rois: tuple[Any, ...] | None = None  # shapely ROIs
     tile_rois: tuple[tuple[int, ...], ...] | None = None  # per tile: the ROIs it intersects
     run_id: str = ""  # a cancelled run's chunks stop at their next tile (same process)
+    cache_mb: float | None = None  # the reader's tile cache in the worker (None: the default)
 
 
 #: Runs cancelled while their chunks work: a chunk in this process checks before each tile.
@@ -371,7 +364,7 @@ def _read_ihc_tile(job: _ChunkJob, tile: Any, transform: Any) -> np.ndarray:
     """The IHC pixels of ``tile`` (with the cell margin at cell level)."""
     if job.params.level == "cell":
         tile = _with_margin(tile, job.params.margin_px)
-    slide = _cached_slide(job.ihc_path, job.ihc_mpp)
+    slide = _cached_slide(job.ihc_path, job.ihc_mpp, job.cache_mb)
     if transform is None:
         from .tiling import read_tile
 
@@ -405,9 +398,31 @@ def _run_chunk(job: _ChunkJob) -> list[TileAnalysis]:
     for k, t in enumerate(job.tiles):
         if job.run_id and job.run_id in _CANCELLED_RUNS:
             raise JobCancelled("the scoring run was cancelled", hint="nothing was written")
-        out.append(analyse_tile(_read_ihc_tile(job, t, transform), job.params,
-                                regions=_region_masks(job, k)))
+        a = analyse_tile(_read_ihc_tile(job, t, transform), job.params,
+                         regions=_region_masks(job, k))
+        _cells_to_text(a, t, transform)
+        out.append(a)
     return out
+
+
+def _cells_to_text(a: TileAnalysis, tile: Any, transform: Any) -> None:
+    """Cell level: the tile's cells as GeoJSON feature text in level-0 IHC pixels (done in
+    the worker, so the run has no serial tail); the columns are dropped."""
+    if a.cells is None:
+        return
+    placed = a.cells.placed((tile.width / tile.size, tile.height / tile.size), (tile.x, tile.y))
+    warp = None if transform is None else (lambda g: _warp(transform, g))
+    a.cell_text = placed.feature_text({PRODUCT_MARKER: __version__}, warp)
+    a.cell_count = len(placed)
+    a.cells = None
+
+
+def _spill_cells(chunk: list[TileAnalysis], spill: Any) -> None:
+    """Move a finished chunk's cell text to the run's spill file (memory stays flat)."""
+    for a in chunk:
+        if a.cell_text is not None:
+            a.cell_spill = (spill, spill.add(a.cell_text))
+            a.cell_text = None
 
 
 def _read_chunk(job: _ChunkJob) -> list[np.ndarray]:
@@ -588,6 +603,7 @@ def run_score(
                              hint=f"choose one of {', '.join(GUIDELINES)}")
     if request.roi_space not in ("he", "ihc"):
         raise UserInputError(f"unknown roi_space {request.roi_space!r}", hint="use 'he' or 'ihc'")
+    _check_models(opts)
     ihc = open_slide(request.ihc, mpp=request.ihc_mpp)
     he = open_slide(request.he, mpp=request.he_mpp) if request.he is not None else None
     try:
@@ -669,6 +685,17 @@ def run_score(
             he.close()
 
 
+def _check_models(opts: ScoreOptions) -> None:
+    """Each model directory is complete and was trained on tiles of this run's field of view."""
+    from .models.io import check_tiling, validate_model_dir
+
+    for name, kind in (("tumor_model", "tumor"), ("stain_model", "stain"), ("seg_model", "segmenter")):
+        path = getattr(opts, name)
+        if path is not None:
+            check_tiling(validate_model_dir(path, expected_kind=kind), opts.tiling.tile_size,
+                         opts.tiling.mpp, where=f"the {kind} model {path}")
+
+
 def _get_transform(request: ScoreRequest, he: Any, ihc: Any) -> tuple[Any, dict[str, Any]]:
     from .registration import Transform
     from .registration.files import check_transform_fits, register_slides
@@ -688,8 +715,57 @@ def _get_transform(request: ScoreRequest, he: Any, ihc: Any) -> tuple[Any, dict[
     return transform, {"source": source, "quality": quality, "reliable": reliable}
 
 
-def _chunks(tiles: Sequence[Any]) -> list[tuple[Any, ...]]:
-    return [tuple(tiles[i:i + CHUNK_TILES]) for i in range(0, len(tiles), CHUNK_TILES)]
+def _chunks(tiles: Sequence[Any], size: int = CHUNK_TILES) -> list[tuple[Any, ...]]:
+    return [tuple(tiles[i:i + size]) for i in range(0, len(tiles), size)]
+
+
+def _pool_workers(executor: cf.Executor | None) -> int:
+    if isinstance(executor, cf.ThreadPoolExecutor):
+        return max(1, int(getattr(executor, "_max_workers", 1)))
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+
+
+#: Modules a cell-level worker process imports once, in the fork server it is forked from.
+_WORKER_PRELOAD = ["her2_qupath.pipeline", "her2_qupath.cells", "her2_qupath.cell_table",
+                   "her2_qupath.membrane", "her2_qupath.slide", "her2_qupath.tiling",
+                   "her2_qupath.qupath.geojson"]
+
+
+def _cell_pool(level: str, n_jobs: int, executor: cf.Executor | None) -> cf.Executor | None:
+    """A process pool for the cell level (None: use ``executor`` or threads as given).
+
+    Cell detection holds the GIL for about a third of its time, so threads scale
+    poorly (2 threads: 1.48x; 2 processes: 1.95x). Without an executor, or with
+    a thread pool (the CLI, batch runs, the server's local backend), the cell
+    level runs its chunks in as many worker processes as the pool had threads;
+    a Dask executor is used as given. Tile tasks share nothing: each worker
+    opens the slide itself and returns its tiles' scores and cell text.
+    """
+    if level != "cell" or n_jobs < 2 or not (executor is None or
+                                             isinstance(executor, cf.ThreadPoolExecutor)):
+        return None
+    workers = min(_pool_workers(executor), n_jobs)
+    if workers < 2:
+        return None
+    import multiprocessing as mp
+
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(_WORKER_PRELOAD)
+    else:  # pragma: no cover - Windows, macOS without forkserver
+        ctx = mp.get_context("spawn")
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+def _work_cache_mb(tile_size: int, margin: int, chunk: int) -> float:
+    """The reader's tile cache a worker needs: a chunk's tiles (two more for the slide
+    tiles they straddle) with their margins, at up to twice the working resolution per
+    axis (the slide level read), RGB; at most ``SlideConfig.tile_cache_mb``."""
+    from .config import SlideConfig
+
+    need = (chunk + 2) * 4 * 3 * (tile_size + 2 * margin) ** 2 / 2**20
+    return float(min(SlideConfig().tile_cache_mb, max(8.0, round(need))))
 
 
 def _tile_rois(tiles: list[Any], rois: list[Any]) -> list[tuple[int, ...]] | None:
@@ -714,11 +790,22 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, 
     transform_json = transform.to_json() if transform is not None else None
     tile_rois = _tile_rois(tiles, rois)
     run_id = uuid.uuid4().hex
+    cell_level = params.level == "cell"
+    size = CHUNK_TILES
+    if cell_level:  # smaller chunks at the cell level keep every worker busy to the end
+        size = max(1, min(CHUNK_TILES, -(-len(tiles) // (4 * _pool_workers(executor)))))
+    cache_mb = _work_cache_mb(opts.tiling.tile_size, params.margin_px if cell_level else 0, size)
     jobs = [_ChunkJob(str(request.ihc), request.ihc_mpp, chunk, transform_json, params,
                       tuple(rois) if rois else None,
-                      None if tile_rois is None else tuple(tile_rois[i:i + len(chunk)]), run_id)
-            for i, chunk in zip(range(0, len(tiles), CHUNK_TILES), _chunks(tiles))]
+                      None if tile_rois is None else tuple(tile_rois[i:i + len(chunk)]), run_id,
+                      cache_mb)
+            for i, chunk in zip(range(0, len(tiles), size), _chunks(tiles, size))]
     results: list[list[TileAnalysis] | None] = [None] * len(jobs)
+    spill = None
+    if cell_level:
+        from .qupath.stream import CellSpill
+
+        spill = CellSpill()
     if opts.seg_model is not None:
         from .models import load_model, segment_tiles
 
@@ -732,13 +819,40 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, 
                                  batch_size=opts.model.batch_size)
             results[i] = [analyse_tile(rgb, params, class_map=m, regions=_region_masks(job, k))
                           for k, (rgb, m) in enumerate(zip(rgbs, maps))]
+            for a, t in zip(results[i], job.tiles):
+                _cells_to_text(a, t, transform)
+            _spill_cells(results[i], spill)
             step(len(job.tiles))
         return [a for chunk in results if chunk is not None for a in chunk]
 
-    own_pool = executor is None
-    pool = executor or cf.ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
+    procs = _cell_pool(params.level, len(jobs), executor)
+    if procs is not None:
+        try:
+            _run_jobs(procs, True, jobs, results, spill, run_id, step, cancel)
+        except BrokenProcessPool as err:  # e.g. a script without a __main__ guard, a killed worker
+            log.warning("worker processes failed (%s); the remaining tiles run in threads", err)
+        else:
+            return [a for chunk in results if chunk is not None for a in chunk]
+        todo = [i for i, r in enumerate(results) if r is None]
+        pool = executor or cf.ThreadPoolExecutor(max_workers=_pool_workers(None))
+        _run_jobs(pool, executor is None, [jobs[i] for i in todo], results, spill, run_id, step,
+                  cancel, index=todo)
+    else:
+        pool = executor or cf.ThreadPoolExecutor(max_workers=_pool_workers(None))
+        _run_jobs(pool, executor is None, jobs, results, spill, run_id, step, cancel)
+    return [a for chunk in results if chunk is not None for a in chunk]
+
+
+def _run_jobs(pool: cf.Executor, own_pool: bool, jobs: list[_ChunkJob],
+              results: list[list[TileAnalysis] | None], spill: Any, run_id: str,
+              step: Callable[[int], None], cancel: threading.Event | None,
+              index: list[int] | None = None) -> None:
+    """Run chunk jobs on ``pool``; chunk ``k``'s analyses go to ``results[index[k]]`` and its
+    cells to the spill file as each finishes."""
+    where = index if index is not None else list(range(len(jobs)))
     try:
-        futures = {pool.submit(_run_chunk, job): i for i, job in enumerate(jobs)}
+        futures = {pool.submit(_run_chunk, job): where[i] for i, job in enumerate(jobs)}
+        sizes = {where[i]: len(job.tiles) for i, job in enumerate(jobs)}
         pending = set(futures)
         while pending:
             finished, pending = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
@@ -748,13 +862,14 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, 
                     fut.cancel()
                 _check_cancel(cancel)
             for fut in finished:
-                results[futures[fut]] = fut.result()
-                step(len(jobs[futures[fut]].tiles))
+                chunk = fut.result()
+                _spill_cells(chunk, spill)
+                results[futures[fut]] = chunk
+                step(sizes[futures[fut]])
     finally:
         if own_pool:
             pool.shutdown(wait=True, cancel_futures=True)
         _CANCELLED_RUNS.discard(run_id)
-    return [a for chunk in results if chunk is not None for a in chunk]
 
 
 @dataclass
@@ -897,10 +1012,10 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
                  "mpp": opts.tiling.mpp},
         "provenance": _provenance(request, background, vectors, seconds),
     }
-    overlay = _overlay(ihc, he, tiles, analyses, transform, summary, opts, vectors,
-                       background, roi_geoms)
+    overlay, pictures = _overlay(ihc, he, tiles, analyses, transform, summary, opts, vectors,
+                                 background, roi_geoms)
     return ScoreResult(summary, detections, annotations, he_detections, overlay,
-                       he_annotations=he_annotations)
+                       he_annotations=he_annotations, pictures=pictures)
 
 
 #: Longest side of the overview picture, in pixels.
@@ -935,12 +1050,21 @@ def _mark(polygon: Any, score: Any, scale: float, scoring: ScoringConfig) -> Any
     return TileMark(ring, tile_her2_class(score, scoring), bool(score.counts_toward_score))
 
 
+def _um_per_px(slide: Any, scale: float) -> float | None:
+    """µm per pixel of a picture of ``slide`` drawn at ``scale`` (None: pixel size unknown)."""
+    mpp = getattr(slide, "mpp_or_none", None)
+    return float(mpp) / scale if mpp else None
+
+
 def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
              transform: Any, summary: dict[str, Any], opts: ScoreOptions,
-             vectors: Any, background: Any, rois: list[Any]) -> np.ndarray:
-    """IHC thumbnail with pixel classes, tile scores and ROIs (H&E beside it when given) + legend."""
+             vectors: Any, background: Any, rois: list[Any]) -> tuple[np.ndarray, list[Any]]:
+    """IHC thumbnail with pixel classes, tile scores and ROIs (H&E beside it when given) + legend,
+    and the case report's pictures (each titled, with a scale bar)."""
+    from .case_report import Picture
     from .render import (
         add_legend,
+        add_scale_bar,
         blend,
         colorize_class_map,
         draw_outlines,
@@ -951,6 +1075,7 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
 
     thumb = ihc.thumbnail(max_size=OVERLAY_MAX_SIZE)
     scale = thumb.shape[1] / ihc.dimensions[0]
+    ihc_um = _um_per_px(ihc, scale)
     if opts.stain.intensity == "membrane":
         cmap = _block_canvas(thumb.shape[:2], scale, tiles, analyses, transform)
     else:
@@ -965,13 +1090,20 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
     marks = [_mark(p, a.score, scale, opts.scoring) for p, a in zip(polys, analyses)]
     pic = draw_tiles(pic, marks, width=width)
     ihc_rois = rois if transform is None else [_warp(transform, g) for g in rois]
-    pic = draw_outlines(pic, [r for g in ihc_rois for r in _rings(g, scale)], width=2 * width)
+    ihc_rings = [r for g in ihc_rois for r in _rings(g, scale)]
+    pic = add_scale_bar(draw_outlines(pic, ihc_rings, width=2 * width), ihc_um)
+    what = "membrane blocks" if opts.stain.intensity == "membrane" else "DAB pixels"
+    pictures = [Picture(add_scale_bar(draw_outlines(thumb, ihc_rings, width=2 * width), ihc_um),
+                        "IHC slide" + (" and the scored regions" if rois else " (all tissue scored)")),
+                Picture(pic, f"HER2 class of the {what}, tile scores")]
     if he is not None:
         he_thumb = he.thumbnail(max_size=OVERLAY_MAX_SIZE)
         he_scale = he_thumb.shape[1] / he.dimensions[0]
         he_marks = [_mark(t.polygon, a.score, he_scale, opts.scoring) for t, a in zip(tiles, analyses)]
         he_pic = draw_tiles(he_thumb, he_marks, width=width)
         he_pic = draw_outlines(he_pic, [r for g in rois for r in _rings(g, he_scale)], width=2 * width)
+        he_pic = add_scale_bar(he_pic, _um_per_px(he, he_scale))
+        pictures[0] = Picture(he_pic, "H&E slide: regions and tiles (mapped to the IHC)")
         pic = side_by_side(he_pic, pic)
     pct = summary["class_percentages"]
     lines = [f"NOT EVALUABLE: {r}" for r in summary.get("not_evaluable_reasons", [])]
@@ -988,7 +1120,7 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
         lines.append("CHECK STAINS: see warnings")
     lines += [f"QC: {w}" for w in summary["warnings"] if not w.startswith("not evaluable")]
     title = f"HER2 {summary['her2_score']}  ({summary['guideline']}, {summary['level']})"
-    return add_legend(pic, title, lines)
+    return add_legend(pic, title, lines), pictures
 
 
 def _block_canvas(shape: tuple[int, int], scale: float, tiles: list[Any],
@@ -996,12 +1128,14 @@ def _block_canvas(shape: tuple[int, int], scale: float, tiles: list[Any],
     """The membrane block classes of every tile painted on the overview (0 = nothing, 1..4).
 
     Without a transform each tile's block grid is resized onto the tile's box; with
-    an H&E partner the mapped IHC tiles are drawn as outlines only.
+    an H&E partner (the block grid lies in the H&E tile's frame) each overview pixel of
+    the mapped tile looks its block up through the inverse transform.
     """
     import cv2
 
     canvas = np.zeros(shape, dtype=np.uint8)
     if transform is not None:
+        _paint_mapped_blocks(canvas, scale, tiles, analyses, transform)
         return canvas
     for tile, a in zip(tiles, analyses):
         if a.blocks is None or a.blocks.size == 0:
@@ -1017,6 +1151,30 @@ def _block_canvas(shape: tuple[int, int], scale: float, tiles: list[Any],
         canvas[cy0:cy1, cx0:cx1] = np.maximum(canvas[cy0:cy1, cx0:cx1],
                                               up[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0])
     return canvas
+
+
+def _paint_mapped_blocks(canvas: np.ndarray, scale: float, tiles: list[Any],
+                         analyses: list[TileAnalysis], transform: Any) -> None:
+    from .registration import map_tile
+
+    for tile, a in zip(tiles, analyses):
+        if a.blocks is None or a.blocks.size == 0:
+            continue
+        x0, y0, x1, y1 = (np.asarray(map_tile(transform, tile).bounds) * scale).tolist()
+        x0, y0 = max(int(x0), 0), max(int(y0), 0)
+        x1, y1 = min(int(np.ceil(x1)), canvas.shape[1]), min(int(np.ceil(y1)), canvas.shape[0])
+        if x1 <= x0 or y1 <= y0:
+            continue
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        pts = np.column_stack([(xs.ravel() + 0.5) / scale, (ys.ravel() + 0.5) / scale])
+        he_pts = transform.apply_inverse(pts)
+        rows, cols = a.blocks.shape
+        u = (he_pts[:, 0] - tile.x) / tile.width * cols
+        v = (he_pts[:, 1] - tile.y) / tile.height * rows
+        inside = (u >= 0) & (u < cols) & (v >= 0) & (v < rows)
+        vals = a.blocks[v[inside].astype(np.intp), u[inside].astype(np.intp)].astype(np.int16) + 1
+        yi, xi = ys.ravel()[inside], xs.ravel()[inside]
+        canvas[yi, xi] = np.maximum(canvas[yi, xi], vals.astype(np.uint8))
 
 
 def _measure_tile(score: Any) -> dict[str, float]:
@@ -1052,22 +1210,17 @@ def _warp(transform: Any, geom: Any, *, inverse: bool = False) -> Any:
     return warp_geometry(transform, geom, inverse=inverse)
 
 
-def _place_cell_geometry(geom: Any, tile: Any, transform: Any) -> Any:
-    """Tile pixels at the working MPP → level-0 pixels of the IHC slide."""
-    from shapely import affinity
-
-    g = affinity.scale(geom, xfact=tile.width / tile.size, yfact=tile.height / tile.size,
-                       origin=(0, 0))
-    g = affinity.translate(g, xoff=tile.x, yoff=tile.y)
-    return g if transform is None else _warp(transform, g)
-
-
 def _tile_objects(tiles: list[Any], analyses: list[TileAnalysis], transform: Any,
-                  scoring: ScoringConfig) -> tuple[list[Any], list[Any]]:
-    from .qupath.geojson import cell_object, tile_object
+                  scoring: ScoringConfig) -> tuple[Sequence[Any], list[Any]]:
+    """One object per tile (IHC, and H&E with a partner); at the cell level each tile's
+    cells follow it (text in the run's spill file, see :class:`qupath.stream.Detections`)."""
+    from .qupath.geojson import tile_object
+    from .qupath.stream import Detections
 
     detections: list[Any] = []
     he_detections: list[Any] = []
+    cells: list[tuple[tuple[int, int], int] | None] = []
+    spill = None
     for tile, a in zip(tiles, analyses):
         meas = _measure_tile(a.score)
         if transform is None:
@@ -1080,12 +1233,13 @@ def _tile_objects(tiles: list[Any], analyses: list[TileAnalysis], transform: Any
             he_detections.append(tile_object(tile.polygon, he_class, meas, name=a.score.label))
         detections.append(tile_object(ihc_poly, _tile_class_name(a.score, scoring), meas,
                                       name=a.score.label))
-        if scoring.level == "cell" and a.score.counts_toward_score:
-            for cell in a.cells:
-                detections.append(cell_object(
-                    _place_cell_geometry(cell.cell_polygon, tile, transform),
-                    _place_cell_geometry(cell.nucleus_polygon, tile, transform),
-                    cell.classification, dict(cell.measurements)))
+        written = scoring.level == "cell" and a.score.counts_toward_score \
+            and a.cell_spill is not None
+        cells.append((a.cell_spill[1], a.cell_count) if written else None)  # type: ignore[index]
+        if written:
+            spill = a.cell_spill[0]  # type: ignore[index]
+    if scoring.level == "cell":
+        return Detections(detections, spill, cells), he_detections
     return detections, he_detections
 
 
@@ -1108,6 +1262,7 @@ def _region_objects(roi_geoms: list[Any], regions: list[Any], slide_region: Any,
     from shapely.geometry import box
 
     from .qupath.geojson import annotation_object
+    from .scoring import expression_group
 
     if roi_geoms:
         items = list(zip(roi_geoms, regions))
@@ -1117,12 +1272,15 @@ def _region_objects(roi_geoms: list[Any], regions: list[Any], slide_region: Any,
     out: list[Any] = []
     he_out: list[Any] = []
     for geom, reg in items:
-        name = f"{PRODUCT_MARKER}: {reg.name} HER2 {reg.her2_score}"
+        group = expression_group(reg.score, reg.class_percentages)
+        name = f"{PRODUCT_MARKER}: {reg.name} HER2 {reg.her2_score}" + (f" ({group})" if group else "")
         meas = _region_measurements(reg)
+        meta = {"HER2 expression": group} if group else None
         if transform is not None:
-            he_out.append(annotation_object(geom, f"HER2 {reg.her2_score}", dict(meas), name=name))
+            he_out.append(annotation_object(geom, f"HER2 {reg.her2_score}", dict(meas), name=name,
+                                            metadata=meta))
             geom = _warp(transform, geom)
-        out.append(annotation_object(geom, f"HER2 {reg.her2_score}", meas, name=name))
+        out.append(annotation_object(geom, f"HER2 {reg.her2_score}", meas, name=name, metadata=meta))
     return out, he_out
 
 
@@ -1189,23 +1347,27 @@ def _provenance(request: ScoreRequest, background: Any, vectors: Any, seconds: f
 
 def write_result(result: ScoreResult, outdir: str | os.PathLike[str], *,
                  he: bool | None = None) -> Path:
-    """Write summary.json, detections/annotations GeoJSON and overlay.png atomically.
+    """Write summary.json, detections/annotations GeoJSON, overlay.png and the case report
+    (report.png, report.pdf) atomically.
 
     With an H&E partner, ``he_detections.geojson`` and ``ihc_detections.geojson``
     are written as well so each imports into its own image in QuPath.
     """
     from ._io import atomic_output_dir, atomic_write_json
+    from .case_report import write_case_report
     from .qupath.geojson import write_geojson
+    from .qupath.stream import write_detections
     from .render import save_png
 
     with atomic_output_dir(outdir) as tmp:
-        write_geojson(tmp / "detections.geojson", result.detections)
+        write_detections(tmp / "detections.geojson", result.detections)  # streamed, tile by tile
         write_geojson(tmp / "annotations.geojson", result.annotations)
         if result.he_detections or he:
-            write_geojson(tmp / "ihc_detections.geojson", result.detections)
+            write_detections(tmp / "ihc_detections.geojson", result.detections)
             write_geojson(tmp / "he_detections.geojson", result.he_detections)
         atomic_write_json(tmp / "summary.json", result.summary)
         save_png(tmp / "overlay.png", result.overlay)
         for name, rgb in result.images.items():
             save_png(tmp / f"{name}.png", rgb)
+        write_case_report(tmp, result.summary, result.pictures)  # report.png, report.pdf
     return Path(outdir)

@@ -150,8 +150,10 @@ class GeoJSONStreamWriter:
         os.umask(mask)
         os.fchmod(fd, 0o666 & ~mask)
         self._raw: IO[bytes] = os.fdopen(fd, "wb")
-        self._out: IO[bytes] = (gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=gzip_level,
-                                              mtime=0, filename="") if gzip_level else self._raw)
+        self._out: IO[bytes] = self._raw
+        if gzip_level:
+            self._out = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=gzip_level,  # type: ignore[assignment]
+                                      mtime=0, filename="")
         self._first = True
         self.count = 0
         self._out.write(_HEAD.encode())
