@@ -69,7 +69,8 @@ def test_score_cli_writes_outputs_and_refuses_to_overwrite(tmp_path: Path) -> No
     summary = json.loads(r.output[r.output.index("{"):])
     assert summary["her2_score"] in {"0", "1+", "2+", "3+"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "annotations.geojson", "detections.geojson", "overlay.png", "summary.json"]
+        "annotations.geojson", "detections.geojson", "overlay.png", "report.pdf", "report.png",
+        "summary.json"]
     before = (tmp_path / "out" / "summary.json").read_bytes()
     proc = subprocess.run([sys.executable, "-m", "her2_qupath", "score", "--ihc", str(ihc),
                            "-o", str(tmp_path / "out")], capture_output=True, text=True)

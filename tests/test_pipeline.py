@@ -84,7 +84,8 @@ def test_rois_score_each_region_against_its_truth(ihc_case) -> None:
 def test_outputs_are_valid_qupath_geojson(whole_slide, tmp_path: Path) -> None:
     out = write_result(whole_slide, tmp_path / "out")
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["annotations.geojson", "detections.geojson", "overlay.png", "summary.json"]
+    assert names == ["annotations.geojson", "detections.geojson", "overlay.png", "report.pdf",
+                     "report.png", "summary.json"]
     for f in ("annotations.geojson", "detections.geojson"):
         n = validate_features(load_features(out / f))
         assert n > 0
