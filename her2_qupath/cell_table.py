@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .config import HER2_CLASSES
+from .qupath.objects import CELL_NAME
 
 __all__ = ["CellTable", "Outlines"]
 
@@ -228,6 +229,7 @@ class CellTable:
                                     "coordinates": _rings(self.nuclei, i, nuc_xy)},
                 "properties": {
                     "objectType": "cell",
+                    "name": CELL_NAME,
                     "classification": {"name": HER2_CLASSES[k], "color": colors[k]},
                     "measurements": {m: v for m, v in zip(names, meas[i]) if math.isfinite(v)},
                     "metadata": dict(marker),
@@ -250,7 +252,8 @@ class CellTable:
             if warp is not None:
                 cg, ng = warp(cg), warp(ng)
             meas = {m: v for m, v in zip(self.names, self.measurements[i].tolist()) if math.isfinite(v)}
-            obj = cell_object(cg, ng, HER2_CLASSES[int(self.classes[i])], meas, metadata=marker)
+            obj = cell_object(cg, ng, HER2_CLASSES[int(self.classes[i])], meas, name=CELL_NAME,
+                              metadata=marker)
             out.append(to_feature(obj))
         return out
 

@@ -44,7 +44,6 @@ from ._types import ProgressCallback
 from .config import (
     GUIDELINES,
     HER2_CLASSES,
-    PRODUCT_MARKER,
     CellConfig,
     ModelConfig,
     RegistrationConfig,
@@ -54,6 +53,7 @@ from .config import (
     TissueConfig,
 )
 from .errors import JobCancelled, UserInputError
+from .qupath.objects import RUN_KEY, product_metadata, product_name
 
 __all__ = [
     "ScoreOptions",
@@ -400,19 +400,19 @@ def _run_chunk(job: _ChunkJob) -> list[TileAnalysis]:
             raise JobCancelled("the scoring run was cancelled", hint="nothing was written")
         a = analyse_tile(_read_ihc_tile(job, t, transform), job.params,
                          regions=_region_masks(job, k))
-        _cells_to_text(a, t, transform)
+        _cells_to_text(a, t, transform, job.run_id)
         out.append(a)
     return out
 
 
-def _cells_to_text(a: TileAnalysis, tile: Any, transform: Any) -> None:
+def _cells_to_text(a: TileAnalysis, tile: Any, transform: Any, run_id: str) -> None:
     """Cell level: the tile's cells as GeoJSON feature text in level-0 IHC pixels (done in
     the worker, so the run has no serial tail); the columns are dropped."""
     if a.cells is None:
         return
     placed = a.cells.placed((tile.width / tile.size, tile.height / tile.size), (tile.x, tile.y))
     warp = None if transform is None else (lambda g: _warp(transform, g))
-    a.cell_text = placed.feature_text({PRODUCT_MARKER: __version__}, warp)
+    a.cell_text = placed.feature_text(product_metadata(run_id), warp)
     a.cell_count = len(placed)
     a.cells = None
 
@@ -597,6 +597,7 @@ def run_score(
     from .tissue import detect_tissue
 
     t_start = time.perf_counter()
+    run_id = str(uuid.uuid4())  # cancels its tiles, marks its objects, names its provenance
     opts = request.options
     if opts.scoring.guideline not in GUIDELINES:
         raise UserInputError(f"unknown guideline {opts.scoring.guideline!r}",
@@ -659,13 +660,13 @@ def run_score(
                             round(opts.cells.tile_margin_um / opts.tiling.mpp),
                             record_blocks=opts.record_blocks)
         analyses = _analyse_tiles(request, tiles, params, transform, roi_geoms, opts, step,
-                                  cancel, executor)
+                                  cancel, executor, run_id)
         stain_cls = _classify_stain_tiles(request, tiles, params, transform, opts, cancel) \
             if (opts.stain_model and tiles) else None
         _check_cancel(cancel)
         result = _assemble(request, ihc, he, grid, tiles, analyses, he_probs, stain_cls,
                            roi_geoms, roi_names, transform, transform_info, ihc_thumb,
-                           white, vectors, time.perf_counter() - t_start, warnings)
+                           white, vectors, time.perf_counter() - t_start, warnings, run_id)
         if opts.record_blocks:
             result.block_records = [a.block_record for a in analyses if a.block_record is not None]
         if transform is not None:
@@ -786,10 +787,10 @@ def _tile_rois(tiles: list[Any], rois: list[Any]) -> list[tuple[int, ...]] | Non
 
 def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, transform: Any,
                    rois: list[Any], opts: ScoreOptions, step: Callable[[int], None],
-                   cancel: threading.Event | None, executor: cf.Executor | None) -> list[TileAnalysis]:
+                   cancel: threading.Event | None, executor: cf.Executor | None,
+                   run_id: str) -> list[TileAnalysis]:
     transform_json = transform.to_json() if transform is not None else None
     tile_rois = _tile_rois(tiles, rois)
-    run_id = uuid.uuid4().hex
     cell_level = params.level == "cell"
     size = CHUNK_TILES
     if cell_level:  # smaller chunks at the cell level keep every worker busy to the end
@@ -820,7 +821,7 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, 
             results[i] = [analyse_tile(rgb, params, class_map=m, regions=_region_masks(job, k))
                           for k, (rgb, m) in enumerate(zip(rgbs, maps))]
             for a, t in zip(results[i], job.tiles):
-                _cells_to_text(a, t, transform)
+                _cells_to_text(a, t, transform, run_id)
             _spill_cells(results[i], spill)
             step(len(job.tiles))
         return [a for chunk in results if chunk is not None for a in chunk]
@@ -928,7 +929,7 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
               stain_cls: np.ndarray | None, roi_geoms: list[Any], roi_names: list[str],
               transform: Any, transform_info: dict[str, Any] | None, ihc_thumb: np.ndarray,
               white: Any, vectors: Any, seconds: float,
-              warnings: list[str]) -> ScoreResult:
+              warnings: list[str], run_id: str) -> ScoreResult:
     from .scoring import EXPRESSION_GROUP_RULE, aggregate
 
     opts = request.options
@@ -959,8 +960,9 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
         if not reg.evaluable and len(regions) > 1:
             warnings = warnings + [f"{reg.name} not evaluable: {'; '.join(reg.not_evaluable)}"]
     use_cells = opts.scoring.level == "cell"
-    detections, he_detections = _tile_objects(tiles, analyses, transform, opts.scoring)
-    annotations, he_annotations = _region_objects(roi_geoms, regions, slide_region, ihc, he, transform)
+    detections, he_detections = _tile_objects(tiles, analyses, transform, opts.scoring, run_id)
+    annotations, he_annotations = _region_objects(roi_geoms, regions, slide_region, ihc, he, transform,
+                                                  run_id)
     reliable = (True if transform_info is None else bool(transform_info["reliable"])) \
         and bool(white.reliable)
     summary = {
@@ -1010,7 +1012,7 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
                                             "dimensions": list(he.dimensions), "mpp": he.mpp},
         "grid": {"rows": grid.n_rows, "cols": grid.n_cols, "tile_size": opts.tiling.tile_size,
                  "mpp": opts.tiling.mpp},
-        "provenance": _provenance(request, background, vectors, seconds),
+        "provenance": _provenance(request, background, vectors, seconds, run_id),
     }
     overlay, pictures = _overlay(ihc, he, tiles, analyses, transform, summary, opts, vectors,
                                  background, roi_geoms)
@@ -1211,7 +1213,7 @@ def _warp(transform: Any, geom: Any, *, inverse: bool = False) -> Any:
 
 
 def _tile_objects(tiles: list[Any], analyses: list[TileAnalysis], transform: Any,
-                  scoring: ScoringConfig) -> tuple[Sequence[Any], list[Any]]:
+                  scoring: ScoringConfig, run_id: str) -> tuple[Sequence[Any], list[Any]]:
     """One object per tile (IHC, and H&E with a partner); at the cell level each tile's
     cells follow it (text in the run's spill file, see :class:`qupath.stream.Detections`)."""
     from .qupath.geojson import tile_object
@@ -1221,8 +1223,10 @@ def _tile_objects(tiles: list[Any], analyses: list[TileAnalysis], transform: Any
     he_detections: list[Any] = []
     cells: list[tuple[tuple[int, int], int] | None] = []
     spill = None
+    meta = {RUN_KEY: run_id}
     for tile, a in zip(tiles, analyses):
         meas = _measure_tile(a.score)
+        name = product_name(a.score.label, "tile")
         if transform is None:
             ihc_poly = tile.polygon
         else:
@@ -1230,9 +1234,9 @@ def _tile_objects(tiles: list[Any], analyses: list[TileAnalysis], transform: Any
 
             ihc_poly = map_tile(transform, tile)
             he_class = "Tumor" if a.score.tumor is not False else "Non-tumor"
-            he_detections.append(tile_object(tile.polygon, he_class, meas, name=a.score.label))
+            he_detections.append(tile_object(tile.polygon, he_class, meas, name=name, metadata=meta))
         detections.append(tile_object(ihc_poly, _tile_class_name(a.score, scoring), meas,
-                                      name=a.score.label))
+                                      name=name, metadata=meta))
         written = scoring.level == "cell" and a.score.counts_toward_score \
             and a.cell_spill is not None
         cells.append((a.cell_spill[1], a.cell_count) if written else None)  # type: ignore[index]
@@ -1256,7 +1260,7 @@ def _region_measurements(reg: Any) -> dict[str, float]:
 
 
 def _region_objects(roi_geoms: list[Any], regions: list[Any], slide_region: Any, ihc: Any,
-                    he: Any, transform: Any) -> tuple[list[Any], list[Any]]:
+                    he: Any, transform: Any, run_id: str) -> tuple[list[Any], list[Any]]:
     """One result annotation per ROI (or one for the slide), in IHC coordinates, and with an
     H&E partner the same annotations on the H&E slide (the ROIs as drawn there)."""
     from shapely.geometry import box
@@ -1273,9 +1277,9 @@ def _region_objects(roi_geoms: list[Any], regions: list[Any], slide_region: Any,
     he_out: list[Any] = []
     for geom, reg in items:
         group = expression_group(reg.score, reg.class_percentages)
-        name = f"{PRODUCT_MARKER}: {reg.name} HER2 {reg.her2_score}" + (f" ({group})" if group else "")
+        name = product_name(f"{reg.name} HER2 {reg.her2_score}" + (f" ({group})" if group else ""))
         meas = _region_measurements(reg)
-        meta = {"HER2 expression": group} if group else None
+        meta = {RUN_KEY: run_id, **({"HER2 expression": group} if group else {})}
         if transform is not None:
             he_out.append(annotation_object(geom, f"HER2 {reg.her2_score}", dict(meas), name=name,
                                             metadata=meta))
@@ -1308,7 +1312,8 @@ def _package_version(module: str, dist: str) -> str | None:
         return None
 
 
-def _provenance(request: ScoreRequest, background: Any, vectors: Any, seconds: float) -> dict[str, Any]:
+def _provenance(request: ScoreRequest, background: Any, vectors: Any, seconds: float,
+                run_id: str) -> dict[str, Any]:
     from ._io import sha256_file
     from .config import GUIDELINES as _G
 
@@ -1329,7 +1334,7 @@ def _provenance(request: ScoreRequest, background: Any, vectors: Any, seconds: f
                 "numpy": np.__version__}
     versions.update({mod: _package_version(mod, dist) for mod, dist in _RECORDED_PACKAGES})
     return {
-        "run_id": str(uuid.uuid4()),
+        "run_id": run_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(seconds, 3),
         "versions": versions,

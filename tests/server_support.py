@@ -201,9 +201,19 @@ class SlowScorer(PipelineScorer):
 
 
 def strip_ids(fc: Mapping[str, Any]) -> dict[str, Any]:
-    """GeoJSON without the object UUIDs (new on every run)."""
+    """GeoJSON without the object UUIDs and the run id in the metadata (new on every run)."""
+    from her2_qupath.qupath.objects import RUN_KEY
+
+    def strip(f: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in f.items() if k != "id"}
+        props = dict(out.get("properties") or {})
+        if "metadata" in props:
+            props["metadata"] = {k: v for k, v in props["metadata"].items() if k != RUN_KEY}
+        out["properties"] = props
+        return out
+
     out = dict(fc)
-    out["features"] = [{k: v for k, v in f.items() if k != "id"} for f in fc["features"]]
+    out["features"] = [strip(f) for f in fc["features"]]
     return out
 
 

@@ -203,7 +203,7 @@ def test_empty_roi_file_refuses_the_image_and_roi_files_are_hashed(tmp_path, fak
     assert rows["c2_HER2.svs"]["status"] == "scored" and res.exit_code == 0
     assert [r.ihc.name for r in fake_score] == ["c2_HER2.svs"]  # not c1 with its whole image
     summary = json.loads((proj / "her2_qupath" / "3" / "summary.json").read_text())
-    assert summary["roi_file"]["sha256"] == hashlib.sha256(full.read_bytes()).hexdigest()
+    assert summary["batch"]["roi_file"]["sha256"] == hashlib.sha256(full.read_bytes()).hexdigest()
 
 
 def test_empty_roi_option_file_is_refused_before_any_work(tmp_path, fake_score):  # noqa: F811

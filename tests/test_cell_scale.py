@@ -21,7 +21,7 @@ from shapely.geometry import Polygon, box
 
 from her2_qupath import pipeline
 from her2_qupath.cell_table import CellTable, Outlines
-from her2_qupath.config import ScoringConfig, StainConfig
+from her2_qupath.config import PRODUCT_MARKER, ScoringConfig, StainConfig
 from her2_qupath.pipeline import ScoreOptions, ScoreRequest, run_score, write_result
 from her2_qupath.qupath.geojson import (
     annotation_object,
@@ -32,6 +32,7 @@ from her2_qupath.qupath.geojson import (
     to_feature,
     validate_features,
 )
+from her2_qupath.qupath.objects import CELL_NAME
 from her2_qupath.qupath.stream import CellSpill, Detections, write_detections
 from her2_qupath.slide_writer import write_slide
 from her2_qupath.synthetic import synthetic_ihc
@@ -68,12 +69,15 @@ OPTIONS = {
 
 
 def _digest(features: list) -> tuple[int, str, str, dict[str, int]]:
-    """Cells and tiles of a detections file, numbers rounded (1e-6 px, 1e-9); ids and class
-    colours (presentation) left out."""
+    """Cells and tiles of a detections file, numbers rounded (1e-6 px, 1e-9); ids, class
+    colours (presentation) and the product's name prefix (one naming rule for every path,
+    added after the recording) left out."""
     cells, tiles, classes = [], [], {}
     for f in features:
         p = f["properties"]
-        item = [p["objectType"], p.get("name"), (p.get("classification") or {}).get("name"),
+        name = p.get("name")
+        name = None if name == CELL_NAME else (name or "").removeprefix(f"{PRODUCT_MARKER}: ") or None
+        item = [p["objectType"], name, (p.get("classification") or {}).get("name"),
                 {k: (v if isinstance(v, str) else round(v, 9))
                  for k, v in p.get("measurements", {}).items()},
                 f["geometry"]["type"],
@@ -185,7 +189,7 @@ def test_cell_table_moves_outlines_as_shapely_does_and_writes_the_object_feature
         meas = {k: v for k, v in zip(t.names, t.measurements[i].tolist()) if np.isfinite(v)}
         ref = to_feature(cell_object(want[j], placed.nuclei.geometries()[j],
                                      f"HER2 {['0', '1+', '2+', '3+'][int(t.classes[i])]}", meas,
-                                     metadata={"her2-qupath": "x"}))
+                                     name=CELL_NAME, metadata={"her2-qupath": "x"}))
         ref["id"] = f["id"]
         assert f == json.loads(json.dumps(ref))
     # a mask selects cells by their centroid pixel

@@ -317,7 +317,10 @@ def test_product_marker_roundtrip():
     user = QuPathObject(box(0, 0, 10, 10), classification="Tumor", name="T1")
     assert not is_product_object(user)
     ours = mark_product_object(QuPathObject(box(0, 0, 1, 1), "tile", "HER2 2+", name="NFW/2+"), run_id="r1")
-    assert ours.name == "her2-qupath: NFW/2+" and ours.metadata["her2-qupath"] == "r1"
+    from her2_qupath import __version__
+
+    assert ours.name == "her2-qupath: NFW/2+"
+    assert ours.metadata == {"her2-qupath": __version__, "her2-qupath run": "r1"}
     assert is_product_object(ours)
     assert is_product_object({"name": "her2-qupath: x"}) and not is_product_object({"name": "mine"})
 

@@ -112,7 +112,7 @@ def test_batch_without_qupath_writes_geojson_and_summaries(tmp_path, fake_score)
     assert len(dets) == 4 and all(d.name.startswith("her2-qupath: ") and d.metadata.get("her2-qupath") for d in dets)
     assert [a.name for a in anns] == ["her2-qupath: Region 1 HER2 2+"]
     summary = json.loads((out / "1" / "summary.json").read_text())
-    assert summary["result"]["her2_score"] == "2+" and summary["entry"]["qupath_version"] == "0.5.1"
+    assert summary["her2_score"] == "2+" and summary["batch"]["entry"]["qupath_version"] == "0.5.1"
     assert rows["c1_HER2.svs"]["roi_source"] == str(rois)
     # the H&E entry gets its side of the pair, each object tagged with the IHC entry
     he_dets = read_geojson(out / "2" / "detections.geojson")
@@ -367,7 +367,7 @@ def test_batch_with_the_real_pipeline(tmp_path, monkeypatch):
     res = invoke(str(proj))
     assert res.exit_code == 0, res.output
     out = proj / "her2_qupath" / "1"
-    summary = json.loads((out / "summary.json").read_text())["result"]
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["her2_score"] in ("0", "1+", "2+", "3+")
     from her2_qupath.qupath.geojson import load_features, validate_features
 
@@ -416,7 +416,7 @@ def test_pair_with_the_real_pipeline_writes_the_he_side(tmp_path, monkeypatch):
         res = invoke(str(proj), "--pair-pattern", r"(?P<case>.+)_(?P<stain>HE|HER2)", "--roi-class", "Tumor")
         assert res.exit_code == 0, res.output
     out = proj / "her2_qupath"
-    summary = json.loads((out / "1" / "summary.json").read_text())["result"]
+    summary = json.loads((out / "1" / "summary.json").read_text())
     assert summary["registration"]["reliable"]
     for eid in ("1", "2"):
         for name in ("detections.geojson", "annotations.geojson"):

@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 from ..config import HER2_COLORS, PRODUCT_MARKER
 from ..errors import ProjectError, QuPathUnavailable
+from .objects import is_product_object
 from .project import (
     ImageEntry,
     WriteReport,
     _entry_from_parts,
     _FileIndex,
-    is_product_object,
     project_file,
 )
 

@@ -51,18 +51,16 @@ from .._types import ProgressCallback
 from ..config import PRODUCT_MARKER, ProjectConfig
 from ..errors import Her2Error, QuPathUnavailable
 from .classes import class_matches
+from .objects import classification_name, is_product_object, mark_product_object
 from .project import (
     ImageEntry,
     ImagePair,
     ProjectView,
-    _classification_name,
     backup_project,
     ensure_project_closed,
     entry_output_dir,
     filter_entries,
     find_roi_file,
-    is_product_object,
-    mark_product_object,
     open_project,
     pair_images,
     project_file,
@@ -165,7 +163,7 @@ class BatchReport:
 
 
 def _matches_class(obj: Any, roi_class: str) -> bool:
-    return class_matches(_classification_name(obj), roi_class)
+    return class_matches(classification_name(obj), roi_class)
 
 
 def entry_rois(
@@ -309,8 +307,12 @@ def _earlier_result(path: Path) -> tuple[str | None, dict[str, Any]]:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None, {}
-    result = saved.get("result") if isinstance(saved, dict) else None
-    return (saved.get("run_id") if isinstance(saved, dict) else None), (result if isinstance(result, dict) else {})
+    if not isinstance(saved, dict):
+        return None, {}
+    if isinstance(saved.get("result"), dict):  # the layout before the summary was score's own
+        return saved.get("run_id"), saved["result"]
+    batch = saved.get("batch") if isinstance(saved.get("batch"), dict) else {}
+    return batch.get("run_id"), {k: v for k, v in saved.items() if k != "batch"}
 
 
 def cumulative_rows(path: Path, report: BatchReport) -> list[dict[str, Any]]:
@@ -542,7 +544,8 @@ def _one(project: ProjectView, pair: ImagePair, opts: BatchOptions, *, options: 
         annotations = [mark_product_object(a, run_id=run_id) for a in result.annotations]
         summary = dict(result.summary)
         o.summary = summary
-        full = {
+        # the summary.json of `score`, with what the batch run adds under "batch"
+        full = {**summary, "batch": {
             "entry": e.describe(),
             "he_entry": he.describe() if he else None,
             "run_id": run_id,
@@ -551,8 +554,7 @@ def _one(project: ProjectView, pair: ImagePair, opts: BatchOptions, *, options: 
             "roi_source": source,
             "roi_file": roi_info,
             "n_rois": o.n_rois,
-            "result": summary,
-        }
+        }}
         he_objects: list[Any] = []
         if he is not None and (result.he_detections or result.he_annotations):
             # before the IHC summary.json, which --resume takes as "done"

@@ -47,6 +47,7 @@ from .._io import atomic_write_bytes
 from ..config import HER2_COLORS, PRODUCT_MARKER
 from ..errors import GeoJSONError
 from .classes import class_matches
+from .objects import is_product_object
 
 __all__ = [
     "OBJECT_TYPES",
@@ -976,11 +977,6 @@ def _marker(metadata: Mapping[str, str] | None) -> dict[str, str]:
     out = {PRODUCT_MARKER: __version__}
     out.update(metadata or {})
     return out
-
-
-def is_product_object(obj: QuPathObject) -> bool:
-    """True for objects this product wrote (its marker in the metadata)."""
-    return PRODUCT_MARKER in obj.metadata
 
 
 def _geometry_of(shape: Any, what: str = "geometry") -> Any:

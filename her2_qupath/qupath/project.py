@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from ..config import PRODUCT_MARKER, ProjectConfig
+from ..config import ProjectConfig
 from ..errors import ProjectError, ProjectLocked, QuPathUnavailable, UserInputError
 from ..preflight import recorded_format
+from .objects import is_product_object, mark_product_object
 from .qpdata import QPDataHeader, read_qpdata_header, read_server_json
 
 __all__ = [
@@ -698,46 +699,6 @@ def find_roi_file(
     if entry.path is not None:
         candidates += [entry.path.with_name(entry.path.name + ".geojson"), entry.path.with_name(entry.stem + ".geojson")]
     return next((c for c in candidates if c.is_file()), None)
-
-
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
-
-
-def is_product_object(obj: Any, marker: str = PRODUCT_MARKER) -> bool:
-    """True for objects this product wrote: name starting with the marker, or the marker in metadata."""
-    name = _get(obj, "name")
-    if isinstance(name, str) and name.startswith(marker):
-        return True
-    meta = _get(obj, "metadata") or {}
-    return isinstance(meta, dict) and marker in meta
-
-
-def mark_product_object(obj: Any, *, run_id: str, marker: str = PRODUCT_MARKER) -> Any:
-    """A copy of ``obj`` (a QuPathObject) named ``"<marker>: <name>"`` with the run id in its metadata."""
-    name = _get(obj, "name") or _classification_name(obj) or _get(obj, "object_type", "object")
-    if not str(name).startswith(marker):
-        name = f"{marker}: {name}"
-    meta = dict(_get(obj, "metadata") or {})
-    meta[marker] = run_id
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, name=name, metadata=meta)
-    obj.name = name
-    obj.metadata = meta
-    return obj
-
-
-def _classification_name(obj: Any) -> str | None:
-    c = _get(obj, "classification")
-    if c is None:
-        return None
-    if isinstance(c, str):
-        return c
-    if isinstance(c, dict):
-        return c.get("name") or ": ".join(c.get("names") or []) or None
-    if isinstance(c, (tuple, list)):
-        return ": ".join(str(n) for n in c) or None
-    return str(c)
 
 
 # --------------------------------------------------------------------------- safety

@@ -1,0 +1,64 @@
+"""`score`, `batch` and the server write the same QuPath objects for the same image."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from her2_qupath import __version__
+from her2_qupath.cli import cli
+from her2_qupath.qupath.objects import RUN_KEY
+from her2_qupath.server.scorers import PipelineScorer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from server_support import LAYOUT_3, MPP, app_factory, ihc_rgb, write_png  # noqa: E402
+from test_project import make_project  # noqa: E402
+
+
+def _shape(features: list[dict[str, Any]]) -> list[tuple]:
+    """What QuPath shows of each object: type, name, class, measurement names, metadata keys,
+    geometry; the run id checked apart (each path has its own run)."""
+    out = []
+    for f in features:
+        p = f["properties"]
+        meta = p.get("metadata") or {}
+        assert meta.get("her2-qupath") == __version__ and meta.get(RUN_KEY)
+        out.append((p["objectType"], p.get("name"), (p.get("classification") or {}).get("name"),
+                    tuple(sorted(p.get("measurements") or {})), tuple(sorted(meta)),
+                    json.dumps(f["geometry"])))
+    return sorted(out)
+
+
+def test_score_batch_and_server_write_the_same_objects(tmp_path: Path) -> None:
+    image = write_png(tmp_path / "slides" / "case1_HER2.png", ihc_rgb(LAYOUT_3))
+    # score
+    r = CliRunner().invoke(cli, ["score", "--ihc", str(image), "-o", str(tmp_path / "score")])
+    assert r.exit_code == 0, r.output
+    by_score = {k: json.loads((tmp_path / "score" / f"{k}.geojson").read_text())["features"]
+                for k in ("detections", "annotations")}
+    # batch over a project holding the image (read without QuPath)
+    proj = make_project(tmp_path / "proj", [{"name": image.name, "uri": image.as_uri(), "mpp": MPP}])
+    r = CliRunner().invoke(cli, ["batch", str(proj), "--backend", "json"])
+    assert r.exit_code == 0, r.output
+    folder = proj / "her2_qupath" / "1"
+    by_batch = {k: json.loads((folder / f"{k}.geojson").read_text())["features"]
+                for k in ("detections", "annotations")}
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["her2_score"] == json.loads((tmp_path / "score" / "summary.json").read_text())[
+        "her2_score"] == "3+"  # the same summary layout: score's, batch's additions under "batch"
+    assert summary["batch"]["entry"]["name"] == image.name
+    # the server
+    with app_factory(tmp_path, [image.parent]) as build:
+        client = build(PipelineScorer()).test_client()
+        res = client.post("/api/v1/score", json={"ihc": str(image)})
+        assert res.status_code == 200, res.get_data(True)
+        by_server = {k: res.json[k]["features"] for k in ("detections", "annotations")}
+    for kind in ("detections", "annotations"):
+        assert _shape(by_score[kind]) == _shape(by_batch[kind]) == _shape(by_server[kind])
+    names = [f["properties"]["name"] for f in by_score["detections"] + by_score["annotations"]]
+    assert all(n.startswith("her2-qupath: ") for n in names)
+    assert by_score["annotations"][0]["properties"]["name"] == "her2-qupath: Slide HER2 3+ (HER2-positive)"
