@@ -249,3 +249,22 @@ def test_qupath_java_logging_is_quiet_unless_verbose() -> None:
         assert quiet_java_logging(FakeLogManager) is False and FakeLogManager.calls == ["warn"]
     finally:
         ours.setLevel(before)
+
+
+def test_write_back_sets_an_unset_image_type_to_brightfield_h_dab() -> None:
+    import enum
+
+    from her2_qupath.qupath._paquo import ensure_brightfield
+
+    class ImageType(str, enum.Enum):  # paquo's QuPathImageType members used here
+        BRIGHTFIELD_H_DAB = "Brightfield (H-DAB)"
+        BRIGHTFIELD_H_E = "Brightfield (H&E)"
+        UNSET = "Not set"
+
+    class Image:
+        def __init__(self, kind: ImageType) -> None:
+            self.image_type = kind
+
+    unset, chosen = Image(ImageType.UNSET), Image(ImageType.BRIGHTFIELD_H_E)
+    assert ensure_brightfield(unset, ImageType) and unset.image_type is ImageType.BRIGHTFIELD_H_DAB
+    assert not ensure_brightfield(chosen, ImageType) and chosen.image_type is ImageType.BRIGHTFIELD_H_E

@@ -30,7 +30,7 @@ from .project import (
 )
 
 __all__ = ["QuPathStatus", "qupath_status", "PaquoProject", "replace_product_objects", "object_kind",
-           "quiet_java_logging"]
+           "quiet_java_logging", "ensure_brightfield"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,16 @@ def quiet_java_logging(log_manager: Any = None) -> bool:
     if log_manager is None:
         return False
     log_manager.setWarn()
+    return True
+
+
+def ensure_brightfield(image: Any, image_types: Any) -> bool:
+    """An entry whose image type is "Not set" becomes Brightfield (H-DAB), the type the results
+    were measured as; a type the user chose is left alone. ``image_types`` is paquo's
+    ``QuPathImageType``. Returns whether the type was changed."""
+    if image.image_type not in (None, image_types.UNSET):
+        return False
+    image.image_type = image_types.BRIGHTFIELD_H_DAB
     return True
 
 
@@ -263,6 +273,10 @@ class PaquoProject:
             if not key.startswith(PRODUCT_MARKER):
                 raise ProjectError(f"metadata key {key!r} lacks the product marker", hint="prefix it")
         report = replace_product_objects(image.hierarchy, objects, entry_id=entry.entry_id)
+        from paquo.images import QuPathImageType
+
+        if ensure_brightfield(image, QuPathImageType):
+            log.info("%s: image type set to Brightfield (H-DAB)", entry.name)
         for key, value in (metadata or {}).items():
             image.metadata[key] = str(value)
         self._add_project_classes(objects)
