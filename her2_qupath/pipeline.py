@@ -90,6 +90,7 @@ class ScoreOptions:
     stain_vectors: str | None = None  # QuPath stain string; None = defaults / estimate
     calibration: str | None = None  # the calibration file applied (recorded in the provenance)
     record_blocks: bool = False  # keep every membrane block's measures (for calibrate)
+    clip_tiles: bool = False  # tile outlines cut to the scored regions (their numbers unchanged)
 
 
 @dataclass(frozen=True)
@@ -960,7 +961,8 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
         if not reg.evaluable and len(regions) > 1:
             warnings = warnings + [f"{reg.name} not evaluable: {'; '.join(reg.not_evaluable)}"]
     use_cells = opts.scoring.level == "cell"
-    detections, he_detections = _tile_objects(tiles, analyses, transform, opts.scoring, run_id)
+    clip = _region_union(roi_geoms) if opts.clip_tiles else None
+    detections, he_detections = _tile_objects(tiles, analyses, transform, opts.scoring, run_id, clip)
     annotations, he_annotations = _region_objects(roi_geoms, regions, slide_region, ihc, he, transform,
                                                   run_id)
     reliable = (True if transform_info is None else bool(transform_info["reliable"])) \
@@ -1212,10 +1214,33 @@ def _warp(transform: Any, geom: Any, *, inverse: bool = False) -> Any:
     return warp_geometry(transform, geom, inverse=inverse)
 
 
+def _region_union(roi_geoms: list[Any]) -> Any:
+    """The scored regions as one prepared geometry (None: the whole tissue was scored)."""
+    if not roi_geoms:
+        return None
+    import shapely
+
+    union = shapely.union_all(roi_geoms)
+    shapely.prepare(union)
+    return union
+
+
+def _clipped(polygon: Any, clip: Any) -> Any:
+    """``polygon`` cut to ``clip`` (its polygonal part); the polygon itself when nothing is left."""
+    if clip is None or clip.contains(polygon):
+        return polygon
+    from .qupath.geojson import polygonal_part
+
+    part = polygonal_part(polygon.intersection(clip))
+    return polygon if part.is_empty else part
+
+
 def _tile_objects(tiles: list[Any], analyses: list[TileAnalysis], transform: Any,
-                  scoring: ScoringConfig, run_id: str) -> tuple[Sequence[Any], list[Any]]:
+                  scoring: ScoringConfig, run_id: str,
+                  clip: Any = None) -> tuple[Sequence[Any], list[Any]]:
     """One object per tile (IHC, and H&E with a partner); at the cell level each tile's
-    cells follow it (text in the run's spill file, see :class:`qupath.stream.Detections`)."""
+    cells follow it (text in the run's spill file, see :class:`qupath.stream.Detections`).
+    With ``clip`` (the scored regions, level 0 of the tiled slide) the outlines are cut to it."""
     from .qupath.geojson import tile_object
     from .qupath.stream import Detections
 
@@ -1227,14 +1252,13 @@ def _tile_objects(tiles: list[Any], analyses: list[TileAnalysis], transform: Any
     for tile, a in zip(tiles, analyses):
         meas = _measure_tile(a.score)
         name = product_name(a.score.label, "tile")
+        poly = _clipped(tile.polygon, clip)
         if transform is None:
-            ihc_poly = tile.polygon
+            ihc_poly = poly
         else:
-            from .registration import map_tile
-
-            ihc_poly = map_tile(transform, tile)
+            ihc_poly = _warp(transform, poly)
             he_class = "Tumor" if a.score.tumor is not False else "Non-tumor"
-            he_detections.append(tile_object(tile.polygon, he_class, meas, name=name, metadata=meta))
+            he_detections.append(tile_object(poly, he_class, meas, name=name, metadata=meta))
         detections.append(tile_object(ihc_poly, _tile_class_name(a.score, scoring), meas,
                                       name=name, metadata=meta))
         written = scoring.level == "cell" and a.score.counts_toward_score \

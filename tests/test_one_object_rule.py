@@ -62,3 +62,34 @@ def test_score_batch_and_server_write_the_same_objects(tmp_path: Path) -> None:
     names = [f["properties"]["name"] for f in by_score["detections"] + by_score["annotations"]]
     assert all(n.startswith("her2-qupath: ") for n in names)
     assert by_score["annotations"][0]["properties"]["name"] == "her2-qupath: Slide HER2 3+ (HER2-positive)"
+
+
+def test_clip_tiles_cuts_outlines_to_the_regions_and_keeps_the_numbers(tmp_path: Path) -> None:
+    """--clip-tiles: a region smaller than its tiles; the outlines end at its edge, every
+    number (tile measurements, region and slide scores) is unchanged."""
+    from shapely.geometry import box, shape
+
+    from her2_qupath.qupath.geojson import annotation_object, write_geojson
+
+    image = write_png(tmp_path / "ihc.png", ihc_rgb(LAYOUT_3))  # 512 x 512 px
+    region = box(100, 100, 420, 380)
+    write_geojson(tmp_path / "roi.geojson", [annotation_object(region, "Tumor", name="T")])
+    out = {}
+    for flag in ([], ["--clip-tiles"]):
+        folder = tmp_path / ("clipped" if flag else "whole")
+        r = CliRunner().invoke(cli, ["score", "--ihc", str(image), "--roi", str(tmp_path / "roi.geojson"),
+                                     "--tile-size", "128", "-o", str(folder), *flag])
+        assert r.exit_code == 0, r.output
+        out[bool(flag)] = (json.loads((folder / "detections.geojson").read_text())["features"],
+                           json.loads((folder / "summary.json").read_text()))
+    (whole, s_whole), (clipped, s_clip) = out[False], out[True]
+    assert len(whole) == len(clipped) > 1
+    assert any(not region.contains(shape(f["geometry"]).buffer(-1e-6)) for f in whole)
+    for a, b in zip(whole, clipped):
+        ga, gb = shape(a["geometry"]), shape(b["geometry"])
+        assert region.buffer(1e-6).contains(gb)  # cut to the region
+        assert abs(gb.area - ga.intersection(region).area) < 1e-6
+        assert a["properties"]["measurements"] == b["properties"]["measurements"]
+        assert a["properties"]["classification"] == b["properties"]["classification"]
+    for key in ("her2_score", "class_percentages", "h_score", "n_tiles", "n_tiles_counted"):
+        assert s_whole[key] == s_clip[key]

@@ -69,6 +69,9 @@ def score_options(f: Any) -> Any:
                      help="Model directory of the IHC stain segmenter M (replaces colour deconvolution)."),
         click.option("--precision", type=click.Choice(["bf16", "fp32"]), default=_M.precision,
                      show_default=True, help="Model inference precision."),
+        click.option("--clip-tiles", is_flag=True,
+                     help="Cut the tile outlines written to QuPath to the scored regions "
+                          "(their numbers are those of the whole tile's scored part either way)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -113,6 +116,7 @@ def build_options(**kw: Any) -> Any:
         stain_model=kw["stain_model"],
         seg_model=kw["seg_model"],
         stain_vectors=kw["stain_vectors"],
+        clip_tiles=bool(kw.get("clip_tiles")),
     )
     if kw.get("calibration") is not None:
         from ..calibration import apply_calibration, load_calibration

@@ -65,6 +65,7 @@ __all__ = [
     "cell_object",
     "rois_from_objects",
     "is_product_object",
+    "polygonal_part",
 ]
 
 logger = logging.getLogger(__name__)
@@ -567,7 +568,7 @@ def _build(gtype: str, coords: Any, index: int, where: str) -> Any:
     return shapely.MultiPolygon(polys)
 
 
-def _polygonal_part(geom: Any) -> Any:
+def polygonal_part(geom: Any) -> Any:
     """The union of the polygons inside ``geom`` (an empty Polygon if there are none)."""
     import shapely
     from shapely.geometry import Polygon
@@ -647,7 +648,7 @@ def _parse_geometry(obj: Any, index: int, where: str, *, repair: bool, polygonal
             )
         fixed = shapely.make_valid(geom)
         if gtype in _POLYGONAL:
-            fixed = _polygonal_part(fixed)
+            fixed = polygonal_part(fixed)
         if fixed.is_empty:
             raise _err(
                 index,
@@ -989,7 +990,7 @@ def _geometry_of(shape: Any, what: str = "geometry") -> Any:
     if not geom.is_valid:
         fixed = shapely.make_valid(geom)
         if geom.geom_type in _POLYGONAL:
-            fixed = _polygonal_part(fixed)
+            fixed = polygonal_part(fixed)
         if fixed.is_empty:
             raise GeoJSONError(
                 f"{what} is not valid ({shapely.is_valid_reason(geom)}) and has no area left",
@@ -1100,7 +1101,7 @@ def rois_from_objects(
             continue
         geom = obj.geometry
         if geom.geom_type not in _POLYGONAL:
-            geom = _polygonal_part(geom)
+            geom = polygonal_part(geom)
         if geom.is_empty or geom.area <= 0:
             logger.info(
                 "annotation %d (%s) has no area; not used as an ROI", k, obj.geometry.geom_type

@@ -124,6 +124,10 @@ _OPTIONS = {
             "maxItems": 3,
             "description": "White point (RGB of empty glass); estimated from the glass when absent.",
         },
+        "clip_tiles": {
+            "type": "boolean",
+            "description": "Cut the tile outlines to the scored regions (numbers unchanged).",
+        },
         "calibration": {
             "type": "object",
             "required": ["format", "version", "membrane_thresholds", "membrane_tissue_od_sum"],

@@ -276,7 +276,8 @@ class PipelineScorer:
             base.tiling, **{f: options[k] for k, f in tiling_keys.items() if k in options}
         )
         changes: dict[str, Any] = {"scoring": scoring, "tiling": tiling,
-                                   "stain": self.stain_options(base.stain, options)}
+                                   "stain": self.stain_options(base.stain, options),
+                                   "clip_tiles": bool(options.get("clip_tiles", False))}
         fields = {f.name for f in dataclasses.fields(base)}
         for key, name in (options.get("models") or {}).items():
             field_name = self.MODEL_FIELDS[key]
