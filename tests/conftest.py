@@ -81,3 +81,37 @@ def browser() -> Iterator[Any]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+#: Tests that take more than ~8 s on a busy 2-core machine (pytest --durations), or whose module
+#: fixture does: marked ``slow`` so that ``make test-fast`` leaves them out (``make test`` runs all).
+SLOW_TESTS = (
+    "test_calibration.py::test_calibrate_recovers_a_known_staining_factor",
+    "test_calibration.py::test_calibrate_then_validate_with_the_calibration",
+    "test_server_e2e.py::test_load_50_jobs_from_10_clients",
+    "test_server_e2e.py::test_killed_server_finishes_all_queued_jobs_after_restart",
+    "test_server_e2e.py::test_dask_cluster_gives_the_same_results",
+    "test_validation.py::test_validate_reproduces_the_benchmark_on_real_ihc",
+    "test_real_her2.py::",
+    "test_models_training.py::",
+    "test_models_cli.py::test_train_and_evaluate_classifier",
+    "test_models_cli.py::test_train_segmenter_cli",
+    "test_models_realdata.py::",
+    "test_demo_and_score_cli.py::test_demo_",
+    "test_project_batch.py::test_pair_with_the_real_pipeline_writes_the_he_side",
+    "test_pipeline.py::test_pair_with_registration_maps_rois_to_the_ihc_slide",
+    "test_pipeline_models.py::",
+    "test_registration.py::test_unrelated_tissue_is_flagged_unreliable",
+    "test_registration.py::test_mirrored_section_without_allow_mirror_is_flagged",
+    "test_registration.py::test_nonrigid_follows_a_synthetic_bend",
+    "test_case_report.py::test_report_of_a_pair",
+    "test_cell_scale.py::test_cells_classes_and_summary_are_those_of_the_object_per_cell_code",
+    "test_validation.py::test_html_report_renders_the_numbers_of_report_json",
+    "test_validation.py::test_validate_cli_scores_known_cases_and_resumes",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(s in item.nodeid for s in SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
