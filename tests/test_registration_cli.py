@@ -120,13 +120,13 @@ def test_warp_user_errors_exit_2(tmp_path, transform_file, capsys):
 
 @pytest.mark.shared_data
 def test_register_command_on_rat_kidney(tmp_path, shared_data):
-    pytest.importorskip("her2_qupath.slide", reason="slide reading lands with slide.py")
     d = shared_data / "pairs" / "rat-kidney"
     out, png = tmp_path / "t.json", tmp_path / "overview.png"
     res = CliRunner().invoke(cli, [
         "register", "--fixed", str(d / "HE.jpg"), "--moving", str(d / "IHC-PanCytokeratin.jpg"),
         "-o", str(out), "--overview", str(png),
         "--fixed-landmarks", str(d / "HE.landmarks.csv"), "--moving-landmarks", str(d / "IHC-PanCytokeratin.landmarks.csv"),
+        "--truncate-landmarks",  # 71 H&E rows, 69 IHC rows: the first 69 correspond
     ])
     assert res.exit_code == 0, res.output
     t = Transform.from_json(out)
@@ -174,3 +174,35 @@ def test_warp_keeps_qupath_exports_valid(tmp_path, transform_file):
                                        "-o", str(dst), *args])
         assert res.exit_code == 0, res.output
         assert validate_features(load_features(dst)) == 2
+
+
+@pytest.mark.shared_data
+def test_landmark_files_of_different_lengths_are_refused(tmp_path, shared_data):
+    """71 H&E rows against 69 IHC rows: refused (naming both counts) unless --truncate-landmarks."""
+    d = shared_data / "pairs" / "rat-kidney"
+    res = CliRunner().invoke(cli, [
+        "register", "--fixed", str(d / "HE.jpg"), "--moving", str(d / "IHC-PanCytokeratin.jpg"),
+        "-o", str(tmp_path / "t.json"),
+        "--fixed-landmarks", str(d / "HE.landmarks.csv"), "--moving-landmarks", str(d / "IHC-PanCytokeratin.landmarks.csv"),
+    ])
+    assert res.exit_code != 0
+    assert "71 and 69 rows" in str(res.exception) and "--truncate-landmarks" in str(res.exception)
+    assert not (tmp_path / "t.json").exists()  # refused before the registration ran
+
+
+def test_warp_refuses_a_self_intersecting_polygon_as_score_does(tmp_path, transform_file):
+    bowtie = {"type": "FeatureCollection", "features": [{
+        "type": "Feature", "geometry": {"type": "Polygon",
+                                        "coordinates": [[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]},
+        "properties": {"objectType": "annotation", "name": "bow"}}]}
+    src = tmp_path / "bow.geojson"
+    src.write_text(json.dumps(bowtie))
+    res = CliRunner().invoke(cli, ["warp", str(transform_file), "--geojson", str(src),
+                                   "-o", str(tmp_path / "out.geojson")])
+    assert res.exit_code != 0 and "Self-intersection" in str(res.exception)
+    assert not (tmp_path / "out.geojson").exists()
+    from her2_qupath.errors import GeoJSONError
+    from her2_qupath.qupath.geojson import read_geojson
+
+    with pytest.raises(GeoJSONError, match="Self-intersection"):  # what score reads it with
+        read_geojson(src)

@@ -52,9 +52,12 @@ def _read_landmarks(path: str | None):
               help="CSV (X, Y) of H&E landmarks: arrows on the overview and errors in the summary.")
 @click.option("--moving-landmarks", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV (X, Y) of the matching IHC landmarks, row for row.")
+@click.option("--truncate-landmarks", is_flag=True,
+              help="Landmark files of different lengths: use the first pairs (refused otherwise).")
 def command(fixed: str, moving: str, output: str, model: str | None, mpp: float | None,
             fixed_mpp: float | None, moving_mpp: float | None, metric: str, allow_mirror: bool | None,
-            overview: str | None, fixed_landmarks: str | None, moving_landmarks: str | None) -> None:
+            overview: str | None, fixed_landmarks: str | None, moving_landmarks: str | None,
+            truncate_landmarks: bool) -> None:
     """Register an H&E slide (fixed) to its IHC slide (moving) and save the transform.
 
     The transform maps H&E level-0 pixel coordinates to IHC level-0 pixel
@@ -76,11 +79,16 @@ def command(fixed: str, moving: str, output: str, model: str | None, mpp: float 
     if (fixed_landmarks is None) != (moving_landmarks is None):
         raise UserInputError("--fixed-landmarks and --moving-landmarks go together",
                              hint="give both CSV files or neither")
+    lf, lm = _read_landmarks(fixed_landmarks), _read_landmarks(moving_landmarks)
+    if lf is not None and lm is not None and len(lf) != len(lm) and not truncate_landmarks:
+        raise UserInputError(
+            f"the landmark files have {len(lf)} and {len(lm)} rows: row i of one must match row i "
+            "of the other", hint=f"cut both to the rows that match, or pass --truncate-landmarks to "
+                                 f"use the first {min(len(lf), len(lm))} pairs")
     with progress("registering", unit="step") as cb:
         transform = register_slides(fixed, moving, cfg, fixed_mpp=fmpp, moving_mpp=mmpp, progress=cb,
                                     metric=metric)
     quality = dict(transform.quality)
-    lf, lm = _read_landmarks(fixed_landmarks), _read_landmarks(moving_landmarks)
     if lf is not None and lm is not None:
         n = min(len(lf), len(lm))
         err = np.hypot(*(transform.apply(lf[:n]) - lm[:n]).T)

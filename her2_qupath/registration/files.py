@@ -162,17 +162,43 @@ def _warp_feature(transform: Transform, feat: dict[str, Any], inverse: bool) -> 
     return out
 
 
+def _check_polygons(data: Any) -> None:
+    """Refuse polygons that are not valid (self-intersections ...) as ``score`` does: a warped
+    broken outline would only fail later, on the other slide."""
+    import shapely
+    import shapely.geometry
+
+    feats = data if isinstance(data, list) else (
+        data.get("features", []) if data.get("type") == "FeatureCollection" else [data])
+    for i, f in enumerate(feats):
+        geom = f.get("geometry") if isinstance(f, dict) else None
+        if not isinstance(geom, dict) or geom.get("type") not in ("Polygon", "MultiPolygon"):
+            continue
+        try:
+            shp = shapely.geometry.shape(geom)
+        except (ValueError, TypeError, AttributeError, IndexError) as err:
+            raise GeoJSONError(f"feature {i}: cannot read its {geom.get('type')}: {err}",
+                               hint="export the objects from QuPath as GeoJSON") from err
+        if not shp.is_valid:
+            raise GeoJSONError(f"feature {i}: the {geom['type']} is not valid "
+                               f"({shapely.is_valid_reason(shp)})",
+                               hint="fix the outline in QuPath (no self-intersections) and export it again")
+
+
 def warp_geojson(transform: Transform, data: Any, *, inverse: bool = False) -> Any:
     """Transform every geometry in GeoJSON data (FeatureCollection, Feature, list or geometry).
 
     Properties and every other member are kept unchanged, as is the structure.
     """
     if isinstance(data, list):
+        _check_polygons(data)
         return [warp_geojson(transform, d, inverse=inverse) for d in data]
     if not isinstance(data, dict) or "type" not in data:
         raise GeoJSONError("input is not GeoJSON (no \"type\" member)",
                            hint="give a FeatureCollection, a Feature, a list of Features or a geometry")
     kind = data["type"]
+    if kind in ("FeatureCollection", "Feature"):
+        _check_polygons(data)  # as `score` reads regions: a self-intersecting polygon is refused
     if kind == "FeatureCollection":
         out = dict(data)
         out["features"] = [_warp_feature(transform, f, inverse) for f in data.get("features", [])]
