@@ -1,24 +1,29 @@
-"""Non-rigid refinement: a regularised, multi-resolution displacement field inside the tissue.
+"""Non-rigid refinement: a regularised displacement field inside the tissue.
 
-On top of the affine transform, in :data:`STAGES` passes from coarse to fine:
+On top of the affine transform, the passes of :data:`STAGES` (block matching,
+then optical flow) each measure local displacements between the fixed image
+and the moving image warped by the transform so far, fit them by a smooth
+field and add it:
 
-1. **Local matches**: the fixed image is cut into patches on a regular grid
-   inside the tissue of both images; each patch is located in the moving image
-   (warped by the current transform) by normalised cross-correlation
-   (``cv2.matchTemplate``: insensitive to the stains' different contrast)
-   within a search radius, with sub-pixel refinement of the peak. Weak or
-   ambiguous peaks are dropped.
-2. **Regularised fit**: the displacements are fitted by a smooth field on a
-   control grid (bilinear basis) that minimises the weighted squared misfit
-   plus ``λ ×`` the field's bending energy (squared second differences,
-   the discrete thin-plate penalty elastix's B-spline transform also uses),
-   solved as one sparse linear system. Matches far from the fit are outliers:
-   dropped, and the fit repeated. Outside the tissue the bending penalty
-   continues the field smoothly.
-3. The increment is added to the field and the next, finer pass matches
-   smaller patches within a smaller radius with a weaker penalty.
+* **Block matching**: the fixed image is cut into patches on a regular grid
+  inside the tissue of both images; each patch is located in the moving image
+  by normalised cross-correlation (``cv2.matchTemplate``: insensitive to the
+  stains' different contrast) within a search radius, with sub-pixel
+  refinement of the peak. Weak peaks and peaks on the search border are
+  dropped.
+* **Optical flow**: Farnebäck's dense flow between the two images after local
+  contrast normalisation (each pixel relative to its neighbourhood's mean and
+  spread, so the stains' contrast cancels), sampled on a grid inside the
+  tissue, for two window sizes fitted together.
+* **Regularised fit** (:func:`fit_field`): a field on a control grid (bilinear
+  basis) minimising the weighted squared misfit plus ``λ ×`` its bending
+  energy (squared second differences, the discrete thin-plate penalty of
+  elastix's B-spline transform), solved as one sparse linear system; matches
+  far from the fit are dropped and the fit repeated. Outside the tissue the
+  penalty continues the field smoothly.
 
-The result is stored on a regular grid that
+Stages with ``shrink > 1`` work on reduced images (multi-resolution). The
+result is stored on a regular grid that
 :class:`~her2_qupath.registration.transform.DisplacementField` interpolates
 with cubic B-splines.
 """

@@ -24,12 +24,12 @@ displacements cancel to within :data:`AGREE_PX`. Two figures follow:
 ``score = min(share / (2·MIN_SHARE), 1 − residual / (2·MAX_RESIDUAL_PCT))``
 clipped to [0, 1], so that the default ``min_quality`` of 0.5 means *share ≥
 MIN_SHARE and residual ≤ MAX_RESIDUAL_PCT*. Calibration (ANHIR pairs, see
-``docs/registration.md``): correct registrations of the rat kidney and lung
-lesions (all stains; rotated, mirrored, rescaled, cropped) give shares
-0.17–0.45 and residuals 0.3–0.45 %; the same transforms spoiled by 3° of
-rotation or 1.5–3 % of shift give residuals 0.9–3.2 %; unrelated tissue and a
-mirror image registered without ``allow_mirror`` give shares ≤ 0.10 and
-residuals ≥ 1.3 %.
+``docs/registration.md``): correct registrations of the rat kidney and five
+lung-lesion pairs (every stain; rotated, mirrored, rescaled, cropped; affine
+and non-rigid) give shares 0.10–0.75 and residuals 0.2–1.0 %; the same
+transforms spoiled by 3° of rotation or 1.5–3 % of shift give residuals
+0.9–3.2 %; unrelated tissue and a mirror image registered without
+``allow_mirror`` give residuals of 1.3–3 %.
 """
 
 from __future__ import annotations
