@@ -80,6 +80,9 @@ def dilate(mask: np.ndarray, px: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
 
 
+MAX_STRETCH = 1.5  # ECC may change each singular value of the linear part by this factor at most
+
+
 def ecc(template: np.ndarray, image: np.ndarray, w: np.ndarray, motion: int, iterations: int, eps: float,
         gauss: int, moving_mask: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """OpenCV's ECC maximisation from ``w`` (fixed → moving).
@@ -99,5 +102,12 @@ def ecc(template: np.ndarray, image: np.ndarray, w: np.ndarray, motion: int, ite
         log.debug("ECC did not converge: %s", str(err).splitlines()[-1] if str(err) else err)
         return -1.0, start
     if not np.all(np.isfinite(out)) or abs(float(np.linalg.det(out[:, :2]))) < 1e-6:
+        return -1.0, start
+    # a refinement, not a search: a warp that shrinks or stretches by more than MAX_STRETCH
+    # against its start has collapsed onto a small patch of tissue (the mask allows that)
+    ratio = np.linalg.svd(out[:, :2].astype(np.float64), compute_uv=False) / np.linalg.svd(
+        start[:, :2].astype(np.float64), compute_uv=False)
+    if not (1.0 / MAX_STRETCH <= ratio.min() and ratio.max() <= MAX_STRETCH):
+        log.debug("ECC result stretches by %s against its start: rejected", np.round(ratio, 3))
         return -1.0, start
     return float(cc), out

@@ -73,6 +73,8 @@ METRICS = ("auto", "hema", "od", "mix")
 HEMA_MIN_OD = 0.018
 #: tissue masks are widened by this many working pixels before they restrict ECC (edges count)
 MASK_MARGIN_PX = 8
+#: extra Gaussian smoothing (coarse-level px) of the images of the rotation x scale search
+SEARCH_SMOOTH_PX = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +181,11 @@ def _start(pair: Pair, kind: str, cfg: RegistrationConfig, physical: bool, fine:
     scales = SCALES_KNOWN if physical else SCALES
     if cfg.model == "rigid" and physical:
         scales = (1.0,)
-    cands, distinct = rotation_search(fimg, mimg, cf, cm, step_deg=cfg.rotation_step_deg, scales=scales,
+    # the search sees section-scale structure only: a finer, regular texture (cells in rows)
+    # would lock the phase correlation onto its period
+    sigma = SEARCH_SMOOTH_PX
+    cands, distinct = rotation_search(cv2.GaussianBlur(fimg, (0, 0), sigma), cv2.GaussianBlur(mimg, (0, 0), sigma),
+                                      cf, cm, step_deg=cfg.rotation_step_deg, scales=scales,
                                       mirrors=mirrors, keep=max(1, cfg.coarse_candidates - 1))
     info: dict[str, Any] = {"distinctness": round(distinct, 3)}
     if fine is not None:
@@ -190,12 +196,17 @@ def _start(pair: Pair, kind: str, cfg: RegistrationConfig, physical: bool, fine:
             fc.w = _to_level(a0, pair)
             cands.append(fc)
     mmask = dilate(m.mask, MASK_MARGIN_PX)
-    best = (-2.0, cands[0].w, cands[0])
+    size = (fimg.shape[1], fimg.shape[0])
+    best = (-2.0, cands[0].w, cands[0], -1.0)
     for c in cands:
         cc, w2 = ecc(fimg, mimg, c.w, motion, cfg.ecc_iterations, cfg.ecc_eps, 5, mmask)
-        if cc > best[0]:
-            best = (cc, w2, c)
-    info.update(ecc=round(best[0], 4), start=best[2].source, start_scale=round(best[2].scale, 3),
+        # one yardstick for every candidate: the correlation over both tissues (a warp that
+        # hides the tissue's outline or collapses onto a patch of it scores low)
+        wm = warp(m.mask.astype(np.uint8), w2, size, nearest=True) > 0
+        score = ncc(fimg, warp(mimg, w2, size), f.mask | wm)
+        if score > best[0]:
+            best = (score, w2, c, cc)
+    info.update(ecc=round(best[3], 4), start=best[2].source, start_scale=round(best[2].scale, 3),
                 mirror=bool(best[2].mirror))
     return best[1], info
 
