@@ -74,7 +74,7 @@ HEMA_MIN_OD = 0.018
 #: tissue masks are widened by this many working pixels before they restrict ECC (edges count)
 MASK_MARGIN_PX = 8
 #: extra Gaussian smoothing (coarse-level px) of the images of the rotation x scale search
-SEARCH_SMOOTH_PX = 2.0
+SEARCH_SMOOTH_PX = 1.0
 
 log = logging.getLogger(__name__)
 
