@@ -249,3 +249,16 @@ def test_od_metric_aligns_an_ihc_without_counterstain():
 def test_unknown_metric_is_an_input_error():
     with pytest.raises(UserInputError, match="metric"):
         register(_tissue(), _tissue(), metric="ssd")
+
+
+def test_regular_cell_texture_does_not_lock_the_search():
+    """Cells in rows (a periodic texture) must not trap the phase correlation on their period."""
+    from her2_qupath.synthetic import synthetic_pair
+
+    regions = ({"0": 20.0, "1+": 10.0, "2+": 20.0, "3+": 50.0}, {"0": 100.0, "1+": 0.0, "2+": 0.0, "3+": 0.0})
+    he, ihc, matrix, _ = synthetic_pair((1536, 1536), seed=5, mpp=0.5, regions=regions,
+                                        rotation_deg=8.0, translation=(30.0, -20.0))
+    t = register(he, ihc, RegistrationConfig(model="affine"), fixed_mpp=0.5, moving_mpp=0.5)
+    pts = np.array([[500.0, 500.0], [1000.0, 700.0], [700.0, 1100.0]])
+    assert np.abs(t.apply(pts) - (pts @ matrix[:2, :2].T + matrix[:2, 2])).max() < 2.0
+    assert t.reliable
