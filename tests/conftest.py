@@ -108,6 +108,8 @@ SLOW_TESTS = (
     "test_cell_scale.py::test_cells_classes_and_summary_are_those_of_the_object_per_cell_code",
     "test_validation.py::test_html_report_renders_the_numbers_of_report_json",
     "test_validation.py::test_validate_cli_scores_known_cases_and_resumes",
+    "test_registration_acceptance.py::test_kidney_without_pixel_size",
+    "test_typing.py::",
 )
 
 
