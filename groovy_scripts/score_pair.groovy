@@ -253,12 +253,15 @@ Map replaceResults(List objects, region) {
     return [removed: earlier.size(), added: objects.size()]
 }
 
-/** Results need colour deconvolution: an image of type "Not set" becomes Brightfield (H-DAB). */
-void ensureBrightfield(imageData) {
+/** Results need colour deconvolution: an image of type "Not set" becomes Brightfield (H-DAB),
+ *  with the stain vectors the server used (QuPath's own stain string, from the summary). */
+void ensureBrightfield(imageData, Map summary) {
     String type = String.valueOf(imageData.getImageType())
     if (type in ['UNSET', 'null']) {
         setImageType('BRIGHTFIELD_H_DAB')
-        println 'her2-qupath: image type set to Brightfield (H-DAB)'
+        String stains = summary?.provenance?.stain_vectors_qupath
+        if (stains) setColorDeconvolutionStains(stains)
+        println 'her2-qupath: image type set to Brightfield (H-DAB)' + (stains ? ' with the stain vectors used' : '')
     }
 }
 
@@ -334,6 +337,7 @@ void runScript() {
                 "(or set WHOLE_IMAGE_IF_NOTHING_SELECTED = true)")
     String location = imageLocation(server)
     Double mpp = pixelSizeMicrons(server)
+    Map last = [:]
     for (region in (regions ?: [null])) {
         def rois = region != null ? featuresOf([region]) : (tumour ? featuresOf(tumour) : null)
         def request = [
@@ -356,8 +360,9 @@ void runScript() {
         def summary = result.summary ?: result
         println "her2-qupath: ${what}: HER2 ${summary.her2_score} (${GUIDELINE}); added ${counts.added} objects, " +
                 "replaced ${counts.removed} earlier ones"
+        last = summary as Map
     }
-    ensureBrightfield(imageData)
+    ensureBrightfield(imageData, last)
 }
 
 try {

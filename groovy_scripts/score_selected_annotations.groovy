@@ -239,12 +239,15 @@ Map replaceResults(List objects, region) {
     return [removed: earlier.size(), added: objects.size()]
 }
 
-/** Results need colour deconvolution: an image of type "Not set" becomes Brightfield (H-DAB). */
-void ensureBrightfield(imageData) {
+/** Results need colour deconvolution: an image of type "Not set" becomes Brightfield (H-DAB),
+ *  with the stain vectors the server used (QuPath's own stain string, from the summary). */
+void ensureBrightfield(imageData, Map summary) {
     String type = String.valueOf(imageData.getImageType())
     if (type in ['UNSET', 'null']) {
         setImageType('BRIGHTFIELD_H_DAB')
-        println 'her2-qupath: image type set to Brightfield (H-DAB)'
+        String stains = summary?.provenance?.stain_vectors_qupath
+        if (stains) setColorDeconvolutionStains(stains)
+        println 'her2-qupath: image type set to Brightfield (H-DAB)' + (stains ? ' with the stain vectors used' : '')
     }
 }
 
@@ -260,6 +263,7 @@ void runScript() {
         throw new Her2ScriptError('select one or more annotations to score (or set WHOLE_IMAGE_IF_NOTHING_SELECTED = true)')
     String location = imageLocation(server)
     Double mpp = pixelSizeMicrons(server)
+    Map last = [:]
     for (region in (regions ?: [null])) {
         def request = [
                 ihc    : location,
@@ -277,8 +281,9 @@ void runScript() {
         def summary = result.summary ?: result
         println "her2-qupath: ${what}: HER2 ${summary.her2_score} (${GUIDELINE}); added ${counts.added} objects, " +
                 "replaced ${counts.removed} earlier ones"
+        last = summary as Map
     }
-    ensureBrightfield(imageData)
+    ensureBrightfield(imageData, last)
 }
 
 try {

@@ -1369,6 +1369,9 @@ def _provenance(request: ScoreRequest, background: Any, vectors: Any, seconds: f
         "guideline_rule": dataclasses.asdict(_G[request.options.scoring.guideline]),
         "background_rgb": [float(b) for b in background],
         "stain_vectors": getattr(vectors, "as_dict", lambda: repr(vectors))(),
+        # the same as QuPath's setColorDeconvolutionStains argument (the scripts apply it)
+        "stain_vectors_qupath": vectors.to_qupath(tuple(background)) if hasattr(vectors, "to_qupath")
+        else None,
         "roi_class": request.roi_class,
         "n_rois": 0 if not request.rois else len(request.rois),
     }

@@ -92,6 +92,9 @@ def run_script(groovy: str, name: str, state: dict, tmp_path: Path, settings: di
 # --------------------------------------------------------------------------- stand-in server
 
 HER2_2 = {"name": "HER2 2+", "color": [255, 128, 0]}
+#: the stain string a run's summary carries (StainVectors.to_qupath)
+STAINS = ('{"Name" : "H-DAB", "Stain 1" : "Hematoxylin", "Values 1" : "0.65 0.704 0.286", '
+          '"Stain 2" : "DAB", "Values 2" : "0.268 0.57 0.776", "Background" : " 241 240 243"}')
 
 
 class StandIn:
@@ -180,7 +183,8 @@ class StandIn:
                 elif self.path == "/api/v1/jobs/job-1/annotations":
                     self._send(200, outer.annotations)
                 elif self.path == "/api/v1/jobs/job-1/result":
-                    self._send(200, {"her2_score": "2+", "h_score": 140.0})
+                    self._send(200, {"her2_score": "2+", "h_score": 140.0,
+                                     "provenance": {"stain_vectors_qupath": STAINS}})
                 else:
                     self._send(404, {"error": {"code": "not_found", "message": f"no route {self.path}"}})
 
@@ -466,11 +470,12 @@ def test_token_from_the_user_preferences_and_image_type(groovy, standin, tmp_pat
                            {"SERVER_URL": f"'{standin.url}'", "POLL_SECONDS": "0.05"})
     assert proc.returncode == 0 and "ERROR" not in proc.stdout, proc.stdout + proc.stderr
     assert {r["auth"] for r in standin.requests} == {"Bearer pref-t0ken"}
-    assert rec["image_type"] == "BRIGHTFIELD_H_DAB"  # it was "Not set"
+    assert rec["image_type"] == "BRIGHTFIELD_H_DAB"  # it was "Not set" ...
+    assert rec["stains"] == STAINS  # ... with the stain vectors the server used
     standin.token = None
     typed = dict(image_state(tmp_path), image_type="BRIGHTFIELD_H_E")
     (tmp_path / "typed").mkdir()
     proc, rec = run_script(groovy, "score_selected_annotations.groovy", typed, tmp_path / "typed",
                            {"SERVER_URL": f"'{standin.url}'", "POLL_SECONDS": "0.05"})
     assert "ERROR" not in proc.stdout and len(rec["added"]) == 4, proc.stdout
-    assert rec["image_type"] is None  # a type the user chose is left alone
+    assert rec["image_type"] is None and rec["stains"] is None  # a type the user chose is left alone

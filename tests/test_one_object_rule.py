@@ -93,3 +93,21 @@ def test_clip_tiles_cuts_outlines_to_the_regions_and_keeps_the_numbers(tmp_path:
         assert a["properties"]["classification"] == b["properties"]["classification"]
     for key in ("her2_score", "class_percentages", "h_score", "n_tiles", "n_tiles_counted"):
         assert s_whole[key] == s_clip[key]
+
+
+def test_summary_carries_the_stain_vectors_as_qupath_reads_them(tmp_path: Path) -> None:
+    """provenance.stain_vectors_qupath is QuPath's stain string of the vectors used (the Groovy
+    scripts set it on an image whose type was unset): it reads back to the same vectors."""
+    import numpy as np
+
+    from her2_qupath.pipeline import ScoreRequest, run_score
+    from her2_qupath.stain import StainVectors
+
+    image = write_png(tmp_path / "ihc.png", ihc_rgb(LAYOUT_3))
+    prov = run_score(ScoreRequest(ihc=image)).summary["provenance"]
+    back = StainVectors.from_qupath(prov["stain_vectors_qupath"])
+    used = StainVectors.default()
+    np.testing.assert_allclose(back.hematoxylin, np.asarray(used.hematoxylin) / np.linalg.norm(used.hematoxylin),
+                               atol=1e-4)
+    np.testing.assert_allclose(back.dab, np.asarray(used.dab) / np.linalg.norm(used.dab), atol=1e-4)
+    np.testing.assert_allclose(back.background, prov["background_rgb"], atol=0.01)

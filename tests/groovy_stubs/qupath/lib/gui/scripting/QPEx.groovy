@@ -14,6 +14,7 @@ class QPEx {
     static List<Map> exports = []
     static int updates = 0
     static String imageType = null  // set by setImageType
+    static String stains = null  // set by setColorDeconvolutionStains
 
     static void load(Map s) {
         state = s
@@ -23,7 +24,7 @@ class QPEx {
 
     static Map record() {
         [added: added, removed: removed, exports: exports, updates: updates,
-         hierarchy: hierarchy.collect { it.toFeature() }, image_type: imageType]
+         hierarchy: hierarchy.collect { it.toFeature() }, image_type: imageType, stains: stains]
     }
 
     static Object getQuPath() { null }
@@ -31,6 +32,7 @@ class QPEx {
         state.no_image ? null : new StubImageData(server: getCurrentServer(), type: imageType ?: state.image_type ?: 'UNSET')
     }
     static void setImageType(String type) { imageType = type }
+    static void setColorDeconvolutionStains(String text) { stains = text }
     static Object getCurrentServer() { new StubServer(state) }
     static Collection<PathObject> getSelectedObjects() { new ArrayList(selected) }
     static Collection<PathObject> getAnnotationObjects() { hierarchy.findAll { it.isAnnotation() } }
