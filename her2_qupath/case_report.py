@@ -28,8 +28,9 @@ import numpy as np
 from . import __version__
 from ._io import atomic_write_bytes
 from .config import GUIDELINES, HER2_CLASSES, HER2_COLORS
+from .scoring import SCORE_NAMES
 
-__all__ = ["Picture", "case_report_figure", "write_case_report", "REPORT_FILES"]
+__all__ = ["Picture", "case_report_figure", "write_case_report", "REPORT_FILES", "rgb01", "DRAW_LOCK"]
 
 #: The files :func:`write_case_report` writes into a result folder.
 REPORT_FILES = ("report.png", "report.pdf")
@@ -38,7 +39,6 @@ _PAGE = (11.69, 8.27)
 _PNG_DPI = 110
 #: pictures are reduced to this longest side for the page
 _MAX_SIDE = 1000
-_SCORE_NAMES = ("0", "1+", "2+", "3+")
 #: Matplotlib draws one figure at a time in this process
 DRAW_LOCK = threading.Lock()
 
@@ -51,7 +51,8 @@ class Picture:
     title: str
 
 
-def _rgb01(c: Sequence[int]) -> tuple[float, float, float]:
+def rgb01(c: Sequence[int]) -> tuple[float, float, float]:
+    """An 8-bit RGB colour as Matplotlib takes it (0-1)."""
     return (c[0] / 255.0, c[1] / 255.0, c[2] / 255.0)
 
 
@@ -67,11 +68,11 @@ def _reduced(rgb: np.ndarray) -> np.ndarray:
 
 def _headline(summary: Mapping[str, Any]) -> tuple[str, tuple[float, float, float]]:
     score = summary.get("her2_score")
-    if score in _SCORE_NAMES:
-        colour = _rgb01(HER2_COLORS[f"HER2 {score}"])
+    if score in SCORE_NAMES:
+        colour = rgb01(HER2_COLORS[f"HER2 {score}"])
         group = summary.get("her2_expression")
         return f"HER2 {score}" + (f"  ·  {group}" if group else ""), colour
-    return "HER2 not evaluable", _rgb01(HER2_COLORS["HER2 not evaluable"])
+    return "HER2 not evaluable", rgb01(HER2_COLORS["HER2 not evaluable"])
 
 
 def _fmt(v: Any, spec: str = ".1f", unit: str = "") -> str:
@@ -124,8 +125,8 @@ def _cut_offs(summary: Mapping[str, Any]) -> list[float]:
 
 def _bar_chart(ax: Any, summary: Mapping[str, Any]) -> None:
     pct = summary.get("class_percentages") or {}
-    values = [float(pct.get(k, 0.0)) for k in _SCORE_NAMES]
-    colours = [_rgb01(HER2_COLORS[name]) for name in HER2_CLASSES]
+    values = [float(pct.get(k, 0.0)) for k in SCORE_NAMES]
+    colours = [rgb01(HER2_COLORS[name]) for name in HER2_CLASSES]
     bars = ax.bar(range(4), values, color=colours, edgecolor="black", linewidth=0.8)
     for b, v in zip(bars, values, strict=True):
         ax.text(b.get_x() + b.get_width() / 2, v + 1.5, f"{v:.1f} %", ha="center", va="bottom",
@@ -171,10 +172,10 @@ def _legend_handles() -> list[Any]:
 
     from .render import REGION_COLOUR, UNCOUNTED_COLOUR
 
-    handles: list[Any] = [Patch(facecolor=_rgb01(HER2_COLORS[n]), edgecolor="black", label=n)
+    handles: list[Any] = [Patch(facecolor=rgb01(HER2_COLORS[n]), edgecolor="black", label=n)
                           for n in HER2_CLASSES]
-    handles.append(Line2D([], [], color=_rgb01(REGION_COLOUR), linewidth=2, label="scored region"))
-    handles.append(Line2D([], [], color=_rgb01(UNCOUNTED_COLOUR), linewidth=2,
+    handles.append(Line2D([], [], color=rgb01(REGION_COLOUR), linewidth=2, label="scored region"))
+    handles.append(Line2D([], [], color=rgb01(UNCOUNTED_COLOUR), linewidth=2,
                           label="tile not counted"))
     return handles
 

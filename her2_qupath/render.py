@@ -6,6 +6,7 @@ writes one atomically. Pillow draws; no GUI toolkit is needed.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Sequence
@@ -67,6 +68,7 @@ def blend(base: np.ndarray, top: np.ndarray, alpha: float, mask: np.ndarray | No
     return out
 
 
+@functools.lru_cache(maxsize=32)
 def _font(size: int):  # type: ignore[no-untyped-def]
     """DejaVu Sans (shipped with Matplotlib: it has µ, ², ·) at ``size``; Pillow's default otherwise."""
     from PIL import ImageFont
@@ -170,7 +172,7 @@ def add_colour_bar(rgb: np.ndarray, title: str, *, cmap: str, vmin: float = 0.0,
     top = int(font_size * 2.4)
     bar_w = max(12, font_size)
     ticks = np.linspace(vmin, vmax, 5)
-    tick_labels = [f"{t:.2f}".rstrip("0").rstrip(".") if t != int(t) else f"{int(t)}" for t in ticks]
+    tick_labels = [f"{t:g}" for t in ticks]
     panel_w = bar_w + 3 * font_size + int(font_size * 0.62 * max(len(t) for t in tick_labels))
     canvas = Image.new("RGB", (w + panel_w, h + top), (255, 255, 255))
     canvas.paste(Image.fromarray(np.ascontiguousarray(rgb)), (0, top))

@@ -95,6 +95,20 @@ def _path(value: str, base: Path, row: int, column: str) -> Path:
     return p
 
 
+def _pathologist_score(value: Any, label: str, *, fix: str) -> int:
+    """The 0-3 index of a pathologist's score; one clear line, starting with ``label``, when
+    it is not 0, 1+, 2+ or 3+ ("not evaluable" is no score to compare with)."""
+    text = str(value or "").strip()
+    try:
+        score = score_index(text)
+    except UserInputError as err:
+        raise UserInputError(f"{label} {value!r} is not 0, 1+, 2+ or 3+", hint=fix) from err
+    if score is None:
+        raise UserInputError(f"{label} {value!r} is not a score",
+                             hint="leave out the cases without a pathologist's score")
+    return score
+
+
 def read_cases(path: str | Path) -> list[Case]:
     """The cases of a CSV; a bad row gets one clear line naming it."""
     path = Path(path)
@@ -117,14 +131,8 @@ def read_cases(path: str | Path) -> list[Case]:
         image = (r.get("image") or "").strip()
         if not image:
             raise UserInputError(f"cases row {i}: no image", hint="fill the image column")
-        try:
-            score = score_index((r.get("score") or "").strip())
-        except UserInputError as err:
-            raise UserInputError(f"cases row {i}: score {r.get('score')!r} is not 0, 1+, 2+ or 3+",
-                                 hint="write the pathologist's score as 0, 1+, 2+ or 3+") from err
-        if score is None:
-            raise UserInputError(f"cases row {i}: a case needs the pathologist's score",
-                                 hint="leave cases without a score out")
+        score = _pathologist_score(r.get("score"), f"cases row {i}: score",
+                                   fix="write the pathologist's score as 0, 1+, 2+ or 3+")
         mpp = None
         raw_mpp = (r.get("mpp") or "").strip()
         if raw_mpp:
@@ -183,14 +191,8 @@ def read_project_cases(path: str | Path, *, score_key: str = SCORE_KEY,
             if value is None:
                 continue
             where = f"project entry {entry.entry_id} ({entry.name})"
-            try:
-                score = score_index(value)
-            except UserInputError as err:
-                raise UserInputError(f"{where}: {score_key} {value!r} is not 0, 1+, 2+ or 3+",
-                                     hint="set the metadata value to 0, 1+, 2+ or 3+") from err
-            if score is None:
-                raise UserInputError(f"{where}: {score_key} {value!r} is not a score",
-                                     hint="remove the metadata value from images without a score")
+            score = _pathologist_score(value, f"{where}: {score_key}",
+                                       fix="set the metadata value to 0, 1+, 2+ or 3+")
             if entry.path is None or not entry.exists:
                 raise UserInputError(f"{where}: image file not found ({entry.problem or entry.uri})",
                                      hint="pass --image-root FOLDER where the images now lie")

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from ._io import atomic_write_bytes
+from .case_report import DRAW_LOCK, rgb01
 from .config import GUIDELINES, HER2_CLASSES, HER2_COLORS
+from .scoring import NOT_EVALUABLE, SCORE_NAMES
 
 __all__ = ["write_html_report", "render_html", "fmt_ci"]
 
-_SCORES = ("0", "1+", "2+", "3+")
-_NE = "not evaluable"
 #: longest side of an embedded case report
 _CASE_PX = 1000
 
@@ -54,8 +54,6 @@ def fmt_ci(entry: Mapping[str, Any] | None) -> tuple[str, str]:
 
 def _png(figure: Any, report: Mapping[str, Any]) -> str:
     """``figure(report)`` drawn as a PNG data URI (under the case report's drawing lock)."""
-    from .case_report import DRAW_LOCK
-
     buf = io.BytesIO()
     with DRAW_LOCK:
         figure(report).savefig(buf, format="png", dpi=100)
@@ -76,11 +74,6 @@ def _file_uri(path: Path) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _rgb01(name: str) -> tuple[float, float, float]:
-    c = HER2_COLORS[name]
-    return (c[0] / 255, c[1] / 255, c[2] / 255)
-
-
 def confusion_figure(report: Mapping[str, Any]) -> Any:
     """The confusion matrix (pathologist rows, her2-qupath columns, plus not evaluable)."""
     from matplotlib.figure import Figure
@@ -88,8 +81,8 @@ def confusion_figure(report: Mapping[str, Any]) -> Any:
     counts = np.asarray(report["confusion_matrix"]["counts"], float)
     ne = np.zeros((4, 1))
     for row in report.get("cases", []):
-        if row["her2_qupath"] == _NE:
-            ne[_SCORES.index(row["pathologist"]), 0] += 1
+        if row["her2_qupath"] == NOT_EVALUABLE:
+            ne[SCORE_NAMES.index(row["pathologist"]), 0] += 1
     full = np.hstack([counts, ne])
     fig = Figure(figsize=(5.6, 4.4))
     ax = fig.add_subplot()
@@ -99,8 +92,8 @@ def confusion_figure(report: Mapping[str, Any]) -> Any:
         for j in range(5):
             ax.text(j, i, f"{int(full[i, j])}", ha="center", va="center", fontsize=12,
                     color="white" if share[i, j] > 0.6 else "black")
-    ax.set_xticks(range(5), [*_SCORES, "n.e."])
-    ax.set_yticks(range(4), _SCORES)
+    ax.set_xticks(range(5), [*SCORE_NAMES, "n.e."])
+    ax.set_yticks(range(4), SCORE_NAMES)
     ax.set_xlabel("her2-qupath")
     ax.set_ylabel("pathologist")
     ax.set_title("Confusion matrix (cases; shade: share of the row)", fontsize=10, loc="left")
@@ -124,25 +117,25 @@ def strip_figure(report: Mapping[str, Any]) -> Any:
         for row in report.get("cases", []):
             pct = row.get("class_percentages") or {}
             y = sum(float(pct.get(c, 0.0)) for c in classes)
-            x = _SCORES.index(row["pathologist"]) + rng.uniform(-0.18, 0.18)
+            x = SCORE_NAMES.index(row["pathologist"]) + rng.uniform(-0.18, 0.18)
             called = row["her2_qupath"]
-            if called == _NE:
+            if called == NOT_EVALUABLE:
                 ax.scatter(x, y, s=40, facecolors="none", edgecolors="0.4", linewidths=1.2)
             else:
-                ax.scatter(x, y, s=40, color=_rgb01(f"HER2 {called}"), edgecolors="black",
+                ax.scatter(x, y, s=40, color=rgb01(HER2_COLORS[f"HER2 {called}"]), edgecolors="black",
                            linewidths=0.6)
         if cut is not None:
             ax.axhline(cut, color="black", linestyle="--", linewidth=0.9)
             ax.text(3.45, cut, f" {cut:g} % ({guideline} cut-off)", va="bottom", ha="right",
                     fontsize=8)
-        ax.set_xticks(range(4), _SCORES)
+        ax.set_xticks(range(4), SCORE_NAMES)
         ax.set_xlim(-0.5, 3.5)
         ax.set_ylim(-3, 103)
         ax.set_xlabel("pathologist's score")
         ax.set_ylabel(title)
         ax.set_title(title + " by the pathologist's score", fontsize=10, loc="left")
         ax.spines[["top", "right"]].set_visible(False)
-    handles = [Line2D([], [], marker="o", linestyle="", markerfacecolor=_rgb01(n),
+    handles = [Line2D([], [], marker="o", linestyle="", markerfacecolor=rgb01(HER2_COLORS[n]),
                       markeredgecolor="black", label=f"her2-qupath {n.split()[1]}")
                for n in HER2_CLASSES]
     handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none",
@@ -178,11 +171,11 @@ def _agreement_table(report: Mapping[str, Any]) -> str:
 
 def _confusion_table(report: Mapping[str, Any]) -> str:
     counts = report["confusion_matrix"]["counts"]
-    ne = [sum(1 for r in report.get("cases", []) if r["pathologist"] == s and r["her2_qupath"] == _NE)
-          for s in _SCORES]
-    rows = [_row(["pathologist \\ her2-qupath", *_SCORES, _NE], head=True)]
+    ne = [sum(1 for r in report.get("cases", []) if r["pathologist"] == s and r["her2_qupath"] == NOT_EVALUABLE)
+          for s in SCORE_NAMES]
+    rows = [_row(["pathologist \\ her2-qupath", *SCORE_NAMES, NOT_EVALUABLE], head=True)]
     rows += [_row([s, *[str(int(c)) for c in counts[i]], str(ne[i])], key=s)
-             for i, s in enumerate(_SCORES)]
+             for i, s in enumerate(SCORE_NAMES)]
     return '<table id="confusion">' + "".join(rows) + "</table>"
 
 
