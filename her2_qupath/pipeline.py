@@ -1097,17 +1097,19 @@ def _overlay(ihc: Any, he: Any, tiles: list[Any], analyses: list[TileAnalysis],
     ihc_rings = [r for g in ihc_rois for r in _rings(g, scale)]
     pic = add_scale_bar(draw_outlines(pic, ihc_rings, width=2 * width), ihc_um)
     what = "membrane blocks" if opts.stain.intensity == "membrane" else "DAB pixels"
-    pictures = [Picture(add_scale_bar(draw_outlines(thumb, ihc_rings, width=2 * width), ihc_um),
-                        "IHC slide" + (" and the scored regions" if rois else " (all tissue scored)")),
-                Picture(pic, f"HER2 class of the {what}, tile scores")]
-    if he is not None:
+    classes = Picture(pic, f"HER2 class of the {what}, tile scores")
+    if he is None:
+        pictures = [Picture(add_scale_bar(draw_outlines(thumb, ihc_rings, width=2 * width), ihc_um),
+                            "IHC slide" + (" and the scored regions" if rois else " (all tissue scored)")),
+                    classes]
+    else:
         he_thumb = he.thumbnail(max_size=OVERLAY_MAX_SIZE)
         he_scale = he_thumb.shape[1] / he.dimensions[0]
         he_marks = [_mark(t.polygon, a.score, he_scale, opts.scoring) for t, a in zip(tiles, analyses)]
         he_pic = draw_tiles(he_thumb, he_marks, width=width)
         he_pic = draw_outlines(he_pic, [r for g in rois for r in _rings(g, he_scale)], width=2 * width)
         he_pic = add_scale_bar(he_pic, _um_per_px(he, he_scale))
-        pictures[0] = Picture(he_pic, "H&E slide: regions and tiles (mapped to the IHC)")
+        pictures = [Picture(he_pic, "H&E slide: regions and tiles (mapped to the IHC)"), classes]
         pic = side_by_side(he_pic, pic)
     pct = summary["class_percentages"]
     lines = [f"NOT EVALUABLE: {r}" for r in summary.get("not_evaluable_reasons", [])]
