@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from her2_qupath.errors import JobCancelled
+from her2_qupath.qupath.objects import RUN_KEY
 from her2_qupath.server.scorers import JobSpec, PipelineScorer
 from her2_qupath.synthetic import render_stains
 
@@ -202,8 +203,6 @@ class SlowScorer(PipelineScorer):
 
 def strip_ids(fc: Mapping[str, Any]) -> dict[str, Any]:
     """GeoJSON without the object UUIDs and the run id in the metadata (new on every run)."""
-    from her2_qupath.qupath.objects import RUN_KEY
-
     def strip(f: Mapping[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in f.items() if k != "id"}
         props = dict(out.get("properties") or {})
