@@ -9,6 +9,7 @@ Change a default here and it changes everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "ProjectConfig",
     "PreflightConfig",
     "TILE_SIZE_RANGE",
+    "ScoreOptions",
 ]
 
 #: QuPath classification names of the four HER2 classes, in order 0, 1+, 2+, 3+.
@@ -453,3 +455,23 @@ class PreflightConfig:
     bytes_per_tile: int = 64 * 1024  # grid, tile objects and measurements held per tile
     bytes_per_cell_tile: int = 256 * 1024  # --level cell: the tile's cells as well
     max_memory_gb: float = 16.0  # estimate of the run's memory for its tiles
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Everything that shapes a scoring run; every default comes from the configs above."""
+
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    tissue: TissueConfig = field(default_factory=TissueConfig)
+    stain: StainConfig = field(default_factory=StainConfig)
+    cells: CellConfig = field(default_factory=CellConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    tumor_model: Path | None = None
+    stain_model: Path | None = None
+    seg_model: Path | None = None
+    stain_vectors: str | None = None  # QuPath stain string; None = defaults / estimate
+    calibration: str | None = None  # the calibration file applied (recorded in the provenance)
+    record_blocks: bool = False  # keep every membrane block's measures (for calibrate)
+    clip_tiles: bool = False  # tile outlines cut to the scored regions (their numbers unchanged)

@@ -45,12 +45,9 @@ from .config import (
     GUIDELINES,
     HER2_CLASSES,
     CellConfig,
-    ModelConfig,
-    RegistrationConfig,
+    ScoreOptions,
     ScoringConfig,
     StainConfig,
-    TilingConfig,
-    TissueConfig,
 )
 from .errors import JobCancelled, UserInputError
 from .qupath.objects import RUN_KEY, product_metadata, product_name
@@ -71,26 +68,6 @@ log = logging.getLogger(__name__)
 #: Tiles analysed per executor task: large enough to amortise scheduling, small
 #: enough for smooth progress and bounded memory (tiles in flight).
 CHUNK_TILES = 8
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    """Everything that shapes a scoring run; defaults come from :mod:`config`."""
-
-    tiling: TilingConfig = field(default_factory=TilingConfig)
-    tissue: TissueConfig = field(default_factory=TissueConfig)
-    stain: StainConfig = field(default_factory=StainConfig)
-    cells: CellConfig = field(default_factory=CellConfig)
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
-    tumor_model: Path | None = None
-    stain_model: Path | None = None
-    seg_model: Path | None = None
-    stain_vectors: str | None = None  # QuPath stain string; None = defaults / estimate
-    calibration: str | None = None  # the calibration file applied (recorded in the provenance)
-    record_blocks: bool = False  # keep every membrane block's measures (for calibrate)
-    clip_tiles: bool = False  # tile outlines cut to the scored regions (their numbers unchanged)
 
 
 @dataclass(frozen=True)
