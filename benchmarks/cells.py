@@ -162,6 +162,8 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
     from skimage.segmentation import find_boundaries
 
     from her2_qupath import cells
+    from her2_qupath.cells import _base, measure
+    from her2_qupath.cells import nuclei as nuclei_mod
     from her2_qupath.config import CellConfig
     from her2_qupath.stain import deconvolve
 
@@ -178,7 +180,7 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
     side = 2 * round(cfg.background_radius_um / mpp) + 1
     smooth = ndi.gaussian_filter(chan, cfg.smoothing_um / mpp)
     mask = smooth > np.median(smooth)
-    disk = cells._disk(cfg.opening_um / mpp)
+    disk = nuclei_mod._disk(cfg.opening_um / mpp)
     dab = od[..., 1]
     inner = ~find_boundaries(cell_labels, mode="inner")
     pairs = {
@@ -187,25 +189,25 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
             lambda: (_reference_polygons(nuclei), _reference_polygons(cell_labels)),
         ),
         "seed dynamics (h-maxima)": (
-            lambda: cells._h_maxima(log_blob, h),
+            lambda: nuclei_mod._h_maxima(log_blob, h),
             lambda: h_maxima(log_blob, h),
         ),
         "background (grey opening)": (
-            lambda: cells._grey_opening(smooth, side),
+            lambda: nuclei_mod._grey_opening(smooth, side),
             lambda: ndi.maximum_filter(
                 ndi.minimum_filter(smooth, size=side, mode="nearest"), size=side, mode="nearest"
             ),
         ),
         "mask opening (binary)": (
-            lambda: cells._binary_opening(mask, disk),
+            lambda: nuclei_mod._binary_opening(mask, disk),
             lambda: ndi.binary_opening(mask, structure=disk),
         ),
         "membrane depth (distance)": (
-            lambda: cells._distance_to_zero(inner),
+            lambda: measure._distance_to_zero(inner),
             lambda: ndi.distance_transform_edt(inner).astype(np.float32),
         ),
         "per-cell DAB maximum": (
-            lambda: cells._label_max(cell_labels, dab, n),
+            lambda: _base._label_max(cell_labels, dab, n),
             lambda: ndi.maximum(dab, labels=cell_labels, index=np.arange(1, n + 1)),
         ),
     }

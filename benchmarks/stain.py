@@ -57,6 +57,7 @@ def main() -> int:
     from skimage.color import rgb2hed, separate_stains
 
     from her2_qupath import stain
+    from her2_qupath.stain import deconvolution
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tile", type=int, default=512, help="tile side (the pipeline's: 512)")
@@ -65,7 +66,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads for ours (rgb2hed: 1)")
     args = ap.parse_args()
     cv2.setNumThreads(args.threads)
-    stain._MAX_THREADS = args.threads  # the module's strip threads (large arrays only)
+    deconvolution._MAX_THREADS = args.threads  # the module's strip threads (large arrays only)
 
     sample = data.immunohistochemistry()
     side = 8 * sample.shape[0]

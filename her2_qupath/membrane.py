@@ -49,6 +49,7 @@ import numpy as np
 
 from .config import StainConfig
 from .errors import UserInputError
+from .optics import as_rgb8, od_lut
 
 __all__ = [
     "NEUTRAL",
@@ -136,8 +137,6 @@ def membrane_maps(rgb: np.ndarray, vectors: Any, background: Any) -> MembraneMap
     transforms with 3 and 1 outputs, the shapes OpenCV vectorises.
     """
     import cv2
-
-    from .optics import as_rgb8, od_lut
 
     a = as_rgb8(rgb, "tile")
     od = _scratch(a.shape)  # the per-channel OD stays internal: one buffer per thread

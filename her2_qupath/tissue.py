@@ -24,6 +24,7 @@ import numpy as np
 
 from .config import TissueConfig
 from .errors import MPPMissing, UserInputError
+from .optics import tissue_mask
 
 __all__ = [
     "TissueMask",
@@ -212,8 +213,6 @@ def tissue_mask_from_rgb(
     ``white`` is the white point (a :class:`~her2_qupath.optics.WhitePoint` or RGB);
     estimated from the image when omitted. ``glass``: its glass mask, when known.
     """
-    from .optics import tissue_mask
-
     return tissue_mask(rgb, mpp, white, config, glass=glass)
 
 

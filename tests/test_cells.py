@@ -663,7 +663,7 @@ def test_fast_h_maxima_matches_scikit_image() -> None:
     from scipy import ndimage as ndi
     from skimage.morphology import h_maxima
 
-    from her2_qupath.cells import _h_maxima
+    from her2_qupath.cells.nuclei import _h_maxima
 
     rng = np.random.default_rng(3)
     for trial in range(30):
@@ -678,7 +678,7 @@ def test_fast_h_maxima_matches_scikit_image() -> None:
 def test_opencv_openings_match_scipy() -> None:
     from scipy import ndimage as ndi
 
-    from her2_qupath.cells import _binary_opening, _disk, _grey_opening
+    from her2_qupath.cells.nuclei import _binary_opening, _disk, _grey_opening
 
     rng = np.random.default_rng(5)
     image = ndi.gaussian_filter(rng.random((57, 83)), 1.5).astype(np.float32)
@@ -706,7 +706,7 @@ def test_without_polygons_the_cells_are_the_same(designed) -> None:
 def test_opencv_distance_matches_scipy() -> None:
     from scipy import ndimage as ndi
 
-    from her2_qupath.cells import _distance_to_zero
+    from her2_qupath.cells.measure import _distance_to_zero
 
     rng = np.random.default_rng(11)
     for trial in range(25):

@@ -21,6 +21,7 @@ from her2_qupath.scoring import (
     paper_slide_score,
     score_class_map,
 )
+from her2_qupath.scoring.rules import _percent_positive
 
 N = 10_000  # counts resolution: 0.01 %
 
@@ -292,7 +293,7 @@ def test_adding_dab_never_lowers_a_score(c: list[int], k: int, n: int, g: str) -
     up[k + 1] += n
     assert guideline_score(up, g) >= guideline_score(c, g)
     assert h_score(up) >= h_score(c) - 1e-9
-    assert scoring._percent_positive(up) >= scoring._percent_positive(c) - 1e-9
+    assert _percent_positive(up) >= _percent_positive(c) - 1e-9
 
 
 @settings(max_examples=200, deadline=None)

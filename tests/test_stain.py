@@ -11,7 +11,7 @@ import pytest
 from her2_qupath import stain
 from her2_qupath.config import StainConfig
 from her2_qupath.errors import UserInputError
-from her2_qupath.stain import StainVectors
+from her2_qupath.stain import StainVectors, deconvolution
 from her2_qupath.synthetic import compose_rgb, synthetic_ihc
 
 QUPATH_LINE = (
@@ -140,7 +140,7 @@ def test_matches_skimage_separate_stains_on_same_vectors() -> None:
 def test_strips_do_not_change_the_result(monkeypatch) -> None:
     rgb, *_ = synthetic_ihc((96, 80), seed=3)
     whole = stain.deconvolve(rgb, background=(238, 233, 243))
-    monkeypatch.setattr(stain, "_STRIP_PIXELS", 100)
+    monkeypatch.setattr(deconvolution, "_STRIP_PIXELS", 100)
     assert np.allclose(whole, stain.deconvolve(rgb, background=(238, 233, 243)), atol=1e-6, rtol=0)
 
 

@@ -24,6 +24,9 @@ import numpy as np
 
 from .._types import ProgressCallback
 from ..errors import ModelError, UserInputError
+from ..render import add_colour_bar, add_scale_bar, save_png
+from ..tiling import read_tile
+from .infer import batched, configure_threads, prefetch, to_input
 from .io import LoadedModel
 
 __all__ = [
@@ -66,8 +69,6 @@ def attention_rollout(model: LoadedModel, tiles: Iterable[Any] | np.ndarray, *, 
     returns attention weights); the model's own setting is restored afterwards.
     """
     import torch
-
-    from .infer import batched, configure_threads, prefetch, to_input
 
     if model.kind == "segmenter":
         raise ModelError("attention rollout needs a ViT classifier", hint="pass the tumor or stain model")
@@ -196,8 +197,6 @@ def _cells_to_pixels(heat: np.ndarray, shape: tuple[int, int], cell_px: float | 
 def write_heatmap_png(path: str | os.PathLike[str], heatmap: np.ndarray,
                       thumbnail: np.ndarray | None = None, **overlay: Any) -> Path:
     """Write :func:`heatmap_overlay` as a PNG (atomically)."""
-    from ..render import save_png
-
     save_png(path, heatmap_overlay(heatmap, thumbnail, **overlay))
     return Path(path)
 
@@ -249,8 +248,6 @@ def slide_heatmaps(model: LoadedModel, slide: Any, grid: Any, out_dir: str | os.
     ``attention_heatmap.png`` (each tile's rollout map, scaled to its maximum) over
     a thumbnail of the slide (longest side ``thumbnail_max``).
     """
-    from ..tiling import read_tile
-
     if column is None:
         column = model.tumor_index
     tiles = list(grid)
@@ -266,8 +263,6 @@ def slide_heatmaps(model: LoadedModel, slide: Any, grid: Any, out_dir: str | os.
     result = SlideHeatmaps(probs, maps, heat, tile_measurements(model, probs, maps))
     if out_dir is None:
         return result
-    from ..render import save_png
-
     out = Path(out_dir)
     for name, rgb in heatmap_images(result, slide, grid, thumbnail_max=thumbnail_max,
                                     alpha=alpha, cmap=cmap).items():
@@ -282,8 +277,6 @@ def heatmap_images(heatmaps: SlideHeatmaps, slide: Any, grid: Any, *, thumbnail_
                    label: str = "Tumour probability") -> dict[str, np.ndarray]:
     """The probability and attention heatmaps over a thumbnail of the slide, each with a
     title, a colour bar and a scale bar (when the slide's pixel size is known)."""
-    from ..render import add_colour_bar, add_scale_bar
-
     thumb = np.asarray(slide.thumbnail(max_size=thumbnail_max))
     downsample = slide.dimensions[0] / thumb.shape[1]
     cell = float(grid.level0_stride) / downsample  # one grid cell in thumbnail pixels

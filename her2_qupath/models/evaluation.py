@@ -23,6 +23,7 @@ import numpy as np
 from .._io import atomic_output_dir, atomic_write_json
 from .._types import ProgressCallback
 from ..errors import ModelError
+from .infer import classify_tiles, segment_tiles
 from .io import LoadedModel, stain_value
 
 __all__ = [
@@ -184,8 +185,6 @@ def evaluate(model: LoadedModel, dataset: Any, *, precision: str = "fp32", batch
              positive: str | None = None, progress: ProgressCallback | None = None
              ) -> dict[str, Any]:
     """Evaluate ``model`` on a labelled dataset (``TileDataset`` or ``MaskDataset``)."""
-    from .infer import classify_tiles, segment_tiles
-
     images = (dataset.image(i) for i in range(len(dataset)))
     result: dict[str, Any] = {"model": str(model.path) if model.path else None, "kind": model.kind,
                               "data": getattr(dataset, "description", ""), "n": len(dataset),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import StainConfig
+from ..synthetic import render_stains
 
 __all__ = ["DAB_LEVELS", "render_od", "stain_tiles", "stain_masks"]
 
@@ -25,8 +26,6 @@ DAB_LEVELS: tuple[tuple[float, float], ...] = ((0.0, 0.08), (0.24, 0.34), (0.45,
 def render_od(h: np.ndarray, d: np.ndarray, rng: np.random.Generator, *, noise: float = 3.0,
               stain: StainConfig = _STAIN) -> np.ndarray:
     """RGB uint8 from hematoxylin and DAB optical densities (H x W each), scanner noise 3 levels."""
-    from ..synthetic import render_stains
-
     return render_stains(h, d, noise=noise, rng=rng, stain=stain)
 
 

@@ -32,7 +32,15 @@ from ..config import TilingConfig, TrainConfig
 from ..errors import ModelError, OutputExists, UserInputError
 from .datasets import MaskDataset, TileDataset, split_by_group
 from .evaluation import confusion_matrix, iou_per_class
-from .infer import batched, configure_threads, normalise, prefetch, resolve_precision, stack_resized
+from .infer import (
+    batched,
+    configure_threads,
+    normalise,
+    prefetch,
+    resolve_precision,
+    semantic_logits,
+    stack_resized,
+)
 from .io import (
     CLASSIFIER_ARCHS,
     IMAGENET_MEAN,
@@ -44,6 +52,7 @@ from .io import (
     build_network,
     make_spec,
     save_model,
+    stain_value,
 )
 
 __all__ = ["TrainResult", "train_classifier", "train_segmenter", "augment_batch", "CHECKPOINT"]
@@ -331,8 +340,6 @@ def _fit(task: str, spec: ModelSpec, network: Any, train_set: Any, val_set: Any,
 
 def _forward(network: Any, xin: Any, y: Any, seg: bool) -> tuple[Any, Any]:
     """Loss and logits of a batch (MaskFormer takes one binary mask per class present)."""
-    from .infer import semantic_logits
-
     if not seg:
         out = network(pixel_values=xin, labels=y)
         return out.loss, out.logits
@@ -364,8 +371,6 @@ def _split(dataset: Any, val_dataset: Any | None, config: TrainConfig) -> tuple[
 
 def _order_by_stain_value(dataset: TileDataset) -> TileDataset:
     """The same tiles with the classes reordered no-stain, faint, weak, strong (output k = grade k)."""
-    from .io import stain_value
-
     values = [stain_value(n) for n in dataset.label_names]
     if any(v is None for v in values):
         return dataset  # make_spec reports the unknown names

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MPPMissing, RegistrationError, UserInputError
+from ..optics import estimate_white_point, od_sum
 
 __all__ = ["ImageSource", "Level", "as_source", "od_magnitude", "hematoxylin", "tissue_mask", "level_matrix",
            "check_tissue"]
@@ -129,8 +130,6 @@ def as_source(obj: Any, mpp: float | None, name: str) -> ImageSource:
 def od_magnitude(rgb: np.ndarray) -> np.ndarray:
     """Optical density summed over RGB (each channel clipped at 0) relative to the image's
     white point (:func:`her2_qupath.optics.estimate_white_point`)."""
-    from ..optics import estimate_white_point, od_sum
-
     a = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
     return od_sum(a, estimate_white_point(a))
 

@@ -1,4 +1,4 @@
-"""Small image operations shared by the registration stages (warping, correlation, ECC, MI)."""
+"""Small image operations shared by the registration stages (warping, correlation, ECC, MI, sub-pixel peaks)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["m3", "warp", "ncc", "ecc", "nmi", "dilate"]
+__all__ = ["m3", "warp", "ncc", "ecc", "nmi", "dilate", "subpixel"]
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +16,12 @@ def m3(w: np.ndarray) -> np.ndarray:
     """A 2×3 (or 3×3) matrix as 3×3 float64."""
     w = np.asarray(w, dtype=np.float64)
     return np.vstack([w[:2], [0.0, 0.0, 1.0]])
+
+
+def subpixel(a: float, b: float, c: float) -> float:
+    """Offset of a parabola's peak through three samples (b the largest)."""
+    d = a - 2.0 * b + c
+    return float(0.5 * (a - c) / d) if d < 0 else 0.0
 
 
 def warp(img: np.ndarray, w: np.ndarray, size: tuple[int, int], *, nearest: bool = False,

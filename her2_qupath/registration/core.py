@@ -49,11 +49,13 @@ from ._images import (
     as_source,
     check_tissue,
     hematoxylin,
-    level_matrix,
     od_magnitude,
     tissue_mask,
 )
-from ._ops import dilate, ecc, m3, ncc, nmi, warp
+from ._ops import dilate, ecc, ncc, nmi, warp
+from .nonrigid import refine_nonrigid
+from .pair import Pair, channel, moving_maps, to_level, to_level0, warp_moving_to_fixed
+from .quality import measure, reliability_score
 from .search import (
     FEATURE_SIZE,
     SCALES,
@@ -61,7 +63,6 @@ from .search import (
     centroid,
     feature_candidate,
     rotation_search,
-    structure,
 )
 from .transform import Transform
 
@@ -77,15 +78,6 @@ MASK_MARGIN_PX = 8
 SEARCH_SMOOTH_PX = 1.0
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Pair:
-    """Fixed and moving image at one common working pixel size (``unit`` per pixel)."""
-
-    fixed: Level
-    moving: Level
-    unit: float  # working pixel size in µm (or level-0 pixels when MPPs are unknown)
 
 
 def _units(fixed: ImageSource, moving: ImageSource) -> tuple[float, float, bool]:
@@ -122,19 +114,6 @@ def _pair_at(fixed: ImageSource, moving: ImageSource, unit: float, fu: float, mu
     return Pair(fl, ml, unit)
 
 
-def _to_level0(w_level: np.ndarray, pair: Pair) -> np.ndarray:
-    """Level warp (fixed level px → moving level px) to level-0 (fixed → moving)."""
-    sf = level_matrix(pair.fixed.scale)
-    sm = level_matrix(pair.moving.scale)
-    return sm @ m3(w_level) @ np.linalg.inv(sf)
-
-
-def _to_level(a0: np.ndarray, pair: Pair) -> np.ndarray:
-    sf = level_matrix(pair.fixed.scale)
-    sm = level_matrix(pair.moving.scale)
-    return (np.linalg.inv(sm) @ a0 @ sf)[:2].astype(np.float32)
-
-
 def _pyramid_units(extent: float, cfg: RegistrationConfig, physical: bool, finest: float) -> list[float]:
     """Working pixel sizes from coarse to fine for the affine stage."""
     coarse = max(extent / cfg.coarse_size, finest)
@@ -148,11 +127,6 @@ def _pyramid_units(extent: float, cfg: RegistrationConfig, physical: bool, fines
     if fine < coarse * 0.99:
         units.append(fine)
     return units
-
-
-def channel(level: Level, kind: str) -> np.ndarray:
-    """The structure image of ``level`` named by ``kind`` (see :data:`METRICS`)."""
-    return structure(level.od, level.feat, kind)
 
 
 def _choose_metric(pair: Pair, metric: str) -> str:
@@ -192,8 +166,8 @@ def _start(pair: Pair, kind: str, cfg: RegistrationConfig, physical: bool, fine:
         fc, stats = feature_candidate(fine.fixed.od, fine.fixed.mask, fine.moving.od, fine.moving.mask, mirrors)
         info["features"] = stats
         if fc is not None:  # into coarse-level pixels
-            a0 = _to_level0(fc.w, fine)
-            fc.w = _to_level(a0, pair)
+            a0 = to_level0(fc.w, fine)
+            fc.w = to_level(a0, pair)
             cands.append(fc)
     mmask = dilate(m.mask, MASK_MARGIN_PX)
     size = (fimg.shape[1], fimg.shape[0])
@@ -312,20 +286,20 @@ def _align(run: _Run, coarse: Pair, kind: str, step: Any) -> tuple[Transform, di
     funit = max(finest, run.extent / FEATURE_SIZE)
     fpair = run.pair(funit) if funit < units[0] * 0.9 else coarse
     w, info = _start(coarse, kind, cfg, run.physical, fpair, motion)
-    a0 = _to_level0(w, coarse)
+    a0 = to_level0(w, coarse)
     step()
 
     # 2. affine pyramid, ECC inside the moving tissue mask
     pair = coarse
     for i, unit in enumerate(units[1:], start=2):
         pair = fpair if abs(unit - fpair.unit) < 1e-9 else run.pair(unit)
-        w = _to_level(a0, pair)
+        w = to_level(a0, pair)
         # the finest level sees the whole image: the tissue outline against glass then helps
         mask = None if i == len(units) else dilate(pair.moving.mask, MASK_MARGIN_PX)
         cc, w2 = ecc(channel(pair.fixed, kind), channel(pair.moving, kind), w, motion, cfg.ecc_iterations,
                      cfg.ecc_eps, cfg.ecc_gauss, mask)
         if cc > 0:
-            a0 = _to_level0(w2, pair)
+            a0 = to_level0(w2, pair)
     step()
 
     fsrc, msrc = run.fsrc, run.msrc
@@ -337,8 +311,6 @@ def _align(run: _Run, coarse: Pair, kind: str, step: Any) -> tuple[Transform, di
 
     # 3. non-rigid (on the mean of hematoxylin and OD when hematoxylin is aligned: measured best)
     if cfg.model == "nonrigid":
-        from .nonrigid import refine_nonrigid
-
         floor = max(cfg.nonrigid_mpp, finest) if run.physical else finest
         nunit = max(floor, run.extent / cfg.max_nonrigid_size)
         npair = pair if abs(nunit - pair.unit) < 1e-9 else run.pair(nunit)
@@ -407,55 +379,13 @@ def _score(q: dict[str, Any], cfg: RegistrationConfig) -> float:
     return float(q["dice"]) * ncc_term
 
 
-def _moving_maps(pair: Pair, transform: Transform, *, step: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """For every fixed-level pixel, the moving-level coordinates it maps to (float32 maps).
-
-    The transform is evaluated every ``step`` pixels and interpolated bilinearly
-    in between: exact for the affine part, and far below a pixel for the
-    displacement field, which is smooth on a scale of tens of pixels.
-    """
-    import cv2
-
-    h, w = pair.fixed.od.shape
-    step = max(1, int(step)) if transform.field is not None else 1
-    sf = level_matrix(pair.fixed.scale)
-    sm_inv = np.linalg.inv(level_matrix(pair.moving.scale))
-    hs, ws = (h - 1) // step + 2, (w - 1) // step + 2
-    ys, xs = np.mgrid[0:hs, 0:ws].astype(np.float64) * step
-    pts = np.stack([xs.ravel(), ys.ravel()], axis=1) @ sf[:2, :2].T + sf[:2, 2]
-    mp = transform.apply(pts) @ sm_inv[:2, :2].T + sm_inv[:2, 2]
-    mx = mp[:, 0].reshape(hs, ws).astype(np.float32)
-    my = mp[:, 1].reshape(hs, ws).astype(np.float32)
-    if step == 1:
-        return mx[:h, :w], my[:h, :w]
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32) / np.float32(step)
-    return (cv2.remap(mx, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE),
-            cv2.remap(my, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
-
-
-def warp_moving_to_fixed(pair: Pair, transform: Transform, image: np.ndarray, *,
-                         nearest: bool = False, border: float = 0.0,
-                         maps: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Resample a moving-level image onto the fixed level grid through ``transform``."""
-    import cv2
-
-    h, w = pair.fixed.od.shape
-    if transform.field is None and maps is None:
-        return warp(image, _to_level(transform.matrix, pair), (w, h), nearest=nearest, border=border)
-    mx, my = maps if maps is not None else _moving_maps(pair, transform)
-    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    return cv2.remap(image, mx, my, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=border)
-
-
 def measure_quality(pair: Pair, transform: Transform, cfg: RegistrationConfig, kind: str = "hema") -> dict[str, Any]:
     """Reliability score (forward-backward consistency of local matches, :mod:`.quality`) and,
     for information, the tissue-mask Dice and the structure images' correlation."""
     import cv2
 
-    from .quality import measure, reliability_score
-
     f = pair.fixed
-    maps = None if transform.field is None else _moving_maps(pair, transform)
+    maps = None if transform.field is None else moving_maps(pair, transform)
     wm = warp_moving_to_fixed(pair, transform, pair.moving.mask.astype(np.uint8), nearest=True,
                               maps=maps) > 0
     inter = float((wm & f.mask).sum())

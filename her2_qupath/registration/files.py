@@ -18,10 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from .._io import sha256_file
+from .._io import atomic_write_text, sha256_file
 from .._types import ProgressCallback
 from ..config import RegistrationConfig
 from ..errors import GeoJSONError, UserInputError
+from ..slide import open_slide
+from .core import register
+from .mapping import warp_geometry
 from .transform import Transform
 
 __all__ = [
@@ -44,9 +47,6 @@ def register_slides(fixed_path: str | os.PathLike[str], moving_path: str | os.Pa
                     fixed_mpp: float | None = None, moving_mpp: float | None = None,
                     progress: ProgressCallback | None = None, metric: str = "auto") -> Transform:
     """Open two slide files, register them and record their names and SHA-256 hashes."""
-    from ..slide import open_slide
-    from .core import register
-
     with open_slide(fixed_path, mpp=fixed_mpp) as fixed, open_slide(moving_path, mpp=moving_mpp) as moving:
         transform = register(fixed, moving, config, progress=progress, metric=metric)
     return transform.with_metadata(
@@ -101,8 +101,6 @@ def _fmt(v: float) -> str:
 def write_points_csv(path: str | os.PathLike[str], header: list[str], rows: list[list[str]],
                      xy: np.ndarray) -> Path:
     """Write rows back with their X, Y replaced (other columns kept), atomically."""
-    from .._io import atomic_write_text
-
     ix, iy = header.index("X"), header.index("Y")
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -126,15 +124,13 @@ def warp_points_csv(transform: Transform, src: str | os.PathLike[str], dst: str 
 def _warp_geometry_dict(transform: Transform, geom: dict[str, Any], inverse: bool) -> dict[str, Any]:
     import shapely.geometry
 
-    from .mapping import warp_geometry
-
     if geom.get("type") == "GeometryCollection":
         out = dict(geom)
         out["geometries"] = [_warp_geometry_dict(transform, g, inverse) for g in geom.get("geometries", [])]
         return out
     try:
         shp = shapely.geometry.shape(geom)
-    except Exception as err:  # shapely raises several types for malformed input
+    except (shapely.errors.ShapelyError, ValueError, TypeError, LookupError, AttributeError) as err:
         raise GeoJSONError(f"cannot read a {geom.get('type')!r} geometry: {err}",
                            hint="export the objects from QuPath as GeoJSON") from err
     warped = warp_geometry(transform, shp, inverse=inverse)

@@ -32,16 +32,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..config import RegistrationConfig
 from ._images import level_matrix
+from ._ops import subpixel
+from .pair import Pair, channel, warp_moving_to_fixed
 from .transform import DisplacementField, Transform
-
-if TYPE_CHECKING:
-    from .core import Pair
 
 __all__ = ["refine_nonrigid", "match_blocks", "fit_field", "STAGES"]
 
@@ -70,12 +68,6 @@ FLOW_CONTRAST_PX = 2.5  # neighbourhood (sigma, px) of the contrast normalisatio
 CONTROL_PX = 16  # control-grid spacing of the fit (non-rigid level px)
 
 
-def _subpixel(a: float, b: float, c: float) -> float:
-    """Offset of a parabola's peak through three samples (b the largest)."""
-    d = a - 2.0 * b + c
-    return float(0.5 * (a - c) / d) if d < 0 else 0.0
-
-
 def match_blocks(fixed: np.ndarray, moving: np.ndarray, valid: np.ndarray, *, patch: int, step: int,
                  radius: int, min_ncc: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Local displacements ``moving(p + d) ≈ fixed(p)`` at grid points inside ``valid``.
@@ -99,8 +91,8 @@ def match_blocks(fixed: np.ndarray, moving: np.ndarray, valid: np.ndarray, *, pa
             _, peak, _, (px, py) = cv2.minMaxLoc(r)
             if peak < min_ncc or not (0 < px < r.shape[1] - 1 and 0 < py < r.shape[0] - 1):
                 continue  # weak match, or the peak is on the search border
-            ddx = _subpixel(r[py, px - 1], r[py, px], r[py, px + 1])
-            ddy = _subpixel(r[py - 1, px], r[py, px], r[py + 1, px])
+            ddx = subpixel(r[py, px - 1], r[py, px], r[py, px + 1])
+            ddy = subpixel(r[py - 1, px], r[py, px], r[py + 1, px])
             pts.append((x, y))
             disp.append((px + ddx - radius, py + ddy - radius))
             conf.append(peak)
@@ -212,8 +204,6 @@ def refine_nonrigid(pair: Pair, affine: Transform, cfg: RegistrationConfig, kind
                     ) -> DisplacementField | None:
     """A smooth displacement field refining ``affine`` on the images of ``pair`` (or None)."""
     import cv2
-
-    from .core import channel, warp_moving_to_fixed
 
     f = pair.fixed
     fimg = cv2.GaussianBlur(channel(f, kind), (0, 0), SMOOTH_PX)

@@ -34,13 +34,13 @@ transforms spoiled by 3° of rotation or 1.5–3 % of shift give residuals
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .core import Pair
-    from .transform import Transform
+from ._ops import subpixel
+from .pair import Pair, warp_moving_to_fixed
+from .transform import Transform
 
 __all__ = ["consistency", "reliability_score", "measure", "MIN_SHARE", "MAX_RESIDUAL_PCT"]
 
@@ -57,12 +57,10 @@ MAX_RESIDUAL_PCT = 1.2  # larger residual (% of the diagonal): misaligned (score
 def _locate(template: np.ndarray, window: np.ndarray, radius: int) -> tuple[float, float, float]:
     import cv2
 
-    from .nonrigid import _subpixel
-
     r = cv2.matchTemplate(window, template, cv2.TM_CCOEFF_NORMED)
     _, peak, _, (px, py) = cv2.minMaxLoc(r)
-    sx = _subpixel(r[py, px - 1], r[py, px], r[py, px + 1]) if 0 < px < r.shape[1] - 1 else 0.0
-    sy = _subpixel(r[py - 1, px], r[py, px], r[py + 1, px]) if 0 < py < r.shape[0] - 1 else 0.0
+    sx = subpixel(r[py, px - 1], r[py, px], r[py, px + 1]) if 0 < px < r.shape[1] - 1 else 0.0
+    sy = subpixel(r[py - 1, px], r[py, px], r[py + 1, px]) if 0 < py < r.shape[0] - 1 else 0.0
     return float(px + sx - radius), float(py + sy - radius), float(peak)
 
 
@@ -113,8 +111,6 @@ def measure(pair: Pair, transform: Transform, channel: np.ndarray, moving_channe
             maps: Any = None) -> dict[str, Any]:
     """Consistency of ``transform`` on the images of ``pair`` (structure images given)."""
     import cv2
-
-    from .core import warp_moving_to_fixed
 
     warped = warp_moving_to_fixed(pair, transform, moving_channel, maps=maps)
     wmask = warp_moving_to_fixed(pair, transform, pair.moving.mask.astype(np.uint8), nearest=True, maps=maps) > 0

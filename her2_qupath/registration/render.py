@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..render import checkerboard
+from ._images import level_matrix
 from .transform import Transform
 
 __all__ = ["render_registration", "warp_image", "reliability_text"]
@@ -24,8 +25,6 @@ def warp_image(moving_rgb: np.ndarray, transform: Transform, fixed_shape: tuple[
                fixed_scale: tuple[float, float], moving_scale: tuple[float, float]) -> np.ndarray:
     """Resample a (downsampled) moving image onto a (downsampled) fixed grid."""
     import cv2
-
-    from ._images import level_matrix
 
     h, w = fixed_shape
     sf = level_matrix(fixed_scale)

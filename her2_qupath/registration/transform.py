@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write_json
+from .._io import atomic_write_json, json_default
 from ..errors import UserInputError
 
 __all__ = ["DisplacementField", "Transform", "TRANSFORM_FORMAT", "TRANSFORM_VERSION"]
@@ -302,8 +302,6 @@ def _opt_float(v: Any) -> float | None:
 
 
 def _json_safe(obj: Any) -> Any:
-    from .._io import json_default
-
     return json_default(obj)
 
 

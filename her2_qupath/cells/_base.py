@@ -1,0 +1,143 @@
+"""Argument checks and labelled-image statistics shared by the cell modules (package-private).
+
+The statistics run over the labelled pixels only, with ``np.bincount``, never
+with loops over pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from ..config import CellConfig, StainConfig
+from ..errors import UserInputError
+
+__all__: list[str] = []
+
+
+def _check_mpp(mpp: float) -> float:
+    try:
+        value = float(mpp)
+    except (TypeError, ValueError) as err:
+        raise UserInputError(
+            f"pixel size must be a number, got {mpp!r}", hint="pass mpp in micrometres per pixel"
+        ) from err
+    if not math.isfinite(value) or value <= 0:
+        raise UserInputError(
+            f"pixel size must be a positive number of micrometres per pixel, got {mpp!r}",
+            hint="pass the tile's mpp, e.g. 0.25 at 40x or 0.5 at 20x",
+        )
+    return value
+
+
+def _check_config(config: CellConfig, stain: StainConfig) -> None:
+    t1, t2, t3 = stain.thresholds
+    if not 0 < t1 <= t2 <= t3:
+        raise UserInputError(
+            f"DAB thresholds must satisfy 0 < 1+ <= 2+ <= 3+, got {stain.thresholds}",
+            hint="set StainConfig.thresholds to increasing OD values such as (0.2, 0.4, 0.6)",
+        )
+    fractions = {
+        "complete_fraction": config.complete_fraction,
+        "min_positive_fraction": config.min_positive_fraction,
+        "strong_partial_fraction": config.strong_partial_fraction,
+    }
+    for name, value in fractions.items():
+        if not 0 < value <= 1:
+            raise UserInputError(
+                f"CellConfig.{name} must lie in (0, 1], got {value}",
+                hint="give a fraction of the membrane ring, e.g. 0.7",
+            )
+    if config.membrane_width_um <= 0 or config.membrane_layer_um <= 0:
+        raise UserInputError(
+            "CellConfig.membrane_width_um and membrane_layer_um must be positive, got "
+            f"{config.membrane_width_um} and {config.membrane_layer_um}",
+            hint="e.g. membrane_width_um=3, membrane_layer_um=0.5",
+        )
+    if config.completeness_sectors < 4:
+        raise UserInputError(
+            f"CellConfig.completeness_sectors must be at least 4, got {config.completeness_sectors}",
+            hint="36 sectors (10 degrees each) is the default",
+        )
+    if not 0 <= config.split_min_dip < 1:
+        raise UserInputError(
+            f"CellConfig.split_min_dip must lie in [0, 1), got {config.split_min_dip}",
+            hint="give the fraction of a seed's LoG peak its response must dip by, e.g. 0.25 "
+            "(0 keeps every seed)",
+        )
+    if config.nucleus_min_area_um2 >= config.nucleus_max_area_um2:
+        raise UserInputError(
+            "CellConfig.nucleus_min_area_um2 must be below nucleus_max_area_um2, got "
+            f"{config.nucleus_min_area_um2} and {config.nucleus_max_area_um2}",
+            hint="typical nuclei are 10-400 µm^2",
+        )
+    if config.nucleus_channel not in ("hematoxylin", "hematoxylin+dab"):
+        raise UserInputError(
+            f"unknown CellConfig.nucleus_channel {config.nucleus_channel!r}",
+            hint='use "hematoxylin" (membrane stains such as HER2) or "hematoxylin+dab" '
+            "(nuclear stains such as Ki67)",
+        )
+
+
+class _Pixels(NamedTuple):
+    """The labelled pixels of a label image: flat indices and their labels (row-major)."""
+
+    index: np.ndarray  # flat pixel indices, increasing
+    label: np.ndarray  # their labels, >= 1
+
+
+def _pixels(labels: np.ndarray) -> _Pixels:
+    flat = labels.ravel()
+    index = np.flatnonzero(flat)
+    return _Pixels(index, flat[index])
+
+
+def _label_mean(
+    labels: np.ndarray | _Pixels, values: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, count) of ``values`` per label 1..n; NaN where a label has no pixels.
+
+    ``labels`` is a label image or its :func:`_pixels`; ``values`` an image of
+    the same shape. Sums run over the labelled pixels only, in row-major
+    order (the same sums as over the whole image).
+    """
+    px = labels if isinstance(labels, _Pixels) else _pixels(labels)
+    count = np.bincount(px.label, minlength=n + 1)[1 : n + 1]
+    weights = values.reshape(-1)[px.index]
+    total = np.bincount(px.label, weights=weights, minlength=n + 1)[1 : n + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return mean, count
+
+
+def _label_max(labels: np.ndarray | _Pixels, values: np.ndarray, n: int) -> np.ndarray:
+    """Maximum of ``values`` per label 1..n; NaN where a label has no pixels."""
+    if n == 0:
+        return np.zeros(0)
+    px = labels if isinstance(labels, _Pixels) else _pixels(labels)
+    out = np.full(n + 1, -np.inf)
+    np.maximum.at(out, px.label, values.reshape(-1)[px.index].astype(np.float64))
+    present = np.bincount(px.label, minlength=n + 1)[1 : n + 1] > 0
+    return np.where(present, out[1 : n + 1], np.nan)
+
+
+def _centroids(labels: np.ndarray | _Pixels, n: int, width: int | None = None) -> np.ndarray:
+    """(n, 2) centroids ``(x, y)`` in QuPath pixel coordinates (pixel centres at +0.5).
+
+    ``width`` (the image's number of columns) is needed when ``labels`` is a
+    :func:`_pixels`.
+    """
+    if not isinstance(labels, _Pixels):
+        width = labels.shape[1]
+        labels = _pixels(labels)
+    if not n:
+        return np.zeros((0, 2))
+    assert width is not None
+    rows, cols = np.divmod(labels.index, width)
+    count = np.bincount(labels.label, minlength=n + 1)[1 : n + 1]
+    sums = [np.bincount(labels.label, weights=v, minlength=n + 1)[1 : n + 1] for v in (rows, cols)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy, cx = (np.where(count > 0, t / np.maximum(count, 1), np.nan) for t in sums)
+    return np.stack([cx + 0.5, cy + 0.5], axis=1)

@@ -1,0 +1,250 @@
+"""Cells grown from nuclei, their compartments, per-cell measurements and HER2 classes.
+
+Steps 3-7 of :mod:`her2_qupath.cells`: cell expansion, the membrane band and
+the cytoplasm, the measurements named as QuPath names them, the angular
+membrane completeness and the class 0 / 1+ / 2+ / 3+ of each cell.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..config import CellConfig, StainConfig
+from ._base import _centroids, _check_mpp, _label_max, _label_mean, _pixels
+
+__all__ = ["MEASUREMENTS", "Compartments", "cell_compartments", "measure_cells", "classify_cells"]
+
+#: Names of the per-cell measurements, in the order they are written.
+MEASUREMENTS: tuple[str, ...] = (
+    "Nucleus: Area µm^2",
+    "Cell: Area µm^2",
+    "Nucleus: Hematoxylin OD mean",
+    "Nucleus: DAB OD mean",
+    "Nucleus: DAB OD max",
+    "Cytoplasm: DAB OD mean",
+    "Cytoplasm: DAB OD max",
+    "Membrane: DAB OD mean",
+    "Membrane: DAB OD max",
+    "Membrane: completeness",
+    "Membrane: stained DAB OD",
+    "Membrane: line density OD·µm",
+    "Cell: DAB OD mean",
+)
+
+
+class Compartments(NamedTuple):
+    """Label images of the cell compartments (label i = cell i) and the boundary depth."""
+
+    cells: np.ndarray  # int32, nucleus + cytoplasm + membrane
+    membranes: np.ndarray  # int32, the band along the cell boundary, outside the nucleus
+    cytoplasm: np.ndarray  # int32, the rest of the cell outside the nucleus
+    depth: np.ndarray  # float32, distance (pixels) of each pixel to its cell's boundary
+
+
+def _distance_to_zero(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance (float32 pixels) of each pixel to the nearest false pixel of ``mask``.
+
+    The values of ``scipy.ndimage.distance_transform_edt(mask)`` rounded to
+    float32, computed with OpenCV's exact transform several times faster; its
+    float32 result is snapped to the square root of the integer squared
+    distance, so the two agree to the last bit (checked on hundreds of random
+    masks with distances up to about 900 pixels; the analysis only uses
+    distances below the membrane band, tens of pixels). ``mask`` must hold a
+    false pixel.
+    """
+    import cv2
+
+    approx = cv2.distanceTransform(
+        np.ascontiguousarray(mask, dtype=np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
+    )
+    squared = np.rint(np.square(approx, dtype=np.float64))
+    return np.sqrt(squared).astype(np.float32)
+
+
+def cell_compartments(
+    nuclei: np.ndarray,
+    mpp: float,
+    config: CellConfig = CellConfig(),  # noqa: B008
+) -> Compartments:
+    """Cells, membranes and cytoplasm grown from a nucleus label image.
+
+    Cells: each nucleus expanded by at most ``expansion_um`` without touching
+    another (the label of a cell is the label of its nucleus). Membrane: the
+    cell pixels within ``membrane_width_um`` of the cell's boundary (where it
+    meets another cell or unassigned tissue), outside the nucleus. A cell
+    whose nucleus reaches its boundary has a partial ring there; the tile
+    edge is not a boundary. Cytoplasm: the rest of the cell outside the nucleus.
+    """
+    from skimage.segmentation import expand_labels, find_boundaries
+
+    mpp = _check_mpp(mpp)
+    nuclei = np.asarray(nuclei, dtype=np.int32)
+    cells = expand_labels(nuclei, distance=config.expansion_um / mpp).astype(np.int32, copy=False)
+    inner = find_boundaries(cells, mode="inner")
+    if inner.any():
+        depth = _distance_to_zero(~inner)
+    else:
+        depth = np.full(cells.shape, np.inf, dtype=np.float32)
+    band = depth < config.membrane_width_um / mpp
+    outside_nucleus = nuclei == 0
+    membranes = np.where(band & outside_nucleus, cells, 0).astype(np.int32, copy=False)
+    cytoplasm = np.where(~band & outside_nucleus, cells, 0).astype(np.int32, copy=False)
+    return Compartments(cells, membranes, cytoplasm, depth)
+
+
+def _membrane_sectors(
+    membranes: np.ndarray,
+    depth: np.ndarray,
+    dab: np.ndarray,
+    centres_rc: np.ndarray,
+    n: int,
+    threshold: float,
+    sectors: int,
+    bin_px: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Angular completeness and stained-part intensity of each cell's membrane ring.
+
+    Ring pixels are binned into ``sectors`` equal angles around the cell centre
+    ``centres_rc`` (row, col) and, within a sector, into layers of ``bin_px``
+    pixels by their depth from the cell boundary. A sector's DAB OD is the
+    largest layer mean: the membrane line is found wherever it runs across the
+    band (on the boundary between packed cells, or inside the band of a cell
+    whose true outline is smaller than its expansion), and averaging along the
+    layer keeps single specks from counting. A sector is stained when that
+    value reaches ``threshold``. Completeness = stained sectors / sectors
+    holding ring pixels (0 when the ring is empty); intensity = the median
+    value of the stained sectors (0 when none is stained).
+    """
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    rr, cc = np.nonzero(membranes)
+    lab = membranes[rr, cc].astype(np.int64) - 1
+    angle = np.arctan2(rr - centres_rc[lab, 0], cc - centres_rc[lab, 1])
+    sector = np.minimum(((angle + np.pi) * (sectors / (2 * np.pi))).astype(np.int64), sectors - 1)
+    layer = (depth[rr, cc] / max(bin_px, 1e-6)).astype(np.int64)
+    layers = int(layer.max()) + 1 if layer.size else 1
+    key = (lab * sectors + sector) * layers + layer
+    size = n * sectors * layers
+    count = np.bincount(key, minlength=size)
+    total = np.bincount(key, weights=dab[rr, cc], minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        layer_mean = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
+    sector_od = layer_mean.reshape(n, sectors, layers).max(axis=2)
+    present = count.reshape(n, sectors, layers).sum(axis=2) > 0
+    stained = present & (sector_od >= threshold)
+    n_present = present.sum(axis=1)
+    n_stained = stained.sum(axis=1)
+    completeness = n_stained / np.maximum(n_present, 1)
+    # median of the stained sectors: sort each row descending with the others at -inf
+    desc = -np.sort(-np.where(stained, sector_od, -np.inf), axis=1)
+    rows = np.arange(n)
+    lo = np.maximum(n_stained - 1, 0) // 2
+    hi = np.minimum(n_stained // 2, sectors - 1)
+    median = 0.5 * (desc[rows, lo] + desc[rows, hi])
+    intensity = np.where(n_stained > 0, median, 0.0)
+    return completeness.astype(np.float64), intensity.astype(np.float64)
+
+
+def measure_cells(
+    od: np.ndarray,
+    nuclei: np.ndarray,
+    compartments: Compartments,
+    mpp: float,
+    config: CellConfig = CellConfig(),  # noqa: B008
+    stain: StainConfig = StainConfig(),  # noqa: B008
+    line: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-cell measurements (:data:`MEASUREMENTS`), arrays of length ``cells.max()``.
+
+    Means and maxima are of the deconvolved OD (``od[..., 0]`` hematoxylin,
+    ``od[..., 1]`` DAB) over each compartment; a compartment without pixels
+    gives NaN (as QuPath does). ``Membrane: completeness`` is angular (see
+    :func:`_membrane_sectors`, threshold = the 1+ DAB OD), and
+    ``Membrane: stained DAB OD`` is the median DAB OD of the stained sectors
+    of the ring (the intensity of the part of the membrane that is stained).
+
+    With ``line`` (the membrane line density of :func:`her2_qupath.membrane.line_density`,
+    ``stain.intensity == "membrane"``) the sectors grade that instead, against
+    ``config.membrane_thresholds[0]``: ``Membrane: line density OD·µm`` is then
+    the median of the stained sectors and ``Membrane: stained DAB OD`` is left
+    out (NaN).
+    """
+    mpp = _check_mpp(mpp)
+    cells, membranes, cytoplasm, depth = compartments
+    n = int(cells.max()) if cells.size else 0
+    hema = np.ascontiguousarray(od[..., 0])
+    dab = np.ascontiguousarray(od[..., 1])
+    px_um2 = mpp * mpp
+    nuc, cel, mem, cyt = (_pixels(x) for x in (nuclei, cells, membranes, cytoplasm))
+    out: dict[str, np.ndarray] = {}
+    hema_mean, n_count = _label_mean(nuc, hema, n)
+    cell_dab, c_count = _label_mean(cel, dab, n)
+    out["Nucleus: Area µm^2"] = n_count * px_um2
+    out["Cell: Area µm^2"] = c_count * px_um2
+    out["Nucleus: Hematoxylin OD mean"] = hema_mean
+    out["Nucleus: DAB OD mean"] = _label_mean(nuc, dab, n)[0]
+    out["Nucleus: DAB OD max"] = _label_max(nuc, dab, n)
+    out["Cytoplasm: DAB OD mean"] = _label_mean(cyt, dab, n)[0]
+    out["Cytoplasm: DAB OD max"] = _label_max(cyt, dab, n)
+    out["Membrane: DAB OD mean"] = _label_mean(mem, dab, n)[0]
+    out["Membrane: DAB OD max"] = _label_max(mem, dab, n)
+    centres = _centroids(cel, n, cells.shape[1])[:, ::-1] - 0.5  # (row, col) of pixel centres
+    graded = dab if line is None else np.ascontiguousarray(line, dtype=np.float32)
+    completeness, stained = _membrane_sectors(
+        membranes,
+        depth,
+        graded,
+        centres,
+        n,
+        stain.thresholds[0] if line is None else config.membrane_thresholds[0],
+        config.completeness_sectors,
+        max(1.0, config.membrane_layer_um / mpp),
+    )
+    nan = np.full(n, np.nan)
+    out["Membrane: completeness"] = completeness
+    out["Membrane: stained DAB OD"] = stained if line is None else nan
+    out["Membrane: line density OD·µm"] = nan if line is None else stained
+    out["Cell: DAB OD mean"] = cell_dab
+    return {name: out[name] for name in MEASUREMENTS}
+
+
+def classify_cells(
+    measurements: dict[str, np.ndarray],
+    config: CellConfig = CellConfig(),  # noqa: B008
+    stain: StainConfig = StainConfig(),  # noqa: B008
+) -> np.ndarray:
+    """HER2 membrane class of each cell, int8 0..3 (0, 1+, 2+, 3+).
+
+    With ``I`` the intensity of the stained part of the ring
+    (``Membrane: line density OD·µm`` against ``config.membrane_thresholds``
+    when ``stain.intensity == "membrane"``, else ``Membrane: stained DAB OD``
+    against ``stain.thresholds``), ``C`` = ``Membrane: completeness`` and
+    ``complete = C >= complete_fraction``:
+
+    * **3+**: ``I >= t3`` and complete (strong, complete ring);
+    * **2+**: ``I >= t2`` and complete (weak to moderate, complete), or
+      ``I >= t3`` and ``C >= strong_partial_fraction`` (strong but incomplete,
+      e.g. the U-shaped basolateral pattern);
+    * **1+**: ``C >= min_positive_fraction`` (a faint or incomplete ring: at
+      least that fraction of the ring reaches ``t1``);
+    * **0**: otherwise.
+    """
+    if stain.intensity == "membrane":
+        t1, t2, t3 = config.membrane_thresholds
+        key = "Membrane: line density OD·µm"
+    else:
+        t1, t2, t3 = stain.thresholds
+        key = "Membrane: stained DAB OD"
+    intensity = np.nan_to_num(np.asarray(measurements[key], dtype=np.float64))
+    comp = np.nan_to_num(np.asarray(measurements["Membrane: completeness"], dtype=np.float64))
+    complete = comp >= config.complete_fraction
+    cls = np.zeros(intensity.shape, dtype=np.int8)
+    cls[(comp >= config.min_positive_fraction) & (intensity >= t1)] = 1
+    cls[
+        ((intensity >= t2) & complete)
+        | ((intensity >= t3) & (comp >= config.strong_partial_fraction))
+    ] = 2
+    cls[(intensity >= t3) & complete] = 3
+    return cls
