@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from her2_qupath.cli import cli
 from her2_qupath.demo import DEMO_REGIONS, run_demo
-from her2_qupath.qupath.geojson import load_features, validate_features
+from her2_qupath.qupath.geojson import load_features
+from her2_qupath.qupath.validate import validate_features
 from her2_qupath.slide_writer import write_slide
 from her2_qupath.synthetic import synthetic_ihc
 
@@ -67,7 +68,9 @@ def test_score_cli_writes_outputs_and_refuses_to_overwrite(tmp_path: Path) -> No
     r = runner.invoke(cli, ["score", "--ihc", str(ihc), "-o", str(tmp_path / "out"), "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output[r.output.index("{"):])
-    assert summary["her2_score"] in {"0", "1+", "2+", "3+"}
+    counts = synthetic_ihc((768, 768), seed=2, mpp=0.5)[3]["cell_counts"]  # cells drawn 0/1+/2+/3+
+    assert 100 * counts[3] / sum(counts) > 10  # ASCO/CAP: > 10 % complete intense staining is 3+
+    assert summary["her2_score"] == "3+"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "annotations.geojson", "detections.geojson", "overlay.png", "report.pdf", "report.png",
         "summary.json"]
@@ -83,7 +86,7 @@ def test_score_cli_writes_outputs_and_refuses_to_overwrite(tmp_path: Path) -> No
 @pytest.mark.parametrize("args, message", [
     (["--roi-class", "Tumor"], "no ROIs"),
     (["--tumor-model", "."], "needs --he"),
-    (["--thresholds", "0.5,0.2,0.6"], "increasing"),
+    (["--thresholds", "0.5,0.2,0.6"], "increase"),
 ])
 def test_score_cli_user_errors(tmp_path: Path, args: list[str], message: str) -> None:
     ihc = _ihc(tmp_path)
@@ -136,3 +139,21 @@ def test_score_cli_background_and_intensity(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "(0, 255]" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_out_of_memory_is_one_line_and_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A MemoryError (e.g. the slide reader's, naming the file) is a message, not a traceback."""
+    import her2_qupath.pipeline as pipeline
+    from her2_qupath.cli import main
+
+    def run_score(*args: object, **kwargs: object) -> None:
+        raise MemoryError("reading ihc.svs: tile 3 of level 0 (512 x 512) did not fit in memory")
+
+    monkeypatch.setattr(pipeline, "run_score", run_score)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", "--ihc", str(_ihc(tmp_path)), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert "out of memory: reading ihc.svs: tile 3" in err and "--working-mpp" in err
+    assert not (tmp_path / "o").exists()

@@ -14,7 +14,8 @@ import tifffile
 
 from her2_qupath.config import SlideConfig
 from her2_qupath.errors import MPPMissing, SlideFormatError, SlideNotFound
-from her2_qupath.slide import _parse_ome, open_slide
+from her2_qupath.slide import open_slide
+from her2_qupath.slide.metadata import _parse_ome
 from her2_qupath.slide_writer import pyramid, write_slide
 
 H, W = 1300, 1700  # two levels with the automatic pyramid (1700 -> 850)
@@ -588,3 +589,81 @@ def test_palette_and_cmyk(tmp_path):
                      metadata=None)
     with pytest.raises(SlideFormatError, match="CMYK"):
         open_slide(tmp_path / "cmyk.tif")
+
+
+# --------------------------------------------------------------------------- failures told apart
+
+
+def _failing_decoder(error: BaseException):
+    def decode(data, index, **kw):
+        raise error
+    return decode
+
+
+@pytest.mark.parametrize("error", [
+    ValueError("<COMPRESSION.JPEG2000: 34712> requires the 'imagecodecs' package"),
+    ImportError("cannot import name 'jpeg2k_decode' from 'imagecodecs'"),
+    NotImplementedError("chroma subsampling not supported without JPEG compression"),
+])
+def test_missing_codec_is_not_reported_as_damage(slides, monkeypatch, error):
+    with open_slide(slides[("pyramidal", "zlib", True)]) as s:
+        monkeypatch.setattr(s._levels[0], "_decode", _failing_decoder(error))
+        with pytest.raises(SlideFormatError, match=r"tile row 0, column 0 of level 0") as info:
+            s.read_region((0, 0), 0, (10, 10))
+    text = str(info.value)
+    assert "no installed decoder reads its encoding" in text
+    assert "pip install imagecodecs" in info.value.hint
+    assert "the file is damaged" not in text
+
+
+def test_unknown_compression_in_a_real_file(tmp_path, slides):
+    src = slides[("plain", "zlib", True)]
+    with tifffile.TiffFile(src) as tif:
+        where = tif.pages[0].tags["Compression"].valueoffset
+    data = bytearray(src.read_bytes())
+    data[where: where + 2] = (34666).to_bytes(2, "little")  # no such TIFF compression
+    path = tmp_path / "odd.tif"
+    path.write_bytes(bytes(data))
+    with open_slide(path) as s:
+        with pytest.raises(SlideFormatError, match="no installed decoder reads its encoding") as info:
+            s.read_region((0, 0), 0, (10, 10))
+    assert "the file is damaged" not in str(info.value)
+
+
+def test_memory_error_during_read_is_not_reported_as_damage(slides, monkeypatch):
+    with open_slide(slides[("pyramidal", "zlib", True)]) as s:
+        monkeypatch.setattr(s._levels[0], "_decode", _failing_decoder(MemoryError()))
+        with pytest.raises(MemoryError, match=r"out of memory while decoding tile row 0, "
+                                              r"column 0 of level 0") as info:
+            s.read_region((0, 0), 0, (10, 10))
+    assert not isinstance(info.value, SlideFormatError)
+    assert "fewer worker processes" in str(info.value)
+
+
+def test_memory_error_while_opening(slides, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(tifffile, "TiffFile", no_memory)
+    with pytest.raises(MemoryError, match="out of memory while reading the TIFF structure"):
+        open_slide(slides[("svs", "zlib", True)])
+
+
+def test_keyboard_interrupt_passes_through(slides, monkeypatch):
+    with open_slide(slides[("pyramidal", "zlib", True)]) as s:
+        monkeypatch.setattr(s._levels[0], "_decode", _failing_decoder(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            s.read_region((0, 0), 0, (10, 10))
+
+
+def test_missing_pillow_decoder(tmp_path, smooth, monkeypatch):
+    from PIL import Image
+
+    path = write_slide(tmp_path / "a.png", smooth[:64, :64], kind="png")
+
+    def no_decoder(*args, **kwargs):
+        raise OSError("decoder zip not available")
+
+    monkeypatch.setattr(Image, "open", no_decoder)
+    with pytest.raises(SlideFormatError, match="no installed decoder reads its encoding"):
+        open_slide(path)

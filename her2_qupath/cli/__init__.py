@@ -85,6 +85,13 @@ def main(argv: list[str] | None = None) -> Any:
             raise
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except MemoryError as exc:
+        if verbose:
+            raise
+        click.echo(f"Error: out of memory: {exc or 'the run needed more memory than this machine has'} "
+                   "(score smaller regions, a larger --working-mpp, or on a machine with more memory)",
+                   err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
