@@ -30,14 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from her2_qupath.config import ScoringConfig  # noqa: E402
-from her2_qupath.pipeline import (  # noqa: E402
-    ScoreOptions,
-    ScoreRequest,
-    _cached_slide,
-    _pool_workers,
-    run_score,
-    write_result,
-)
+from her2_qupath.pipeline import ScoreOptions, ScoreRequest, run_score, write_result  # noqa: E402
+from her2_qupath.pipeline.tiles import _cached_slide  # noqa: E402
+from her2_qupath.pipeline.work import _pool_workers  # noqa: E402
 from her2_qupath.slide import open_slide  # noqa: E402
 from her2_qupath.slide_writer import write_slide  # noqa: E402
 from her2_qupath.stain import deconvolve, estimate_background  # noqa: E402

@@ -127,7 +127,7 @@ def _grid(path: str) -> tuple[list, tuple[float, float, float]]:
 
 
 def _read_deconvolve(args: tuple[str, list, tuple]) -> int:
-    from her2_qupath.pipeline import _cached_slide
+    from her2_qupath.pipeline.tiles import _cached_slide
     from her2_qupath.stain import deconvolve
     from her2_qupath.tiling import read_tile
 

@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from . import __version__
 from ._io import atomic_write_bytes
 from .config import GUIDELINES, HER2_CLASSES, HER2_COLORS
+from .render import REGION_COLOUR, UNCOUNTED_COLOUR
 from .scoring import SCORE_NAMES
 
 __all__ = ["Picture", "case_report_figure", "write_case_report", "REPORT_FILES", "rgb01", "DRAW_LOCK"]
@@ -57,8 +59,6 @@ def rgb01(c: Sequence[int]) -> tuple[float, float, float]:
 
 
 def _reduced(rgb: np.ndarray) -> np.ndarray:
-    import cv2
-
     h, w = rgb.shape[:2]
     f = _MAX_SIDE / max(h, w)
     if f >= 1:
@@ -169,8 +169,6 @@ def _text_panel(ax: Any, summary: Mapping[str, Any]) -> None:
 def _legend_handles() -> list[Any]:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
-
-    from .render import REGION_COLOUR, UNCOUNTED_COLOUR
 
     handles: list[Any] = [Patch(facecolor=rgb01(HER2_COLORS[n]), edgecolor="black", label=n)
                           for n in HER2_CLASSES]

@@ -12,7 +12,7 @@ a region. Objects are made only as text, by :meth:`CellTable.feature_text`,
 at the moment the cells are written (see :mod:`her2_qupath.qupath.stream`).
 
 The text is what :func:`her2_qupath.qupath.geojson.to_feature` writes for
-:func:`~her2_qupath.qupath.geojson.cell_object` of the same cell, key for key
+:func:`~her2_qupath.qupath.objects.cell_object` of the same cell, key for key
 and number for number, and it is valid by construction: the rare outline that
 is not a valid polygon (or any cell this fast path cannot vouch for) goes
 through the object path instead.
@@ -27,9 +27,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import shapely
 
+from .cells import MEASUREMENTS
 from .config import HER2_CLASSES
-from .qupath.objects import CELL_NAME
+from .qupath.classes import class_color
+from .qupath.geojson import to_feature
+from .qupath.objects import CELL_NAME, cell_object
 
 __all__ = ["CellTable", "Outlines"]
 
@@ -48,8 +52,6 @@ class Outlines:
 
     @classmethod
     def from_polygons(cls, polygons: Any) -> Outlines:
-        import shapely
-
         geoms = np.asarray(list(polygons), dtype=object)
         if geoms.size == 0:
             return cls.empty()
@@ -86,8 +88,6 @@ class Outlines:
 
     def geometries(self) -> np.ndarray:
         """The polygons as shapely objects (for checks and the rare slow path)."""
-        import shapely
-
         if len(self) == 0:
             return np.zeros(0, dtype=object)
         return shapely.from_ragged_array(shapely.GeometryType.POLYGON, self.coords,
@@ -143,8 +143,6 @@ class CellTable:
     @classmethod
     def from_result(cls, result: Any) -> CellTable:
         """The table of a :class:`~her2_qupath.cells.CellResult` (detected with outlines)."""
-        from .cells import MEASUREMENTS
-
         n = len(result.classes)
         table = (np.column_stack([np.asarray(result.measurements[k], dtype=np.float64)
                                   for k in MEASUREMENTS]) if n else np.zeros((0, len(MEASUREMENTS))))
@@ -203,8 +201,6 @@ class CellTable:
             return ""
         fast = self.cells.simple_ok() & self.nuclei.simple_ok()
         if warp is None and fast.any():
-            import shapely
-
             fast &= shapely.is_valid(self.cells.geometries()) & shapely.is_valid(
                 self.nuclei.geometries())
         else:
@@ -240,8 +236,6 @@ class CellTable:
 
     def _object_features(self, idx: np.ndarray, marker: dict[str, str], warp: Any) -> list[Any]:
         """The features of cells ``idx`` built as objects (repairs, warps), as the old path did."""
-        from .qupath.geojson import cell_object, to_feature
-
         if idx.size == 0:
             return []
         cells = self.cells.take(idx).geometries()
@@ -264,6 +258,4 @@ def _rings(outlines: Outlines, i: int, xy: list[Any]) -> list[Any]:
 
 
 def _class_colors() -> list[list[int]]:
-    from .qupath.geojson import class_color
-
     return [list(class_color(name)) for name in HER2_CLASSES]

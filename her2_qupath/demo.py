@@ -53,7 +53,8 @@ def _region_polygons(region_map: np.ndarray, n_regions: int) -> list[Any]:
 
 def make_demo_inputs(outdir: str | Path, *, size: int = 2048, seed: int = 7) -> DemoInputs:
     """Write ``he.svs``, ``ihc.svs`` and ``he_annotations.geojson`` into ``outdir``."""
-    from .qupath.geojson import annotation_object, write_geojson
+    from .qupath.geojson import write_geojson
+    from .qupath.objects import annotation_object
     from .slide_writer import write_slide
     from .synthetic import synthetic_pair
 

@@ -12,14 +12,8 @@ from PIL import Image
 
 from her2_qupath.case_report import Picture, case_report_figure
 from her2_qupath.config import HER2_CLASSES, HER2_COLORS
-from her2_qupath.pipeline import (
-    ScoreOptions,
-    ScoreRequest,
-    TileAnalysis,
-    _block_canvas,
-    run_score,
-    write_result,
-)
+from her2_qupath.pipeline import ScoreOptions, ScoreRequest, TileAnalysis, run_score, write_result
+from her2_qupath.pipeline.pictures import _block_canvas
 from her2_qupath.registration import Transform
 from her2_qupath.render import add_colour_bar, add_scale_bar, scale_bar_length
 from her2_qupath.tiling import Tile

@@ -19,21 +19,15 @@ import shapely
 from shapely import affinity
 from shapely.geometry import Polygon, box
 
-from her2_qupath import pipeline
 from her2_qupath.cell_table import CellTable, Outlines
 from her2_qupath.config import PRODUCT_MARKER, ScoringConfig, StainConfig
 from her2_qupath.pipeline import ScoreOptions, ScoreRequest, run_score, write_result
-from her2_qupath.qupath.geojson import (
-    annotation_object,
-    cell_object,
-    load_features,
-    read_geojson,
-    tile_object,
-    to_feature,
-    validate_features,
-)
-from her2_qupath.qupath.objects import CELL_NAME
+from her2_qupath.pipeline import tiles as pipeline_tiles
+from her2_qupath.pipeline import work as pipeline_work
+from her2_qupath.qupath.geojson import load_features, read_geojson, to_feature
+from her2_qupath.qupath.objects import CELL_NAME, annotation_object, cell_object, tile_object
 from her2_qupath.qupath.stream import CellSpill, Detections, write_detections
+from her2_qupath.qupath.validate import validate_features
 from her2_qupath.slide_writer import write_slide
 from her2_qupath.synthetic import synthetic_ihc
 from her2_qupath.tissue import TissueMask
@@ -138,7 +132,7 @@ def test_worker_processes_that_fail_hand_their_tiles_to_threads(slide, monkeypat
             raise cf.process.BrokenProcessPool("no workers")
 
     path, rois = slide
-    monkeypatch.setattr(pipeline, "_cell_pool", lambda *a: Broken())
+    monkeypatch.setattr(pipeline_work, "_cell_pool", lambda *a: Broken())
     res = run_score(ScoreRequest(ihc=path, rois=rois, options=OPTIONS["od"]))
     assert res.summary["n_cells"] == BEFORE["od"]["n_cells"]
     assert res.summary["class_percentages"] == BEFORE["od"]["class_percentages"]
@@ -146,12 +140,12 @@ def test_worker_processes_that_fail_hand_their_tiles_to_threads(slide, monkeypat
 
 def test_a_thread_pool_is_replaced_by_processes_at_the_cell_level() -> None:
     with cf.ThreadPoolExecutor(3) as threads:
-        pool = pipeline._cell_pool("cell", 5, threads)
+        pool = pipeline_work._cell_pool("cell", 5, threads)
         assert isinstance(pool, cf.ProcessPoolExecutor) and pool._max_workers == 3
         pool.shutdown()
-        assert pipeline._cell_pool("pixel", 5, threads) is None
-        assert pipeline._cell_pool("cell", 1, threads) is None  # one chunk: no pool to start
-    assert pipeline._cell_pool("cell", 5, _NotThreads()) is None  # e.g. Dask: used as given
+        assert pipeline_work._cell_pool("pixel", 5, threads) is None
+        assert pipeline_work._cell_pool("cell", 1, threads) is None  # one chunk: no pool to start
+    assert pipeline_work._cell_pool("cell", 5, _NotThreads()) is None  # e.g. Dask: used as given
 
 
 class _NotThreads(cf.Executor):
@@ -233,9 +227,9 @@ def test_streamed_detections_gzip_and_plain_hold_the_same_features(tmp_path: Pat
 def test_workers_read_with_a_tile_cache_sized_to_their_chunk(slide) -> None:
     from her2_qupath.config import SlideConfig
 
-    mb = pipeline._work_cache_mb(512, 30, 8)  # 10 tiles of 572², at up to 2x per axis, RGB
+    mb = pipeline_work._work_cache_mb(512, 30, 8)  # 10 tiles of 572², at up to 2x per axis, RGB
     assert mb == round(10 * 4 * 3 * 572**2 / 2**20) == 37
-    assert pipeline._work_cache_mb(4096, 0, 8) == SlideConfig().tile_cache_mb  # never above it
-    reader = pipeline._cached_slide(str(slide[0]), None, mb)
+    assert pipeline_work._work_cache_mb(4096, 0, 8) == SlideConfig().tile_cache_mb  # never above it
+    reader = pipeline_tiles._cached_slide(str(slide[0]), None, mb)
     assert reader._cache._max == mb * 2**20
-    assert pipeline._cached_slide(str(slide[0]), None)._cache._max == SlideConfig().tile_cache_mb * 2**20
+    assert pipeline_tiles._cached_slide(str(slide[0]), None)._cache._max == SlideConfig().tile_cache_mb * 2**20

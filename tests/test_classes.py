@@ -12,7 +12,8 @@ from shapely.geometry import box
 
 from her2_qupath.cli import cli
 from her2_qupath.qupath.classes import class_matches
-from her2_qupath.qupath.geojson import annotation_object, rois_from_objects, write_geojson
+from her2_qupath.qupath.geojson import write_geojson
+from her2_qupath.qupath.objects import annotation_object, rois_from_objects
 
 sys.path.insert(0, str(Path(__file__).parent))
 from server_support import LAYOUT_3, ihc_rgb, write_png  # noqa: E402

@@ -17,20 +17,22 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 
 from her2_qupath.config import HER2_COLORS, PRODUCT_MARKER
 from her2_qupath.errors import GeoJSONError
+from her2_qupath.qupath.classes import class_color
 from her2_qupath.qupath.geojson import (
     QuPathObject,
-    annotation_object,
-    cell_object,
-    class_color,
     from_feature,
-    is_product_object,
     read_geojson,
-    rois_from_objects,
-    tile_object,
     to_feature,
-    validate_features,
     write_geojson,
 )
+from her2_qupath.qupath.objects import (
+    annotation_object,
+    cell_object,
+    is_product_object,
+    rois_from_objects,
+    tile_object,
+)
+from her2_qupath.qupath.validate import validate_features
 
 SQUARE = [[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]
 BOWTIE = [[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]

@@ -107,7 +107,8 @@ def test_qupath_annotations_tiles_classes_and_caps(tmp_path: Path) -> None:
     """Source (b) through the real slide reader and GeoJSON parser: classes, partial regions, caps."""
     from shapely.geometry import Polygon, box
 
-    from her2_qupath.qupath.geojson import annotation_object, tile_object, write_geojson
+    from her2_qupath.qupath.geojson import write_geojson
+    from her2_qupath.qupath.objects import annotation_object, tile_object
     from her2_qupath.slide_writer import write_slide
 
     write_slide(tmp_path / "case1.tif", _slide_image(), mpp=0.25, kind="pyramidal", compression="zlib")

@@ -69,7 +69,8 @@ def test_clip_tiles_cuts_outlines_to_the_regions_and_keeps_the_numbers(tmp_path:
     number (tile measurements, region and slide scores) is unchanged."""
     from shapely.geometry import box, shape
 
-    from her2_qupath.qupath.geojson import annotation_object, write_geojson
+    from her2_qupath.qupath.geojson import write_geojson
+    from her2_qupath.qupath.objects import annotation_object
 
     image = write_png(tmp_path / "ihc.png", ihc_rgb(LAYOUT_3))  # 512 x 512 px
     region = box(100, 100, 420, 380)

@@ -13,13 +13,9 @@ import pytest
 from her2_qupath.config import ScoringConfig, StainConfig
 from her2_qupath.errors import JobCancelled, MPPMissing, UserInputError
 from her2_qupath.pipeline import ScoreOptions, ScoreRequest, run_score, write_result
-from her2_qupath.qupath.geojson import (
-    annotation_object,
-    load_features,
-    read_geojson,
-    validate_features,
-    write_geojson,
-)
+from her2_qupath.qupath.geojson import load_features, read_geojson, write_geojson
+from her2_qupath.qupath.objects import annotation_object
+from her2_qupath.qupath.validate import validate_features
 from her2_qupath.slide_writer import write_slide
 from her2_qupath.synthetic import synthetic_ihc, synthetic_pair
 from her2_qupath.tissue import TissueMask
@@ -146,11 +142,11 @@ def test_cancel_stops_a_running_chunk_at_its_next_tile(ihc_case, monkeypatch) ->
     """A chunk already running does not finish its tiles once the run is cancelled."""
     import time
 
-    from her2_qupath import pipeline
+    from her2_qupath.pipeline import tiles, work
 
     done: list[int] = []
     cancel = threading.Event()
-    real = pipeline.analyse_tile
+    real = tiles.analyse_tile
 
     def slow(*args, **kwargs):
         done.append(1)
@@ -158,15 +154,15 @@ def test_cancel_stops_a_running_chunk_at_its_next_tile(ihc_case, monkeypatch) ->
         time.sleep(0.2)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "analyse_tile", slow)
-    monkeypatch.setattr(pipeline, "CHUNK_TILES", 1000)  # one chunk holds every tile
+    monkeypatch.setattr(tiles, "analyse_tile", slow)
+    monkeypatch.setattr(work, "CHUNK_TILES", 1000)  # one chunk holds every tile
     with pytest.raises(JobCancelled):
         run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif"), cancel=cancel)
     analysed = len(done)
-    monkeypatch.setattr(pipeline, "analyse_tile", real)
+    monkeypatch.setattr(tiles, "analyse_tile", real)
     n_tiles = run_score(ScoreRequest(ihc=ihc_case["dir"] / "ihc.tif")).summary["n_tiles"]
     assert n_tiles >= 8 and analysed <= 4, (analysed, n_tiles)
-    assert not pipeline._CANCELLED_RUNS
+    assert not tiles._CANCELLED_RUNS
 
 
 def test_pair_with_registration_maps_rois_to_the_ihc_slide(tmp_path: Path) -> None:

@@ -151,13 +151,9 @@ def test_warp_keeps_qupath_exports_valid(tmp_path, transform_file):
     """A QuPath export (annotation + cell) stays valid for QuPath after warping both ways."""
     from shapely.geometry import Polygon
 
-    from her2_qupath.qupath.geojson import (
-        annotation_object,
-        cell_object,
-        load_features,
-        validate_features,
-        write_geojson,
-    )
+    from her2_qupath.qupath.geojson import load_features, write_geojson
+    from her2_qupath.qupath.objects import annotation_object, cell_object
+    from her2_qupath.qupath.validate import validate_features
 
     src = tmp_path / "export.geojson"
     write_geojson(src, [

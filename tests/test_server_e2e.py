@@ -27,7 +27,7 @@ from server_support import (
     wait_for,
 )
 
-from her2_qupath.pipeline import CHUNK_TILES
+from her2_qupath.pipeline.work import CHUNK_TILES
 from her2_qupath.server import create_app
 from her2_qupath.server.scorers import PipelineScorer
 from her2_qupath.server.wsgi import BackgroundServer

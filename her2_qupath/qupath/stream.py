@@ -14,7 +14,7 @@ tile's object and then its cells' objects, parsed on demand); the writer copies
 the cells' text without parsing it.
 
 Validity: the writer checks every object it is given with
-:func:`~her2_qupath.qupath.geojson.validate_features` (tiles, annotations: a few
+:func:`~her2_qupath.qupath.validate.validate_features` (tiles, annotations: a few
 per tile); the cells' text is valid by construction (see
 :mod:`her2_qupath.cell_table`) and is not parsed again.
 """
@@ -32,7 +32,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, overload
 
-from .geojson import QuPathObject, from_feature, to_feature, validate_features
+from .geojson import QuPathObject, from_feature, to_feature
+from .validate import validate_features
 
 __all__ = ["CellSpill", "Detections", "GeoJSONStreamWriter", "write_detections"]
 
@@ -194,7 +195,7 @@ class GeoJSONStreamWriter:
         return self.path
 
     def abort(self) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError):  # closing flushes: the disk may be full or gone
             self._raw.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
