@@ -256,8 +256,8 @@ Map replaceResults(List objects, region) {
 /** Results need colour deconvolution: an image of type "Not set" becomes Brightfield (H-DAB),
  *  with the stain vectors the server used (QuPath's own stain string, from the summary). */
 void ensureBrightfield(imageData, Map summary) {
-    String type = String.valueOf(imageData.getImageType())
-    if (type in ['UNSET', 'null']) {
+    def type = imageData.getImageType()  // an enum; its text is the display name, "Not set"
+    if (type == null || type.name() == 'UNSET') {
         setImageType('BRIGHTFIELD_H_DAB')
         String stains = summary?.provenance?.stain_vectors_qupath
         if (stains) setColorDeconvolutionStains(stains)

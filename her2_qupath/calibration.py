@@ -29,9 +29,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._io import atomic_write_json
+from .agreement import agreement
 from .config import GUIDELINES
 from .errors import UserInputError
-from .scoring import guideline_score
+from .membrane import classify_intensity
+from .pipeline import ScoreRequest, run_score
+from .scoring import SCORE_NAMES, guideline_score
 
 __all__ = [
     "FORMAT",
@@ -73,8 +77,6 @@ def _objective(preds: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def predict(blocks: Blocks, grading: Sequence[float], guideline: str) -> int:
     """The guideline score of a case's blocks for (scored-tissue OD sum, t1, t2, t3)."""
-    from .membrane import classify_intensity
-
     values, weights, od = blocks
     keep = od >= grading[0]
     if not keep.any():
@@ -153,8 +155,6 @@ def check_classes(truth: Sequence[int], minimum: int = MIN_CASES_PER_CLASS) -> N
 def write_calibration(path: str | Path, grading: Sequence[float], *, n_cases: int,
                       cross_validation: dict[str, Any] | None = None) -> Path:
     """Write a versioned calibration file (atomically)."""
-    from ._io import atomic_write_json
-
     obj = {
         "format": FORMAT,
         "version": VERSION,
@@ -229,8 +229,6 @@ def record_cases(cases: Sequence[Any], options: Any,
                  ) -> list[tuple[Blocks, tuple[str, ...]]]:
     """Score each case once (pixel level), recording its membrane blocks; per case the
     blocks and why it is not evaluable at these settings (empty: evaluable)."""
-    from .pipeline import ScoreRequest, run_score
-
     opts = dataclasses.replace(options, record_blocks=True,
                                scoring=dataclasses.replace(options.scoring, level="pixel"))
     out: list[tuple[Blocks, tuple[str, ...]]] = []
@@ -256,9 +254,6 @@ def calibrate_cases(cases: Sequence[Any], options: Any, *,
     agreement of the calibrated grading and the agreement of ``options``' grading
     on the same cases.
     """
-    from .agreement import agreement
-    from .scoring import SCORE_NAMES
-
     check_classes([c.score for c in cases], min_cases_per_class)
     recorded = record_cases(cases, options, progress=progress)
     kept = [k for k, (_, reasons) in enumerate(recorded) if not reasons]

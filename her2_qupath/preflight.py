@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import struct
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -433,7 +434,8 @@ def file_format(path: str | os.PathLike[str]) -> FileFormat | None:
             bands = len(img.getbands())
             bits = {"I;16": 16, "I;16B": 16, "I": 32, "F": 32, "1": 1}.get(img.mode, 8)
             return FileFormat(img.size[0], img.size[1], bands, bits)
-    except Exception:  # noqa: BLE001 - unreadable here: the scorer reports it with its own message
+    except (OSError, ValueError, SyntaxError, EOFError, LookupError, TypeError, AttributeError,
+            RuntimeError, struct.error):  # unreadable here: the scorer reports it with its own message
         return None
 
 

@@ -32,9 +32,14 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._io import atomic_write_json
 from .agreement import agreement, cohen_kappa, score_index
 from .config import GUIDELINES
 from .errors import UserInputError
+from .pipeline import ScoreRequest, run_score, write_result
+from .qupath.batch import entry_rois
+from .qupath.geojson import read_geojson
+from .qupath.project import open_project
 from .scoring import SCORE_NAMES
 from .validation_report import write_html_report
 
@@ -81,8 +86,6 @@ class Case:
             return self.rois
         if self.roi is None:
             return None
-        from .qupath.geojson import read_geojson
-
         return tuple(read_geojson(self.roi))
 
 
@@ -180,9 +183,6 @@ def read_project_cases(path: str | Path, *, score_key: str = SCORE_KEY,
     Entries without the key are left out; a bad value or a missing image stops with
     one line naming the entry.
     """
-    from .qupath.batch import entry_rois
-    from .qupath.project import open_project
-
     project = open_project(path, backend=backend, image_roots=image_roots)  # type: ignore[arg-type]
     cases: list[Case] = []
     try:
@@ -367,9 +367,6 @@ def run_validation(cases: Sequence[Case], outdir: str | Path, options: Any, *,
     already holds a ``summary.json`` is not scored again. ``executor`` runs the tile work
     (e.g. a Dask cluster's, as ``batch --dask-scheduler``; default: the local pool).
     """
-    from ._io import atomic_write_json
-    from .pipeline import ScoreRequest, run_score, write_result
-
     out = Path(outdir)
     rows = []
     for k, case in enumerate(cases):

@@ -220,7 +220,7 @@ class FakePaquoProject(JsonProject):
 
     metadata: dict[str, dict] = {}
 
-    def write_objects(self, entry, objects, *, metadata=None):
+    def write_objects(self, entry, objects, *, metadata=None, stains=None, stain_type="H-DAB"):
         from her2_qupath.qupath._paquo import replace_product_objects
 
         self.metadata[entry.entry_id] = dict(metadata or {})
@@ -369,7 +369,8 @@ def test_batch_with_the_real_pipeline(tmp_path, monkeypatch):
     out = proj / "her2_qupath" / "1"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["her2_score"] in ("0", "1+", "2+", "3+")
-    from her2_qupath.qupath.geojson import load_features, validate_features
+    from her2_qupath.qupath.geojson import load_features
+    from her2_qupath.qupath.validate import validate_features
 
     for name in ("detections.geojson", "annotations.geojson"):
         assert validate_features(load_features(out / name)) > 0
@@ -389,7 +390,8 @@ def test_pair_with_the_real_pipeline_writes_the_he_side(tmp_path, monkeypatch):
     import numpy as np
     from shapely.geometry import Polygon
 
-    from her2_qupath.qupath.geojson import load_features, validate_features
+    from her2_qupath.qupath.geojson import load_features
+    from her2_qupath.qupath.validate import validate_features
     from her2_qupath.slide_writer import write_slide
     from her2_qupath.synthetic import synthetic_pair
 
@@ -440,8 +442,9 @@ def test_pair_with_the_real_pipeline_writes_the_he_side(tmp_path, monkeypatch):
 
 
 def test_dask_scheduler_executor_reaches_the_pipeline(tmp_path, fake_score, monkeypatch):
-    executors_mod = pytest.importorskip("her2_qupath.server.executors", reason="the server package is not present")
     from concurrent.futures import ThreadPoolExecutor
+
+    import her2_qupath.executors as executors_mod
 
     pool = ThreadPoolExecutor(1)
     seen: dict[str, Any] = {}

@@ -136,7 +136,7 @@ def _check_written(qp_entry: Any, out_dir: Path, run_id: str, summary: dict[str,
         numeric = {k: float(v) for k, v in (exp.measurements or {}).items() if isinstance(v, (int, float))}
         assert set(got.measurements) == set(numeric)
         for key, value in numeric.items():  # QuPath keeps detection measurements as 32-bit floats
-            assert got.measurements[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+            assert got.measurements[key] == pytest.approx(value, rel=1e-6, abs=1e-6, nan_ok=True), key
     assert not remaining
     meta = dict(qp_entry.metadata)
     assert meta[f"{PRODUCT_MARKER} run"] == run_id
@@ -250,6 +250,9 @@ def test_pair_writes_the_he_entry_of_a_real_project(tmp_path, monkeypatch, qupat
                                    tol=0.011)
             n_he = _check_written(entries[o["he_entry_id"]], out / o["he_entry_id"], report["run_id"], o["summary"],
                                   he_of=o["image"])
+            # types were unset: the IHC image becomes H-DAB, its H&E partner H&E
+            assert entries[o["entry_id"]].image_type.name == "BRIGHTFIELD_H_DAB"
+            assert entries[o["he_entry_id"]].image_type.name == "BRIGHTFIELD_H_E"
             he = entries[o["he_entry_id"]].hierarchy
             (region,) = [a for a in he.annotations if (a.name or "").startswith(PRODUCT_MARKER)]
             assert region.roi.normalize().equals_exact(roi.normalize(), 1e-6)  # the user's region, on the H&E

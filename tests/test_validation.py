@@ -221,7 +221,7 @@ def test_validate_sends_tile_work_to_a_dask_cluster(images, tmp_path: Path, monk
     """--dask-scheduler: the cases' tile work goes to the cluster's executor, closed at the end."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import her2_qupath.server.executors as executors_mod
+    import her2_qupath.executors as executors_mod
 
     class CountingPool(ThreadPoolExecutor):
         submitted = 0

@@ -66,7 +66,7 @@ def command(cases: Path, outdir: Path, resume: bool, dask_scheduler: str | None,
     """
     from .. import preflight
     from ..errors import OutputExists
-    from ..server.executors import dask_executor
+    from ..executors import dask_executor
     from ..validation import run_validation
     from ._common import progress
     from .score import build_options

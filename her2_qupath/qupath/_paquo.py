@@ -20,17 +20,13 @@ from typing import Any, Literal
 
 from ..config import HER2_COLORS, PRODUCT_MARKER
 from ..errors import ProjectError, QuPathUnavailable
+from .entries import Brightfield, ImageEntry, WriteReport, entry_from_parts, project_file
+from .geojson import from_feature
 from .objects import is_product_object
-from .project import (
-    ImageEntry,
-    WriteReport,
-    _entry_from_parts,
-    _FileIndex,
-    project_file,
-)
+from .paths import FileIndex
 
 __all__ = ["QuPathStatus", "qupath_status", "PaquoProject", "replace_product_objects", "object_kind",
-           "quiet_java_logging", "ensure_brightfield"]
+           "quiet_java_logging", "ensure_brightfield", "set_stain_vectors"]
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +85,36 @@ def quiet_java_logging(log_manager: Any = None) -> bool:
     return True
 
 
-def ensure_brightfield(image: Any, image_types: Any) -> bool:
-    """An entry whose image type is "Not set" becomes Brightfield (H-DAB), the type the results
-    were measured as; a type the user chose is left alone. ``image_types`` is paquo's
-    ``QuPathImageType``. Returns whether the type was changed."""
+def set_stain_vectors(image: Any, stains: str) -> None:
+    """Set the colour-deconvolution stains of a paquo image entry from QuPath's stain string
+    (the argument of QuPath's ``setColorDeconvolutionStains``, as in a summary's
+    ``provenance.stain_vectors_qupath``). paquo has no setter: this uses the entry's
+    ``ImageData``, the one paquo saves."""
+    from paquo.jpype_backend import JClass  # the JVM is running: the image came from paquo
+
+    stain_class = JClass("qupath.lib.color.ColorDeconvolutionStains")
+    image._image_data.setColorDeconvolutionStains(stain_class.parseColorDeconvolutionStainsArg(stains))
+
+
+def ensure_brightfield(
+    image: Any,
+    image_types: Any,
+    stains: str | None = None,
+    *,
+    stain_type: Brightfield = "H-DAB",
+    set_stains: Callable[[Any, str], None] | None = None,
+) -> bool:
+    """An entry whose image type is "Not set" becomes Brightfield (H-DAB) — the type the results
+    were measured as — or, for the H&E partner of a pair (``stain_type="H&E"``), Brightfield (H&E), with ``stains`` (QuPath's stain string of the vectors the run used) as its
+    colour-deconvolution stains when given; a type the user chose, and its stains, are left
+    alone. ``image_types`` is paquo's ``QuPathImageType``; ``set_stains`` sets an entry's
+    stains (default: :func:`set_stain_vectors`). Returns whether the type was changed."""
     if image.image_type not in (None, image_types.UNSET):
         return False
-    image.image_type = image_types.BRIGHTFIELD_H_DAB
+    image.image_type = (image_types.BRIGHTFIELD_H_DAB if stain_type == "H-DAB"
+                        else image_types.BRIGHTFIELD_H_E)
+    if stains:
+        (set_stains or set_stain_vectors)(image, stains)
     return True
 
 
@@ -212,7 +231,7 @@ class PaquoProject:
         except (OSError, ValueError) as err:
             raise ProjectError(f"paquo cannot open {self.path}: {err}", hint="is it a QuPath project?") from err
         self.version: str | None = self._qp.version
-        self._index = _FileIndex([Path(r) for r in image_roots])
+        self._index = FileIndex([Path(r) for r in image_roots])
         self._by_id: dict[str, Any] = {}
 
     @property
@@ -230,7 +249,7 @@ class PaquoProject:
                 log.warning("entry %s: %s", eid, err)
                 uri = None
             out.append(
-                _entry_from_parts(
+                entry_from_parts(
                     entry_id=eid,
                     name=str(image.image_name),
                     uri=uri,
@@ -252,8 +271,6 @@ class PaquoProject:
             raise ProjectError(f"no entry {entry.entry_id} in {self.path}", hint="list images with --dry-run") from err
 
     def user_annotations(self, entry: ImageEntry) -> list[Any] | None:
-        from .geojson import from_feature
-
         image = self._image(entry)
         out = []
         for ann in image.hierarchy.annotations:
@@ -263,9 +280,15 @@ class PaquoProject:
         return out
 
     def write_objects(
-        self, entry: ImageEntry, objects: Sequence[Any], *, metadata: dict[str, str] | None = None
+        self, entry: ImageEntry, objects: Sequence[Any], *, metadata: dict[str, str] | None = None,
+        stains: str | None = None, stain_type: Brightfield = "H-DAB",
     ) -> WriteReport:
-        """Replace this product's objects; ``metadata`` (keys starting with the marker) goes on the entry."""
+        """Replace this product's objects; ``metadata`` (keys starting with the marker) goes on the entry.
+
+        An entry whose image type is "Not set" becomes Brightfield of ``stain_type`` (H-DAB for
+        the IHC slide, H&E for its partner) with ``stains`` (QuPath's stain string of the vectors
+        the run used) when given (:func:`ensure_brightfield`).
+        """
         if self.mode == "r":
             raise ProjectError("project opened read-only", hint="open it with mode='r+' to write")
         image = self._image(entry)
@@ -275,8 +298,9 @@ class PaquoProject:
         report = replace_product_objects(image.hierarchy, objects, entry_id=entry.entry_id)
         from paquo.images import QuPathImageType
 
-        if ensure_brightfield(image, QuPathImageType):
-            log.info("%s: image type set to Brightfield (H-DAB)", entry.name)
+        if ensure_brightfield(image, QuPathImageType, stains, stain_type=stain_type):
+            log.info("%s: image type set to Brightfield (%s)%s", entry.name, stain_type,
+                     " with the stain vectors used" if stains else "")
         for key, value in (metadata or {}).items():
             image.metadata[key] = str(value)
         self._add_project_classes(objects)

@@ -31,12 +31,14 @@ One image that cannot be scored is reported and skipped; the others go on.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import csv
 import dataclasses
 import io
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from collections import Counter
@@ -45,30 +47,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import __version__
+from .. import __version__, executors, pipeline, preflight
 from .._io import atomic_write_json, atomic_write_text
 from .._types import ProgressCallback
 from ..config import PRODUCT_MARKER, ProjectConfig
-from ..errors import Her2Error, QuPathUnavailable
+from ..errors import GeoJSONError, Her2Error, QuPathUnavailable
+from . import _paquo
 from .classes import class_matches
-from .objects import classification_name, is_product_object, mark_product_object
-from .project import (
+from .entries import (
     ImageEntry,
-    ImagePair,
     ProjectView,
-    backup_project,
-    ensure_project_closed,
     entry_output_dir,
     filter_entries,
     find_roi_file,
-    open_project,
-    pair_images,
     project_file,
-    project_write_lock,
-    uri_to_path,
 )
+from .geojson import read_geojson, write_geojson
+from .objects import classification_name, is_product_object, mark_product_object
+from .pairing import ImagePair, pair_images
+from .paths import uri_to_path
+from .project import open_project
+from .safety import backup_project, ensure_project_closed, project_write_lock
 
-__all__ = ["BatchOptions", "ImageOutcome", "BatchReport", "run_batch", "Status", "entry_rois"]
+__all__ = ["BatchOptions", "ImageOutcome", "BatchReport", "run_batch", "Status", "STATUSES", "entry_rois",
+           "IMAGE_ERRORS"]
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +181,6 @@ def entry_rois(
                              config=config or ProjectConfig())
         if path is None:
             return None, None
-        from .geojson import read_geojson
-
         objs = list(read_geojson(path))
         source = os.fspath(path)
     objs = [
@@ -208,8 +208,6 @@ def _flat_summary(summary: dict[str, Any]) -> dict[str, Any]:
 def _write_entry_outputs(outdir: Path, *, detections: Sequence[Any], annotations: Sequence[Any],
                          summary: dict[str, Any], config: ProjectConfig) -> list[str]:
     """The three per-image files, each written atomically (exported ROIs beside them stay)."""
-    from .geojson import write_geojson
-
     outdir.mkdir(parents=True, exist_ok=True)
     det = outdir / config.detections_filename
     ann = outdir / config.annotations_filename
@@ -240,9 +238,6 @@ def _merge_he(path: Path, new: Sequence[Any], ihc: ImageEntry) -> list[Any]:
     An H&E image shared by several IHC images keeps each one's results; a
     file that cannot be read is replaced (it only ever holds our results).
     """
-    from ..errors import GeoJSONError
-    from .geojson import read_geojson
-
     if not path.is_file():
         return list(new)
     try:
@@ -260,8 +255,6 @@ def _write_he_outputs(
 ) -> tuple[list[Any], list[str]]:
     """The H&E entry's ``detections.geojson`` / ``annotations.geojson`` (what ``import_results.groovy``
     reads), merged with other IHC images' results; returns every object now there and the files."""
-    from .geojson import write_geojson
-
     outdir.mkdir(parents=True, exist_ok=True)
     written: list[Any] = []
     files: list[str] = []
@@ -377,8 +370,6 @@ def _import_text(report: BatchReport, config: ProjectConfig) -> str:
 def run_batch(opts: BatchOptions, *, image_progress: ProgressCallback | None = None,
               tile_progress: Callable[[str], ProgressCallback | None] | None = None) -> BatchReport:
     """Score the project's images; see the module docstring for what is written where."""
-    from .. import preflight
-
     pfile = project_file(opts.project)
     project_dir = pfile.parent
     cfg = opts.config
@@ -386,8 +377,6 @@ def run_batch(opts: BatchOptions, *, image_progress: ProgressCallback | None = N
     opts = dataclasses.replace(opts, pixel_sizes=preflight.check_batch_inputs(
         mpp=opts.mpp, pairs_csv=opts.pairs_csv, roi=opts.roi, force=opts.force_mpp,
         output_dir=None if opts.dry_run else project_dir / cfg.output_dirname))
-    from . import _paquo
-
     status = _paquo.qupath_status()
     use_paquo = opts.backend == "paquo" or (opts.backend == "auto" and status.available)
     if opts.backend == "paquo" and not status.available:
@@ -404,10 +393,8 @@ def run_batch(opts: BatchOptions, *, image_progress: ProgressCallback | None = N
             "into the project needs QuPath (set PAQUO_QUPATH_DIR to the QuPath folder). "
             f"[{status.message}]"
         )
-    from ..server.executors import dask_executor
-
     try:
-        with dask_executor(None if opts.dry_run else opts.dask_scheduler) as executor:
+        with executors.dask_executor(None if opts.dry_run else opts.dask_scheduler) as executor:
             return _run(project, opts, write_back=write_back, notes=notes, executor=executor,
                         image_progress=image_progress, tile_progress=tile_progress)
     finally:
@@ -435,9 +422,7 @@ def _run(project: ProjectView, opts: BatchOptions, *, write_back: bool, notes: l
         notes=notes)
     options = opts.options
     if options is None and not opts.dry_run:
-        from ..pipeline import ScoreOptions
-
-        options = ScoreOptions()
+        options = pipeline.ScoreOptions()
 
     lock = None
     if write_back:
@@ -471,6 +456,25 @@ def _run(project: ProjectView, opts: BatchOptions, *, write_back: bool, notes: l
     return report
 
 
+#: what one image's failure raises (its file, its ROIs, the scoring, its results, the write-back): the
+#: image is reported as failed and the batch goes on; anything else is a bug and stops the batch
+IMAGE_ERRORS: tuple[type[Exception], ...] = (
+    Her2Error, OSError, ValueError, RuntimeError, ArithmeticError, MemoryError, cf.CancelledError,
+)
+
+#: (module, class) of libraries' own errors that count as well once the library is loaded: OpenCV and
+#: shapely in the analysis, a lost Dask worker, QuPath's Java exceptions in the write-back
+_LIBRARY_ERRORS = (("cv2", "error"), ("shapely.errors", "ShapelyError"), ("distributed", "KilledWorker"),
+                   ("jpype", "JException"))
+
+
+def _image_errors() -> tuple[type[Exception], ...]:
+    """:data:`IMAGE_ERRORS` and the :data:`_LIBRARY_ERRORS` of the libraries loaded now (one not
+    loaded has raised nothing; none is imported here). Evaluated when an image fails."""
+    found = [getattr(sys.modules.get(module), name, None) for module, name in _LIBRARY_ERRORS]
+    return IMAGE_ERRORS + tuple(c for c in found if isinstance(c, type) and issubclass(c, Exception))
+
+
 def _one(project: ProjectView, pair: ImagePair, opts: BatchOptions, *, options: Any, run_id: str,
          executor: Any, write_back: bool,
          tile_progress: Callable[[str], ProgressCallback | None] | None) -> ImageOutcome:
@@ -493,8 +497,6 @@ def _one(project: ProjectView, pair: ImagePair, opts: BatchOptions, *, options: 
         o.status, o.message = "skipped", f"already scored ({outdir / cfg.summary_filename}); --resume"
         o.run_id, o.summary = _earlier_result(outdir / cfg.summary_filename)
         return o
-    from .. import preflight
-
     t0 = time.perf_counter()
     try:
         # in a pair the ROIs are drawn on the H&E image: the pipeline takes them in H&E coordinates
@@ -528,17 +530,15 @@ def _one(project: ProjectView, pair: ImagePair, opts: BatchOptions, *, options: 
             if he is not None:
                 o.message += f" on H&E {he.name} (results to entries {e.entry_id} and {he.entry_id})"
             return o
-        from ..pipeline import ScoreRequest, run_score
-
         roi_info = None
         if source and source != "project":
             roi_info = preflight.roi_file_info(source, n_features=len(rois or []))
-        request = ScoreRequest(
+        request = pipeline.ScoreRequest(
             ihc=e.path, he=he.path if he else None, ihc_mpp=ihc_mpp, he_mpp=he_mpp,
             rois=rois or None, roi_class=None, options=options,
         )
         cb = tile_progress(e.name) if tile_progress else None
-        result = run_score(request, progress=cb, executor=executor)
+        result = pipeline.run_score(request, progress=cb, executor=executor)
         preflight.record_roi_source(result.summary, roi_info)
         detections = [mark_product_object(d, run_id=run_id) for d in result.detections]
         annotations = [mark_product_object(a, run_id=run_id) for a in result.annotations]
@@ -577,17 +577,17 @@ def _one(project: ProjectView, pair: ImagePair, opts: BatchOptions, *, options: 
             project.write_objects(e, detections + annotations, metadata={
                 f"{PRODUCT_MARKER} run": run_id,
                 f"{PRODUCT_MARKER} HER2 score": str(summary.get("her2_score")),
-            })
+            }, stains=(summary.get("provenance") or {}).get("stain_vectors_qupath"))
             if he is not None and o.he_outputs:
                 project.write_objects(he, he_objects, metadata={
                     f"{PRODUCT_MARKER} run": run_id,
                     f"{PRODUCT_MARKER} IHC partner": e.name,
-                })
+                }, stain_type="H&E")
                 o.he_written_to_project = True
             project.save()
             o.written_to_project = True
         o.status = "scored"
-    except Exception as err:  # noqa: BLE001 - one bad image must not stop the batch; it is reported
+    except _image_errors() as err:  # one bad image must not stop the batch; it is reported
         log.warning("%s (%s) failed: %s", e.name, e.entry_id, err, exc_info=log.isEnabledFor(logging.DEBUG))
         o.status = "failed"
         o.message = f"{type(err).__name__}: {err}"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ProjectError
+from .paths import pixel_size_from_metadata, server_builder_uri
 
 __all__ = ["QPDataHeader", "read_qpdata_header", "parse_qpdata_header", "read_server_json"]
 
@@ -45,15 +46,11 @@ class QPDataHeader:
     @property
     def image_uri(self) -> str | None:
         """The image URI recorded in the server description (nested builders too)."""
-        from .project import server_builder_uri
-
         return server_builder_uri(self.server)
 
     @property
     def mpp(self) -> float | None:
         """Pixel size in micrometres, if the header's server metadata has one."""
-        from .project import pixel_size_from_metadata
-
         return pixel_size_from_metadata(self.server.get("metadata") or {})
 
 

@@ -63,12 +63,21 @@ class QPEx {
     }
 }
 
+/** QuPath's ImageData.ImageType: an enum whose text is the display name ("Not set"). */
+enum StubImageType {
+    UNSET('Not set'), BRIGHTFIELD_H_E('Brightfield (H&E)'), BRIGHTFIELD_H_DAB('Brightfield (H-DAB)'),
+    BRIGHTFIELD_OTHER('Brightfield (other)'), FLUORESCENCE('Fluorescence')
+    final String text
+    StubImageType(String text) { this.text = text }
+    String toString() { text }
+}
+
 class StubImageData {
     Object server
     String type = 'UNSET'
     List<PathObject> objects = []
     Object getServer() { server }
-    String getImageType() { type }
+    StubImageType getImageType() { StubImageType.valueOf(type ?: 'UNSET') }
     Object getHierarchy() { new StubHierarchy(objects: objects) }
 }
 

@@ -1,10 +1,12 @@
 """Where tile work runs: a local pool, or an existing Dask distributed cluster.
 
-Jobs themselves run on the server's worker threads; what a backend supplies
-is the :class:`concurrent.futures.Executor` a scorer sends its tile work to.
-Scaling out means pointing ``--dask-scheduler`` at a cluster (``dask
-scheduler`` + ``dask worker`` on the machines, or any Dask deployment), not
-a scheduler of our own. Dask is imported only when a scheduler is given.
+Server jobs themselves run on the server's worker threads; what a backend
+supplies is the :class:`concurrent.futures.Executor` a scorer sends its tile
+work to (:func:`make_backend`). ``batch`` and ``validate`` take the executor of
+a Dask cluster for one run (:func:`dask_executor`). Scaling out means pointing
+``--dask-scheduler`` at a cluster (``dask scheduler`` + ``dask worker`` on the
+machines, or any Dask deployment), not a scheduler of our own. Dask is
+imported only when a scheduler is given.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Protocol
 
-from ..config import ServerConfig
-from ..errors import UserInputError
+from .config import ServerConfig
+from .errors import UserInputError
 
 __all__ = ["Backend", "LocalBackend", "DaskBackend", "make_backend", "worker_count", "dask_executor"]
 
