@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,87 @@ def test_stopped_worker_thread_is_restarted_and_reported(
     job = _submit(client, {"ihc": str(images["one"])})
     assert wait_job(_get(client), job["id"])["state"] == "done"
     assert client.get("/api/v1/health").json["workers_alive"] == 1
+
+
+class RaisingScorer(PipelineScorer):
+    """Fails at once with ``exc``: a scorer with a bug, one that runs out of memory, one that exits."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__()
+        self.exc = exc
+
+    def __call__(self, spec: JobSpec, outdir: Path, **kwargs: Any) -> dict[str, Any]:
+        raise self.exc
+
+
+def test_bug_in_the_scorer_fails_the_job_and_the_worker_goes_on(
+    make_app: Any, images: dict[str, Path]
+) -> None:
+    scorer = RaisingScorer(KeyError("no such key in /secret/place"))
+    app = make_app(scorer, worker_retry_s=0.05)
+    client = app.test_client()
+    job = _submit(client, {"ihc": str(images["one"])})
+    failed = wait_job(_get(client), job["id"])
+    assert failed["state"] == "failed", failed
+    assert failed["error"].startswith("internal error while scoring (error id "), failed
+    assert "KeyError" not in failed["error"] and "/secret" not in failed["error"]
+    health = client.get("/api/v1/health").json
+    assert health["status"] == "ok" and health["workers_alive"] == 1, health  # not restarted
+    app.extensions["her2_qupath"].manager.scorer = PipelineScorer()
+    nxt = _submit(client, {"ihc": str(images["two"]), "options": OPTS})
+    assert wait_job(_get(client), nxt["id"])["state"] == "done"
+
+
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        (MemoryError(), "the server ran out of memory while scoring (error id "),
+        (SystemExit("injected"), "internal error while scoring (error id "),
+    ],
+)
+def test_fatal_error_in_the_scorer_fails_the_job_and_restarts_the_worker(
+    make_app: Any, images: dict[str, Path], exc: BaseException, message: str
+) -> None:
+    """MemoryError, SystemExit: the job is failed with a clear message, then the worker thread
+    ends (reported by health) and a new one takes the next job."""
+    app = make_app(RaisingScorer(exc), worker_retry_s=0.05)
+    client = app.test_client()
+    manager = app.extensions["her2_qupath"].manager
+    job = _submit(client, {"ihc": str(images["one"])})
+    failed = wait_job(_get(client), job["id"])
+    assert failed["state"] == "failed" and failed["error"].startswith(message), failed
+    assert manager.store.get(job["id"])["state"] == "failed"  # recorded, not only shown
+    health = wait_for(
+        lambda: (h := client.get("/api/v1/health").json)["status"] == "degraded" and h, timeout=10
+    )
+    assert any(f"stopped on {type(exc).__name__}" in p for p in health["problems"]), health
+    manager.scorer = PipelineScorer()
+    nxt = _submit(client, {"ihc": str(images["two"]), "options": OPTS})
+    assert wait_job(_get(client), nxt["id"])["state"] == "done"
+    assert client.get("/api/v1/health").json["workers_alive"] == 1
+
+
+class StoppedByItsPoolScorer(PipelineScorer):
+    """Waits for the job's cancellation, then fails as a tile pool shut down under it would:
+    with CancelledError, not the product's JobCancelled."""
+
+    def __call__(self, spec: JobSpec, outdir: Path, **kwargs: Any) -> dict[str, Any]:
+        cancel = kwargs["cancel"]
+        kwargs["progress"](0, 1)
+        assert cancel is not None and cancel.wait(30)
+        raise CancelledError()
+
+
+def test_cancelled_job_whose_scorer_fails_otherwise_is_cancelled(
+    make_app: Any, images: dict[str, Path]
+) -> None:
+    client = make_app(StoppedByItsPoolScorer()).test_client()
+    job = _submit(client, {"ihc": str(images["one"])})
+    wait_job(_get(client), job["id"], states=("running",))
+    assert client.delete(f"/api/v1/jobs/{job['id']}").status_code == 202
+    cancelled = wait_job(_get(client), job["id"])
+    assert cancelled["state"] == "cancelled" and cancelled["error"] == "cancelled while running"
+    assert client.get("/api/v1/health").json["status"] == "ok"
 
 
 def test_cancel_reaches_a_running_job_after_worker_errors(
@@ -854,7 +936,7 @@ def test_database_of_the_previous_version_is_migrated(tmp_path: Path) -> None:
 
 
 def test_health_reports_unwritable_data_dir(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from her2_qupath.server import jobs
+    from her2_qupath.server.jobs import manager as jobs_manager
 
     app = make_app()
     client = app.test_client()
@@ -865,7 +947,7 @@ def test_health_reports_unwritable_data_dir(make_app: Any, monkeypatch: pytest.M
     def no_space(folder: Path) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device", str(folder))
 
-    monkeypatch.setattr(jobs, "_mkstemp", no_space)
+    monkeypatch.setattr(jobs_manager, "_mkstemp", no_space)
     manager._last_probe = 0.0  # probe now rather than within PROBE_INTERVAL_S
     h = client.get("/api/v1/health").json
     assert h["status"] == "degraded", h

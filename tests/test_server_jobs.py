@@ -14,8 +14,8 @@ from server_support import SlowScorer, app_config, comparable, make_images, wait
 
 from her2_qupath.config import ServerConfig
 from her2_qupath.errors import UserInputError
+from her2_qupath.executors import LocalBackend
 from her2_qupath.server import create_app
-from her2_qupath.server.executors import LocalBackend
 from her2_qupath.server.jobs import JobManager, JobStore, default_data_dir
 from her2_qupath.server.scorers import PipelineScorer
 

@@ -14,11 +14,13 @@ from flask import Blueprint, Response, jsonify, request, send_file, url_for
 
 from .. import __version__
 from ..errors import JobCancelled
-from .app import server_state
+from ..qupath.project import partner_of
 from .http import ApiError
 from .jobs import TERMINAL_STATES, QueueFull, iso_time
+from .openapi import openapi_document
 from .schemas import JOB_STATES, parse_json, validate
 from .scorers import WorkEstimate, build_spec, check_vertex_limit
+from .state import server_state
 
 __all__ = ["bp"]
 
@@ -168,8 +170,6 @@ def models() -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    from .openapi import openapi_document
-
     return jsonify(openapi_document())
 
 
@@ -268,8 +268,6 @@ def job_report_pdf(job_id: str) -> Response:
 @bp.post("/pairing")
 def pairing() -> Response:
     """The H&E partner of an IHC image by the pairing rules of ``batch`` (for the scripts)."""
-    from ..qupath.project import partner_of
-
     body = _json_body("PairRequest")
     found = partner_of(body["ihc"], body["images"], pattern=body.get("pair_pattern") or None,
                        metadata_key=body.get("pair_metadata") or None)

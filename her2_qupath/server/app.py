@@ -1,13 +1,18 @@
-"""The Flask application factory: configuration, authentication, errors, headers."""
+"""The Flask application factory: configuration, authentication, errors, headers.
+
+:func:`create_app` builds the :class:`~.state.ServerState` and registers the
+blueprints (:mod:`.api`, :mod:`.pages`); they read the state through
+:func:`~.state.server_state` and never import this module.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,11 +23,14 @@ from werkzeug.exceptions import HTTPException
 from .. import __version__
 from ..config import ServerConfig
 from ..errors import AccessDenied, Her2Error, SlideNotFound
-from .executors import make_backend
+from ..executors import make_backend
+from .api import bp as api_bp
 from .http import ApiError
 from .jobs import JobManager, default_data_dir, error_id
+from .pages import bp as pages_bp
 from .scorers import Scorer, default_scorer
 from .security import TOKEN_FILE, load_or_create_token, token_matches, token_required
+from .state import EXTENSION, ServerState, server_state
 
 __all__ = ["create_app", "ServerState", "server_state", "TOKEN_COOKIE"]
 
@@ -32,34 +40,6 @@ TOKEN_COOKIE = "her2_qupath_token"
 #: endpoints anyone may call, token or not
 PUBLIC_ENDPOINTS = frozenset({"api.health"})
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-@dataclass
-class ServerState:
-    """Everything a request handler needs, kept in ``app.extensions["her2_qupath"]``."""
-
-    config: ServerConfig
-    data_dir: Path
-    token: str | None
-    manager: JobManager
-    scorer: Scorer
-    sync_slots: threading.BoundedSemaphore
-    #: where the token came from: "option" (--token), "created" (generated at this start),
-    #: "file" (generated at an earlier start, kept in <data-dir>/token), None (no token)
-    token_source: str | None = None
-
-    @property
-    def auth_required(self) -> bool:
-        return self.token is not None
-
-    def close(self, *, timeout_s: float | None = None) -> None:
-        """Stop the workers (running jobs are marked interrupted) and release the data directory."""
-        self.manager.shutdown(timeout_s=timeout_s)
-
-
-def server_state() -> ServerState:
-    state: ServerState = current_app.extensions["her2_qupath"]
-    return state
 
 
 def _server_config(
@@ -131,10 +111,7 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
         sync_slots=threading.BoundedSemaphore(max(1, server.max_sync_concurrency)),
         token_source=token_source,
     )
-    app.extensions["her2_qupath"] = state
-
-    from .api import bp as api_bp
-    from .pages import bp as pages_bp
+    app.extensions[EXTENSION] = state
 
     app.register_blueprint(api_bp, url_prefix="/api/v1")
     app.register_blueprint(pages_bp)
@@ -220,8 +197,6 @@ def _authenticate() -> Response | None:
 
 def _loopback_address(host: str) -> bool:
     """An IP literal of this machine (127.0.0.0/8, ::1): a DNS-rebinding page cannot send one."""
-    import ipaddress
-
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -10,7 +10,7 @@ from flask import Blueprint, render_template
 from .. import __version__
 from ..config import HER2_CLASSES, HER2_COLORS
 from .api import job_json
-from .app import server_state
+from .state import server_state
 
 __all__ = ["bp"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, get_args
+from typing import Any
 
-from ..config import TILE_SIZE_RANGE, Aggregation, Guideline, Level
 from ..errors import UserInputError
+from ..options import MODEL_OPTIONS, OPTIONS, OptionSpec
 
 __all__ = [
     "SCHEMAS",
@@ -88,58 +88,42 @@ _MPP = {
     "description": "Pixel size in µm/px; the server accepts ServerConfig.min_mpp to max_mpp "
     "(default 0.05 to 50) and answers 400 outside it.",
 }
+def _option_schema(spec: OptionSpec) -> dict[str, Any]:
+    """The JSON Schema of one option of the request model (her2_qupath.options)."""
+    lo, hi = spec.bounds or (None, None)
+    schema: dict[str, Any]
+    if spec.kind == "choice":
+        schema = {"enum": list(spec.choices)}
+    elif spec.kind in ("int", "float"):
+        schema = {"type": "integer" if spec.kind == "int" else "number", "minimum": lo, "maximum": hi}
+    elif spec.kind == "flag":
+        schema = {"type": "boolean"}
+    elif spec.kind in ("thresholds", "rgb"):
+        schema = {"type": "array", "items": {"type": "number", "exclusiveMinimum": lo, "maximum": hi},
+                  "minItems": 3, "maxItems": 3}
+    elif spec.kind == "calibration":
+        schema = {"type": "object",
+                  "required": ["format", "version", "membrane_thresholds", "membrane_tissue_od_sum"]}
+    else:  # the QuPath stain string
+        schema = {"type": "string", "maxLength": 4096}
+    if spec.default is not None and spec.kind != "flag":
+        schema["default"] = spec.default
+    return {**schema, "description": spec.help}
+
+
 _OPTIONS = {
     "type": "object",
     "additionalProperties": False,
-    "description": "Scoring options, as the options of `her2-qupath score` (defaults from config.py).",
+    "description": "Scoring options: the request model of `her2-qupath score` (her2_qupath.options; "
+    "docs/options.md). options.mpp is also held to ServerConfig.min_mpp..max_mpp.",
     "properties": {
-        "guideline": {"enum": list(get_args(Guideline))},
-        "level": {"enum": list(get_args(Level))},
-        "aggregation": {"enum": list(get_args(Aggregation))},
-        "tile_size": {"type": "integer", "minimum": TILE_SIZE_RANGE[0], "maximum": TILE_SIZE_RANGE[1]},
-        "mpp": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": 100,
-            "description": "Working resolution in µm/px (ServerConfig.min_mpp to max_mpp, "
-            "default 0.05 to 50).",
-        },
-        "min_tissue_fraction": {"type": "number", "minimum": 0, "maximum": 1},
-        "intensity": {
-            "enum": ["membrane", "od"],
-            "description": "What the stain classes grade: membrane line density (default) or "
-            "DAB OD with QuPath's thresholds (docs/stain.md).",
-        },
-        "thresholds": {
-            "type": "array",
-            "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
-            "minItems": 3,
-            "maxItems": 3,
-            "description": "1+, 2+, 3+ thresholds of the chosen intensity, increasing.",
-        },
-        "background": {
-            "type": "array",
-            "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 255},
-            "minItems": 3,
-            "maxItems": 3,
-            "description": "White point (RGB of empty glass); estimated from the glass when absent.",
-        },
-        "clip_tiles": {
-            "type": "boolean",
-            "description": "Cut the tile outlines to the scored regions (numbers unchanged).",
-        },
-        "calibration": {
-            "type": "object",
-            "required": ["format", "version", "membrane_thresholds", "membrane_tissue_od_sum"],
-            "description": "A calibration file's content (from `her2-qupath calibrate`): its "
-            "membrane grading replaces the server's for this request; not with 'thresholds' "
-            "or intensity 'od'.",
-        },
+        **{spec.name: _option_schema(spec) for spec in OPTIONS if spec.kind != "model"},
         "models": {
             "type": "object",
             "additionalProperties": False,
             "description": "Names of models from GET /api/v1/models.",
-            "properties": {"tumor": _NAME, "stain": _NAME, "segmenter": _NAME},
+            "properties": {spec.api_key: {**_NAME, "description": spec.help}
+                           for spec in MODEL_OPTIONS if spec.api_key},
         },
     },
 }
@@ -374,7 +358,9 @@ def validate(name: str, instance: Any) -> None:
         return
     error = best_match(_validator(name).iter_errors(instance))
     if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(body)"
+        # named as the errors of the request model name a field: options.mpp, rois.features[2]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        where = where.lstrip(".") or "(body)"
         message = error.message if len(error.message) < 300 else error.message[:300] + "..."
         raise UserInputError(
             f"request body does not match the {name} schema at {where}: {message}",

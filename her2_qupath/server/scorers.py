@@ -18,6 +18,7 @@ subclass that adds behaviour, for instance).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -28,9 +29,14 @@ from pathlib import Path
 from threading import Event
 from typing import Any, Protocol
 
+from .._io import _nan_to_str, json_default
 from .._types import ProgressCallback
-from ..config import ServerConfig
+from ..calibration_file import load_calibration
+from ..config import ServerConfig, TilingConfig
 from ..errors import UserInputError
+from ..options import MODEL_OPTIONS
+from ..options import score_options as request_options
+from ..pipeline import ScoreRequest, run_score, write_result
 from ..preflight import (
     check_features,
     check_pixel_size,
@@ -38,6 +44,8 @@ from ..preflight import (
     record_roi_source,
     roi_features_info,
 )
+from ..qupath.geojson import read_geojson, to_feature
+from ..slide import open_slide
 from .http import ApiError
 from .security import count_vertices, resolve_image
 
@@ -98,10 +106,6 @@ class Scorer(Protocol):
 
 def json_ready(obj: Any) -> Any:
     """Plain JSON data as the result files hold it: numpy values converted, NaN as "NaN"."""
-    import json
-
-    from .._io import _nan_to_str, json_default
-
     return _nan_to_str(json.loads(json.dumps(obj, default=json_default)))
 
 
@@ -203,16 +207,11 @@ def _class_name(feature: Mapping[str, Any]) -> str | None:
 
 
 def _validate_geojson(features: list[dict[str, Any]]) -> None:
-    """Parse the ROIs as QuPath objects (``qupath.geojson.read_geojson``) when that module is present.
+    """Parse the ROIs as QuPath objects (``qupath.geojson.read_geojson``).
 
     Raises :class:`GeoJSONError` (HTTP 400) naming the bad feature, at submission
     rather than when the job runs.
     """
-    try:
-        from ..qupath.geojson import read_geojson
-    except ImportError:
-        log.debug("qupath.geojson not available; ROIs checked by the JSON schema only")
-        return
     read_geojson({"type": "FeatureCollection", "features": features})
 
 
@@ -229,81 +228,32 @@ def _roi_bounds(spec: JobSpec) -> list[tuple[float, float, float, float]] | None
 
 
 class PipelineScorer:
-    """Scores with :func:`her2_qupath.pipeline.run_score` (imported on first use)."""
+    """Scores with :func:`her2_qupath.pipeline.run_score`."""
 
     name = "pipeline"
-    #: request ``options.models`` key -> ScoreOptions field holding that model directory
-    MODEL_FIELDS: Mapping[str, str] = {
-        "tumor": "tumor_model",
-        "stain": "stain_model",
-        "segmenter": "seg_model",
-    }
-
     def __init__(self, models_dir: str | os.PathLike[str] | None = None,
                  calibration: str | os.PathLike[str] | None = None) -> None:
         self.models_dir = Path(models_dir) if models_dir else None
         #: the server-wide calibration (``serve --calibration``), validated at start-up
         self.calibration: dict[str, Any] | None = None
         if calibration is not None:
-            from ..calibration import load_calibration
-
             self.calibration = load_calibration(calibration)
 
     def score_options(self, options: Mapping[str, Any]) -> Any:
-        """``ScoreOptions`` from the request's options (defaults from config.py)."""
-        from ..calibration import apply_calibration, check_calibration
-        from ..pipeline import ScoreOptions
+        """``ScoreOptions`` from the request's ``options`` through the request model.
 
-        base = ScoreOptions()
-        calibration = self.calibration
-        if options.get("calibration") is not None:  # this request's, over the server's
-            if options.get("thresholds") is not None or options.get("intensity") == "od":
-                raise UserInputError("options.calibration sets the membrane thresholds",
-                                     hint="drop options.thresholds and intensity 'od'")
-            calibration = check_calibration(options["calibration"], "options.calibration")
-        if calibration is not None:
-            base = apply_calibration(base, calibration)
-        scoring = dataclasses.replace(
-            base.scoring,
-            **{k: options[k] for k in ("guideline", "level", "aggregation") if k in options},
-        )
-        tiling_keys = {
-            "tile_size": "tile_size",
-            "mpp": "mpp",
-            "min_tissue_fraction": "min_tissue_fraction",
-        }
-        tiling = dataclasses.replace(
-            base.tiling, **{f: options[k] for k, f in tiling_keys.items() if k in options}
-        )
-        changes: dict[str, Any] = {"scoring": scoring, "tiling": tiling,
-                                   "stain": self.stain_options(base.stain, options),
-                                   "clip_tiles": bool(options.get("clip_tiles", False))}
-        fields = {f.name for f in dataclasses.fields(base)}
+        The model (:mod:`her2_qupath.options`) is the one the command line uses; model
+        names under ``options.models`` are resolved in the server's models directory.
+        """
+        values = {k: v for k, v in options.items() if k != "models"}
         for key, name in (options.get("models") or {}).items():
-            field_name = self.MODEL_FIELDS[key]
-            if field_name not in fields:
-                raise UserInputError(
-                    f"this version scores without a {key} model", hint="omit options.models"
-                )
-            changes[field_name] = self.model_dir(name)
-        return dataclasses.replace(base, **changes)
-
-    @staticmethod
-    def stain_options(stain: Any, options: Mapping[str, Any]) -> Any:
-        """``StainConfig`` with the request's ``intensity``, ``thresholds`` and ``background``."""
-        intensity = options.get("intensity", stain.intensity)
-        changes: dict[str, Any] = {"intensity": intensity}
-        if options.get("thresholds") is not None:
-            t = tuple(float(x) for x in options["thresholds"])
-            if not t[0] < t[1] < t[2]:
-                raise UserInputError(f"options.thresholds must increase, got {list(t)}",
-                                     hint="e.g. [0.044, 0.136, 0.312] (membrane) or [0.2, 0.4, 0.6] (od)")
-            changes["membrane_thresholds" if intensity == "membrane" else "thresholds"] = t
-        if options.get("background") is not None:
-            from ..optics import parse_rgb
-
-            changes["background"] = parse_rgb(options["background"], "options.background")
-        return dataclasses.replace(stain, **changes)
+            spec = next((m for m in MODEL_OPTIONS if m.api_key == key), None)
+            if spec is None:
+                raise UserInputError(f"this version scores without a {key} model",
+                                     hint="omit options.models." + key)
+            values[spec.name] = name
+        return request_options(values, "api", base_calibration=self.calibration,
+                               resolve_model=lambda _spec, name: self.model_dir(name))
 
     def model_dir(self, name: str) -> Path:
         if self.models_dir is None:
@@ -317,9 +267,6 @@ class PipelineScorer:
         return path
 
     def request(self, spec: JobSpec) -> Any:
-        from ..pipeline import ScoreRequest
-        from ..qupath.geojson import read_geojson
-
         rois = None
         if spec.rois is not None:
             rois = tuple(read_geojson({"type": "FeatureCollection", "features": list(spec.rois)}))
@@ -345,12 +292,6 @@ class PipelineScorer:
         Tiles lie on the H&E slide's grid when one is given (as the pipeline
         tiles it), else on the IHC slide's; each tile is read from both slides.
         """
-        try:
-            from ..slide import open_slide
-        except ImportError:
-            return None
-        from ..config import TilingConfig
-
         tile_size = int(spec.options.get("tile_size", TilingConfig.tile_size))
         work_mpp = float(spec.options.get("mpp", TilingConfig.mpp))
         slides = [(spec.ihc, spec.ihc_mpp)]
@@ -384,8 +325,6 @@ class PipelineScorer:
         cancel: Event | None = None,
         executor: Executor | None = None,
     ) -> dict[str, Any]:
-        from ..pipeline import run_score, write_result
-
         result = run_score(self.request(spec), progress=progress, cancel=cancel, executor=executor)
         _record_rois(result, spec)
         write_result(result, outdir)
@@ -400,9 +339,6 @@ class PipelineScorer:
         executor: Executor | None = None,
     ) -> dict[str, Any]:
         """Summary, detections and annotations as JSON-ready data: no files, no overlay PNG."""
-        from ..pipeline import run_score
-        from ..qupath.geojson import to_feature
-
         result = run_score(self.request(spec), progress=progress, cancel=cancel, executor=executor)
         _record_rois(result, spec)
         return json_ready(
@@ -442,8 +378,6 @@ def _record_rois(result: Any, spec: JobSpec) -> None:
 
 
 def _model_kind(path: Path) -> str | None:
-    import json
-
     for name, key in (("her2_qupath.json", "kind"), ("config.json", "model_type")):
         try:
             value = json.loads((path / name).read_text(encoding="utf-8")).get(key)
