@@ -37,7 +37,7 @@ MAX_LINES = 600
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base: types, defaults, errors, the request model", (
         "her2_qupath", "her2_qupath._types", "her2_qupath.errors", "her2_qupath.config",
-        "her2_qupath._io", "her2_qupath.options", "her2_qupath._layers",
+        "her2_qupath._io", "her2_qupath.calibration_file", "her2_qupath._layers",
     )),
     ("I/O: slides, GeoJSON, QuPath classes and ownership", (
         "her2_qupath.slide", "her2_qupath.slide.*", "her2_qupath.slide_writer",
@@ -57,7 +57,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     )),
     ("pipeline: one run, its QuPath objects, checks and executors", (
         "her2_qupath.qupath.builder", "her2_qupath.pipeline", "her2_qupath.pipeline.*",
-        "her2_qupath.preflight", "her2_qupath.executors",
+        "her2_qupath.preflight", "her2_qupath.executors", "her2_qupath.options",
     )),
     ("workflows: projects, batch, validation, calibration, demo", (
         "her2_qupath.qupath.*", "her2_qupath.batch", "her2_qupath.validation",
@@ -214,7 +214,8 @@ def check(root: Path | None = None) -> list[Violation]:
     same_layer = {m: {t: n for t, n in edges.items() if layers.get(t) == layers[m]}
                   for m, edges in graph.items() if layers[m] is not None}
     for cycle in _cycles(same_layer):
-        violations.append(Violation(cycle[0], "import cycle: " + " → ".join(cycle + [cycle[0]])))
+        violations.append(Violation(cycle[0], "import cycle among " + ", ".join(cycle)
+                                    + ": move what they share into a lower module"))
     return violations
 
 

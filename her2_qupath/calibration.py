@@ -11,26 +11,29 @@ steps off, a 0 called 2+ or 3+); the centre of the optimal region is kept
 (the least sensitive choice). :func:`cross_validate` reports the
 leave-one-case-out agreement of the fitted grading next to the defaults'.
 
-The file (:func:`write_calibration`, :func:`load_calibration`) is versioned
-JSON, validated on load, and recorded in every run's provenance
+The file (:func:`write_calibration`, :func:`load_calibration`, in
+:mod:`her2_qupath.calibration_file` and re-exported here) is versioned JSON,
+validated on load, and recorded in every run's provenance
 (``ScoreOptions.calibration``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__
-from ._io import atomic_write_json
 from .agreement import agreement
+from .calibration_file import (
+    FORMAT,
+    VERSION,
+    apply_calibration,
+    check_calibration,
+    load_calibration,
+    write_calibration,
+)
 from .config import GUIDELINES
 from .errors import UserInputError
 from .membrane import classify_intensity
@@ -55,8 +58,6 @@ __all__ = [
     "calibrate_cases",
 ]
 
-FORMAT = "her2-qupath calibration"
-VERSION = 1
 #: candidate scored-tissue thresholds (block mean OD sum)
 TISSUE_GRID: tuple[float, ...] = (0.04, 0.06, 0.08, 0.1, 0.12)
 #: candidate line-density thresholds (OD·µm), log-spaced
@@ -147,74 +148,6 @@ def check_classes(truth: Sequence[int], minimum: int = MIN_CASES_PER_CLASS) -> N
         raise UserInputError(
             f"too few cases to calibrate ({', '.join(thin)}; at least {minimum} per class needed)",
             hint="add cases of every score 0, 1+, 2+ and 3+, or keep the default grading")
-
-
-# ----------------------------------------------------------------------------- the file
-
-
-def write_calibration(path: str | Path, grading: Sequence[float], *, n_cases: int,
-                      cross_validation: dict[str, Any] | None = None) -> Path:
-    """Write a versioned calibration file (atomically)."""
-    obj = {
-        "format": FORMAT,
-        "version": VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "her2_qupath": __version__,
-        "intensity": "membrane",
-        "membrane_tissue_od_sum": round(float(grading[0]), 5),
-        "membrane_thresholds": [round(float(x), 5) for x in grading[1:]],
-        "n_cases": int(n_cases),
-        "cross_validation": cross_validation or {},
-    }
-    return atomic_write_json(path, obj)
-
-
-def load_calibration(path: str | Path) -> dict[str, Any]:
-    """Read and validate a calibration file; a clear error names what is wrong."""
-    p = Path(path)
-    try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise UserInputError(f"calibration file {p} not found", hint=_MAKE_ONE) from err
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserInputError(f"calibration file {p} is not JSON: {err}", hint=_MAKE_ONE) from err
-    checked = check_calibration(obj, f"calibration file {p}")
-    return {**checked, "path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-
-
-_MAKE_ONE = "make it with `her2-qupath calibrate CASES -o calibration.json`"
-
-
-def check_calibration(obj: Any, source: str = "the calibration") -> dict[str, Any]:
-    """Validate a calibration's content (a file's, or a request's ``options.calibration``).
-
-    Returns it with ``path`` (``source``) and ``sha256`` (of its canonical JSON) added
-    unless it carries them already.
-    """
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise UserInputError(f"{source} is not a her2-qupath calibration", hint=_MAKE_ONE)
-    if obj.get("version") != VERSION:
-        raise UserInputError(f"{source} has version {obj.get('version')!r}; "
-                             f"this version reads {VERSION}", hint="calibrate again with this version")
-    t = obj.get("membrane_thresholds")
-    tissue = obj.get("membrane_tissue_od_sum")
-    ok = (isinstance(t, list) and len(t) == 3 and all(isinstance(x, (int, float)) for x in t)
-          and 0 < t[0] < t[1] < t[2] < 10 and isinstance(tissue, (int, float)) and 0 <= tissue < 2)
-    if not ok:
-        raise UserInputError(f"{source} holds no valid grading (thresholds {t!r}, tissue {tissue!r})",
-                             hint=_MAKE_ONE)
-    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    return {**obj, "path": source, "sha256": hashlib.sha256(canonical).hexdigest()}
-
-
-def apply_calibration(options: Any, calibration: dict[str, Any]) -> Any:
-    """``ScoreOptions`` graded with the calibration (membrane intensity, its thresholds)."""
-    stain = dataclasses.replace(options.stain, intensity="membrane",
-                                membrane_thresholds=tuple(float(x) for x in
-                                                          calibration["membrane_thresholds"]),
-                                membrane_tissue_od_sum=float(calibration["membrane_tissue_od_sum"]))
-    return dataclasses.replace(options, stain=stain,
-                               calibration=f"{calibration['path']} (sha256 {calibration['sha256']})")
 
 
 def result_blocks(result: Any) -> Blocks:

@@ -57,6 +57,7 @@ PRODUCT_MARKER = "her2-qupath"
 Guideline = Literal["breast", "gastric", "endometrial"]
 Level = Literal["pixel", "cell"]
 Aggregation = Literal["guideline", "paper", "paper-adapted"]
+Precision = Literal["bf16", "fp32"]
 
 
 #: Tile sizes f (pixels at the working MPP) the CLI and the server accept: smaller tiles hold
@@ -297,7 +298,7 @@ class ScoringConfig:
 class ModelConfig:
     """Inference settings of the transformer models C, L and M."""
 
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Precision = "bf16"
     batch_size: int = 32
     num_workers: int = 1  # tile-reading threads running beside compute
     tumor_threshold: float = 0.5  # probability above which an H&E tile is tumor

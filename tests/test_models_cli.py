@@ -51,7 +51,9 @@ def test_train_and_evaluate_classifier(tile_folder: Path, tmp_path: Path,
     assert _run(["evaluate", str(model), str(tile_folder), "-o", str(evald)]) == 0
     metrics = json.loads((evald / "metrics.json").read_text())
     assert metrics["n"] == 160 and np.asarray(metrics["confusion_matrix"]).sum() == 160
-    assert 0 <= metrics["accuracy"] <= 1 and metrics["decision_curve"]["positive"] == "strong"
+    cm = np.asarray(metrics["confusion_matrix"])
+    assert metrics["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())  # rows truth, columns called
+    assert metrics["decision_curve"]["positive"] == "strong"
     assert (evald / "roc.png").exists() and (evald / "decision_curve.png").exists()
     assert _run(["evaluate", str(model), str(tile_folder), "-o", str(evald)]) == 2  # exists
 

@@ -3,129 +3,66 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..config import (
-    GUIDELINES,
-    TILE_SIZE_RANGE,
-    ModelConfig,
-    ScoringConfig,
-    StainConfig,
-    TilingConfig,
-)
+from ..config import ScoreOptions
+from ..options import OPTIONS, OptionSpec
+from ..options import score_options as request_options
 from ._common import mpp_option, progress
 
 __all__ = ["command", "build_options", "score_options"]
-
-_T = TilingConfig()
-_S = StainConfig()
-_M = ModelConfig()
-_SC = ScoringConfig()
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 _existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
+def _param(spec: OptionSpec) -> str:
+    """The keyword click passes the option's value under (its flag, with underscores)."""
+    return spec.cli_flag.lstrip("-").replace("-", "_")
+
+
+def _click_option(spec: OptionSpec) -> Callable[[Any], Any]:
+    """The ``click.option`` of one spec of the request model (her2_qupath.options)."""
+    kw: dict[str, Any] = {"help": spec.help}
+    lo, hi = spec.bounds or (None, None)
+    if spec.kind == "choice":
+        kw |= {"type": click.Choice(list(spec.choices)), "default": spec.default, "show_default": True}
+    elif spec.kind == "int":
+        kw |= {"type": click.IntRange(int(lo), int(hi)), "default": spec.default, "show_default": True}
+    elif spec.kind == "float":
+        kw |= {"type": click.FloatRange(lo, hi), "default": spec.default, "show_default": True}
+    elif spec.kind == "flag":
+        kw |= {"is_flag": True}
+    elif spec.kind == "calibration":
+        kw |= {"type": _existing_file, "default": None}
+    elif spec.kind == "model":
+        kw |= {"type": _existing_dir, "default": None, "help": f"Model directory: {spec.help}"}
+    else:  # text, R,G,B and thresholds: parsed and checked by the request model
+        kw |= {"default": None, "metavar": spec.metavar}
+        if spec.kind == "thresholds":
+            kw["help"] = f"{spec.help} [default: {spec.default_text}]"
+    return click.option(spec.cli_flag, _param(spec), **kw)
+
+
 def score_options(f: Any) -> Any:
-    """The scoring options shared by ``score`` and ``batch``."""
-    opts = [
-        click.option("--guideline", type=click.Choice(sorted(GUIDELINES)), default=_SC.guideline,
-                     show_default=True, help="Clinical rule used for the region and slide score."),
-        click.option("--level", type=click.Choice(["pixel", "cell"]), default=_SC.level,
-                     show_default=True, help="Count stained tumour-area pixels or tumour cells."),
-        click.option("--aggregation", type=click.Choice(["guideline", "paper", "paper-adapted"]),
-                     default=_SC.aggregation, show_default=True,
-                     help="Slide score by the guideline rule or by the paper's Algorithm 1."),
-        click.option("--tile-size", type=click.IntRange(*TILE_SIZE_RANGE), default=_T.tile_size,
-                     show_default=True, help="Tile size f in pixels at the working pixel size."),
-        click.option("--working-mpp", type=click.FloatRange(0.05, 50), default=_T.mpp,
-                     show_default=True, help="Working pixel size (µm/px) the tiles are read at."),
-        click.option("--intensity", type=click.Choice(["membrane", "od"]), default=_S.intensity,
-                     show_default=True,
-                     help="What the stain classes grade: the membranes' DAB line density (OD·µm) "
-                          "or each pixel's DAB OD with QuPath's thresholds (docs/stain.md)."),
-        click.option("--thresholds", default=None,
-                     help="Thresholds for 1+, 2+, 3+ of the chosen --intensity [membrane: "
-                          + ",".join(str(t) for t in _S.membrane_thresholds) + " OD·µm; od: "
-                          + ",".join(str(t) for t in _S.thresholds) + " DAB OD]."),
-        click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     default=None, help="A calibration file from `her2-qupath calibrate` "
-                     "(membrane thresholds fitted to your laboratory's cases)."),
-        click.option("--background", default=None, metavar="R,G,B",
-                     help="White point (RGB of empty glass) when the slide shows too little glass "
-                          "to estimate it [default: estimated from the glass]."),
-        click.option("--stain-vectors", default=None,
-                     help="QuPath stain string (setColorDeconvolutionStains JSON) to use instead of H-DAB defaults."),
-        click.option("--estimate-stains", is_flag=True, help="Estimate stain vectors from the slide (Macenko)."),
-        click.option("--tumor-model", type=_existing_dir, default=None,
-                     help="Model directory of the H&E tumour classifier C (needs --he)."),
-        click.option("--stain-model", type=_existing_dir, default=None,
-                     help="Model directory of the IHC stain-intensity classifier L."),
-        click.option("--seg-model", type=_existing_dir, default=None,
-                     help="Model directory of the IHC stain segmenter M (replaces colour deconvolution)."),
-        click.option("--precision", type=click.Choice(["bf16", "fp32"]), default=_M.precision,
-                     show_default=True, help="Model inference precision."),
-        click.option("--clip-tiles", is_flag=True,
-                     help="Cut the tile outlines written to QuPath to the scored regions "
-                          "(their numbers are those of the whole tile's scored part either way)."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
+    """The scoring options shared by ``score``, ``batch``, ``validate`` and ``calibrate``.
+
+    Generated from the request model :data:`her2_qupath.options.OPTIONS`, like the
+    server's schema and docs/options.md.
+    """
+    for spec in reversed(OPTIONS):
+        f = _click_option(spec)(f)
     return f
 
 
-def _parse_thresholds(text: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError as err:
-        raise click.BadParameter(f"{text!r} is not three comma-separated numbers",
-                                 param_hint="--thresholds") from err
-    if len(values) != 3 or not (0 < values[0] < values[1] < values[2]):
-        raise click.BadParameter("need three increasing positive numbers, e.g. 0.2,0.4,0.6",
-                                 param_hint="--thresholds")
-    return values  # type: ignore[return-value]
-
-
-def build_options(**kw: Any) -> Any:
-    """ScoreOptions from the shared CLI options (also used by ``batch``)."""
-    from ..optics import parse_rgb
-    from ..pipeline import ScoreOptions
-
-    base = ScoreOptions()
-    intensity = kw.get("intensity") or base.stain.intensity
-    stain = replace(base.stain, intensity=intensity, estimate_vectors=kw["estimate_stains"])
-    if kw.get("thresholds"):
-        key = "membrane_thresholds" if intensity == "membrane" else "thresholds"
-        stain = replace(stain, **{key: _parse_thresholds(kw["thresholds"])})
-    if kw.get("background"):
-        try:
-            stain = replace(stain, background=parse_rgb(kw["background"], "--background"))
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--background") from err
-    options = ScoreOptions(
-        tiling=replace(base.tiling, tile_size=kw["tile_size"], mpp=kw["working_mpp"]),
-        stain=stain,
-        scoring=ScoringConfig(guideline=kw["guideline"], level=kw["level"],
-                              aggregation=kw["aggregation"]),
-        model=replace(base.model, precision=kw["precision"]),
-        tumor_model=kw["tumor_model"],
-        stain_model=kw["stain_model"],
-        seg_model=kw["seg_model"],
-        stain_vectors=kw["stain_vectors"],
-        clip_tiles=bool(kw.get("clip_tiles")),
-    )
-    if kw.get("calibration") is not None:
-        from ..calibration import apply_calibration, load_calibration
-
-        if kw.get("thresholds") or kw.get("intensity") == "od":
-            raise click.UsageError("--calibration sets the membrane thresholds: "
-                                   "drop --thresholds and --intensity od")
-        options = apply_calibration(options, load_calibration(kw["calibration"]))
-    return options
+def build_options(**kw: Any) -> ScoreOptions:
+    """``ScoreOptions`` from the shared command-line options (the request model decides)."""
+    values = {spec.name: kw.get(_param(spec)) for spec in OPTIONS}
+    return request_options(values, "cli")
 
 
 def print_summary(summary: dict[str, Any], outdir: Path) -> None:
