@@ -1,17 +1,7 @@
 """Decoded samples to RGB ``uint8``: the pixel conversions of :mod:`her2_qupath.slide`.
 
-Every pixel comes back as RGB ``uint8``:
-
-* RGB(A): alpha is composited on white;
-* grayscale 8/16/32-bit and float: replicated to three channels; integers are
-  scaled linearly from ``[0, MaxSampleValue]`` (the tag if present, else the
-  range of ``BitsPerSample``: 16-bit ``v`` becomes ``round(v * 255 / 65535)``);
-  floats are taken as ``[0, 1]`` and clipped; ``MinIsWhite`` is inverted;
-* palette images go through their colour map;
-* JPEG tiles in YCbCr are converted to RGB by the decoder, Aperio JPEG 2000
-  YCbCr tiles (compression 33003) by :func:`ycbcr_to_rgb` (full-range BT.601);
-* CMYK, CIE L*a*b* and other photometric interpretations raise
-  :class:`~her2_qupath.errors.SlideFormatError`.
+The rules (alpha on white, grey and float scaling, palettes, YCbCr, refused
+photometric interpretations) are listed in the package's docstring.
 """
 
 from __future__ import annotations
