@@ -190,6 +190,13 @@ def test_rois_and_roi_class(client: FlaskClient, images: dict[str, Path]) -> Non
     assert r.json["summary"]["n_tiles"] == 4
     assert r.json["summary"]["class_percentages"]["3+"] == 50.0
     assert len(r.json["annotations"]["features"]) == 1
+    # the one class rule of the command line (qupath.classes.class_matches): case and a derived
+    # class's parts do not matter
+    rois["features"][0]["properties"]["classification"]["name"] = "Tumor: invasive"
+    lower = client.post("/api/v1/score",
+                        json={"ihc": str(images["three"]), "rois": rois, "roi_class": "tumor", "options": OPTS})
+    assert lower.status_code == 200, lower.json
+    assert lower.json["summary"]["class_percentages"] == r.json["summary"]["class_percentages"]
     msg = _error(
         client.post(
             "/api/v1/score",

@@ -44,6 +44,7 @@ from ..preflight import (
     record_roi_source,
     roi_features_info,
 )
+from ..qupath.classes import class_matches
 from ..qupath.geojson import read_geojson, to_feature
 from ..slide import open_slide
 from .http import ApiError
@@ -156,11 +157,12 @@ def build_spec(body: Mapping[str, Any], config: ServerConfig) -> JobSpec:
         check_features(features, what="rois")  # empty: 400, not the whole slide
         check_vertex_limit(features, config.max_roi_vertices)
         if roi_class := body.get("roi_class"):
-            features = [f for f in features if _class_name(f) == roi_class]
+            features = [f for f in features if class_matches(_class_name(f), roi_class)]
             if not features:
                 raise UserInputError(
                     f"no ROI has the classification {roi_class!r}",
-                    hint="send roi_class as QuPath names the class, or omit it",
+                    hint="roi_class matches a class or a part of a derived class (case ignored); "
+                    "omit it to score every ROI",
                 )
         _validate_geojson(features)
     he = body.get("he")
