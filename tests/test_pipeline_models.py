@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from her2_qupath.pipeline import ScoreOptions, ScoreRequest, run_score, write_result
 from her2_qupath.scoring import score_class_map
@@ -107,8 +108,9 @@ def test_tumor_classifier_decides_which_tiles_count(case, tmp_path: Path) -> Non
     assert len(ignored) >= int(np.sum(probs < threshold))
     assert all("Attention max" in d.measurements for d in res.he_detections)
     out = write_result(res, tmp_path / "out")
-    assert (out / "probability_heatmap.png").stat().st_size > 0
-    assert (out / "attention_heatmap.png").stat().st_size > 0
+    for name in ("probability_heatmap.png", "attention_heatmap.png"):
+        picture = np.asarray(Image.open(out / name).convert("RGB"))
+        assert min(picture.shape[:2]) >= 100 and picture.std() > 10, name  # drawn, not blank
 
 
 def test_a_model_is_refused_on_tiles_of_another_field_of_view(case) -> None:

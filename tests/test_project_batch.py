@@ -352,23 +352,23 @@ def _pipeline_or_skip() -> None:
 
 
 def test_batch_with_the_real_pipeline(tmp_path, monkeypatch):
-    """A real IHC picture (scikit-image's DAB + hematoxylin sample) in a project, scored end to end."""
+    """A drawn IHC picture of known classes (server_support.LAYOUT_3: 37.5 / 25 / 25 / 12.5 % of
+    tiles at 0 / 1+ / 2+ / 3+, breast 3+) in a project, scored end to end."""
     _pipeline_or_skip()
-    from skimage import data
+    from server_support import LAYOUT_3, MPP, ihc_rgb
     from skimage.io import imsave
 
     monkeypatch.setenv("PAQUO_QUPATH_DIR", "/nonexistent/QuPath")
     slides = tmp_path / "slides"
     slides.mkdir()
     image = slides / "IHC sample é.png"
-    imsave(image, data.immunohistochemistry(), check_contrast=False)
-    # 1 µm/px: the 512-px picture holds 2 x 2 tiles of the default grid
-    proj = make_project(tmp_path / "proj", [{"name": image.name, "uri": image.as_uri(), "mpp": 1.0}])
+    imsave(image, ihc_rgb(LAYOUT_3), check_contrast=False)
+    proj = make_project(tmp_path / "proj", [{"name": image.name, "uri": image.as_uri(), "mpp": MPP}])
     res = invoke(str(proj))
     assert res.exit_code == 0, res.output
     out = proj / "her2_qupath" / "1"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["her2_score"] in ("0", "1+", "2+", "3+")
+    assert summary["her2_score"] == "3+"
     from her2_qupath.qupath.geojson import load_features
     from her2_qupath.qupath.validate import validate_features
 
@@ -380,7 +380,7 @@ def test_batch_with_the_real_pipeline(tmp_path, monkeypatch):
     assert all(t.name.startswith("her2-qupath") for t in dets)
     assert {t.class_name for t in tiles} <= {"HER2 0", "HER2 1+", "HER2 2+", "HER2 3+", "Ignore*"}
     pct = summary["class_percentages"]
-    assert sum(pct.values()) == pytest.approx(100.0, abs=0.5)
+    assert [pct[k] for k in ("0", "1+", "2+", "3+")] == pytest.approx([37.5, 25, 25, 12.5], abs=3)
 
 
 def test_pair_with_the_real_pipeline_writes_the_he_side(tmp_path, monkeypatch):
