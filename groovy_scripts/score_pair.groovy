@@ -22,22 +22,15 @@
  *
  * Start the server first, on the machine that can read the image files:
  *     her2-qupath serve
- * then run this script from Automate > Shared scripts... (or Project scripts...).
- * Works with QuPath 0.4, 0.5 and 0.6.
+ * then run this script from Automate > Shared scripts... (or Project scripts...),
+ * with her2_qupath_common.groovy (the part it shares with
+ * score_selected_annotations.groovy) in the same folder. Works with QuPath 0.4,
+ * 0.5 and 0.6.
  */
 
 import static qupath.lib.gui.scripting.QPEx.*
 
-import groovy.json.JsonOutput
-import groovy.json.JsonSlurper
 import groovy.transform.Field
-import qupath.lib.io.GsonTools
-import qupath.lib.io.PathIO
-
-import java.net.http.HttpClient
-import java.net.http.HttpRequest
-import java.net.http.HttpResponse
-import java.time.Duration
 
 // ---------------------------------------------------------------- settings --
 // Address of the server started with `her2-qupath serve` (default port 8765).
@@ -68,203 +61,6 @@ import java.time.Duration
 @Field String MARKER = 'her2-qupath'
 // ------------------------------------------------------------------------------
 
-class Her2ScriptError extends RuntimeException {
-    Her2ScriptError(String message) { super(message) }
-}
-
-@Field HttpClient HTTP = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(10)).build()
-
-/** Show a problem as one clear message (a dialog in the QuPath window, the log otherwise). */
-void showProblem(String message) {
-    println "ERROR: her2-qupath: ${message}"
-    if (getQuPath() == null) return  // headless: the log line above is the message
-    for (String name in ['qupath.fx.dialogs.Dialogs', 'qupath.lib.gui.dialogs.Dialogs']) {  // 0.5+, 0.4
-        try {
-            Class.forName(name).getMethod('showErrorMessage', String, String).invoke(null, 'HER2 scoring', message)
-            return
-        } catch (ReflectiveOperationException | LinkageError ignored) {
-            // not in this QuPath version: try the next one
-        }
-    }
-}
-
-String serverMessage(HttpResponse response) {
-    def body = response.body() ?: ''
-    try {
-        def err = new JsonSlurper().parseText(body)?.error
-        if (err) return "${err.message} (${response.statusCode()} ${err.code})"
-    } catch (Exception ignored) { }
-    return "HTTP ${response.statusCode()}: ${body.take(300)}"
-}
-
-/** The access token: $HER2_QUPATH_TOKEN, else the one set_server_token.groovy stored ('' = none). */
-String accessToken() {
-    String env = System.getenv('HER2_QUPATH_TOKEN')
-    if (env?.trim()) return env.trim()
-    return java.util.prefs.Preferences.userRoot().node('her2-qupath').get('token', '')
-}
-
-HttpResponse<String> http(String method, String path, String json = null) {
-    def builder = HttpRequest.newBuilder(URI.create(SERVER_URL.replaceAll('/+$', '') + path))
-            .timeout(Duration.ofSeconds(60))
-            .header('Accept', 'application/json')
-    String token = accessToken()
-    if (token) builder.header('Authorization', 'Bearer ' + token)
-    if (json != null)
-        builder.header('Content-Type', 'application/json').method(method, HttpRequest.BodyPublishers.ofString(json))
-    else
-        builder.method(method, HttpRequest.BodyPublishers.noBody())
-    HttpResponse<String> response
-    try {
-        response = HTTP.send(builder.build(), HttpResponse.BodyHandlers.ofString())
-    } catch (IOException e) {
-        throw new Her2ScriptError("cannot reach the HER2 server at ${SERVER_URL} (${e.class.simpleName}: ${e.message}). " +
-                "Start it with 'her2-qupath serve' and check SERVER_URL at the top of this script.")
-    }
-    int code = response.statusCode()
-    if (code == 401 || code == 403)
-        throw new Her2ScriptError("the server refused access: ${serverMessage(response)}. " +
-                "Store the token 'her2-qupath serve' printed with set_server_token.groovy " +
-                "(or set the environment variable HER2_QUPATH_TOKEN).")
-    if (code >= 400)
-        throw new Her2ScriptError("the server could not do it: ${serverMessage(response)}")
-    return response
-}
-
-/** The current image as the server should open it: a file: URI (or path). */
-String imageLocation(server) {
-    def uris = []
-    try { uris = server.getURIs() as List } catch (MissingMethodException ignored) { }
-    if (uris.size() == 1) return uris[0].toString()
-    if (uris.size() > 1)
-        throw new Her2ScriptError("this image is built from ${uris.size()} files; score one of them on its own")
-    return server.getPath()
-}
-
-Double pixelSizeMicrons(server) {
-    def cal = server.getPixelCalibration()
-    if (!cal.hasPixelSizeMicrons()) return null
-    double v = cal.getAveragedPixelSizeMicrons()
-    return Double.isNaN(v) ? null : v
-}
-
-boolean isOurs(obj) {
-    def name = obj.getName()
-    return name != null && name.startsWith(MARKER)
-}
-
-/** QuPath GeoJSON features of the given objects (works for GsonTools' array or collection output). */
-List featuresOf(Collection objects) {
-    def parsed = new JsonSlurper().parseText(GsonTools.getInstance(false).toJson(objects))
-    if (parsed instanceof Map) return (parsed.features ?: [parsed]) as List
-    return parsed as List
-}
-
-List readObjects(String geojson) {
-    def stream = new ByteArrayInputStream(geojson.getBytes('UTF-8'))
-    try {
-        return PathIO.readObjectsFromGeoJSON(stream) as List
-    } finally {
-        stream.close()
-    }
-}
-
-/** Cancel a job on the server, even from an interrupted thread; failures are only logged. */
-void cancelJob(String id) {
-    boolean interrupted = Thread.interrupted()  // clear the flag so the request can be sent
-    try {
-        http('DELETE', "/api/v1/jobs/${id}")
-        println "her2-qupath: job ${id} cancelled on the server"
-    } catch (Exception e) {
-        println "her2-qupath: could not cancel job ${id}: ${e.message}"
-    } finally {
-        if (interrupted) Thread.currentThread().interrupt()
-    }
-}
-
-Map submitAndWait(Map request) {
-    def created
-    try {
-        created = new JsonSlurper().parseText(http('POST', '/api/v1/jobs', JsonOutput.toJson(request)).body())
-    } catch (InterruptedException e) {
-        throw new Her2ScriptError('interrupted while submitting the job; check the server status page for it')
-    }
-    String id = created.id
-    println "her2-qupath: job ${id} submitted to ${SERVER_URL}"
-    long deadline = System.currentTimeMillis() + (long) (MAX_WAIT_MINUTES * 60000)
-    String last = ''
-    boolean ended = false  // done, failed or cancelled on the server: nothing to cancel
-    try {
-        while (true) {
-            def job = new JsonSlurper().parseText(http('GET', "/api/v1/jobs/${id}").body())
-            String line = "${job.state} ${Math.round(100 * ((job.progress ?: 0) as double))}%" +
-                    (job.tiles_total ? " (${job.tiles_done}/${job.tiles_total} tiles)" : '')
-            if (line != last) { println "her2-qupath: ${line}"; last = line }
-            ended = job.state in ['done', 'failed', 'cancelled']
-            if (job.state == 'done') return job
-            if (job.state == 'failed')
-                throw new Her2ScriptError("scoring failed on the server: ${job.error ?: 'no reason given'}")
-            if (job.state == 'cancelled')
-                throw new Her2ScriptError("the job was cancelled on the server")
-            if (System.currentTimeMillis() > deadline)
-                throw new Her2ScriptError("no result after ${MAX_WAIT_MINUTES} minutes; the job was cancelled " +
-                        "(raise MAX_WAIT_MINUTES for very large regions)")
-            Thread.sleep((long) (POLL_SECONDS * 1000))
-        }
-    } catch (InterruptedException e) {
-        throw new Her2ScriptError("interrupted: job ${id} was cancelled on the server")
-    } finally {
-        if (!ended) cancelJob(id)
-    }
-}
-
-/** The object's ID (QuPath 0.4-0.5: getID(), later getId()). */
-String objectId(obj) {
-    for (String method in ['getID', 'getId']) {
-        if (obj.metaClass.respondsTo(obj, method)) return obj."${method}"().toString()
-    }
-    return Integer.toHexString(System.identityHashCode(obj))
-}
-
-/** The tag that ties results to the region they were scored for ('image': the whole image). */
-String tagOf(region) {
-    return region == null ? 'image' : objectId(region).replaceAll('-', '').take(8)
-}
-
-/** Replace this product's earlier results for `region` (null: the whole image) by `objects`. */
-Map replaceResults(List objects, region) {
-    String suffix = " #${tagOf(region)}"
-    def earlier = (getAnnotationObjects() + getDetectionObjects()).findAll { obj ->
-        if (!isOurs(obj)) return false
-        if (region == null) return true  // the whole image replaces every earlier result
-        String name = obj.getName()
-        if (name.endsWith(suffix)) return true
-        if (name ==~ /.* #([0-9a-f]{8}|image)$/) return false  // another region's, or the whole image's
-        def roi = obj.getROI()  // untagged (her2-qupath batch): replaced inside the region
-        return region.getROI().contains(roi.getCentroidX(), roi.getCentroidY())
-    }
-    objects.each { obj ->
-        String name = obj.getName()
-        obj.setName((name == null ? MARKER : (name.startsWith(MARKER) ? name : "${MARKER}: ${name}")) + suffix)
-    }
-    removeObjects(earlier, true)
-    addObjects(objects)
-    fireHierarchyUpdate()
-    return [removed: earlier.size(), added: objects.size()]
-}
-
-/** Results need colour deconvolution: an image of type "Not set" becomes Brightfield (H-DAB),
- *  with the stain vectors the server used (QuPath's own stain string, from the summary). */
-void ensureBrightfield(imageData, Map summary) {
-    def type = imageData.getImageType()  // an enum; its text is the display name, "Not set"
-    if (type == null || type.name() == 'UNSET') {
-        setImageType('BRIGHTFIELD_H_DAB')
-        String stains = summary?.provenance?.stain_vectors_qupath
-        if (stains) setColorDeconvolutionStains(stains)
-        println 'her2-qupath: image type set to Brightfield (H-DAB)' + (stains ? ' with the stain vectors used' : '')
-    }
-}
-
 /** An entry's metadata (QuPath 0.4-0.5: getMetadataMap(), later getMetadata()). */
 Map entryMetadata(entry) {
     for (String method in ['getMetadataMap', 'getMetadata']) {
@@ -275,31 +71,31 @@ Map entryMetadata(entry) {
 }
 
 /** The project entry of the H&E partner, its name and image location. */
-Map findPartner() {
+Map findPartner(her2) {
     def project = getProject()
     def entry = getProjectEntry()
     if (project == null || entry == null)
-        throw new Her2ScriptError('open the IHC image from a QuPath project: the H&E partner is looked up in it')
+        her2.fail('open the IHC image from a QuPath project: the H&E partner is looked up in it')
     def images = project.getImageList()
     String wanted = HE_IMAGE_NAME
     if (!wanted) {
         def body = [ihc   : entry.getImageName(),
-                    images: images.collect { [name: it.getImageName(), id: objectId(it), metadata: entryMetadata(it)] }]
+                    images: images.collect { [name: it.getImageName(), id: her2.objectId(it), metadata: entryMetadata(it)] }]
         if (PAIR_METADATA) body.pair_metadata = PAIR_METADATA
         else body.pair_pattern = PAIR_PATTERN
-        def found = new JsonSlurper().parseText(http('POST', '/api/v1/pairing', JsonOutput.toJson(body)).body())
+        def found = her2.json('POST', '/api/v1/pairing', body)
         if (!found.he)
-            throw new Her2ScriptError("no H&E partner for '${entry.getImageName()}': ${found.reason}. " +
+            her2.fail("no H&E partner for '${entry.getImageName()}': ${found.reason}. " +
                     "Set PAIR_PATTERN or PAIR_METADATA (as for her2-qupath batch), or HE_IMAGE_NAME, at the top of this script")
         wanted = found.he
     }
     def he = images.find { it.getImageName() == wanted }
     if (he == null)
-        throw new Her2ScriptError("no image named '${wanted}' in this project; set HE_IMAGE_NAME at the top of this script")
+        her2.fail("no image named '${wanted}' in this project; set HE_IMAGE_NAME at the top of this script")
     def uris = []
     try { uris = he.getURIs() as List } catch (MissingMethodException ignored) { uris = he.getServerURIs() as List }
     if (uris.size() != 1)
-        throw new Her2ScriptError("the H&E image '${he.getImageName()}' is built from ${uris.size()} files; use a single-file image")
+        her2.fail("the H&E image '${he.getImageName()}' is built from ${uris.size()} files; use a single-file image")
     return [name: he.getImageName(), location: uris[0].toString(), entry: he]
 }
 
@@ -312,61 +108,39 @@ boolean hasClass(obj, String wanted) {
 }
 
 /** Your tumour annotations on the H&E image (never this product's). */
-List tumourAnnotations(heEntry) {
+List tumourAnnotations(her2, heEntry) {
     def data
     try {
         data = heEntry.readImageData()
     } catch (Exception e) {
-        throw new Her2ScriptError("cannot read the annotations of the H&E image '${heEntry.getImageName()}' (${e.message})")
+        her2.fail("cannot read the annotations of the H&E image '${heEntry.getImageName()}' (${e.message})")
     }
-    return data.getHierarchy().getAnnotationObjects().findAll { !isOurs(it) && hasClass(it, TUMOR_CLASS) } as List
+    return data.getHierarchy().getAnnotationObjects().findAll { !her2.isOurs(it) && hasClass(it, TUMOR_CLASS) } as List
 }
 
-void runScript() {
-    def imageData = getCurrentImageData()
-    if (imageData == null) throw new Her2ScriptError('open an image first')
-    def server = imageData.getServer()
-    def selected = getSelectedObjects().findAll { it.isAnnotation() } as List
-    def regions = selected.findAll { !isOurs(it) } as List
-    if (selected && !regions)
-        throw new Her2ScriptError('the selected annotations are results of an earlier run; select the region you drew')
-    def partner = findPartner()
-    def tumour = regions ? [] : tumourAnnotations(partner.entry)
+// The shared part, from this script's folder (QuPath passes a script its file as "qupath.script.file").
+File common = new File(new File(binding.variables['qupath.script.file'] ?: '.').absoluteFile.parentFile, 'her2_qupath_common.groovy')
+if (!common.isFile()) throw new IllegalStateException("her2-qupath: ${common} not found: run this script from its file, with her2_qupath_common.groovy beside it")
+def her2 = new GroovyShell(this.class.classLoader).evaluate(common).newInstance(
+        [SERVER_URL: SERVER_URL, GUIDELINE: GUIDELINE, LEVEL: LEVEL, AGGREGATION: AGGREGATION,
+         POLL_SECONDS: POLL_SECONDS, MAX_WAIT_MINUTES: MAX_WAIT_MINUTES, MARKER: MARKER])
+
+her2.run {
+    def image = her2.currentImage()
+    def regions = her2.selectedRegions()
+    def partner = findPartner(her2)
+    def tumour = regions ? [] : tumourAnnotations(her2, partner.entry)
     if (!regions && !tumour && !WHOLE_IMAGE_IF_NOTHING_SELECTED)
-        throw new Her2ScriptError("select annotations to score, or draw '${TUMOR_CLASS}' annotations on the H&E image " +
+        her2.fail("select annotations to score, or draw '${TUMOR_CLASS}' annotations on the H&E image " +
                 "(or set WHOLE_IMAGE_IF_NOTHING_SELECTED = true)")
-    String location = imageLocation(server)
-    Double mpp = pixelSizeMicrons(server)
-    Map last = [:]
-    for (region in (regions ?: [null])) {
-        def rois = region != null ? featuresOf([region]) : (tumour ? featuresOf(tumour) : null)
-        def request = [
-                ihc      : location,
-                he       : partner.location,
-                ihc_mpp  : mpp,
-                rois     : rois == null ? null : [type: 'FeatureCollection', features: rois],
-                // selected regions were drawn on this (IHC) image: the server maps them to the H&E
-                roi_space: region != null ? 'ihc' : 'he',
-                options  : [guideline: GUIDELINE, level: LEVEL, aggregation: AGGREGATION],
-        ]
-        String what = region != null ? "region '${region.getName() ?: tagOf(region)}'" :
-                (tumour ? "the ${tumour.size()} '${TUMOR_CLASS}' annotation(s) of the H&E image" : 'the whole image')
-        println "her2-qupath: scoring ${what} of ${location} with H&E ${partner.name}"
-        def job = submitAndWait(request)
-        def detections = readObjects(http('GET', "/api/v1/jobs/${job.id}/detections").body())
-        def annotations = readObjects(http('GET', "/api/v1/jobs/${job.id}/annotations").body())
-        def counts = replaceResults(detections + annotations, region)
-        def result = new JsonSlurper().parseText(http('GET', "/api/v1/jobs/${job.id}/result").body())
-        def summary = result.summary ?: result
-        println "her2-qupath: ${what}: HER2 ${summary.her2_score} (${GUIDELINE}); added ${counts.added} objects, " +
-                "replaced ${counts.removed} earlier ones"
-        last = summary as Map
-    }
-    ensureBrightfield(imageData, last)
-}
-
-try {
-    runScript()
-} catch (Her2ScriptError e) {
-    showProblem(e.message)
+    her2.scoreEach(image, regions, { region ->
+        def rois = region != null ? her2.featuresOf([region]) : (tumour ? her2.featuresOf(tumour) : null)
+        // selected regions were drawn on this (IHC) image: the server maps them to the H&E
+        [he: partner.location, rois: rois == null ? null : [type: 'FeatureCollection', features: rois],
+         roi_space: region != null ? 'ihc' : 'he']
+    }, { region ->
+        (region != null ? "region '${region.getName() ?: her2.tagOf(region)}'" :
+                (tumour ? "the ${tumour.size()} '${TUMOR_CLASS}' annotation(s) of the H&E image" : 'the whole image')) +
+                " with H&E ${partner.name}"
+    })
 }

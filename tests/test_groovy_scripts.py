@@ -66,14 +66,19 @@ def square(x: float, y: float, s: float) -> list[list[float]]:
 
 
 def run_script(groovy: str, name: str, state: dict, tmp_path: Path, settings: dict[str, str] | None = None,
-               env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+               env: dict[str, str] | None = None, shared: bool = True) -> tuple[subprocess.CompletedProcess, dict]:
     """Run groovy_scripts/<name> with its settings lines changed as a user would edit them."""
     text = (SCRIPTS / name).read_text(encoding="utf-8")
     for key, value in (settings or {}).items():
         text, n = re.subn(rf"(@Field \w+ {key} = ).*", lambda m, v=value: m.group(1) + v, text, count=1)
         assert n == 1, f"setting {key} not found in {name}"
-    script = tmp_path / name
+    folder = tmp_path / "scripts"  # QuPath's scripts folder; the script runs from elsewhere (cwd)
+    folder.mkdir(exist_ok=True)
+    script = folder / name
     script.write_text(text, encoding="utf-8")
+    common = SCRIPTS / "her2_qupath_common.groovy"  # installed beside the scripts, as docs/qupath.md says
+    if shared:
+        (folder / common.name).write_text(common.read_text(encoding="utf-8"), encoding="utf-8")
     state_file = tmp_path / f"{name}.state.json"
     state_file.write_text(json.dumps(state), encoding="utf-8")
     out = tmp_path / f"{name}.out.json"
@@ -299,6 +304,17 @@ def test_failed_job_and_token(groovy, standin, tmp_path):
     assert all(r["auth"] == "Bearer s3cret" for r in standin.requests)
     assert "scoring failed on the server: slide has no pixel size; pass mpp" in proc.stdout
     assert rec["added"] == []
+
+
+@pytest.mark.parametrize("name", ["score_selected_annotations.groovy", "score_pair.groovy"])
+def test_without_the_shared_part_beside_it_a_script_says_so(groovy, tmp_path, name):
+    """The scripts load her2_qupath_common.groovy from their own folder; without it: one clear
+    message naming the file, and nothing sent or changed."""
+    proc, rec = run_script(groovy, name, image_state(tmp_path), tmp_path,
+                           {"SERVER_URL": "'http://127.0.0.1:9'"}, shared=False)
+    assert proc.returncode != 0
+    assert f"{tmp_path / 'scripts' / 'her2_qupath_common.groovy'} not found" in proc.stderr
+    assert "beside it" in proc.stderr and rec["added"] == [] and rec["removed"] == []
 
 
 def test_unreachable_server(groovy, tmp_path):

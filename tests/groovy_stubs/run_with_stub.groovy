@@ -7,7 +7,9 @@ import qupath.lib.gui.scripting.QPEx
 
 Map state = new JsonSlurper().parse(new File(args[0])) as Map
 QPEx.load(state)
-def shell = new GroovyShell(this.class.classLoader, new Binding())
+// QuPath (0.4+) tells a script run from a file its path, as the engine-scope attribute
+// "qupath.script.file" (DefaultScriptLanguage); the scripts find their shared part with it
+def shell = new GroovyShell(this.class.classLoader, new Binding(['qupath.script.file': new File(args[1]).absolutePath]))
 Throwable failure = null
 def runner = new Thread({
     try {
