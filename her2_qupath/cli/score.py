@@ -40,7 +40,7 @@ def _click_option(spec: OptionSpec) -> Callable[[Any], Any]:
     elif spec.kind == "calibration":
         kw |= {"type": _existing_file, "default": None}
     elif spec.kind == "model":
-        kw |= {"type": _existing_dir, "default": None, "help": f"Model directory: {spec.help}"}
+        kw |= {"type": _existing_dir, "default": None, "help": f"Model directory of {spec.help[0].lower()}{spec.help[1:]}"}
     else:  # text, R,G,B and thresholds: parsed and checked by the request model
         kw |= {"default": None, "metavar": spec.metavar}
         if spec.kind == "thresholds":
