@@ -8,9 +8,11 @@ analysis pays) and scikit-image's ``rgb2hed`` + one Gaussian filter (a naive
 path of the module against the library routine it replaces (same results,
 checked by ``tests/test_cells.py``), timed on the same tile:
 
-* outlines: ``label_polygons`` (one ``cv2.findContours`` per label on a
-  half-pixel grid) vs. ``skimage.measure.find_contours`` per label;
-* seed dynamics: ``_h_maxima`` (one integer sort) vs. ``skimage.morphology.h_maxima``;
+* outlines: ``label_polygons`` (every label's crop laid out in one mosaic, one
+  ``cv2.findContours`` on its half-pixel grid) vs. ``skimage.measure.find_contours`` per label;
+* seed dynamics: ``_h_maxima`` (one integer sort, the flat background left out of
+  it, the pieces above it reconstructed in a mosaic) vs. ``skimage.morphology.h_maxima``;
+* inner boundaries of the cells: four comparisons vs. ``find_boundaries``;
 * background and opening: OpenCV vs. ``scipy.ndimage`` grey / binary opening;
 * per-cell maxima: ``np.maximum.at`` over labelled pixels vs. ``scipy.ndimage.maximum``;
 * membrane depth: OpenCV's exact distance transform vs. ``scipy.ndimage.distance_transform_edt``.
@@ -37,15 +39,16 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = (
-    Path(os.environ.get("HER2_QUPATH_SHARED_DATA", REPO.parent / "shared" / "data"))
-    / "ihc"
-    / "ki67"
-)
+DATA = Path(os.environ.get("HER2_QUPATH_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = DATA / "ihc" / "ki67"
+#: real HER2 IHC (gastro-oesophageal TMA cores, ~0.25 µm/px): the tissue of benchmarks/slide_scale.py
+HER2_TMA = DATA / "her2-ihc" / "gastric-tma"
 
 
 def tiles() -> list[tuple[str, np.ndarray, float]]:
-    """Real IHC tiles: scikit-image's FHL2 image (0.5 µm/px assumed) and the Ki67 tiles if present."""
+    """Real IHC tiles: scikit-image's FHL2 image (0.5 µm/px assumed), the Ki67 tiles and two
+    HER2 TMA cores (halved to 0.5 µm/px as the pipeline reads them, the centre 512²) if present."""
+    import cv2
     from skimage.data import immunohistochemistry
     from skimage.io import imread
 
@@ -53,6 +56,11 @@ def tiles() -> list[tuple[str, np.ndarray, float]]:
     for p in sorted(SHARED.glob("*.png")):
         if not p.name.endswith(".groundtruth.png"):
             out.append((p.stem, imread(p)[..., :3], 0.25))
+    for p in sorted(HER2_TMA.glob("*.jpg"))[-2:]:
+        core = imread(p)[..., :3]
+        half = cv2.resize(core, (core.shape[1] // 2, core.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        r, c = half.shape[0] // 2 - 256, half.shape[1] // 2 - 256
+        out.append((f"her2-{p.stem[:8]}", np.ascontiguousarray(half[r:r + 512, c:c + 512]), 0.5))
     return out
 
 
@@ -205,6 +213,10 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
         "membrane depth (distance)": (
             lambda: measure._distance_to_zero(inner),
             lambda: ndi.distance_transform_edt(inner).astype(np.float32),
+        ),
+        "inner boundaries": (
+            lambda: measure._inner_boundaries(cell_labels),
+            lambda: find_boundaries(cell_labels, mode="inner"),
         ),
         "per-cell DAB maximum": (
             lambda: _base._label_max(cell_labels, dab, n),

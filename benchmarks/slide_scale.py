@@ -15,13 +15,19 @@ each measures, as separate processes, median of ``--runs`` interleaved runs:
   many worker processes) and ``write_result`` (the streamed detections file
   included) — what ``her2-qupath score --level cell`` does.
 
+With ``--before DIR`` the cell level also runs from another source tree (e.g. an
+exported older commit) in the same rounds, interleaved, for before/after figures
+under the same load; each run's output is reduced to a digest (the detections
+file and ``summary.json`` less provenance, random ids masked) and the digests of
+both trees are compared: identical cells, classes and summary, or not.
+
 Both sides use the same number of workers (printed). Peak memory is the
 largest sum of the resident sizes of the measured process and all its
 children (workers, fork server), sampled every 0.1 s. Prints seconds per mm² of
 analysed tiles, the extrapolation to 1 cm² (0.25 µm/px scan, 0.5 µm/px working
 resolution), the ratio cell / read+deconvolve, and peak RSS at both sizes.
 
-    python benchmarks/slide_scale.py [--sides 15000,30000] [--runs 3] [--tree DIR]
+    python benchmarks/slide_scale.py [--sides 15000,30000] [--runs 3] [--tree DIR] [--before DIR]
 
 ``--tree DIR`` runs the cell level from another source tree (e.g. an
 exported older commit) for before/after figures on the same slides.
@@ -30,8 +36,10 @@ exported older commit) for before/after figures on the same slides.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -165,12 +173,31 @@ def child_cells(path: str, outdir: str) -> dict:
 
 # --------------------------------------------------------------------------- the harness
 
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
-def _measure(cmd: list[str], env: dict[str, str]) -> tuple[dict, float]:
-    """Run ``cmd``; its JSON result and the peak RSS (GiB) of it and its children."""
+
+def output_digest(outdir: Path) -> str:
+    """sha256 of a run's detections file and summary (less provenance), random ids masked."""
+    h = hashlib.sha256(_UUID.sub(b"-", (outdir / "detections.geojson").read_bytes()))
+    summary = json.loads((outdir / "summary.json").read_text())
+    summary.pop("provenance", None)
+    h.update(_UUID.sub(b"-", json.dumps(summary, sort_keys=True).encode()))
+    return h.hexdigest()[:16]
+
+
+
+def _measure(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[dict, float]:
+    """Run ``cmd`` in ``cwd``; its JSON result and the peak RSS (GiB) of it and its children.
+
+    ``cwd`` must hold no ``her2_qupath``: the forkserver of the worker processes is
+    started with ``python -c`` (the working directory first on its path) and preloads
+    the package from there, whatever PYTHONPATH says — run from the repository root,
+    the workers of a ``--tree`` / ``--before`` run would run this tree's code.
+    """
     import psutil
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=cwd)
     peak = 0
     done = threading.Event()
 
@@ -210,6 +237,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=_workers(), help="worker processes, both sides")
     ap.add_argument("--workdir", default="/tmp/her2-slide-scale", help="where slides are made")
     ap.add_argument("--tree", default=None, help="source tree to run the cell level from")
+    ap.add_argument("--before", default=None,
+                    help="also run the cell level from this source tree, interleaved (before/after)")
     ap.add_argument("--skip-baseline", action="store_true", help="cell level only")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -225,20 +254,29 @@ def main() -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(Path(args.tree).resolve() if args.tree else ROOT)
     me = [sys.executable, str(Path(__file__).resolve()), "--child"]
+    env_before = dict(os.environ, PYTHONPATH=str(Path(args.before).resolve())) if args.before else None
     rows = []
     for side in (int(s) for s in args.sides.split(",")):
         slide = make_slide(work / f"bci-{side}.svs", side)
         base_t, cell_t, base_rss, cell_rss, info = [], [], [], [], {}
+        before_t, before_rss, digests, before_digests = [], [], set(), set()
         for _ in range(args.runs):  # interleaved: the machine is shared and noisy
             if not args.skip_baseline:
-                r, rss = _measure([*me, "baseline", str(slide), str(args.workers)], env)
+                r, rss = _measure([*me, "baseline", str(slide), str(args.workers)], env, work)
                 base_t.append(r["seconds"])
                 base_rss.append(rss)
                 info["tiles_baseline"] = r["tiles"]
-            r, rss = _measure([*me, "cells", str(slide), str(work / f"out-{side}")], env)
+            r, rss = _measure([*me, "cells", str(slide), str(work / f"out-{side}")], env, work)
             cell_t.append(r["seconds"])
             cell_rss.append(rss)
             info.update(r)
+            digests.add(output_digest(work / f"out-{side}"))
+            if env_before is not None:
+                rb, rss = _measure([*me, "cells", str(slide), str(work / f"out-{side}-before")],
+                                   env_before, work)
+                before_t.append(rb["seconds"])
+                before_rss.append(rss)
+                before_digests.add(output_digest(work / f"out-{side}-before"))
         mm2 = info["tiles"] * (512 * 0.5e-3) ** 2
         t_cell = statistics.median(cell_t)
         row = {
@@ -263,6 +301,22 @@ def main() -> None:
                 "ratio cell / read+deconvolve": round(t_cell / t_base, 2),
                 "read+deconvolve runs s": [round(t, 1) for t in base_t],
             })
+        if before_t:
+            t_before = statistics.median(before_t)
+            row.update({
+                "before: cell level s (median)": round(t_before, 1),
+                "before: cell level s/mm2": round(t_before / mm2, 3),
+                "before: 1 cm2 extrapolated, min": round(t_before / mm2 * 100 / 60, 1),
+                "before: cell level peak RSS GiB": round(max(before_rss), 2),
+                "before: cell runs s": [round(t, 1) for t in before_t],
+                "speed-up before / after": round(t_before / t_cell, 2),
+            })
+            if base_t:
+                row["before: ratio cell / read+deconvolve"] = round(t_before / t_base, 2)
+        row["output digest"] = sorted(digests)
+        if before_t:
+            row["before: output digest"] = sorted(before_digests)
+            row["identical output before/after"] = digests == before_digests and len(digests) == 1
         rows.append(row)
         for k, v in row.items():
             print(f"{k:>32}: {v}", flush=True)

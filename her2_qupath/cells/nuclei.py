@@ -9,7 +9,7 @@ import numpy as np
 
 from ..config import CellConfig, StainConfig
 from ..errors import UserInputError
-from ._base import _check_config, _check_mpp, _label_max
+from ._base import _check_config, _check_mpp, _label_max, _pack
 
 __all__ = ["nucleus_channel", "detect_nuclei"]
 
@@ -90,20 +90,93 @@ def _fill_small_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:
     return mask | fill[holes]
 
 
-def _argsort_float32(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _float_keys(values: np.ndarray) -> np.ndarray:
+    """uint32 keys in the order of the float32 ``values`` (no NaN; -0.0 and +0.0 equal)."""
+    bits = (values + np.float32(0.0)).view(np.uint32)  # -0.0 becomes +0.0
+    # negative: all bits flipped; positive: the sign bit set
+    flip = (bits.view(np.int32) >> 31).view(np.uint32) | np.uint32(0x80000000)
+    return bits ^ flip
+
+
+def _argsort_float32(
+    values: np.ndarray, common: tuple[float, ...] = ()
+) -> tuple[np.ndarray, np.ndarray]:
     """(order, sorted keys) of a flat float32 array without NaN, ascending, ties by index.
 
     Sorts 64-bit integers (the float's order-preserving bit pattern above the
     index), which NumPy does several times faster than ``argsort`` of floats.
+    The pixels equal to a value of ``common`` (e.g. a flat background) are
+    not sorted: equal keys are ordered by index, so each such group is its
+    pixels in index order, spliced in where its key falls among the others —
+    the same order, in a fraction of the time when the group is large.
     """
-    bits = (values + np.float32(0.0)).view(np.uint32)  # -0.0 becomes +0.0
-    key = np.where(bits >= np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
-    packed = (key.astype(np.uint64) << np.uint64(32)) | np.arange(values.size, dtype=np.uint64)
+    key = _float_keys(values)
+    if not common:
+        packed = (key.astype(np.uint64) << np.uint64(32)) | np.arange(values.size, dtype=np.uint64)
+        packed.sort()
+        return (packed & np.uint64(0xFFFFFFFF)).astype(np.int64), packed >> np.uint64(32)
+    common_keys = np.unique(_float_keys(np.asarray(common, dtype=np.float32)))
+    in_group = [key == k for k in common_keys]
+    rest = np.flatnonzero(~np.logical_or.reduce(in_group))
+    packed = (key[rest].astype(np.uint64) << np.uint64(32)) | rest.astype(np.uint64)
     packed.sort()
-    return (packed & np.uint64(0xFFFFFFFF)).astype(np.int64), packed >> np.uint64(32)
+    rest_keys = packed >> np.uint64(32)
+    rest_order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    orders: list[np.ndarray] = []
+    keys: list[np.ndarray] = []
+    start = 0
+    at_keys = np.searchsorted(rest_keys, common_keys.astype(np.uint64))
+    for k, at, member in zip(common_keys, at_keys, in_group, strict=True):
+        group = np.flatnonzero(member)
+        orders += [rest_order[start:at], group]
+        keys += [rest_keys[start:at], np.full(group.size, k, dtype=np.uint64)]
+        start = int(at)
+    orders.append(rest_order[start:])
+    keys.append(rest_keys[start:])
+    return np.concatenate(orders), np.concatenate(keys)
 
 
 def _reconstruction_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Grey reconstruction by dilation of float32 ``seed`` (``<= mask``) under ``mask`` (8-connected).
+
+    With ``m`` the minimum of ``mask`` and ``k = min(max(seed), m)``: every
+    pixel at ``m`` reconstructs to ``k`` (each path to it has its minimum
+    there), and a pixel of a piece ``C`` of ``mask > m`` (8-connected) to the
+    larger of ``k`` and its reconstruction within ``C`` alone (any path out of
+    ``C`` passes ``m``). So where the pieces cover little of the image (the
+    nuclei of a tile, on a flat background), each is reconstructed in its
+    bounding box, the boxes laid out in one mosaic separated by the lowest
+    value (:func:`_reconstruct`) — far fewer pixels, the same values.
+    """
+    import cv2
+
+    seed = np.ascontiguousarray(seed, dtype=np.float32)
+    mask = np.ascontiguousarray(mask, dtype=np.float32)
+    low = np.min(mask)
+    pieces = mask > low
+    if np.count_nonzero(pieces) > 0.3 * mask.size:
+        return _reconstruct(seed, mask)
+    k = min(np.max(seed), low)
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(
+        pieces.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
+    )
+    out = np.full(mask.shape, k, dtype=np.float32)
+    if n <= 1:
+        return out
+    x0, y0, w, h = (stats[1:, j].astype(np.int64) for j in range(4))
+    top, left, size = _pack(h + 1, w + 1, max(256, int(np.sqrt(((h + 1) * (w + 1)).sum()))))
+    rr, cc = np.nonzero(pieces)
+    i = comp[rr, cc].astype(np.int64) - 1
+    mr, mc = top[i] + 1 + rr - y0[i], left[i] + 1 + cc - x0[i]
+    lowest = np.min(seed)
+    images = np.full((2, int(size[0]) + 1, int(size[1]) + 1), lowest, dtype=np.float32)
+    images[0, mr, mc] = seed[rr, cc]
+    images[1, mr, mc] = mask[rr, cc]
+    out[rr, cc] = np.maximum(_reconstruct(images[0], images[1])[mr, mc], k)
+    return out
+
+
+def _reconstruct(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Grey reconstruction by dilation of float32 ``seed`` under ``mask`` (8-connected).
 
     The values of :func:`skimage.morphology.reconstruction` (``method="dilation"``,
@@ -125,7 +198,8 @@ def _reconstruction_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarra
     flat = images.reshape(-1)
     if flat.size >= 2**31:  # pragma: no cover - tiles are far smaller
         return reconstruction(seed, mask, method="dilation")
-    order, keys = _argsort_float32(flat)
+    # the frame and the flat background (each image's minimum) need no sorting
+    order, keys = _argsort_float32(flat, (float(images[0, 0, 0]), float(np.min(mask))))
     new_value = np.empty(flat.size, dtype=bool)
     new_value[0] = True
     np.not_equal(keys[1:], keys[:-1], out=new_value[1:])
@@ -225,7 +299,7 @@ def detect_nuclei(
     """
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
-    from skimage.segmentation import relabel_sequential, watershed
+    from skimage.segmentation import watershed
 
     mpp = _check_mpp(mpp)
     a = np.asarray(hematoxylin_od)
@@ -275,10 +349,13 @@ def detect_nuclei(
         keep = _fill_small_holes(keep & (labels > 0), int(max_area_px))
         labels = np.where(keep, labels, 0).astype(np.int32, copy=False)
 
-    area_um2 = np.bincount(labels.ravel()) * (mpp * mpp)
-    drop = (area_um2 < config.nucleus_min_area_um2) | (area_um2 > config.nucleus_max_area_um2)
-    drop[0] = False
-    labels[drop[labels]] = 0
-    labels = relabel_sequential(labels)[0].astype(np.int32, copy=False)
+    pixels = np.bincount(labels.ravel())
+    area_um2 = pixels * (mpp * mpp)
+    keep = (pixels > 0) & (area_um2 >= config.nucleus_min_area_um2) & (
+        area_um2 <= config.nucleus_max_area_um2
+    )
+    keep[0] = False
+    # the kept labels numbered 1..n in their order (skimage's relabel_sequential)
+    labels = (np.cumsum(keep, dtype=np.int32) * keep)[labels]
     log.debug("detected %d nuclei from %d seeds", int(labels.max()), len(peaks))
     return labels

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._base import _pack
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from shapely.geometry import Polygon
 
@@ -42,48 +44,97 @@ def _half_pixel_grid(mask: np.ndarray) -> np.ndarray:
     return grid
 
 
-def _trace_crop(mask: np.ndarray) -> np.ndarray | None:
-    """Marching-squares outline (level 0.5) of the largest piece of a boolean crop.
+def _rank(c: np.ndarray) -> tuple[float, int, int]:
+    """Largest area first; on a tie the piece reached first in a row-major scan (as skimage)."""
+    import cv2
 
-    ``mask`` has a false border of one pixel and no saddle (two of its pixels
-    touching only diagonally). Returns the closed ``(k, 2)`` int vertex list
-    ``(2 x, 2 y)`` in crop pixel coordinates: the vertices that
-    :func:`skimage.measure.find_contours` gives on the crop, in its order
-    (same start point and orientation), or None when the crop is empty.
+    top = int(c[:, 0, 1].min())
+    left = int(c[c[:, 0, 1] == top, 0, 0].min())
+    return (-cv2.contourArea(c), top, left)
+
+
+def _trace_crops(labels: np.ndarray, ids: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Marching-squares outlines (level 0.5) of the largest piece of labels ``ids``.
+
+    ``boxes`` holds each label's bounding box ``(r0, r1, c0, c1)``; no label
+    may have a saddle (two of its pixels touching only diagonally). Each
+    label's mask, in its box with a false frame of one pixel, is laid out in
+    one mosaic (the frames keep the pieces of two labels apart), whose
+    half-pixel grid (:func:`_half_pixel_grid`) is traced with one
+    ``cv2.findContours``. Returns, per label, its closed vertex list in tile
+    pixel coordinates as shapely's ragged layout wants it (``coords``,
+    vertex counts): the vertices that :func:`skimage.measure.find_contours`
+    gives on the label's crop, in its order (same start point and
+    orientation), and which labels got none.
     """
     import cv2
 
-    grid = _half_pixel_grid(mask)
-    contours, _ = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
-        return None
-    if len(contours) > 1:
-        # largest area; on a tie the piece reached first in a row-major scan (as skimage)
-        def rank(c: np.ndarray) -> tuple[float, int, int]:
-            top = int(c[:, 0, 1].min())
-            left = int(c[c[:, 0, 1] == top, 0, 0].min())
-            return (-cv2.contourArea(c), top, left)
-
-        contour = min(contours, key=rank)
-    else:
-        contour = contours[0]
-    pts = contour.reshape(-1, 2)
-    k = len(pts)
+    r0, r1, c0, c1 = boxes.T
+    heights, widths = r1 - r0 + 2, c1 - c0 + 2  # the crop and its frame
+    top, left, size = _pack(heights, widths, max(256, int(np.sqrt((heights * widths).sum()))))
+    slot = np.zeros(int(ids.max()) + 1, dtype=np.int64)
+    slot[ids] = np.arange(len(ids))
+    lookup = np.zeros(int(labels.max()) + 1, dtype=bool)
+    lookup[ids] = True
+    rr, cc = np.nonzero(lookup[labels])
+    k = slot[labels[rr, cc]]
+    mosaic = np.zeros(tuple(int(v) for v in size), dtype=bool)
+    mosaic[top[k] + 1 + rr - r0[k], left[k] + 1 + cc - c0[k]] = True
+    contours, _ = cv2.findContours(_half_pixel_grid(mosaic), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_NONE)
+    # each piece lies in one crop: the crop holding the pixel of its first grid point
+    # (the last crop starting left of it on the shelf starting above it)
+    pieces: list[list[np.ndarray]] = [[] for _ in ids]
+    if contours:
+        x, y = np.array([c[0, 0] for c in contours], dtype=np.int64).T
+        shelves = np.unique(top)
+        shelf = shelves[np.searchsorted(shelves, y // 2, side="right") - 1]
+        wide = int(size[1]) + 1
+        by_place = np.argsort(top * wide + left)
+        place = (top * wide + left)[by_place]
+        owner = by_place[np.searchsorted(place, shelf * wide + x // 2, side="right") - 1]
+        for c, o in zip(contours, owner.tolist(), strict=True):
+            pieces[o].append(c)
+    chosen = [p[0] if len(p) == 1 else (min(p, key=_rank) if p else None) for p in pieces]
+    found = np.array([c is not None for c in chosen], dtype=bool)
+    pts_list = [c.reshape(-1, 2) for c in chosen if c is not None]
+    if not pts_list:
+        return np.zeros((0, 2)), np.zeros(0, dtype=np.int64), found
+    k_of = np.flatnonzero(found)
+    lengths = np.array([len(q) for q in pts_list], dtype=np.int64)
+    pts = np.concatenate(pts_list).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    seg = np.repeat(np.arange(len(lengths)), lengths)
     # skimage closes each contour at the last square it scans: start at the bottom
-    # midpoint of the rightmost pixel of the bottom row, and go on to the left
-    s = int(np.argmax(pts[:, 1] * grid.shape[1] + pts[:, 0]))
-    x0, y0 = pts[s]
-    nx, ny = pts[(s + 1) % k]
-    step = -1 if (nx == x0 + 1 and ny == y0 - 1) else 1
-    ring = pts[(s + step * np.arange(k + 1)) % k]
-    return ring[((ring[:, 0] + ring[:, 1]) & 1) == 1]  # edge midpoints, not pixel corners
+    # midpoint of the rightmost pixel of the bottom row (the first such point), and go
+    # on to the left
+    key = pts[:, 1] * (int(size[1]) * 2 + 2) + pts[:, 0]
+    top_key = np.maximum.reduceat(key, starts)
+    first = np.full(len(lengths), np.iinfo(np.int64).max)
+    at = np.flatnonzero(key == top_key[seg])
+    np.minimum.at(first, seg[at], at - starts[seg[at]])
+    x0, y0 = pts[starts + first].T
+    nx, ny = pts[starts + (first + 1) % lengths].T
+    step = np.where((nx == x0 + 1) & (ny == y0 - 1), -1, 1)
+    t = np.arange(int(lengths.sum() + len(lengths))) - np.repeat(
+        np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]), lengths + 1)
+    seg1 = np.repeat(np.arange(len(lengths)), lengths + 1)
+    ring = pts[starts[seg1] + (first[seg1] + step[seg1] * t) % lengths[seg1]]
+    keep = ((ring[:, 0] + ring[:, 1]) & 1) == 1  # edge midpoints, not pixel corners
+    counts = np.bincount(seg1[keep], minlength=len(lengths))
+    kk = k_of[seg1[keep]]
+    # crop vertex (2 x, 2 y) is tile point (x + c0 - 0.5, y + r0 - 0.5): crop pixel
+    # (r, c) is tile pixel (r0 + r - 1, c0 + c - 1), whose centre is at +0.5
+    local = ring[keep] - np.stack([2 * left[kk], 2 * top[kk]], axis=1)
+    coords = local / 2.0 + (np.stack([c0[kk], r0[kk]], axis=1) - 0.5)
+    return coords, counts, found
 
 
 def _trace_crop_skimage(piece: np.ndarray, offset: tuple[float, float]) -> Polygon | None:
     """Largest marching-squares outline of a boolean crop; ``offset`` ``(x, y)`` of crop (0, 0).
 
     The general path (any crop, saddles included), used where
-    :func:`_trace_crop` declines.
+    :func:`_trace_crops` declines (saddles).
     """
     from shapely.geometry import Polygon
     from skimage.measure import find_contours
@@ -114,8 +165,9 @@ def label_polygons(
     pixels. A label made of several pieces keeps its largest; a missing label
     gets an empty polygon.
 
-    Each label is traced in its bounding box with one ``cv2.findContours``
-    on a half-pixel grid (:func:`_trace_crop`), which gives the vertices of
+    The labels are traced together: each in its bounding box, the boxes laid
+    out in one mosaic traced with one ``cv2.findContours`` on a half-pixel
+    grid (:func:`_trace_crops`), which gives the vertices of
     :func:`skimage.measure.find_contours` exactly; the rare label with two
     pixels touching only at a corner is traced by scikit-image itself.
     """
@@ -126,38 +178,28 @@ def label_polygons(
     labels = np.asarray(labels)
     n = int(labels.max()) if n is None else int(n)
     slices = ndi.find_objects(labels, max_label=n)
-    padded = np.pad(labels, 1)
-    saddles = _saddle_labels(padded)
-    rings: list[np.ndarray] = []
-    origins: list[tuple[int, int, int]] = []
-    ring_of: list[int] = []
+    saddles = _saddle_labels(np.pad(labels, 1))
     out: list[Polygon] = [Polygon()] * len(slices)
-    for i, sl in enumerate(slices):
-        if sl is None:
-            continue
+    fast = [i for i, sl in enumerate(slices) if sl is not None and i + 1 not in saddles]
+    slow = [i for i, sl in enumerate(slices) if sl is not None and i + 1 in saddles]
+    if fast:
+        boxes = np.array([(slices[i][0].start, slices[i][0].stop, slices[i][1].start,
+                           slices[i][1].stop) for i in fast], dtype=np.int64)
+        coords, counts, found = _trace_crops(labels, np.array(fast) + 1, boxes)
+        traced = [i for i, f in zip(fast, found.tolist(), strict=True) if f]
+        slow += [i for i, f in zip(fast, found.tolist(), strict=True) if not f]
+        if traced:
+            offsets = np.concatenate([[0], np.cumsum(counts)])
+            polys = shapely.from_ragged_array(
+                shapely.GeometryType.POLYGON, coords, (offsets, np.arange(len(traced) + 1))
+            )
+            for i, poly in zip(traced, polys, strict=True):
+                out[i] = poly
+    for i in sorted(slow):
+        sl = slices[i]
         r0, r1, c0, c1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-        if i + 1 not in saddles:
-            # padded crop pixel (r, c) is tile pixel (r0 + r - 1, c0 + c - 1)
-            ring = _trace_crop(padded[r0 : r1 + 2, c0 : c1 + 2] == i + 1)
-            if ring is not None:
-                rings.append(ring)
-                origins.append((c0, r0, len(ring)))
-                ring_of.append(i)
-                continue
         best = _trace_crop_skimage(labels[sl] == i + 1, (c0 - 0.5, r0 - 0.5))
         out[i] = box(c0, r0, c1, r1) if best is None or best.is_empty else best
-    if rings:
-        origin = np.array(origins, dtype=np.float64)
-        sizes = origin[:, 2].astype(np.int64)
-        # crop vertex (2 x, 2 y) is tile point (x + c0 - 0.5, y + r0 - 0.5): crop pixel
-        # (r, c) is tile pixel (r0 + r - 1, c0 + c - 1), whose centre is at +0.5
-        coords = np.concatenate(rings) / 2.0 + np.repeat(origin[:, :2] - 0.5, sizes, axis=0)
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        polys = shapely.from_ragged_array(
-            shapely.GeometryType.POLYGON, coords, (offsets, np.arange(len(rings) + 1))
-        )
-        for i, poly in zip(ring_of, polys, strict=True):
-            out[i] = poly
     if tolerance > 0:
         geoms = np.array(out, dtype=object)
         simple = shapely.simplify(geoms, tolerance, preserve_topology=False)
