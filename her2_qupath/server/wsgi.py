@@ -46,10 +46,10 @@ def waitress_limits(config: ServerConfig) -> dict[str, int]:
     }
 
 
-def _create(app: Flask, host: str, port: int, threads: int) -> Any:
+def _create(app: Any, host: str, port: int, threads: int) -> Any:
     import waitress
 
-    state = app.extensions.get("her2_qupath")
+    state = getattr(app, "extensions", {}).get("her2_qupath")  # a bare WSGI app: the defaults
     config = state.config if state is not None else ServerConfig()
     # clear_untrusted_proxy_headers: no proxy is trusted, forwarded headers are dropped
     return waitress.create_server(
