@@ -34,18 +34,20 @@ class Her2Scoring {
     final String marker
     final HttpClient client = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(10)).build()
 
-    Her2Scoring(Map settings) {
-        serverUrl = settings.SERVER_URL
-        options = [guideline: settings.GUIDELINE, level: settings.LEVEL, aggregation: settings.AGGREGATION]
-        pollSeconds = settings.POLL_SECONDS as double
-        maxWaitMinutes = settings.MAX_WAIT_MINUTES as double
-        marker = settings.MARKER
+    Her2Scoring(String serverUrl, String guideline, String level, String aggregation, double pollSeconds,
+                double maxWaitMinutes, String marker) {
+        this.serverUrl = serverUrl
+        this.options = [guideline: guideline, level: level, aggregation: aggregation]
+        this.pollSeconds = pollSeconds
+        this.maxWaitMinutes = maxWaitMinutes
+        this.marker = marker
     }
 
-    /** Run the script's work; a problem the user can fix becomes one message. */
+    /** Run the script's work on the open image and the regions selected in it (see
+     *  currentImage, selectedRegions); a problem the user can fix becomes one message. */
     void run(Closure work) {
         try {
-            work.call()
+            work.call(currentImage(), selectedRegions())
         } catch (Her2ScriptError e) {
             showProblem(e.message)
         }

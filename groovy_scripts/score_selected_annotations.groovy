@@ -47,13 +47,10 @@ import groovy.transform.Field
 // The shared part, from this script's folder (QuPath passes a script its file as "qupath.script.file").
 File common = new File(new File(binding.variables['qupath.script.file'] ?: '.').absoluteFile.parentFile, 'her2_qupath_common.groovy')
 if (!common.isFile()) throw new IllegalStateException("her2-qupath: ${common} not found: run this script from its file, with her2_qupath_common.groovy beside it")
-def her2 = new GroovyShell(this.class.classLoader).evaluate(common).newInstance(
-        [SERVER_URL: SERVER_URL, GUIDELINE: GUIDELINE, LEVEL: LEVEL, AGGREGATION: AGGREGATION,
-         POLL_SECONDS: POLL_SECONDS, MAX_WAIT_MINUTES: MAX_WAIT_MINUTES, MARKER: MARKER])
+def her2 = new GroovyShell(this.class.classLoader).evaluate(common)
+        .newInstance(SERVER_URL, GUIDELINE, LEVEL, AGGREGATION, POLL_SECONDS, MAX_WAIT_MINUTES, MARKER)
 
-her2.run {
-    def image = her2.currentImage()
-    def regions = her2.selectedRegions()
+her2.run { Map image, List regions ->
     if (!regions && !WHOLE_IMAGE_IF_NOTHING_SELECTED)
         her2.fail('select one or more annotations to score (or set WHOLE_IMAGE_IF_NOTHING_SELECTED = true)')
     her2.scoreEach(image, regions,
