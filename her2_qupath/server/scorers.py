@@ -233,6 +233,7 @@ class PipelineScorer:
     """Scores with :func:`her2_qupath.pipeline.run_score`."""
 
     name = "pipeline"
+
     def __init__(self, models_dir: str | os.PathLike[str] | None = None,
                  calibration: str | os.PathLike[str] | None = None) -> None:
         self.models_dir = Path(models_dir) if models_dir else None
