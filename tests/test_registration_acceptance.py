@@ -24,9 +24,9 @@ cv2 = pytest.importorskip("cv2")
 
 N_PAIRS = 69  # only the first 69 landmark rows of the two files correspond
 NONRIGID_MAX = 0.0020  # at least as good as elastix's B-spline (0.19 %), rounded
-# the best affine any method can reach is 0.262 %; measured 0.262-0.276 % (0.276 at the odd multiples
-# of 45 degrees; docs/registration.md, "Measured accuracy", says why and how noisy this figure is)
-AFFINE_MAX = 0.0029
+# the best affine any method can reach is 0.262 %; measured 0.259-0.264 % on every variant below
+# (docs/registration.md, "Measured accuracy", says how noisy this figure is): 0.26 % at the issue's two decimals
+AFFINE_MAX = 0.00265
 
 
 def _load_rgb(path: Path) -> np.ndarray:
@@ -75,7 +75,7 @@ def kidney_affine_result(kidney):
 @pytest.mark.shared_data
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_kidney_without_pixel_size(kidney, variant):
-    """Non-rigid ≤ 0.20 %, its affine part ≤ 0.28 %, flagged reliable: rotated, mirrored, rescaled."""
+    """Non-rigid ≤ 0.20 %, its affine part ≤ 0.26 %, flagged reliable: rotated, mirrored, rescaled."""
     img, pts = make_variant(kidney["ihc"], kidney["li"], variant)
     t = register(kidney["he"], img, RegistrationConfig(model="nonrigid", allow_mirror=variant == "mirror"))
     assert t.quality["unit"] == "px" and t.field is not None
@@ -214,6 +214,40 @@ def test_regularised_fit_recovers_a_smooth_field_and_ignores_noise():
     yy, xx = np.mgrid[20:h - 20:10, 20:w - 20:10]
     q = np.stack([xx.ravel(), yy.ravel()], 1).astype(float)
     assert np.abs(dense[yy.ravel(), xx.ravel()] - truth(q)).max() < 1.0
+
+
+def test_robust_affine_fit_ignores_a_fifth_of_wrong_matches():
+    from her2_qupath.registration.nonrigid import fit_affine
+
+    rng = np.random.default_rng(3)
+    truth = np.array([[1.03, -0.12, 14.0], [0.09, 0.95, -7.5], [0.0, 0.0, 1.0]])
+    src = rng.uniform(0, 800, (400, 2))
+    dst = src @ truth[:2, :2].T + truth[:2, 2] + rng.normal(0, 0.3, src.shape)
+    wrong = rng.random(len(src)) < 0.2
+    dst[wrong] += rng.uniform(-40, 40, (int(wrong.sum()), 2))  # local deformation, wrong peaks
+    fit = fit_affine(src, dst, np.ones(len(src)), huber=1.0)
+    plain = fit_affine(src, dst, np.ones(len(src)), huber=1e9, rounds=1)  # least squares
+    corners = np.array([[0, 0, 1], [800, 0, 1], [0, 800, 1], [800, 800, 1]], float)
+    err = np.abs(corners @ (fit - truth).T)[:, :2].max()
+    assert err < 0.5  # well below a pixel at the corners of the point cloud
+    assert np.abs(corners @ (plain - truth).T)[:, :2].max() > 4 * err
+
+
+def test_rebased_field_maps_every_point_where_the_original_did():
+    from her2_qupath.registration.transform import DisplacementField
+
+    rng = np.random.default_rng(4)
+    rows, cols = 30, 40
+    gy, gx = np.mgrid[0:rows, 0:cols] * 10.0
+    fld = DisplacementField(origin=(0.0, 0.0), spacing=(10.0, 10.0),
+                            dx=(3 * np.sin(gy / 60)).astype(np.float32),
+                            dy=(2 * np.cos(gx / 80)).astype(np.float32))
+    a = np.array([[0.98, 0.05, 20.0], [-0.04, 1.02, 11.0], [0, 0, 1.0]])
+    b = a @ np.array([[1.002, -0.001, 0.8], [0.0015, 0.998, -1.1], [0, 0, 1.0]])  # another affine part
+    old = Transform(a, (400, 300), (420, 320), field=fld)
+    new = Transform(b, (400, 300), (420, 320), field=fld.rebased(np.linalg.inv(b) @ a))
+    pts = rng.uniform(10, 280, (500, 2))
+    assert np.abs(new.apply(pts) - old.apply(pts)).max() < 1e-3
 
 
 def test_consistency_measures_a_known_residual():

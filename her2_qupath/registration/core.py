@@ -18,11 +18,15 @@ optical-density magnitude (every stain absorbs light); ``metric`` forces one.
    pixels along the longest side (never finer than ``config.work_mpp``),
    restricted to the tissue except at the finest level (where the outline
    against glass helps). For ``rigid`` the affine result is projected onto
-   the nearest rotation (+ mirror) × scale (the pixel-size ratio when known).
+   the nearest rotation (+ mirror) × scale (the pixel-size ratio when known);
+   for ``affine`` and ``nonrigid`` it is refined by a robust (Huber) affine
+   fit to block matches at the non-rigid resolution
+   (:func:`.nonrigid.refine_affine`).
 3. **Non-rigid refinement** (``nonrigid``, :mod:`.nonrigid`): block matching
    and contrast-normalised optical flow inside the tissue at up to
    ``config.max_nonrigid_size`` pixels, each fitted by a displacement field
-   under a bending-energy penalty.
+   under a bending-energy penalty, on top of the ECC result and then
+   re-expressed on the refined affine part.
 4. **Reliability** (:mod:`.quality`): forward-backward consistency of local
    matches at the coarse level gives a share of consistent patches and an
    estimate of the residual misalignment; below ``config.min_quality`` the
@@ -53,7 +57,7 @@ from ._images import (
     tissue_mask,
 )
 from ._ops import dilate, ecc, ncc, nmi, warp
-from .nonrigid import refine_nonrigid
+from .nonrigid import refine_affine, refine_nonrigid
 from .pair import Pair, channel, moving_maps, to_level, to_level0, warp_moving_to_fixed
 from .quality import measure, reliability_score
 from .search import (
@@ -308,15 +312,19 @@ def _align(run: _Run, coarse: Pair, kind: str, step: Any) -> tuple[Transform, di
     affine = Transform(a0, fsrc.dimensions, msrc.dimensions, fixed_mpp=fsrc.mpp if run.physical else None,
                        moving_mpp=msrc.mpp if run.physical else None, model=cfg.model)
     result = affine
+    floor = max(cfg.nonrigid_mpp, finest) if run.physical else finest
+    nunit = max(floor, run.extent / cfg.max_nonrigid_size)
 
-    # 3. non-rigid (on the mean of hematoxylin and OD when hematoxylin is aligned: measured best)
-    if cfg.model == "nonrigid":
-        floor = max(cfg.nonrigid_mpp, finest) if run.physical else finest
-        nunit = max(floor, run.extent / cfg.max_nonrigid_size)
+    if cfg.model != "rigid":
+        # 3. the affine part: a robust fit to local block matches at the non-rigid resolution
         npair = pair if abs(nunit - pair.unit) < 1e-9 else run.pair(nunit)
+        result = refine_affine(npair, affine, cfg, kind)
+    if cfg.model == "nonrigid":
+        # 4. non-rigid, fitted on top of the ECC result (on the mean of hematoxylin and OD when
+        # hematoxylin is aligned: measured best), then carried onto the refined affine part
         fld = refine_nonrigid(npair, affine, cfg, "mix" if kind == "hema" else kind)
         if fld is not None:
-            result = affine.with_metadata(field=fld)
+            result = result.with_metadata(field=fld.rebased(np.linalg.inv(result.matrix) @ affine.matrix))
         step()
 
     quality = measure_quality(coarse, result, cfg, kind)

@@ -22,6 +22,10 @@ field and add it:
   far from the fit are dropped and the fit repeated. Outside the tissue the
   penalty continues the field smoothly.
 
+:func:`refine_affine` uses the block matches for the affine part itself: a
+Huber-robust affine fit (:func:`fit_affine`) to the displacements of the
+patches, composed with the ECC result.
+
 Stages with ``shrink > 1`` work on reduced images (multi-resolution). The
 result is stored on a regular grid that
 :class:`~her2_qupath.registration.transform.DisplacementField` interpolates
@@ -41,7 +45,7 @@ from ._ops import subpixel
 from .pair import Pair, channel, warp_moving_to_fixed
 from .transform import DisplacementField, Transform
 
-__all__ = ["refine_nonrigid", "match_blocks", "fit_field", "STAGES"]
+__all__ = ["refine_nonrigid", "refine_affine", "fit_affine", "match_blocks", "fit_field", "STAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,8 @@ SMOOTH_PX = 0.5  # Gaussian sigma applied to both images before matching
 FLOW_WINDOWS = (0.45, 0.67)  # Farnebäck window sizes, as fractions of the patch size
 FLOW_CONTRAST_PX = 2.5  # neighbourhood (sigma, px) of the contrast normalisation before optical flow
 CONTROL_PX = 16  # control-grid spacing of the fit (non-rigid level px)
+HUBER_PX = 1.0  # matches further than this (non-rigid level px) from the affine fit weigh less
+AFFINE_FIT_ROUNDS = 10  # reweighted least-squares rounds of the robust affine fit
 
 
 def match_blocks(fixed: np.ndarray, moving: np.ndarray, valid: np.ndarray, *, patch: int, step: int,
@@ -98,6 +104,26 @@ def match_blocks(fixed: np.ndarray, moving: np.ndarray, valid: np.ndarray, *, pa
             conf.append(peak)
     return (np.asarray(pts, dtype=np.float64).reshape(-1, 2), np.asarray(disp, dtype=np.float64).reshape(-1, 2),
             np.asarray(conf, dtype=np.float64))
+
+
+def fit_affine(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, *, huber: float,
+               rounds: int = AFFINE_FIT_ROUNDS) -> np.ndarray:
+    """The 3×3 affine matrix taking ``src`` to ``dst`` (``(N, 2)`` points) under a Huber loss.
+
+    Iteratively reweighted least squares: a match whose residual exceeds
+    ``huber`` weighs ``huber / residual`` times its ``weight``, so the few
+    matches that follow a local deformation (or a wrong correlation peak) do
+    not pull the fit.
+    """
+    x = np.hstack([src, np.ones((len(src), 1))])
+    w = weight.astype(np.float64)
+    coef = np.zeros((3, 2))
+    for _ in range(max(1, rounds)):
+        sw = np.sqrt(w)[:, None]
+        coef = np.linalg.lstsq(x * sw, dst * sw, rcond=None)[0]
+        resid = np.hypot(*(x @ coef - dst).T)
+        w = weight * np.where(resid <= huber, 1.0, huber / np.maximum(resid, 1e-12))
+    return np.vstack([coef.T, [0.0, 0.0, 1.0]])
 
 
 def _second_differences(rows: int, cols: int):
@@ -200,16 +226,51 @@ def _shrink(img: np.ndarray, k: int) -> np.ndarray:
     return cv2.resize(img, (img.shape[1] // k, img.shape[0] // k), interpolation=cv2.INTER_AREA)
 
 
-def refine_nonrigid(pair: Pair, affine: Transform, cfg: RegistrationConfig, kind: str = "hema",
-                    ) -> DisplacementField | None:
-    """A smooth displacement field refining ``affine`` on the images of ``pair`` (or None)."""
+def _warped(pair: Pair, affine: Transform, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed structure image, the moving one warped onto it by ``affine`` (both
+    smoothed by :data:`SMOOTH_PX`) and where both show tissue."""
     import cv2
 
     f = pair.fixed
     fimg = cv2.GaussianBlur(channel(f, kind), (0, 0), SMOOTH_PX)
     mimg = cv2.GaussianBlur(warp_moving_to_fixed(pair, affine, channel(pair.moving, kind)), (0, 0), SMOOTH_PX)
     mmask = warp_moving_to_fixed(pair, affine, pair.moving.mask.astype(np.uint8), nearest=True) > 0
-    valid = f.mask & mmask
+    return fimg, mimg, f.mask & mmask
+
+
+def refine_affine(pair: Pair, affine: Transform, cfg: RegistrationConfig, kind: str = "hema") -> Transform:
+    """``affine`` corrected by a robust affine fit to block matches on the images of ``pair``.
+
+    The patches of the first non-rigid pass (same size, spacing and search
+    radius) are matched against the moving image warped by ``affine``, and an
+    affine correction is fitted to their displacements under a Huber loss
+    (:data:`HUBER_PX`, weighted by the peak correlation): the least-squares
+    affine of the local matches rather than of whole-image intensities, which
+    a section's uneven deformation pulls. With fewer than :data:`MIN_MATCHES`
+    matches ``affine`` is returned as it is.
+    """
+    fimg, mimg, valid = _warped(pair, affine, kind)
+    pts, disp, conf = match_blocks(fimg, mimg, valid, patch=max(8, int(cfg.nonrigid_patch_px)),
+                                   step=max(1, int(cfg.nonrigid_step_px)),
+                                   radius=max(2, int(cfg.nonrigid_radius_px)),
+                                   min_ncc=float(cfg.nonrigid_min_ncc))
+    if len(pts) < MIN_MATCHES:
+        log.info("affine refinement: only %d reliable local matches, kept the ECC result", len(pts))
+        return affine
+    sf = level_matrix(pair.fixed.scale)  # level px → level-0 px
+    src = pts @ sf[:2, :2].T + sf[:2, 2]
+    dst = (pts + disp) @ sf[:2, :2].T + sf[:2, 2]
+    correction = fit_affine(src, dst, conf, huber=HUBER_PX * float(sf[0, 0]))
+    return affine.with_metadata(matrix=affine.matrix @ correction)
+
+
+def refine_nonrigid(pair: Pair, affine: Transform, cfg: RegistrationConfig, kind: str = "hema",
+                    ) -> DisplacementField | None:
+    """A smooth displacement field refining ``affine`` on the images of ``pair`` (or None)."""
+    import cv2
+
+    f = pair.fixed
+    fimg, mimg, valid = _warped(pair, affine, kind)
     h, w = fimg.shape
     flow = np.zeros((h, w, 2), np.float32)
     used = 0

@@ -69,6 +69,23 @@ class DisplacementField:
         dy = map_coordinates(self.dy.astype(np.float64), coords, order=order, mode="nearest")
         return np.stack([dx, dy], axis=1)
 
+    def rebased(self, matrix: np.ndarray) -> DisplacementField:
+        """The field ``d'`` with ``x + d'(x) = M · (x + d(x))`` for the 3×3 affine ``M``.
+
+        Moves a transform ``A · (x + d(x))`` onto another affine part ``B``
+        without changing where any point goes: ``B · (x + d'(x))`` with
+        ``M = B⁻¹ A``. Exact at the grid nodes; between them too, as cubic
+        B-spline interpolation reproduces the affine term.
+        """
+        m = np.asarray(matrix, dtype=np.float64)
+        rows, cols = self.dx.shape
+        gx = self.origin[0] + np.arange(cols) * self.spacing[0]
+        gy = self.origin[1] + np.arange(rows) * self.spacing[1]
+        x, y = np.meshgrid(gx, gy)
+        px, py = x + self.dx, y + self.dy
+        return replace(self, dx=(m[0, 0] * px + m[0, 1] * py + m[0, 2] - x).astype(np.float32),
+                       dy=(m[1, 0] * px + m[1, 1] * py + m[1, 2] - y).astype(np.float32))
+
     @property
     def max_displacement(self) -> float:
         return float(np.sqrt(self.dx.astype(np.float64) ** 2 + self.dy ** 2).max(initial=0.0))
