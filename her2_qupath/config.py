@@ -333,7 +333,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RegistrationConfig:
-    model: Literal["rigid", "affine", "nonrigid"] = "affine"
+    model: Literal["rigid", "affine", "nonrigid"] = "nonrigid"  # the most accurate; affine part for QuPath
     work_mpp: float = 2.0  # the affine stage never works finer than this (µm/px)
     rotation_step_deg: float = 5.0
     allow_mirror: bool = False

@@ -34,7 +34,8 @@ def _read_landmarks(path: str | None):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Transform JSON to write.")
 @click.option("--model", type=click.Choice(["rigid", "affine", "nonrigid"]), default=None,
-              help="Transform model (default from the configuration: affine).")
+              help="Transform model (default from the configuration: nonrigid; its affine part is "
+                   "what QuPath's image alignment can apply).")
 @click.option("--mpp", type=_MPP, default=None,
               help="Pixel size (µm/px) of both images, for images that carry none (JPEG, PNG). "
                    "Without any pixel size both images are taken to share one and the transform "
