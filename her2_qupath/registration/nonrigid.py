@@ -226,6 +226,12 @@ def _shrink(img: np.ndarray, k: int) -> np.ndarray:
     return cv2.resize(img, (img.shape[1] // k, img.shape[0] // k), interpolation=cv2.INTER_AREA)
 
 
+def _patch_step(cfg: RegistrationConfig, valid_px: int) -> int:
+    """Patch spacing: ``nonrigid_step_px``, wider when the tissue would hold more than
+    ``nonrigid_max_patches`` patches."""
+    return max(int(cfg.nonrigid_step_px), int(np.ceil(np.sqrt(valid_px / max(cfg.nonrigid_max_patches, 1)))))
+
+
 def _warped(pair: Pair, affine: Transform, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The fixed structure image, the moving one warped onto it by ``affine`` (both
     smoothed by :data:`SMOOTH_PX`) and where both show tissue."""
@@ -241,8 +247,8 @@ def _warped(pair: Pair, affine: Transform, kind: str) -> tuple[np.ndarray, np.nd
 def refine_affine(pair: Pair, affine: Transform, cfg: RegistrationConfig, kind: str = "hema") -> Transform:
     """``affine`` corrected by a robust affine fit to block matches on the images of ``pair``.
 
-    The patches of the first non-rigid pass (same size, spacing and search
-    radius) are matched against the moving image warped by ``affine``, and an
+    The patches of the first non-rigid pass (same size, spacing — at most
+    ``nonrigid_max_patches`` of them — and search radius) are matched against the moving image warped by ``affine``, and an
     affine correction is fitted to their displacements under a Huber loss
     (:data:`HUBER_PX`, weighted by the peak correlation): the least-squares
     affine of the local matches rather than of whole-image intensities, which
@@ -251,7 +257,7 @@ def refine_affine(pair: Pair, affine: Transform, cfg: RegistrationConfig, kind: 
     """
     fimg, mimg, valid = _warped(pair, affine, kind)
     pts, disp, conf = match_blocks(fimg, mimg, valid, patch=max(8, int(cfg.nonrigid_patch_px)),
-                                   step=max(1, int(cfg.nonrigid_step_px)),
+                                   step=max(1, _patch_step(cfg, int(valid.sum()))),
                                    radius=max(2, int(cfg.nonrigid_radius_px)),
                                    min_ncc=float(cfg.nonrigid_min_ncc))
     if len(pts) < MIN_MATCHES:
@@ -280,7 +286,7 @@ def refine_nonrigid(pair: Pair, affine: Transform, cfg: RegistrationConfig, kind
         vk = cv2.resize(valid.astype(np.uint8), (fi.shape[1], fi.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
         patch = max(8, int(round(cfg.nonrigid_patch_px * st.patch)))
         radius = max(2, int(round(cfg.nonrigid_radius_px * st.radius)))
-        step = max(int(cfg.nonrigid_step_px), int(np.ceil(np.sqrt(vk.sum() / max(cfg.nonrigid_max_patches, 1)))))
+        step = _patch_step(cfg, int(vk.sum()))
         if st.method == "flow":  # two window sizes in one fit: their errors average out
             found = [flow_matches(fi, mi, vk, step=step, window=int(round(patch * k))) for k in FLOW_WINDOWS]
             pts, disp, conf = (np.concatenate([f3[i] for f3 in found]) for i in range(3))
