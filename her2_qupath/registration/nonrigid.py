@@ -226,10 +226,14 @@ def _shrink(img: np.ndarray, k: int) -> np.ndarray:
     return cv2.resize(img, (img.shape[1] // k, img.shape[0] // k), interpolation=cv2.INTER_AREA)
 
 
-def _patch_step(cfg: RegistrationConfig, valid_px: int) -> int:
-    """Patch spacing: ``nonrigid_step_px``, wider when the tissue would hold more than
+def _patches(cfg: RegistrationConfig, st: Stage, valid_px: int) -> tuple[int, int, int]:
+    """Patch side, search radius and spacing of pass ``st``: the spacing is
+    ``nonrigid_step_px``, wider when the tissue would hold more than
     ``nonrigid_max_patches`` patches."""
-    return max(int(cfg.nonrigid_step_px), int(np.ceil(np.sqrt(valid_px / max(cfg.nonrigid_max_patches, 1)))))
+    patch = max(8, int(round(cfg.nonrigid_patch_px * st.patch)))
+    radius = max(2, int(round(cfg.nonrigid_radius_px * st.radius)))
+    step = max(1, int(cfg.nonrigid_step_px), int(np.ceil(np.sqrt(valid_px / max(cfg.nonrigid_max_patches, 1)))))
+    return patch, radius, step
 
 
 def _warped(pair: Pair, affine: Transform, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -256,9 +260,8 @@ def refine_affine(pair: Pair, affine: Transform, cfg: RegistrationConfig, kind: 
     matches ``affine`` is returned as it is.
     """
     fimg, mimg, valid = _warped(pair, affine, kind)
-    pts, disp, conf = match_blocks(fimg, mimg, valid, patch=max(8, int(cfg.nonrigid_patch_px)),
-                                   step=max(1, _patch_step(cfg, int(valid.sum()))),
-                                   radius=max(2, int(cfg.nonrigid_radius_px)),
+    patch, radius, step = _patches(cfg, STAGES[0], int(valid.sum()))
+    pts, disp, conf = match_blocks(fimg, mimg, valid, patch=patch, step=step, radius=radius,
                                    min_ncc=float(cfg.nonrigid_min_ncc))
     if len(pts) < MIN_MATCHES:
         log.info("affine refinement: only %d reliable local matches, kept the ECC result", len(pts))
@@ -284,9 +287,7 @@ def refine_nonrigid(pair: Pair, affine: Transform, cfg: RegistrationConfig, kind
         k = st.shrink
         fi, mi = _shrink(fimg, k), _shrink(_remap(mimg, flow), k)
         vk = cv2.resize(valid.astype(np.uint8), (fi.shape[1], fi.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
-        patch = max(8, int(round(cfg.nonrigid_patch_px * st.patch)))
-        radius = max(2, int(round(cfg.nonrigid_radius_px * st.radius)))
-        step = _patch_step(cfg, int(vk.sum()))
+        patch, radius, step = _patches(cfg, st, int(vk.sum()))
         if st.method == "flow":  # two window sizes in one fit: their errors average out
             found = [flow_matches(fi, mi, vk, step=step, window=int(round(patch * k))) for k in FLOW_WINDOWS]
             pts, disp, conf = (np.concatenate([f3[i] for f3 in found]) for i in range(3))
