@@ -10,8 +10,12 @@ checked by ``tests/test_cells.py``), timed on the same tile:
 
 * outlines: ``label_polygons`` (every label's crop laid out in one mosaic, one
   ``cv2.findContours`` on its half-pixel grid) vs. ``skimage.measure.find_contours`` per label;
-* seed dynamics: ``_h_maxima`` (one integer sort, the flat background left out of
-  it, the pieces above it reconstructed in a mosaic) vs. ``skimage.morphology.h_maxima``;
+* seeds: ``_local_peaks`` (OpenCV's maximum filter, one pass over the kept seeds)
+  vs. ``skimage.feature.peak_local_max``;
+* seed dynamics: ``_h_maxima_at`` (a compiled flood fill from each seed, stopped at
+  the first higher ground) vs. ``skimage.morphology.h_maxima`` at the seeds;
+* watershed: the compiled ``flood`` (scikit-image's heap and rules) vs.
+  ``skimage.segmentation.watershed``;
 * inner boundaries of the cells: four comparisons vs. ``find_boundaries``;
 * background and opening: OpenCV vs. ``scipy.ndimage`` grey / binary opening;
 * per-cell maxima: ``np.maximum.at`` over labelled pixels vs. ``scipy.ndimage.maximum``;
@@ -166,11 +170,12 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
     import math
 
     from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
     from skimage.morphology import h_maxima
-    from skimage.segmentation import find_boundaries
+    from skimage.segmentation import find_boundaries, watershed
 
     from her2_qupath import cells
-    from her2_qupath.cells import _base, measure
+    from her2_qupath.cells import _base, _compiled, measure
     from her2_qupath.cells import nuclei as nuclei_mod
     from her2_qupath.config import CellConfig
     from her2_qupath.stain import deconvolve
@@ -191,15 +196,29 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
     disk = nuclei_mod._disk(cfg.opening_um / mpp)
     dab = od[..., 1]
     inner = ~find_boundaries(cell_labels, mode="inner")
+    distance = round(cfg.split_min_distance_um / mpp)
+    peaks = nuclei_mod._local_peaks(blob, nuclei > 0, distance)
+    markers = np.zeros(blob.shape, dtype=np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     pairs = {
         "outlines (nuclei + cells)": (
             lambda: (cells.label_polygons(nuclei), cells.label_polygons(cell_labels)),
             lambda: (_reference_polygons(nuclei), _reference_polygons(cell_labels)),
         ),
-        "seed dynamics (h-maxima)": (
-            lambda: nuclei_mod._h_maxima(log_blob, h),
-            lambda: h_maxima(log_blob, h),
+        "seeds (local maxima)": (
+            lambda: nuclei_mod._local_peaks(blob, nuclei > 0, distance),
+            lambda: peak_local_max(blob, min_distance=distance, labels=(nuclei > 0).astype(np.int32),
+                                   exclude_border=False),
         ),
+        "seed dynamics (h-maxima)": (
+            lambda: nuclei_mod._h_maxima_at(log_blob, h, *peaks.T),
+            lambda: h_maxima(log_blob, h)[tuple(peaks.T)],
+        ),
+        "watershed": (
+            lambda: _compiled.flood(-blob, markers.copy(), nuclei > 0),
+            lambda: watershed(-blob, markers, mask=nuclei > 0),
+        ),
+
         "background (grey opening)": (
             lambda: nuclei_mod._grey_opening(smooth, side),
             lambda: ndi.maximum_filter(

@@ -656,22 +656,6 @@ def test_outlines_match_marching_squares_vertex_for_vertex() -> None:
     assert compared > 100
 
 
-def test_fast_h_maxima_matches_scikit_image() -> None:
-    from scipy import ndimage as ndi
-    from skimage.morphology import h_maxima
-
-    from her2_qupath.cells.nuclei import _h_maxima
-
-    rng = np.random.default_rng(3)
-    for trial in range(30):
-        shape = tuple(int(s) for s in rng.integers(3, 70, 2))
-        f = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 3.0)).astype(np.float32)
-        if trial % 3 == 0:
-            f = np.round(f * 20).astype(np.float32) / 20  # plateaus and ties
-        h = float(rng.uniform(0.002, 0.2))
-        assert np.array_equal(_h_maxima(f, h), h_maxima(f, h).astype(bool)), trial
-
-
 def test_opencv_openings_match_scipy() -> None:
     from scipy import ndimage as ndi
 
@@ -713,30 +697,6 @@ def test_opencv_distance_matches_scipy() -> None:
         mask[rng.integers(0, shape[0], k), rng.integers(0, shape[1], k)] = False
         expected = ndi.distance_transform_edt(mask).astype(np.float32)
         assert np.array_equal(_distance_to_zero(mask), expected), trial
-
-
-def test_fast_h_maxima_on_a_flat_background_matches_scikit_image() -> None:
-    """Pieces above a flat floor (the nuclei of a tile) are reconstructed in a mosaic."""
-    from scipy import ndimage as ndi
-    from skimage.morphology import h_maxima, reconstruction
-
-    from her2_qupath.cells.nuclei import _h_maxima, _reconstruction_by_dilation
-
-    rng = np.random.default_rng(17)
-    for trial in range(40):
-        shape = tuple(int(s) for s in rng.integers(3, 120, 2))
-        f = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 3.0)).astype(np.float32)
-        floor = np.float32(np.quantile(f, rng.uniform(0.6, 0.97)))
-        f = np.maximum(f, floor)
-        if trial % 3 == 0:
-            f = np.round(f * 40).astype(np.float32) / 40  # plateaus and ties
-        if trial % 4 == 0:
-            f = np.log(f + np.float32(0.01)).astype(np.float32)
-        h = float(rng.uniform(0.001, 0.2))
-        assert np.array_equal(_h_maxima(f, h), h_maxima(f, h).astype(bool)), trial
-        seed = (f - np.float32(rng.uniform(0.0, 0.1))).astype(np.float32)
-        expected = reconstruction(seed, f, method="dilation").astype(np.float32)
-        assert np.array_equal(_reconstruction_by_dilation(seed, f), expected), trial
 
 
 def test_fast_inner_boundaries_match_scikit_image() -> None:

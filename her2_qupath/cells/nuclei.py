@@ -9,7 +9,7 @@ import numpy as np
 
 from ..config import CellConfig, StainConfig
 from ..errors import UserInputError
-from ._base import _check_config, _check_mpp, _label_max, _pack
+from ._base import _check_config, _check_mpp, _label_max
 
 __all__ = ["nucleus_channel", "detect_nuclei"]
 
@@ -90,150 +90,80 @@ def _fill_small_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:
     return mask | fill[holes]
 
 
-def _float_keys(values: np.ndarray) -> np.ndarray:
-    """uint32 keys in the order of the float32 ``values`` (no NaN; -0.0 and +0.0 equal)."""
-    bits = (values + np.float32(0.0)).view(np.uint32)  # -0.0 becomes +0.0
-    # negative: all bits flipped; positive: the sign bit set
-    flip = (bits.view(np.int32) >> 31).view(np.uint32) | np.uint32(0x80000000)
-    return bits ^ flip
+def _local_peaks(image: np.ndarray, mask: np.ndarray, min_distance: int) -> np.ndarray:
+    """``(row, col)`` of the local maxima of float32 ``image`` inside ``mask``, highest first.
 
-
-def _argsort_float32(
-    values: np.ndarray, common: tuple[float, ...] = ()
-) -> tuple[np.ndarray, np.ndarray]:
-    """(order, sorted keys) of a flat float32 array without NaN, ascending, ties by index.
-
-    Sorts 64-bit integers (the float's order-preserving bit pattern above the
-    index), which NumPy does several times faster than ``argsort`` of floats.
-    The pixels equal to a value of ``common`` (e.g. a flat background) are
-    not sorted: equal keys are ordered by index, so each such group is its
-    pixels in index order, spliced in where its key falls among the others —
-    the same order, in a fraction of the time when the group is large.
-    """
-    key = _float_keys(values)
-    if not common:
-        packed = (key.astype(np.uint64) << np.uint64(32)) | np.arange(values.size, dtype=np.uint64)
-        packed.sort()
-        return (packed & np.uint64(0xFFFFFFFF)).astype(np.int64), packed >> np.uint64(32)
-    common_keys = np.unique(_float_keys(np.asarray(common, dtype=np.float32)))
-    in_group = [key == k for k in common_keys]
-    rest = np.flatnonzero(~np.logical_or.reduce(in_group))
-    packed = (key[rest].astype(np.uint64) << np.uint64(32)) | rest.astype(np.uint64)
-    packed.sort()
-    rest_keys = packed >> np.uint64(32)
-    rest_order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    orders: list[np.ndarray] = []
-    keys: list[np.ndarray] = []
-    start = 0
-    at_keys = np.searchsorted(rest_keys, common_keys.astype(np.uint64))
-    for k, at, member in zip(common_keys, at_keys, in_group, strict=True):
-        group = np.flatnonzero(member)
-        orders += [rest_order[start:at], group]
-        keys += [rest_keys[start:at], np.full(group.size, k, dtype=np.uint64)]
-        start = int(at)
-    orders.append(rest_order[start:])
-    keys.append(rest_keys[start:])
-    return np.concatenate(orders), np.concatenate(keys)
-
-
-def _reconstruction_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Grey reconstruction by dilation of float32 ``seed`` (``<= mask``) under ``mask`` (8-connected).
-
-    With ``m`` the minimum of ``mask`` and ``k = min(max(seed), m)``: every
-    pixel at ``m`` reconstructs to ``k`` (each path to it has its minimum
-    there), and a pixel of a piece ``C`` of ``mask > m`` (8-connected) to the
-    larger of ``k`` and its reconstruction within ``C`` alone (any path out of
-    ``C`` passes ``m``). So where the pieces cover little of the image (the
-    nuclei of a tile, on a flat background), each is reconstructed in its
-    bounding box, the boxes laid out in one mosaic separated by the lowest
-    value (:func:`_reconstruct`) — far fewer pixels, the same values.
+    The result of ``skimage.feature.peak_local_max(image, min_distance,
+    labels=mask, exclude_border=False)``, point for point and in its order:
+    pixels of the mask's bounding box equal to the maximum over the
+    ``2 * min_distance + 1`` square around them (outside the mask counts as
+    the lowest float; edges repeat), above the image's minimum, sorted by
+    value (ties in row-major order); then, highest first, each is kept unless
+    a kept one lies less than ``min_distance`` away (Chebyshev distance).
     """
     import cv2
+    from scipy import ndimage as ndi
 
-    seed = np.ascontiguousarray(seed, dtype=np.float32)
-    mask = np.ascontiguousarray(mask, dtype=np.float32)
-    low = np.min(mask)
-    pieces = mask > low
-    if np.count_nonzero(pieces) > 0.3 * mask.size:
-        return _reconstruct(seed, mask)
-    k = min(np.max(seed), low)
-    n, comp, stats, _ = cv2.connectedComponentsWithStats(
-        pieces.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
-    )
-    out = np.full(mask.shape, k, dtype=np.float32)
-    if n <= 1:
-        return out
-    x0, y0, w, h = (stats[1:, j].astype(np.int64) for j in range(4))
-    top, left, size = _pack(h + 1, w + 1, max(256, int(np.sqrt(((h + 1) * (w + 1)).sum()))))
-    rr, cc = np.nonzero(pieces)
-    i = comp[rr, cc].astype(np.int64) - 1
-    mr, mc = top[i] + 1 + rr - y0[i], left[i] + 1 + cc - x0[i]
-    lowest = np.min(seed)
-    images = np.full((2, int(size[0]) + 1, int(size[1]) + 1), lowest, dtype=np.float32)
-    images[0, mr, mc] = seed[rr, cc]
-    images[1, mr, mc] = mask[rr, cc]
-    out[rr, cc] = np.maximum(_reconstruct(images[0], images[1])[mr, mc], k)
-    return out
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    r0, c0 = int(rows[0]), int(cols[0])
+    box = (slice(r0, int(rows[-1]) + 1), slice(c0, int(cols[-1]) + 1))
+    inside = mask[box]
+    img = np.array(image[box], dtype=np.float32)
+    img[~inside] = np.finfo(np.float32).min
+    side = 2 * min_distance + 1
+    peak = img == cv2.dilate(img, np.ones((side, side), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    if np.all(peak[inside]):  # a flat object: its isolated pixels are its peaks
+        peak[:] = False
+        peak[np.logical_xor(inside, ndi.binary_opening(inside))] = True
+    peak &= img > np.min(image)
+    rr, cc = np.nonzero(peak)
+    order = np.argsort(-img[rr, cc], kind="stable")
+    rr, cc = rr[order], cc[order]
+    if min_distance > 1 and rr.size > 1:
+        near = min_distance - 1
+        blocked = np.zeros(img.shape, dtype=bool)
+        kept = np.zeros(rr.size, dtype=bool)
+        for i, (r, c) in enumerate(zip(rr.tolist(), cc.tolist(), strict=True)):
+            if not blocked[r, c]:
+                kept[i] = True
+                blocked[max(r - near, 0):r + near + 1, max(c - near, 0):c + near + 1] = True
+        rr, cc = rr[kept], cc[kept]
+    return np.stack([rr + r0, cc + c0], axis=1).astype(np.int64)
 
 
-def _reconstruct(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Grey reconstruction by dilation of float32 ``seed`` under ``mask`` (8-connected).
+def _h_maxima_at(image: np.ndarray, h: float, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """:func:`skimage.morphology.h_maxima` of a float32 image, at pixels ``(rows, cols)`` only.
 
-    The values of :func:`skimage.morphology.reconstruction` (``method="dilation"``,
-    default footprint), from its own inner loop, with one integer sort of the
-    pixels instead of two float argsorts. Falls back to scikit-image itself
-    where that loop is not available or the image is too large for 32-bit
-    indices.
+    The same definition and floating-point steps: a pixel is an h-maximum when
+    ``image - reconstruction(marker, image) >= h`` there, with the marker the
+    image less ``h`` less twice the float resolution of each value (grey
+    reconstruction by dilation, 8-connected). As float32 subtraction is
+    monotone, that holds exactly when the reconstruction is at most the
+    largest float32 ``r`` with ``image - r >= h``; and the reconstruction
+    exceeds ``r`` exactly when the piece of ``image > r`` around the pixel
+    holds a marker value above ``r``. A flood fill of that piece per pixel
+    (:func:`._compiled.reconstruction_above`) answers it without sorting the
+    image, which the reconstruction itself must.
     """
-    from skimage.morphology import reconstruction
+    from ._compiled import reconstruction_above
 
-    try:
-        from skimage.morphology._grayreconstruct import reconstruction_loop
-    except ImportError:  # pragma: no cover - depends on the scikit-image build
-        return reconstruction(seed, mask, method="dilation")
-    rows, cols = seed.shape
-    images = np.full((2, rows + 2, cols + 2), np.min(seed), dtype=np.float32)
-    images[0, 1:-1, 1:-1] = seed
-    images[1, 1:-1, 1:-1] = mask
-    flat = images.reshape(-1)
-    if flat.size >= 2**31:  # pragma: no cover - tiles are far smaller
-        return reconstruction(seed, mask, method="dilation")
-    # the frame and the flat background (each image's minimum) need no sorting
-    order, keys = _argsort_float32(flat, (float(images[0, 0, 0]), float(np.min(mask))))
-    new_value = np.empty(flat.size, dtype=bool)
-    new_value[0] = True
-    np.not_equal(keys[1:], keys[:-1], out=new_value[1:])
-    ranks = np.empty(flat.size, dtype=np.uint32)
-    ranks[order] = np.cumsum(new_value, dtype=np.uint32) - np.uint32(1)
-    value_map = flat[order[new_value]]
-    index_sorted = order[::-1].astype(np.int32)
-    prev = np.full(flat.size, -1, dtype=np.int32)
-    nxt = np.full(flat.size, -1, dtype=np.int32)
-    prev[index_sorted[1:]] = index_sorted[:-1]
-    nxt[index_sorted[:-1]] = index_sorted[1:]
-    width = cols + 2
-    strides = np.array(
-        [dr * width + dc for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc], dtype=np.int32
-    )
-    image_stride = (rows + 2) * width
-    reconstruction_loop(ranks, prev, nxt, strides, int(index_sorted[0]), image_stride)
-    rec = value_map[ranks[:image_stride]].reshape(rows + 2, width)
-    return rec[1:-1, 1:-1]
-
-
-def _h_maxima(image: np.ndarray, h: float) -> np.ndarray:
-    """Boolean h-maxima of a float32 image: :func:`skimage.morphology.h_maxima`, faster.
-
-    Same definition and the same floating-point steps (the marker is the
-    image less ``h`` less twice the float resolution of each value).
-    """
     image = np.ascontiguousarray(image, dtype=np.float32)
-    if h > np.ptp(image):
-        return np.zeros(image.shape, dtype=bool)
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    if h > np.ptp(image) or rows.size == 0:
+        return np.zeros(rows.shape, dtype=bool)
     resolution = 2 * np.finfo(image.dtype).resolution * np.abs(image)
-    shifted = image - h - resolution
-    residue = image - _reconstruction_by_dilation(shifted, image)
-    return residue >= h
+    marker = image - h - resolution
+    value = image[rows, cols]
+    level = (value - h).astype(np.float32)
+    # the largest float32 level with value - level >= h (as the residue is compared)
+    while not np.all(ok := (value - level) >= h):
+        level = np.where(ok, level, np.nextafter(level, np.float32(-np.inf)))
+    while np.any(up := (value - (nxt := np.nextafter(level, np.float32(np.inf)))) >= h):
+        level = np.where(up, nxt, level)
+    return ~reconstruction_above(image, marker, rows, cols, level)
 
 
 def _significant_peaks(
@@ -262,8 +192,7 @@ def _significant_peaks(
     log_blob = np.log(np.maximum(blob[r0:r1, c0:c1], floor)).astype(np.float32, copy=False)
     log_blob[~mask[r0:r1, c0:c1]] = np.log(floor)
     h = -math.log(1.0 - min(config.split_min_dip, 0.999))
-    significant = _h_maxima(log_blob, h)
-    return significant[peaks[:, 0] - r0, peaks[:, 1] - c0]
+    return _h_maxima_at(log_blob, h, peaks[:, 0] - r0, peaks[:, 1] - c0)
 
 
 def detect_nuclei(
@@ -297,9 +226,7 @@ def detect_nuclei(
        the mask, splits touching nuclei;
     5. keep nuclei whose area lies in ``[nucleus_min_area_um2, nucleus_max_area_um2]``.
     """
-    from scipy import ndimage as ndi
-    from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
+    from ._compiled import flood, gaussian, gaussian_laplace
 
     mpp = _check_mpp(mpp)
     a = np.asarray(hematoxylin_od)
@@ -311,7 +238,7 @@ def detect_nuclei(
             hint="pass the hematoxylin OD of the tile (stain.deconvolve(rgb)[..., 0])",
         )
     channel = np.clip(np.nan_to_num(a.astype(np.float32, copy=False)), 0.0, config.nucleus_max_od)
-    smooth = ndi.gaussian_filter(channel, sigma=config.smoothing_um / mpp, mode="nearest")
+    smooth = gaussian(channel, config.smoothing_um / mpp)  # = ndi.gaussian_filter(mode="nearest")
     side = 2 * max(1, int(round(config.background_radius_um / mpp))) + 1
     background = _grey_opening(smooth, side)
     contrast = smooth - background
@@ -324,18 +251,14 @@ def detect_nuclei(
         return np.zeros(a.shape, dtype=np.int32)
 
     s = config.split_sigma_um / mpp
-    blob = -(s * s) * ndi.gaussian_laplace(channel, sigma=s, mode="nearest")
-    peaks = peak_local_max(
-        blob,
-        min_distance=max(1, int(round(config.split_min_distance_um / mpp))),
-        labels=mask.astype(np.int32),
-        exclude_border=False,
-    )
+    blob = -(s * s) * gaussian_laplace(channel, s)  # = ndi.gaussian_laplace(mode="nearest")
+    peaks = _local_peaks(blob, mask, max(1, int(round(config.split_min_distance_um / mpp))))
     if config.split_min_dip > 0 and len(peaks):
         peaks = peaks[_significant_peaks(blob, mask, peaks, config)]
     markers = np.zeros(a.shape, dtype=np.int32)
     markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    labels = watershed(-blob, markers, mask=mask).astype(np.int32, copy=False)
+    labels = markers
+    flood(-blob, labels, mask)  # skimage.segmentation.watershed(-blob, markers, mask=mask)
     if config.boundary_fraction > 0 and labels.any():
         # Each nucleus ends where its contrast falls below a fraction of its own peak
         # (half maximum by default): the edge of a blurred dark nucleus, not the foot of
