@@ -20,6 +20,7 @@ through the object path instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -92,6 +93,29 @@ class Outlines:
             return np.zeros(0, dtype=object)
         return shapely.from_ragged_array(shapely.GeometryType.POLYGON, self.coords,
                                          (self.rings, self.polys))
+
+    def coordinates_json(self) -> list[str]:
+        """Each polygon's GeoJSON ``coordinates`` as ``json.dumps`` writes them.
+
+        Whole-number vertices (the cells of a tile placed on the slide) are
+        written by a compiled formatter; others, by ``json.dumps`` itself.
+        """
+        from .cells._compiled import polygon_json
+
+        c = self.coords
+        if len(self) == 0:
+            return []
+        whole = np.isfinite(c).all() and bool(np.all(np.abs(c) < 2.0**52)) and bool(
+            np.all(c == np.floor(c))) and not bool(np.any(np.signbit(c) & (c == 0)))
+        if not whole:
+            xy = c.tolist()
+            return [json.dumps([xy[self.rings[r]:self.rings[r + 1]]
+                                for r in range(self.polys[i], self.polys[i + 1])],
+                               allow_nan=False) for i in range(len(self))]
+        buf, starts = polygon_json(c.astype(np.int64), self.rings, self.polys)
+        text = buf.tobytes().decode("ascii")
+        bounds = starts.tolist()
+        return [text[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def simple_ok(self) -> np.ndarray:
         """Per polygon: one ring or more, each closed with 4+ finite vertices (JSON-safe)."""
@@ -205,35 +229,34 @@ class CellTable:
                 self.nuclei.geometries())
         else:
             fast[:] = False
-        colors = _class_colors()
-        cell_xy, nuc_xy = self.cells.coords.tolist(), self.nuclei.coords.tolist()
-        meas = self.measurements.tolist()
-        names = self.names
-        feats: list[Any] = []
         slow = np.flatnonzero(~fast)
         slow_feats = dict(zip(slow.tolist(), self._object_features(slow, marker, warp)))
         ids = _uuid4_strings(n)
-        for i in range(n):
+        where = (np.cumsum(fast) - 1).tolist()  # cell i's place among the fast ones
+        shown = np.flatnonzero(fast)
+        cell_rings, nuc_rings = ((o if shown.size == n else o.take(shown)).coordinates_json()
+                                 for o in (self.cells, self.nuclei))
+        dumps = functools.partial(json.dumps, allow_nan=False, ensure_ascii=False)
+        classes = [dumps({"name": name, "color": color})
+                   for name, color in zip(HER2_CLASSES, _class_colors(), strict=True)]
+        keys = [dumps(m) + ": " for m in self.names]
+        # one feature as json.dumps writes to_feature's dict, keys in its order
+        parts = ['{"type": "Feature", "id": "', '", "geometry": {"type": "Polygon", "coordinates": ',
+                 '}, "nucleusGeometry": {"type": "Polygon", "coordinates": ',
+                 '}, "properties": {"objectType": "cell", "name": ' + dumps(CELL_NAME)
+                 + ', "classification": ', ', "measurements": {',
+                 '}, "metadata": ' + dumps(dict(marker)) + '}}']
+        feats: list[str] = []
+        for i, (k, row) in enumerate(zip(self.classes.tolist(), self.measurements.tolist(),
+                                         strict=True)):
             if i in slow_feats:
-                feats.append(slow_feats[i])
+                feats.append(dumps(slow_feats[i]))
                 continue
-            k = int(self.classes[i])
-            feats.append({
-                "type": "Feature",
-                "id": ids[i],
-                "geometry": {"type": "Polygon", "coordinates": _rings(self.cells, i, cell_xy)},
-                "nucleusGeometry": {"type": "Polygon",
-                                    "coordinates": _rings(self.nuclei, i, nuc_xy)},
-                "properties": {
-                    "objectType": "cell",
-                    "name": CELL_NAME,
-                    "classification": {"name": HER2_CLASSES[k], "color": colors[k]},
-                    "measurements": {m: v for m, v in zip(names, meas[i]) if math.isfinite(v)},
-                    "metadata": dict(marker),
-                },
-            })
-        text = json.dumps(feats, allow_nan=False, ensure_ascii=False)
-        return text[1:-1]
+            meas = ", ".join([key + repr(v) for key, v in zip(keys, row) if math.isfinite(v)])
+            j = where[i]
+            feats.append("".join([parts[0], ids[i], parts[1], cell_rings[j], parts[2], nuc_rings[j],
+                                  parts[3], classes[k], parts[4], meas, parts[5]]))
+        return ", ".join(feats)
 
     def _object_features(self, idx: np.ndarray, marker: dict[str, str], warp: Any) -> list[Any]:
         """The features of cells ``idx`` built as objects (repairs, warps), as the old path did."""
@@ -261,11 +284,6 @@ def _uuid4_strings(n: int) -> list[str]:
     h = raw.tobytes().hex()
     return [f"{h[k:k + 8]}-{h[k + 8:k + 12]}-{h[k + 12:k + 16]}-{h[k + 16:k + 20]}-{h[k + 20:k + 32]}"
             for k in range(0, 32 * n, 32)]
-
-
-def _rings(outlines: Outlines, i: int, xy: list[Any]) -> list[Any]:
-    r0, r1 = int(outlines.polys[i]), int(outlines.polys[i + 1])
-    return [xy[outlines.rings[r]:outlines.rings[r + 1]] for r in range(r0, r1)]
 
 
 def _class_colors() -> list[list[int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,27 @@ def test_cell_table_moves_outlines_as_shapely_does_and_writes_the_object_feature
     mask[:, :35] = True
     inside = core.inside(mask)
     assert sorted(inside.tolist()) == [k for k, c in enumerate(core.centroids) if int(c[0]) < 35]
+
+
+def test_cell_text_is_what_json_dumps_writes_for_the_object_features() -> None:
+    """Whole-number vertices (cells placed on the slide) take the compiled formatter: the text
+    is json.dumps of the object path's features, byte for byte (negative coordinates, holes,
+    measurements left out, a second ring)."""
+    polys = [box(-3, 4, 5, 12), Polygon([(0, 0), (9, 0), (9, 9), (0, 9)], [[(2, 2), (2, 4), (4, 4), (2, 2)]]),
+             box(100, 7, 131, 20)]
+    nuclei = [box(-1, 6, 2, 9), box(3, 5, 6, 7), box(110, 10, 115, 13)]
+    placed = _table(polys, nuclei).placed((2.0, 2.0), (-40.0, 1024.0))
+    text = placed.feature_text({"her2-qupath": "x", "run": "ü"})
+    ids = re.findall(r'"id": "([0-9a-f-]{36})"', text)
+    refs = []
+    for i, (cell, nucleus) in enumerate(zip(placed.cells.geometries(), placed.nuclei.geometries())):
+        meas = {k: v for k, v in zip(placed.names, placed.measurements[i].tolist()) if np.isfinite(v)}
+        ref = to_feature(cell_object(cell, nucleus, f"HER2 {['0', '1+', '2+', '3+'][i % 4]}", meas,
+                                     name=CELL_NAME, metadata={"her2-qupath": "x", "run": "ü"}))
+        ref["id"] = ids[i]
+        refs.append(json.dumps(ref, allow_nan=False, ensure_ascii=False))
+    assert text == ", ".join(refs)
+    assert "-46.0" in text  # (-3 * 2) - 40: a negative vertex, written as json.dumps writes it
 
 
 def test_an_invalid_outline_takes_the_object_path_and_is_repaired() -> None:

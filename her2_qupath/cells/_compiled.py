@@ -273,3 +273,177 @@ def _kernel(sigma: float, order: int) -> np.ndarray:
         raise ValueError(f"Gaussian kernel of order {order} is not symmetric")  # pragma: no cover
     weights.setflags(write=False)
     return weights
+
+
+@njit(cache=True, nogil=True)
+def feature_transform(features: np.ndarray,
+                      reach: int = 2**30) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """Row and column of the nearest ``True`` pixel of ``features`` for every pixel (-1 where
+    there is none): the indices of ``scipy.ndimage.distance_transform_edt(~features,
+    return_indices=True)``, ties broken as SciPy breaks them. Only pixels within ``reach``
+    rows of their nearest feature are sure to get it (the others may get -1 or a farther one).
+
+    SciPy's exact transform (Maurer, Qi & Raghavan 2003): first, in each column,
+    the nearest feature of that column (of two at the same distance, the upper);
+    then, along each row, the lower envelope of those columns' parabolas, and
+    each pixel's nearest among them (of two at the same distance, the left).
+    Its sums are of small integers, exact in SciPy's doubles as here in integers. So a
+    pixel gets the nearest feature, of several the leftmost, then the upper —
+    whichever candidates farther than ``reach`` rows are left out beforehand.
+    """
+    h, w = features.shape
+    col_r = np.full((h, w), -1, dtype=np.int32)  # nearest feature row within the column
+    above = np.full(w, -1, dtype=np.int64)
+    for r in range(h):
+        for c in range(w):
+            if features[r, c]:
+                above[c] = r
+            col_r[r, c] = above[c]
+    below = np.full(w, -1, dtype=np.int64)
+    for r in range(h - 1, -1, -1):
+        for c in range(w):
+            if features[r, c]:
+                below[c] = r
+            b = below[c]
+            if b >= 0:
+                a = col_r[r, c]
+                if a < 0 or b - r < r - a:
+                    col_r[r, c] = b
+    ft_r = np.full((h, w), -1, dtype=np.int32)
+    ft_c = np.full((h, w), -1, dtype=np.int32)
+    g = np.empty(w, dtype=np.int64)
+    for r in range(h):
+        fr = col_r[r]
+        last = -1
+        for i in range(w):
+            if fr[i] < 0 or abs(fr[i] - r) > reach:
+                continue
+            t = fr[i] - r
+            w_r = t * t
+            while last >= 1:
+                i1, i2 = g[last], g[last - 1]
+                a = i1 - i2
+                b = i - i1
+                c = a + b
+                tu, tv = fr[i2] - r, fr[i1] - r
+                # SciPy's test in doubles; exact in integers (every term is far below 2**53)
+                if c * (tv * tv) - b * (tu * tu) - a * w_r - a * b * c <= 0:
+                    break
+                last -= 1
+            last += 1
+            g[last] = i
+        if last < 0:
+            continue
+        top = last
+        last = 0
+        for i in range(w):
+            k = g[last]
+            da, db = fr[k] - r, k - i
+            d1 = da * da + db * db
+            while last < top:
+                k = g[last + 1]
+                da, db = fr[k] - r, k - i
+                d2 = da * da + db * db
+                if d1 <= d2:
+                    break
+                d1 = d2
+                last += 1
+            k = g[last]
+            ft_r[r, i] = fr[k]
+            ft_c[r, i] = k
+    return ft_r, ft_c
+
+
+@njit(cache=True, nogil=True)
+def expand(labels: np.ndarray, distance: float) -> np.ndarray:  # pragma: no cover - compiled
+    """:func:`skimage.segmentation.expand_labels`: each unlabelled pixel within ``distance``
+    of a label takes the label of its nearest labelled pixel (SciPy's feature transform)."""
+    h, w = labels.shape
+    ft_r, ft_c = feature_transform(labels != 0, int(np.floor(distance)))
+    out = np.zeros((h, w), dtype=labels.dtype)
+    for r in range(h):
+        for c in range(w):
+            rr = ft_r[r, c]
+            if rr < 0:
+                continue
+            cc = ft_c[r, c]
+            d2 = (rr - r) * (rr - r) + (cc - c) * (cc - c)
+            if np.sqrt(np.float64(d2)) <= distance:
+                out[r, c] = labels[rr, cc]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def distance_to(features: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """Euclidean distance (float32 pixels) of each pixel to the nearest ``True`` pixel of
+    ``features`` (one must exist): ``scipy.ndimage.distance_transform_edt(~features)``
+    rounded to float32."""
+    h, w = features.shape
+    ft_r, ft_c = feature_transform(features)
+    out = np.empty((h, w), dtype=np.float32)
+    for r in range(h):
+        for c in range(w):
+            dr, dc = ft_r[r, c] - r, ft_c[r, c] - c
+            out[r, c] = np.float32(np.sqrt(np.float64(dr * dr + dc * dc)))
+    return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put_int(buf: np.ndarray, at: int, v: int) -> int:  # pragma: no cover - compiled
+    """Decimal digits of ``v`` at ``buf[at:]``; returns the end."""
+    if v < 0:
+        buf[at] = 45  # "-"
+        at += 1
+        v = -v
+    start = at
+    while True:
+        buf[at] = 48 + v % 10
+        at += 1
+        v //= 10
+        if v == 0:
+            break
+    i, j = start, at - 1
+    while i < j:
+        buf[i], buf[j] = buf[j], buf[i]
+        i += 1
+        j -= 1
+    return at
+
+
+@njit(cache=True, nogil=True)
+def polygon_json(xy: np.ndarray, rings: np.ndarray,
+                 polys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """GeoJSON ``coordinates`` of polygons with whole-number vertices, as ``json.dumps``
+    writes them for floats (``[[[12.0, 34.0], ...]]``): one ASCII buffer and each polygon's
+    start in it (the last entry is the end). ``xy`` is int64 ``(k, 2)``, ``rings`` and
+    ``polys`` the ragged offsets."""
+    n = polys.size - 1
+    buf = np.empty(xy.shape[0] * 52 + (rings.size + n) * 4 + 8, dtype=np.uint8)
+    starts = np.empty(n + 1, dtype=np.int64)
+    at = 0
+    for i in range(n):
+        starts[i] = at
+        buf[at] = 91  # "["
+        at += 1
+        for r in range(polys[i], polys[i + 1]):
+            if r > polys[i]:
+                buf[at], buf[at + 1] = 44, 32  # ", "
+                at += 2
+            buf[at] = 91
+            at += 1
+            for v in range(rings[r], rings[r + 1]):
+                if v > rings[r]:
+                    buf[at], buf[at + 1] = 44, 32
+                    at += 2
+                buf[at] = 91
+                at = _put_int(buf, at + 1, xy[v, 0])
+                buf[at], buf[at + 1], buf[at + 2], buf[at + 3] = 46, 48, 44, 32  # ".0, "
+                at = _put_int(buf, at + 4, xy[v, 1])
+                buf[at], buf[at + 1], buf[at + 2] = 46, 48, 93  # ".0]"
+                at += 3
+            buf[at] = 93  # "]"
+            at += 1
+        buf[at] = 93
+        at += 1
+    starts[n] = at
+    return buf[:at], starts
