@@ -131,3 +131,25 @@ def test_feature_transform_and_expansion_match_scipy_and_scikit_image() -> None:
         assert np.array_equal(expand(labels, distance), expected), trial
         grown += int(np.count_nonzero(expected) - np.count_nonzero(labels))
     assert grown > 10000
+
+
+def test_fill_small_holes_matches_scipy_labelling() -> None:
+    from her2_qupath.cells.nuclei import _fill_small_holes
+
+    rng = np.random.default_rng(4)
+    filled = 0
+    for trial in range(150):
+        shape = tuple(int(s) for s in rng.integers(1, 120, 2))
+        mask = _smooth(rng, shape, 1) > rng.uniform(0.45, 0.55)
+        limit = int(rng.integers(0, 80))
+        holes, n = ndi.label(~mask)  # 4-connected background pieces
+        sizes = np.bincount(holes.ravel(), minlength=n + 1)
+        edge = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+        fill = sizes <= limit
+        fill[0] = False
+        fill[edge] = False
+        expected = mask | fill[holes]
+        got = _fill_small_holes(mask, limit)
+        assert np.array_equal(got, expected), trial
+        filled += int(np.count_nonzero(got & ~mask))
+    assert filled > 100  # holes were filled, not only left alone

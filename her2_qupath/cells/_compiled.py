@@ -447,3 +447,53 @@ def polygon_json(xy: np.ndarray, rings: np.ndarray,
         at += 1
     starts[n] = at
     return buf[:at], starts
+
+
+@njit(cache=True, nogil=True)
+def fill_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:  # pragma: no cover - compiled
+    """``mask`` with its holes of at most ``max_hole_px`` pixels filled: the 4-connected
+    pieces of background (``scipy.ndimage.label``'s default) that do not reach the edge."""
+    h, w = mask.shape
+    out = mask.copy()
+    seen = np.zeros((h, w), dtype=np.bool_)
+    stack = np.empty(h * w, dtype=np.int64)
+    # the open background: every piece reaching the edge
+    top = 0
+    for r in range(h):
+        for c in range(w):
+            if (r == 0 or c == 0 or r == h - 1 or c == w - 1) and not mask[r, c] \
+                    and not seen[r, c]:
+                seen[r, c] = True
+                stack[top] = r * w + c
+                top += 1
+    while top > 0:
+        top -= 1
+        p = stack[top]
+        r, c = p // w, p % w
+        for rr, cc in ((r - 1, c), (r, c - 1), (r, c + 1), (r + 1, c)):
+            if 0 <= rr < h and 0 <= cc < w and not mask[rr, cc] and not seen[rr, cc]:
+                seen[rr, cc] = True
+                stack[top] = rr * w + cc
+                top += 1
+    # each enclosed piece: gathered at the start of the stack, filled when small enough
+    for r0 in range(h):
+        for c0 in range(w):
+            if mask[r0, c0] or seen[r0, c0]:
+                continue
+            seen[r0, c0] = True
+            stack[0] = r0 * w + c0
+            n, i = 1, 0
+            while i < n:
+                p = stack[i]
+                i += 1
+                r, c = p // w, p % w
+                for rr, cc in ((r - 1, c), (r, c - 1), (r, c + 1), (r + 1, c)):
+                    if 0 <= rr < h and 0 <= cc < w and not mask[rr, cc] and not seen[rr, cc]:
+                        seen[rr, cc] = True
+                        stack[n] = rr * w + cc
+                        n += 1
+            if n <= max_hole_px:
+                for k in range(n):
+                    p = stack[k]
+                    out[p // w, p % w] = True
+    return out
