@@ -449,51 +449,64 @@ def polygon_json(xy: np.ndarray, rings: np.ndarray,
     return buf[:at], starts
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _root(parent: np.ndarray, i: int) -> int:  # pragma: no cover - compiled
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
 @njit(cache=True, nogil=True)
 def fill_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:  # pragma: no cover - compiled
     """``mask`` with its holes of at most ``max_hole_px`` pixels filled: the 4-connected
-    pieces of background (``scipy.ndimage.label``'s default) that do not reach the edge."""
+    pieces of background (``scipy.ndimage.label``'s default) that do not reach the edge.
+
+    The background is taken as runs along the rows; runs of consecutive rows that
+    share a column are one piece (union-find over runs, not pixels).
+    """
     h, w = mask.shape
-    out = mask.copy()
-    seen = np.zeros((h, w), dtype=np.bool_)
-    stack = np.empty(h * w, dtype=np.int64)
-    # the open background: every piece reaching the edge
-    top = 0
+    cap = h * ((w + 1) // 2 + 1)
+    row_of = np.empty(cap, dtype=np.int64)
+    start = np.empty(cap, dtype=np.int64)
+    stop = np.empty(cap, dtype=np.int64)
+    first = np.empty(h + 1, dtype=np.int64)  # runs of row r: first[r]:first[r + 1]
+    n = 0
     for r in range(h):
-        for c in range(w):
-            if (r == 0 or c == 0 or r == h - 1 or c == w - 1) and not mask[r, c] \
-                    and not seen[r, c]:
-                seen[r, c] = True
-                stack[top] = r * w + c
-                top += 1
-    while top > 0:
-        top -= 1
-        p = stack[top]
-        r, c = p // w, p % w
-        for rr, cc in ((r - 1, c), (r, c - 1), (r, c + 1), (r + 1, c)):
-            if 0 <= rr < h and 0 <= cc < w and not mask[rr, cc] and not seen[rr, cc]:
-                seen[rr, cc] = True
-                stack[top] = rr * w + cc
-                top += 1
-    # each enclosed piece: gathered at the start of the stack, filled when small enough
-    for r0 in range(h):
-        for c0 in range(w):
-            if mask[r0, c0] or seen[r0, c0]:
+        first[r] = n
+        c = 0
+        while c < w:
+            if mask[r, c]:
+                c += 1
                 continue
-            seen[r0, c0] = True
-            stack[0] = r0 * w + c0
-            n, i = 1, 0
-            while i < n:
-                p = stack[i]
+            c0 = c
+            while c < w and not mask[r, c]:
+                c += 1
+            row_of[n], start[n], stop[n] = r, c0, c
+            n += 1
+    first[h] = n
+    parent = np.arange(n)
+    for r in range(1, h):  # join runs overlapping the runs of the row above
+        i, j = first[r - 1], first[r]
+        while i < first[r] and j < first[r + 1]:
+            if start[i] < stop[j] and start[j] < stop[i]:
+                a, b = _root(parent, i), _root(parent, j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+            if stop[i] <= stop[j]:
                 i += 1
-                r, c = p // w, p % w
-                for rr, cc in ((r - 1, c), (r, c - 1), (r, c + 1), (r + 1, c)):
-                    if 0 <= rr < h and 0 <= cc < w and not mask[rr, cc] and not seen[rr, cc]:
-                        seen[rr, cc] = True
-                        stack[n] = rr * w + cc
-                        n += 1
-            if n <= max_hole_px:
-                for k in range(n):
-                    p = stack[k]
-                    out[p // w, p % w] = True
+            else:
+                j += 1
+    size = np.zeros(n, dtype=np.int64)
+    open_ = np.zeros(n, dtype=np.bool_)
+    for k in range(n):
+        root = _root(parent, k)
+        size[root] += stop[k] - start[k]
+        if row_of[k] == 0 or row_of[k] == h - 1 or start[k] == 0 or stop[k] == w:
+            open_[root] = True
+    out = mask.copy()
+    for k in range(n):
+        root = _root(parent, k)
+        if not open_[root] and size[root] <= max_hole_px:
+            out[row_of[k], start[k]:stop[k]] = True
     return out
