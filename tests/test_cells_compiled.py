@@ -153,3 +153,35 @@ def test_fill_small_holes_matches_scipy_labelling() -> None:
         assert np.array_equal(got, expected), trial
         filled += int(np.count_nonzero(got & ~mask))
     assert filled > 100  # holes were filled, not only left alone
+
+
+def test_compartment_sums_match_bincount() -> None:
+    """Counts, float64 sums (same order, so the same bits) and maxima per label, against
+    np.bincount and np.maximum.at over the whole images."""
+    from her2_qupath.cells._compiled import compartment_sums
+
+    rng = np.random.default_rng(9)
+    for trial in range(30):
+        shape = tuple(int(s) for s in rng.integers(1, 80, 2))
+        n = int(rng.integers(1, 12))
+        cells = rng.integers(0, n + 1, shape).astype(np.int32)
+        parts = [np.where(rng.random(shape) < 0.4, cells, 0).astype(np.int32) for _ in range(3)]
+        hema, dab = (rng.normal(0.3, 0.2, shape).astype(np.float32) for _ in range(2))
+        dab[rng.random(shape) < 0.05] = np.float32(-0.0)
+        counts, sums, peaks = compartment_sums(cells, *parts, hema, dab, n)
+        rows, cols = np.indices(shape)
+
+        def total(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+            return np.bincount(labels.ravel(), weights=values.ravel().astype(np.float64),
+                               minlength=n + 1)[1:]
+
+        for j, labels in enumerate([cells, *parts]):
+            assert np.array_equal(counts[:, j], np.bincount(labels.ravel(), minlength=n + 1)[1:])
+        expected = [total(cells, dab), total(parts[0], hema), total(parts[0], dab),
+                    total(parts[1], dab), total(parts[2], dab), total(cells, rows), total(cells, cols)]
+        assert np.array_equal(sums, np.stack(expected, axis=1)), trial
+        for j, labels in enumerate(parts):
+            top = np.full(n + 1, -np.inf)
+            np.maximum.at(top, labels.ravel(), dab.ravel().astype(np.float64))
+            assert np.array_equal(peaks[:, j], top[1:]), trial
+            assert np.array_equal(np.signbit(peaks[:, j]), np.signbit(top[1:])), trial

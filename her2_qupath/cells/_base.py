@@ -109,39 +109,6 @@ def _pixels(labels: np.ndarray) -> _Pixels:
     return _Pixels(index, flat[index])
 
 
-def _pixels_within(outer: _Pixels, labels: np.ndarray) -> _Pixels:
-    """:func:`_pixels` of ``labels``, found among the pixels of ``outer`` when they hold them all.
-
-    A compartment (nucleus, membrane, cytoplasm) lies inside its cell: its
-    pixels are a subset of the cells' pixels, and picking them there is
-    cheaper than scanning the image again; the same pixels in the same order.
-    """
-    flat = labels.ravel()
-    label = flat[outer.index]
-    inside = label != 0
-    if np.count_nonzero(inside) != np.count_nonzero(flat):
-        return _pixels(labels)
-    return _Pixels(outer.index[inside], label[inside])
-
-
-def _label_mean(
-    labels: np.ndarray | _Pixels, values: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, count) of ``values`` per label 1..n; NaN where a label has no pixels.
-
-    ``labels`` is a label image or its :func:`_pixels`; ``values`` an image of
-    the same shape. Sums run over the labelled pixels only, in row-major
-    order (the same sums as over the whole image).
-    """
-    px = labels if isinstance(labels, _Pixels) else _pixels(labels)
-    count = np.bincount(px.label, minlength=n + 1)[1 : n + 1]
-    weights = values.reshape(-1)[px.index]
-    total = np.bincount(px.label, weights=weights, minlength=n + 1)[1 : n + 1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return mean, count
-
-
 def _label_max(labels: np.ndarray | _Pixels, values: np.ndarray, n: int) -> np.ndarray:
     """Maximum of ``values`` per label 1..n; NaN where a label has no pixels."""
     if n == 0:

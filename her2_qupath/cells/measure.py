@@ -12,7 +12,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..config import CellConfig, StainConfig
-from ._base import _centroids, _check_mpp, _label_max, _label_mean, _pixels, _pixels_within
+from ._base import _check_mpp
+from ._compiled import compartment_sums
 
 __all__ = ["MEASUREMENTS", "Compartments", "cell_compartments", "measure_cells", "classify_cells"]
 
@@ -195,21 +196,30 @@ def measure_cells(
     hema = np.ascontiguousarray(od[..., 0])
     dab = np.ascontiguousarray(od[..., 1])
     px_um2 = mpp * mpp
-    cel = _pixels(cells)
-    nuc, mem, cyt = (_pixels_within(cel, x) for x in (nuclei, membranes, cytoplasm))
+    counts, sums, peaks = compartment_sums(*(np.ascontiguousarray(x, dtype=np.int32) for x in (
+        cells, nuclei, membranes, cytoplasm)), hema, dab, n)
+
+    def mean(column: int, compartment: int) -> np.ndarray:
+        count = counts[:, compartment]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, sums[:, column] / np.maximum(count, 1), np.nan)
+
+    def peak(compartment: int) -> np.ndarray:
+        return np.where(counts[:, compartment + 1] > 0, peaks[:, compartment], np.nan)
+
     out: dict[str, np.ndarray] = {}
-    hema_mean, n_count = _label_mean(nuc, hema, n)
-    cell_dab, c_count = _label_mean(cel, dab, n)
-    out["Nucleus: Area µm^2"] = n_count * px_um2
-    out["Cell: Area µm^2"] = c_count * px_um2
-    out["Nucleus: Hematoxylin OD mean"] = hema_mean
-    out["Nucleus: DAB OD mean"] = _label_mean(nuc, dab, n)[0]
-    out["Nucleus: DAB OD max"] = _label_max(nuc, dab, n)
-    out["Cytoplasm: DAB OD mean"] = _label_mean(cyt, dab, n)[0]
-    out["Cytoplasm: DAB OD max"] = _label_max(cyt, dab, n)
-    out["Membrane: DAB OD mean"] = _label_mean(mem, dab, n)[0]
-    out["Membrane: DAB OD max"] = _label_max(mem, dab, n)
-    centres = _centroids(cel, n, cells.shape[1])[:, ::-1] - 0.5  # (row, col) of pixel centres
+    out["Nucleus: Area µm^2"] = counts[:, 1] * px_um2
+    out["Cell: Area µm^2"] = counts[:, 0] * px_um2
+    out["Nucleus: Hematoxylin OD mean"] = mean(1, 1)
+    out["Nucleus: DAB OD mean"] = mean(2, 1)
+    out["Nucleus: DAB OD max"] = peak(0)
+    out["Cytoplasm: DAB OD mean"] = mean(4, 3)
+    out["Cytoplasm: DAB OD max"] = peak(2)
+    out["Membrane: DAB OD mean"] = mean(3, 2)
+    out["Membrane: DAB OD max"] = peak(1)
+    # (row, col) of the cells' pixel centres: the centroids (x, y) less the half pixel
+    centres = np.stack([mean(5, 0) + 0.5, mean(6, 0) + 0.5], axis=1) - 0.5
+    cell_dab = mean(0, 0)
     graded = dab if line is None else np.ascontiguousarray(line, dtype=np.float32)
     completeness, stained = _membrane_sectors(
         membranes,
