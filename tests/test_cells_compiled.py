@@ -171,7 +171,7 @@ def test_compartment_sums_match_bincount() -> None:
         counts, sums, peaks = compartment_sums(cells, *parts, hema, dab, n)
         rows, cols = np.indices(shape)
 
-        def total(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+        def total(labels: np.ndarray, values: np.ndarray, n: int = n) -> np.ndarray:
             return np.bincount(labels.ravel(), weights=values.ravel().astype(np.float64),
                                minlength=n + 1)[1:]
 
@@ -185,3 +185,28 @@ def test_compartment_sums_match_bincount() -> None:
             np.maximum.at(top, labels.ravel(), dab.ravel().astype(np.float64))
             assert np.array_equal(peaks[:, j], top[1:]), trial
             assert np.array_equal(np.signbit(peaks[:, j]), np.signbit(top[1:])), trial
+
+
+def test_label_layout_matches_find_objects_and_the_saddles() -> None:
+    from her2_qupath.cells._compiled import label_layout
+
+    rng = np.random.default_rng(13)
+    saddles = 0
+    for trial in range(60):
+        shape = tuple(int(s) for s in rng.integers(1, 60, 2))
+        n = int(rng.integers(1, 20))
+        labels = np.where(rng.random(shape) < 0.5, rng.integers(1, n + 4, shape), 0).astype(np.int32)
+        boxes, saddle = label_layout(labels, n)
+        for i, sl in enumerate(ndi.find_objects(labels, max_label=n)):
+            want = None if sl is None else [sl[0].start, sl[0].stop, sl[1].start, sl[1].stop]
+            if sl is None:
+                assert boxes[i, 0] == -1, (trial, i)
+            else:
+                assert boxes[i].tolist() == want, (trial, i)
+        p = np.pad(labels, 1)
+        a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
+        expected = set(np.unique(a[(a == d) & (a != 0) & (b != a) & (c != a)]).tolist()) | set(
+            np.unique(b[(b == c) & (b != 0) & (a != b) & (d != b)]).tolist())
+        assert set(np.flatnonzero(saddle).tolist()) == {k for k in expected if k <= n}, trial
+        saddles += len(expected)
+    assert saddles > 100

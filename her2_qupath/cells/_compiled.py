@@ -557,3 +557,57 @@ def compartment_sums(cells: np.ndarray, nuclei: np.ndarray, membranes: np.ndarra
                 if not peaks[k - 1, 2] >= d:
                     peaks[k - 1, 2] = d
     return counts, sums, peaks
+
+
+@njit(cache=True, nogil=True)
+def label_layout(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """Bounding boxes ``(r0, r1, c0, c1)`` of labels ``1..n`` (row ``label - 1``; ``r0 = -1``:
+    absent) as ``scipy.ndimage.find_objects`` gives them, and which labels have two pixels
+    touching only diagonally (a 2 x 2 saddle, the image framed by background)."""
+    h, w = labels.shape
+    boxes = np.empty((n, 4), dtype=np.int64)
+    boxes[:, 0] = h
+    boxes[:, 1] = -1
+    boxes[:, 2] = w
+    boxes[:, 3] = -1
+    saddle = np.zeros(n + 1, dtype=np.bool_)
+    for r in range(h):
+        for c in range(w):
+            k = labels[r, c]
+            if 1 <= k <= n:
+                b = boxes[k - 1]
+                b[0] = min(b[0], r)
+                b[1] = max(b[1], r + 1)
+                b[2] = min(b[2], c)
+                b[3] = max(b[3], c + 1)
+    for r in range(-1, h):
+        for c in range(-1, w):
+            a = labels[r, c] if r >= 0 and c >= 0 else 0
+            b = labels[r, c + 1] if r >= 0 and c + 1 < w else 0
+            e = labels[r + 1, c] if r + 1 < h and c >= 0 else 0
+            d = labels[r + 1, c + 1] if r + 1 < h and c + 1 < w else 0
+            if a == d and a != 0 and b != a and e != a and a <= n:
+                saddle[a] = True
+            if b == e and b != 0 and a != b and d != b and b <= n:
+                saddle[b] = True
+    for k in range(n):
+        if boxes[k, 1] < 0:
+            boxes[k, 0] = -1
+    return boxes, saddle
+
+
+@njit(cache=True, nogil=True)
+def crop_mosaic(labels: np.ndarray, slot: np.ndarray, top: np.ndarray, left: np.ndarray,
+                r0: np.ndarray, c0: np.ndarray, rows: int, cols: int) -> np.ndarray:  # pragma: no cover
+    """Each label's pixels copied into its place of a mosaic: label ``k`` (``slot[k] = j >= 0``)
+    goes to the box at ``(top[j] + 1, left[j] + 1)``, its own box starting at ``(r0[j], c0[j])``."""
+    h, w = labels.shape
+    out = np.zeros((rows, cols), dtype=np.bool_)
+    for r in range(h):
+        for c in range(w):
+            k = labels[r, c]
+            if 0 < k < slot.size:
+                j = slot[k]
+                if j >= 0:
+                    out[top[j] + 1 + r - r0[j], left[j] + 1 + c - c0[j]] = True
+    return out

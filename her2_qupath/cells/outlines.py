@@ -14,14 +14,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = ["label_polygons"]
 
 
-def _saddle_labels(padded: np.ndarray) -> set[int]:
-    """Labels of which two pixels touch only diagonally (a 2 x 2 saddle)."""
-    a, b, c, d = padded[:-1, :-1], padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]
-    first = (a == d) & (a != 0) & (b != a) & (c != a)
-    second = (b == c) & (b != 0) & (a != b) & (d != b)
-    return set(np.unique(a[first]).tolist()) | set(np.unique(b[second]).tolist())
-
-
 def _half_pixel_grid(mask: np.ndarray) -> np.ndarray:
     """The region inside the level-0.5 contour of ``mask``, sampled every half pixel.
 
@@ -69,17 +61,15 @@ def _trace_crops(labels: np.ndarray, ids: np.ndarray, boxes: np.ndarray) -> tupl
     """
     import cv2
 
+    from ._compiled import crop_mosaic
+
     r0, r1, c0, c1 = boxes.T
     heights, widths = r1 - r0 + 2, c1 - c0 + 2  # the crop and its frame
     top, left, size = _pack(heights, widths, max(256, int(np.sqrt((heights * widths).sum()))))
-    slot = np.zeros(int(ids.max()) + 1, dtype=np.int64)
+    slot = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
     slot[ids] = np.arange(len(ids))
-    lookup = np.zeros(int(labels.max()) + 1, dtype=bool)
-    lookup[ids] = True
-    rr, cc = np.nonzero(lookup[labels])
-    k = slot[labels[rr, cc]]
-    mosaic = np.zeros(tuple(int(v) for v in size), dtype=bool)
-    mosaic[top[k] + 1 + rr - r0[k], left[k] + 1 + cc - c0[k]] = True
+    mosaic = crop_mosaic(np.ascontiguousarray(labels), slot, top, left, r0, c0, int(size[0]),
+                         int(size[1]))
     contours, _ = cv2.findContours(_half_pixel_grid(mosaic), cv2.RETR_EXTERNAL,
                                    cv2.CHAIN_APPROX_NONE)
     # each piece lies in one crop: the crop holding the pixel of its first grid point
@@ -172,20 +162,22 @@ def label_polygons(
     pixels touching only at a corner is traced by scikit-image itself.
     """
     import shapely
-    from scipy import ndimage as ndi
     from shapely.geometry import Polygon, box
 
-    labels = np.asarray(labels)
+    from ._compiled import label_layout
+
+    labels = np.ascontiguousarray(labels)
+    if labels.dtype.kind not in "iu":
+        labels = labels.astype(np.int64)
     n = int(labels.max()) if n is None else int(n)
-    slices = ndi.find_objects(labels, max_label=n)
-    saddles = _saddle_labels(np.pad(labels, 1))
-    out: list[Polygon] = [Polygon()] * len(slices)
-    fast = [i for i, sl in enumerate(slices) if sl is not None and i + 1 not in saddles]
-    slow = [i for i, sl in enumerate(slices) if sl is not None and i + 1 in saddles]
+    n = max(n, 0)
+    boxes, saddle = label_layout(labels, n)  # = ndi.find_objects and the 2 x 2 saddles
+    present = boxes[:, 0] >= 0
+    out: list[Polygon] = [Polygon()] * n
+    fast = np.flatnonzero(present & ~saddle[1:]).tolist()
+    slow = np.flatnonzero(present & saddle[1:]).tolist()
     if fast:
-        boxes = np.array([(slices[i][0].start, slices[i][0].stop, slices[i][1].start,
-                           slices[i][1].stop) for i in fast], dtype=np.int64)
-        coords, counts, found = _trace_crops(labels, np.array(fast) + 1, boxes)
+        coords, counts, found = _trace_crops(labels, np.array(fast) + 1, boxes[fast])
         traced = [i for i, f in zip(fast, found.tolist(), strict=True) if f]
         slow += [i for i, f in zip(fast, found.tolist(), strict=True) if not f]
         if traced:
@@ -196,9 +188,8 @@ def label_polygons(
             for i, poly in zip(traced, polys, strict=True):
                 out[i] = poly
     for i in sorted(slow):
-        sl = slices[i]
-        r0, r1, c0, c1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-        best = _trace_crop_skimage(labels[sl] == i + 1, (c0 - 0.5, r0 - 0.5))
+        r0, r1, c0, c1 = boxes[i].tolist()
+        best = _trace_crop_skimage(labels[r0:r1, c0:c1] == i + 1, (c0 - 0.5, r0 - 0.5))
         out[i] = box(c0, r0, c1, r1) if best is None or best.is_empty else best
     if tolerance > 0:
         geoms = np.array(out, dtype=object)
