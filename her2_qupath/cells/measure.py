@@ -13,7 +13,6 @@ import numpy as np
 
 from ..config import CellConfig, StainConfig
 from ._base import _check_mpp
-from ._compiled import compartment_sums
 
 __all__ = ["MEASUREMENTS", "Compartments", "cell_compartments", "measure_cells", "classify_cells"]
 
@@ -173,6 +172,8 @@ def measure_cells(
     the median of the stained sectors and ``Membrane: stained DAB OD`` is left
     out (NaN).
     """
+    from ._compiled import compartment_sums
+
     mpp = _check_mpp(mpp)
     cells, membranes, cytoplasm, depth = compartments
     n = int(cells.max()) if cells.size else 0
