@@ -122,11 +122,17 @@ def _scratch(shape: tuple[int, ...]) -> np.ndarray:
     """A float32 work buffer of ``shape`` reused by the calls of one thread.
 
     A fresh multi-megabyte array costs its page faults on every tile; the same
-    buffer is already mapped.
+    buffer is already mapped. One buffer per shape, a few shapes (a cell-level tile
+    alternates between its core and the core with its margin).
     """
-    buf = getattr(_LOCAL, "od", None)
-    if buf is None or buf.shape != shape:
-        buf = _LOCAL.od = np.empty(shape, np.float32)
+    bufs = getattr(_LOCAL, "od", None)
+    if bufs is None:
+        bufs = _LOCAL.od = {}
+    buf = bufs.get(shape)
+    if buf is None:
+        while len(bufs) >= 4:
+            bufs.pop(next(iter(bufs)))
+        buf = bufs[shape] = np.empty(shape, np.float32)
     return buf
 
 

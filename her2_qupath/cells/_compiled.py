@@ -615,20 +615,18 @@ def crop_mosaic(labels: np.ndarray, slot: np.ndarray, top: np.ndarray, left: np.
 
 @njit(cache=True, nogil=True)
 def ring_sectors(rr: np.ndarray, cc: np.ndarray, lab: np.ndarray, angle: np.ndarray,
-                 depth: np.ndarray, graded: np.ndarray, n: int, sectors: int, bin_px: float,
+                 layer: np.ndarray, graded: np.ndarray, n: int, sectors: int,
                  threshold: float) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
     """Completeness and stained-part intensity of each ring from its pixels ``(rr, cc)`` of
-    cell ``lab`` at ``angle`` around the cell's centre: ``measure._membrane_sectors`` after
-    its angles, with the same float64 sums (pixel order) and float32 layer division."""
+    cell ``lab`` at ``angle`` around the cell's centre, in depth ``layer``:
+    ``measure._membrane_sectors`` after its angles and layers, with the same float64 sums
+    (pixel order)."""
     m = rr.size
     sector = np.empty(m, dtype=np.int64)
-    layer = np.empty(m, dtype=np.int64)
     scale = sectors / (2 * np.pi)
-    step = np.float32(max(bin_px, 1e-6))
     layers = 1
     for i in range(m):
         sector[i] = min(np.int64((angle[i] + np.pi) * scale), sectors - 1)
-        layer[i] = np.int64(depth[rr[i], cc[i]] / step)
         if i == 0 or layer[i] + 1 > layers:
             layers = layer[i] + 1
     count = np.zeros((n, sectors, layers), dtype=np.int64)

@@ -16,8 +16,8 @@ from ..membrane import line_density, membrane_maps
 from ..stain import StainVectors, deconvolve
 from ..stain.deconvolution import _background
 from ._base import _centroids, _check_config, _check_mpp
-from .measure import MEASUREMENTS, cell_compartments, classify_cells, measure_cells
-from .nuclei import detect_nuclei, nucleus_channel
+from .measure import MEASUREMENTS, _measure, cell_compartments, classify_cells
+from .nuclei import _channel, detect_nuclei
 from .outlines import label_polygons
 
 __all__ = ["Cell", "CellResult", "detect_cells"]
@@ -131,15 +131,16 @@ def detect_cells(
     line = None
     if stain.intensity == "membrane":
         maps = membrane_maps(a, vectors, tuple(_background(background, a, stain)))
-        od = maps.stack()
+        hema, dab = maps.hematoxylin, maps.dab
         line = line_density(maps.membrane_dab, mpp, stain)
     else:
         od = deconvolve(a, vectors, background)
-    nuclei = detect_nuclei(nucleus_channel(od, config), mpp, config)
+        hema, dab = od[..., 0], od[..., 1]
+    nuclei = detect_nuclei(_channel(hema, dab, config), mpp, config)
     n = int(nuclei.max())
     compartments = cell_compartments(nuclei, mpp, config)
     cells, membranes, cytoplasm, _ = compartments
-    measurements = measure_cells(od, nuclei, compartments, mpp, config, stain, line)
+    measurements = _measure(hema, dab, nuclei, compartments, mpp, config, stain, line)
     classes = classify_cells(measurements, config, stain)
     edge = np.zeros(n + 1, dtype=bool)
     edge[np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])] = True

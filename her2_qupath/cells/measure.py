@@ -143,8 +143,8 @@ def _membrane_sectors(
     lab = membranes[rr, cc].astype(np.int64) - 1
     angle = np.arctan2(rr - centres_rc[lab, 0], cc - centres_rc[lab, 1])
     # binned, summed and reduced per sector in compiled loops (the same float64 sums)
-    return ring_sectors(rr, cc, lab, angle, np.ascontiguousarray(depth, dtype=np.float32),
-                        np.ascontiguousarray(dab, dtype=np.float32), n, sectors, float(bin_px),
+    layer = (depth[rr, cc] / max(bin_px, 1e-6)).astype(np.int64)
+    return ring_sectors(rr, cc, lab, angle, layer, np.ascontiguousarray(dab), n, sectors,
                         float(threshold))
 
 
@@ -172,13 +172,20 @@ def measure_cells(
     the median of the stained sectors and ``Membrane: stained DAB OD`` is left
     out (NaN).
     """
+    return _measure(od[..., 0], od[..., 1], nuclei, compartments, mpp, config, stain, line)
+
+
+def _measure(hematoxylin: np.ndarray, dab: np.ndarray, nuclei: np.ndarray,
+             compartments: Compartments, mpp: float, config: CellConfig, stain: StainConfig,
+             line: np.ndarray | None) -> dict[str, np.ndarray]:
+    """:func:`measure_cells` of the hematoxylin and DAB planes."""
     from ._compiled import compartment_sums
 
     mpp = _check_mpp(mpp)
     cells, membranes, cytoplasm, depth = compartments
     n = int(cells.max()) if cells.size else 0
-    hema = np.ascontiguousarray(od[..., 0])
-    dab = np.ascontiguousarray(od[..., 1])
+    hema = np.ascontiguousarray(hematoxylin)
+    dab = np.ascontiguousarray(dab)
     px_um2 = mpp * mpp
     counts, sums, peaks = compartment_sums(*(np.ascontiguousarray(x, dtype=np.int32) for x in (
         cells, nuclei, membranes, cytoplasm)), hema, dab, n)

@@ -32,10 +32,15 @@ def nucleus_channel(od: np.ndarray, config: CellConfig = CellConfig()) -> np.nda
             f"expected a deconvolved (rows, cols, 3) OD stack, got shape {a.shape}",
             hint="pass the output of her2_qupath.stain.deconvolve",
         )
+    return _channel(a[..., 0], a[..., 1], config)
+
+
+def _channel(hematoxylin: np.ndarray, dab: np.ndarray, config: CellConfig) -> np.ndarray:
+    """:func:`nucleus_channel` of the hematoxylin and DAB planes."""
     if config.nucleus_channel == "hematoxylin":
-        return np.ascontiguousarray(a[..., 0], dtype=np.float32)
+        return np.ascontiguousarray(hematoxylin, dtype=np.float32)
     if config.nucleus_channel == "hematoxylin+dab":
-        return np.maximum(a[..., 0], a[..., 1]).astype(np.float32, copy=False)
+        return np.maximum(hematoxylin, dab).astype(np.float32, copy=False)
     _check_config(config, StainConfig())  # raises with the list of valid channels
     raise AssertionError("unreachable")  # pragma: no cover
 
