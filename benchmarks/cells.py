@@ -5,8 +5,8 @@ two baselines timed on the same tiles in the same run (so machine load cancels
 out): the colour deconvolution alone (``stain.deconvolve``, the floor any cell
 analysis pays) and scikit-image's ``rgb2hed`` + one Gaussian filter (a naive
 "do almost nothing" pipeline). Also the share of each stage, and each fast
-path of the module against the library routine it replaces (same results,
-checked by ``tests/test_cells.py``), timed on the same tile:
+path of the module against the library routine it replaces (same results, checked
+by ``tests/test_cells.py`` and ``tests/test_cells_compiled.py``), timed on the same tile:
 
 * outlines: ``label_polygons`` (every label's crop laid out in one mosaic, one
   ``cv2.findContours`` on its half-pixel grid) vs. ``skimage.measure.find_contours`` per label;
@@ -16,6 +16,10 @@ checked by ``tests/test_cells.py``), timed on the same tile:
   the first higher ground) vs. ``skimage.morphology.h_maxima`` at the seeds;
 * watershed: the compiled ``flood`` (scikit-image's heap and rules) vs.
   ``skimage.segmentation.watershed``;
+* seed response: the compiled Laplacian of Gaussian (SciPy's kernels and sums) vs.
+  ``scipy.ndimage.gaussian_laplace``;
+* cell expansion: the compiled port of SciPy's feature transform vs.
+  ``skimage.segmentation.expand_labels``;
 * inner boundaries of the cells: four comparisons vs. ``find_boundaries``;
 * background and opening: OpenCV vs. ``scipy.ndimage`` grey / binary opening;
 * per-cell maxima: ``np.maximum.at`` over labelled pixels vs. ``scipy.ndimage.maximum``;
@@ -172,10 +176,10 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
     from skimage.morphology import h_maxima
-    from skimage.segmentation import find_boundaries, watershed
+    from skimage.segmentation import expand_labels, find_boundaries, watershed
 
     from her2_qupath import cells
-    from her2_qupath.cells import _base, _compiled, measure
+    from her2_qupath.cells import _base, _compiled, _compiled_cells, measure
     from her2_qupath.cells import nuclei as nuclei_mod
     from her2_qupath.config import CellConfig
     from her2_qupath.stain import deconvolve
@@ -219,6 +223,14 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
             lambda: watershed(-blob, markers, mask=nuclei > 0),
         ),
 
+        "seed response (LoG)": (
+            lambda: _compiled.gaussian_laplace(chan, s),
+            lambda: ndi.gaussian_laplace(chan, s, mode="nearest"),
+        ),
+        "cell expansion": (
+            lambda: _compiled_cells.expand(nuclei, cfg.expansion_um / mpp),
+            lambda: expand_labels(nuclei, cfg.expansion_um / mpp),
+        ),
         "background (grey opening)": (
             lambda: nuclei_mod._grey_opening(smooth, side),
             lambda: ndi.maximum_filter(

@@ -100,7 +100,7 @@ class Outlines:
         Whole-number vertices (the cells of a tile placed on the slide) are
         written by a compiled formatter; others, by ``json.dumps`` itself.
         """
-        from .cells._compiled import polygon_json
+        from .cells._compiled_cells import polygon_json
 
         c = self.coords
         if len(self) == 0:

@@ -1,8 +1,8 @@
 """The cell analysis' own routines against the library routines they replace, bit for bit.
 
-Each replacement (compiled loops in ``her2_qupath.cells._compiled``, OpenCV
-where scikit-image was used) must give the library's result exactly — the cells, and
-so the scores, do not change with the speed-up. Random images with plateaus,
+Each replacement (compiled loops in ``her2_qupath.cells._compiled`` and
+``_compiled_cells``, OpenCV where scikit-image was used) must give the library's
+result exactly — the cells, and so the scores, do not change with the speed-up. Random images with plateaus,
 ties, flat objects and touching pieces are the known truth here.
 """
 
@@ -112,7 +112,7 @@ def test_feature_transform_and_expansion_match_scipy_and_scikit_image() -> None:
     and touching blobs, with many equidistant pixels."""
     from skimage.segmentation import expand_labels
 
-    from her2_qupath.cells._compiled import expand, feature_transform
+    from her2_qupath.cells._compiled_cells import expand, feature_transform
 
     rng = np.random.default_rng(21)
     grown = 0
@@ -158,7 +158,7 @@ def test_fill_small_holes_matches_scipy_labelling() -> None:
 def test_compartment_sums_match_bincount() -> None:
     """Counts, float64 sums (same order, so the same bits) and maxima per label, against
     np.bincount and np.maximum.at over the whole images."""
-    from her2_qupath.cells._compiled import compartment_sums
+    from her2_qupath.cells._compiled_cells import compartment_sums
 
     rng = np.random.default_rng(9)
     for trial in range(30):
@@ -188,7 +188,7 @@ def test_compartment_sums_match_bincount() -> None:
 
 
 def test_label_layout_matches_find_objects_and_the_saddles() -> None:
-    from her2_qupath.cells._compiled import label_layout
+    from her2_qupath.cells._compiled_cells import label_layout
 
     rng = np.random.default_rng(13)
     saddles = 0

@@ -95,7 +95,7 @@ def cell_compartments(
     whose nucleus reaches its boundary has a partial ring there; the tile
     edge is not a boundary. Cytoplasm: the rest of the cell outside the nucleus.
     """
-    from ._compiled import expand
+    from ._compiled_cells import expand
 
     mpp = _check_mpp(mpp)
     nuclei = np.ascontiguousarray(nuclei, dtype=np.int32)
@@ -137,7 +137,7 @@ def _membrane_sectors(
     """
     if n == 0:
         return np.zeros(0), np.zeros(0)
-    from ._compiled import ring_sectors
+    from ._compiled_cells import ring_sectors
 
     rr, cc = np.nonzero(membranes)
     lab = membranes[rr, cc].astype(np.int64) - 1
@@ -179,7 +179,7 @@ def _measure(hematoxylin: np.ndarray, dab: np.ndarray, nuclei: np.ndarray,
              compartments: Compartments, mpp: float, config: CellConfig, stain: StainConfig,
              line: np.ndarray | None) -> dict[str, np.ndarray]:
     """:func:`measure_cells` of the hematoxylin and DAB planes."""
-    from ._compiled import compartment_sums
+    from ._compiled_cells import compartment_sums
 
     mpp = _check_mpp(mpp)
     cells, membranes, cytoplasm, depth = compartments

@@ -61,7 +61,7 @@ def _trace_crops(labels: np.ndarray, ids: np.ndarray, boxes: np.ndarray) -> tupl
     """
     import cv2
 
-    from ._compiled import crop_mosaic
+    from ._compiled_cells import crop_mosaic
 
     r0, r1, c0, c1 = boxes.T
     heights, widths = r1 - r0 + 2, c1 - c0 + 2  # the crop and its frame
@@ -164,7 +164,7 @@ def label_polygons(
     import shapely
     from shapely.geometry import Polygon, box
 
-    from ._compiled import label_layout
+    from ._compiled_cells import label_layout
 
     labels = np.ascontiguousarray(labels)
     if labels.dtype.kind not in "iu":

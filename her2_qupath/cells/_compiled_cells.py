@@ -1,0 +1,323 @@
+"""Compiled inner loops of cells, measurements and outlines (package-private; numba).
+
+The companion of :mod:`._compiled` (nucleus detection), under the same rules:
+each kernel is an exact replacement for a library routine or a NumPy
+expression (named in its docstring), checked against it in
+``tests/test_cells_compiled.py``, compiled on first use and cached on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__: list[str] = []
+
+
+@njit(cache=True, nogil=True)
+def feature_transform(features: np.ndarray,
+                      reach: int = 2**30) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """Row and column of the nearest ``True`` pixel of ``features`` for every pixel (-1 where
+    there is none): the indices of ``scipy.ndimage.distance_transform_edt(~features,
+    return_indices=True)``, ties broken as SciPy breaks them. Only pixels within ``reach``
+    rows of their nearest feature are sure to get it (the others may get -1 or a farther one).
+
+    SciPy's exact transform (Maurer, Qi & Raghavan 2003): first, in each column,
+    the nearest feature of that column (of two at the same distance, the upper);
+    then, along each row, the lower envelope of those columns' parabolas, and
+    each pixel's nearest among them (of two at the same distance, the left).
+    Its sums are of small integers, exact in SciPy's doubles as here in integers. So a
+    pixel gets the nearest feature, of several the leftmost, then the upper —
+    whichever candidates farther than ``reach`` rows are left out beforehand.
+    """
+    h, w = features.shape
+    col_r = np.full((h, w), -1, dtype=np.int32)  # nearest feature row within the column
+    above = np.full(w, -1, dtype=np.int64)
+    for r in range(h):
+        for c in range(w):
+            if features[r, c]:
+                above[c] = r
+            col_r[r, c] = above[c]
+    below = np.full(w, -1, dtype=np.int64)
+    for r in range(h - 1, -1, -1):
+        for c in range(w):
+            if features[r, c]:
+                below[c] = r
+            b = below[c]
+            if b >= 0:
+                a = col_r[r, c]
+                if a < 0 or b - r < r - a:
+                    col_r[r, c] = b
+    ft_r = np.full((h, w), -1, dtype=np.int32)
+    ft_c = np.full((h, w), -1, dtype=np.int32)
+    g = np.empty(w, dtype=np.int64)
+    for r in range(h):
+        fr = col_r[r]
+        last = -1
+        for i in range(w):
+            if fr[i] < 0 or abs(fr[i] - r) > reach:
+                continue
+            t = fr[i] - r
+            w_r = t * t
+            while last >= 1:
+                i1, i2 = g[last], g[last - 1]
+                a = i1 - i2
+                b = i - i1
+                c = a + b
+                tu, tv = fr[i2] - r, fr[i1] - r
+                # SciPy's test in doubles; exact in integers (every term is far below 2**53)
+                if c * (tv * tv) - b * (tu * tu) - a * w_r - a * b * c <= 0:
+                    break
+                last -= 1
+            last += 1
+            g[last] = i
+        if last < 0:
+            continue
+        top = last
+        last = 0
+        for i in range(w):
+            k = g[last]
+            da, db = fr[k] - r, k - i
+            d1 = da * da + db * db
+            while last < top:
+                k = g[last + 1]
+                da, db = fr[k] - r, k - i
+                d2 = da * da + db * db
+                if d1 <= d2:
+                    break
+                d1 = d2
+                last += 1
+            k = g[last]
+            ft_r[r, i] = fr[k]
+            ft_c[r, i] = k
+    return ft_r, ft_c
+
+
+@njit(cache=True, nogil=True)
+def expand(labels: np.ndarray, distance: float) -> np.ndarray:  # pragma: no cover - compiled
+    """:func:`skimage.segmentation.expand_labels`: each unlabelled pixel within ``distance``
+    of a label takes the label of its nearest labelled pixel (SciPy's feature transform)."""
+    h, w = labels.shape
+    ft_r, ft_c = feature_transform(labels != 0, int(np.floor(distance)))
+    out = np.zeros((h, w), dtype=labels.dtype)
+    for r in range(h):
+        for c in range(w):
+            rr = ft_r[r, c]
+            if rr < 0:
+                continue
+            cc = ft_c[r, c]
+            d2 = (rr - r) * (rr - r) + (cc - c) * (cc - c)
+            if np.sqrt(np.float64(d2)) <= distance:
+                out[r, c] = labels[rr, cc]
+    return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put_int(buf: np.ndarray, at: int, v: int) -> int:  # pragma: no cover - compiled
+    """Decimal digits of ``v`` at ``buf[at:]``; returns the end."""
+    if v < 0:
+        buf[at] = 45  # "-"
+        at += 1
+        v = -v
+    start = at
+    while True:
+        buf[at] = 48 + v % 10
+        at += 1
+        v //= 10
+        if v == 0:
+            break
+    i, j = start, at - 1
+    while i < j:
+        buf[i], buf[j] = buf[j], buf[i]
+        i += 1
+        j -= 1
+    return at
+
+
+@njit(cache=True, nogil=True)
+def polygon_json(xy: np.ndarray, rings: np.ndarray,
+                 polys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """GeoJSON ``coordinates`` of polygons with whole-number vertices, as ``json.dumps``
+    writes them for floats (``[[[12.0, 34.0], ...]]``): one ASCII buffer and each polygon's
+    start in it (the last entry is the end). ``xy`` is int64 ``(k, 2)``, ``rings`` and
+    ``polys`` the ragged offsets."""
+    n = polys.size - 1
+    buf = np.empty(xy.shape[0] * 52 + (rings.size + n) * 4 + 8, dtype=np.uint8)
+    starts = np.empty(n + 1, dtype=np.int64)
+    at = 0
+    for i in range(n):
+        starts[i] = at
+        buf[at] = 91  # "["
+        at += 1
+        for r in range(polys[i], polys[i + 1]):
+            if r > polys[i]:
+                buf[at], buf[at + 1] = 44, 32  # ", "
+                at += 2
+            buf[at] = 91
+            at += 1
+            for v in range(rings[r], rings[r + 1]):
+                if v > rings[r]:
+                    buf[at], buf[at + 1] = 44, 32
+                    at += 2
+                buf[at] = 91
+                at = _put_int(buf, at + 1, xy[v, 0])
+                buf[at], buf[at + 1], buf[at + 2], buf[at + 3] = 46, 48, 44, 32  # ".0, "
+                at = _put_int(buf, at + 4, xy[v, 1])
+                buf[at], buf[at + 1], buf[at + 2] = 46, 48, 93  # ".0]"
+                at += 3
+            buf[at] = 93  # "]"
+            at += 1
+        buf[at] = 93
+        at += 1
+    starts[n] = at
+    return buf[:at], starts
+
+
+@njit(cache=True, nogil=True)
+def compartment_sums(cells: np.ndarray, nuclei: np.ndarray, membranes: np.ndarray,
+                     cytoplasm: np.ndarray, hema: np.ndarray, dab: np.ndarray,
+                     n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
+    """Per label ``1..n`` (row ``label - 1``), in one pass over the pixels in row-major order
+    (the order, so the float64 sums, of ``np.bincount`` over the labelled pixels):
+
+    * ``counts`` ``(n, 4)``: pixels of the cell, nucleus, membrane, cytoplasm;
+    * ``sums`` ``(n, 7)``: cell DAB, nucleus hematoxylin, nucleus DAB, membrane DAB,
+      cytoplasm DAB, and the cell pixels' row and column indices;
+    * ``peaks`` ``(n, 3)``: DAB maximum of the nucleus, membrane, cytoplasm (-inf: none).
+    """
+    h, w = cells.shape
+    counts = np.zeros((n, 4), dtype=np.int64)
+    sums = np.zeros((n, 7), dtype=np.float64)
+    peaks = np.full((n, 3), -np.inf, dtype=np.float64)
+    for r in range(h):
+        for c in range(w):
+            d = np.float64(dab[r, c])
+            k = cells[r, c]
+            if k != 0:
+                counts[k - 1, 0] += 1
+                sums[k - 1, 0] += d
+                sums[k - 1, 5] += r
+                sums[k - 1, 6] += c
+            k = nuclei[r, c]
+            if k != 0:
+                counts[k - 1, 1] += 1
+                sums[k - 1, 1] += np.float64(hema[r, c])
+                sums[k - 1, 2] += d
+                if not peaks[k - 1, 0] >= d:  # np.maximum's choice, -0.0 against 0.0 included
+                    peaks[k - 1, 0] = d
+            k = membranes[r, c]
+            if k != 0:
+                counts[k - 1, 2] += 1
+                sums[k - 1, 3] += d
+                if not peaks[k - 1, 1] >= d:
+                    peaks[k - 1, 1] = d
+            k = cytoplasm[r, c]
+            if k != 0:
+                counts[k - 1, 3] += 1
+                sums[k - 1, 4] += d
+                if not peaks[k - 1, 2] >= d:
+                    peaks[k - 1, 2] = d
+    return counts, sums, peaks
+
+
+@njit(cache=True, nogil=True)
+def label_layout(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """Bounding boxes ``(r0, r1, c0, c1)`` of labels ``1..n`` (row ``label - 1``; ``r0 = -1``:
+    absent) as ``scipy.ndimage.find_objects`` gives them, and which labels have two pixels
+    touching only diagonally (a 2 x 2 saddle, the image framed by background)."""
+    h, w = labels.shape
+    boxes = np.empty((n, 4), dtype=np.int64)
+    boxes[:, 0] = h
+    boxes[:, 1] = -1
+    boxes[:, 2] = w
+    boxes[:, 3] = -1
+    saddle = np.zeros(n + 1, dtype=np.bool_)
+    for r in range(h):
+        for c in range(w):
+            k = labels[r, c]
+            if 1 <= k <= n:
+                b = boxes[k - 1]
+                b[0] = min(b[0], r)
+                b[1] = max(b[1], r + 1)
+                b[2] = min(b[2], c)
+                b[3] = max(b[3], c + 1)
+    for r in range(-1, h):
+        for c in range(-1, w):
+            a = labels[r, c] if r >= 0 and c >= 0 else 0
+            b = labels[r, c + 1] if r >= 0 and c + 1 < w else 0
+            e = labels[r + 1, c] if r + 1 < h and c >= 0 else 0
+            d = labels[r + 1, c + 1] if r + 1 < h and c + 1 < w else 0
+            if a == d and a != 0 and b != a and e != a and a <= n:
+                saddle[a] = True
+            if b == e and b != 0 and a != b and d != b and b <= n:
+                saddle[b] = True
+    for k in range(n):
+        if boxes[k, 1] < 0:
+            boxes[k, 0] = -1
+    return boxes, saddle
+
+
+@njit(cache=True, nogil=True)
+def crop_mosaic(labels: np.ndarray, slot: np.ndarray, top: np.ndarray, left: np.ndarray,
+                r0: np.ndarray, c0: np.ndarray, rows: int, cols: int) -> np.ndarray:  # pragma: no cover
+    """Each label's pixels copied into its place of a mosaic: label ``k`` (``slot[k] = j >= 0``)
+    goes to the box at ``(top[j] + 1, left[j] + 1)``, its own box starting at ``(r0[j], c0[j])``."""
+    h, w = labels.shape
+    out = np.zeros((rows, cols), dtype=np.bool_)
+    for r in range(h):
+        for c in range(w):
+            k = labels[r, c]
+            if 0 < k < slot.size:
+                j = slot[k]
+                if j >= 0:
+                    out[top[j] + 1 + r - r0[j], left[j] + 1 + c - c0[j]] = True
+    return out
+
+
+@njit(cache=True, nogil=True)
+def ring_sectors(rr: np.ndarray, cc: np.ndarray, lab: np.ndarray, angle: np.ndarray,
+                 layer: np.ndarray, graded: np.ndarray, n: int, sectors: int,
+                 threshold: float) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """Completeness and stained-part intensity of each ring from its pixels ``(rr, cc)`` of
+    cell ``lab`` at ``angle`` around the cell's centre, in depth ``layer``:
+    ``measure._membrane_sectors`` after its angles and layers, with the same float64 sums
+    (pixel order)."""
+    m = rr.size
+    sector = np.empty(m, dtype=np.int64)
+    scale = sectors / (2 * np.pi)
+    layers = 1
+    for i in range(m):
+        sector[i] = min(np.int64((angle[i] + np.pi) * scale), sectors - 1)
+        if i == 0 or layer[i] + 1 > layers:
+            layers = layer[i] + 1
+    count = np.zeros((n, sectors, layers), dtype=np.int64)
+    total = np.zeros((n, sectors, layers), dtype=np.float64)
+    for i in range(m):
+        count[lab[i], sector[i], layer[i]] += 1
+        total[lab[i], sector[i], layer[i]] += np.float64(graded[rr[i], cc[i]])
+    completeness = np.zeros(n, dtype=np.float64)
+    intensity = np.zeros(n, dtype=np.float64)
+    stained = np.empty(sectors, dtype=np.float64)
+    for k in range(n):
+        n_present = 0
+        n_stained = 0
+        for s in range(sectors):
+            best = -np.inf
+            present = False
+            for j in range(layers):
+                if count[k, s, j] > 0:
+                    present = True
+                    v = total[k, s, j] / count[k, s, j]
+                    if v > best:
+                        best = v
+            if present:
+                n_present += 1
+                if best >= threshold:
+                    stained[n_stained] = best
+                    n_stained += 1
+        completeness[k] = n_stained / max(n_present, 1)
+        if n_stained:
+            values = np.sort(stained[:n_stained])  # ascending; the median of the middle two
+            lo, hi = (n_stained - 1) // 2, min(n_stained // 2, sectors - 1)
+            intensity[k] = 0.5 * (values[n_stained - 1 - lo] + values[n_stained - 1 - hi])
+    return completeness, intensity
