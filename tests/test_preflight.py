@@ -281,8 +281,11 @@ with atomic_output_dir(Path(sys.argv[1])) as tmp:
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
 def test_interrupted_write_leaves_no_hidden_temp_folder(tmp_path, sig):
     target = tmp_path / "results"
+    # the signal as a shell session delivers it: a run started under nohup (which ignores
+    # SIGHUP, as the product then does too) must not make the test wait out the sleep
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_WRITER), str(target)],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))
     assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".results.")]  # mid-write
     proc.send_signal(sig)
