@@ -178,7 +178,8 @@ def test_compartment_sums_match_bincount() -> None:
         for j, labels in enumerate([cells, *parts]):
             assert np.array_equal(counts[:, j], np.bincount(labels.ravel(), minlength=n + 1)[1:])
         expected = [total(cells, dab), total(parts[0], hema), total(parts[0], dab),
-                    total(parts[1], dab), total(parts[2], dab), total(cells, rows), total(cells, cols)]
+                    total(parts[1], dab), total(parts[2], dab), total(cells, rows), total(cells, cols),
+                    total(parts[0], rows), total(parts[0], cols)]
         assert np.array_equal(sums, np.stack(expected, axis=1)), trial
         for j, labels in enumerate(parts):
             top = np.full(n + 1, -np.inf)
@@ -251,3 +252,29 @@ def test_ring_sectors_match_the_numpy_reference() -> None:
             args = (membranes, depth, dab, centres, n, 0.25, sectors, bin_px)
             got, want = _membrane_sectors(*args), _sectors_reference(*args)
             assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), trial
+
+
+def test_nucleus_centroids_are_the_mean_pixel_centres() -> None:
+    """detect_cells' centroids: the mean (x, y) of each nucleus's pixel centres."""
+    from her2_qupath.cells import cell_compartments
+    from her2_qupath.cells.measure import _measure
+    from her2_qupath.config import CellConfig, StainConfig
+
+    rng = np.random.default_rng(5)
+    nuclei = np.zeros((60, 80), dtype=np.int32)
+    for k in range(1, 9):
+        r, c = rng.integers(5, 55), rng.integers(5, 75)
+        nuclei[r - 3:r + 2, c - 2:c + 4] = k
+    n = int(nuclei.max())
+    comp = cell_compartments(nuclei, 0.5)
+    planes = rng.random((2, 60, 80)).astype(np.float32)
+    _, centroids = _measure(planes[0], planes[1], nuclei, comp, 0.5, CellConfig(), StainConfig(),
+                            None)
+    rows, cols = np.indices(nuclei.shape)
+    for k in range(1, n + 1):
+        inside = nuclei == k
+        if inside.any():
+            expected = (cols[inside].mean() + 0.5, rows[inside].mean() + 0.5)
+            assert centroids[k - 1] == pytest.approx(expected, abs=1e-12)
+        else:
+            assert np.isnan(centroids[k - 1]).all()

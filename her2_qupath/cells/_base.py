@@ -118,23 +118,3 @@ def _label_max(labels: np.ndarray | _Pixels, values: np.ndarray, n: int) -> np.n
     np.maximum.at(out, px.label, values.reshape(-1)[px.index].astype(np.float64))
     present = np.bincount(px.label, minlength=n + 1)[1 : n + 1] > 0
     return np.where(present, out[1 : n + 1], np.nan)
-
-
-def _centroids(labels: np.ndarray | _Pixels, n: int, width: int | None = None) -> np.ndarray:
-    """(n, 2) centroids ``(x, y)`` in QuPath pixel coordinates (pixel centres at +0.5).
-
-    ``width`` (the image's number of columns) is needed when ``labels`` is a
-    :func:`_pixels`.
-    """
-    if not isinstance(labels, _Pixels):
-        width = labels.shape[1]
-        labels = _pixels(labels)
-    if not n:
-        return np.zeros((0, 2))
-    assert width is not None
-    rows, cols = np.divmod(labels.index, width)
-    count = np.bincount(labels.label, minlength=n + 1)[1 : n + 1]
-    sums = [np.bincount(labels.label, weights=v, minlength=n + 1)[1 : n + 1] for v in (rows, cols)]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cy, cx = (np.where(count > 0, t / np.maximum(count, 1), np.nan) for t in sums)
-    return np.stack([cx + 0.5, cy + 0.5], axis=1)

@@ -181,13 +181,14 @@ def compartment_sums(cells: np.ndarray, nuclei: np.ndarray, membranes: np.ndarra
     (the order, so the float64 sums, of ``np.bincount`` over the labelled pixels):
 
     * ``counts`` ``(n, 4)``: pixels of the cell, nucleus, membrane, cytoplasm;
-    * ``sums`` ``(n, 7)``: cell DAB, nucleus hematoxylin, nucleus DAB, membrane DAB,
-      cytoplasm DAB, and the cell pixels' row and column indices;
+    * ``sums`` ``(n, 9)``: cell DAB, nucleus hematoxylin, nucleus DAB, membrane DAB,
+      cytoplasm DAB, the cell pixels' row and column indices, the nucleus pixels' row and
+      column indices;
     * ``peaks`` ``(n, 3)``: DAB maximum of the nucleus, membrane, cytoplasm (-inf: none).
     """
     h, w = cells.shape
     counts = np.zeros((n, 4), dtype=np.int64)
-    sums = np.zeros((n, 7), dtype=np.float64)
+    sums = np.zeros((n, 9), dtype=np.float64)
     peaks = np.full((n, 3), -np.inf, dtype=np.float64)
     for r in range(h):
         for c in range(w):
@@ -203,6 +204,8 @@ def compartment_sums(cells: np.ndarray, nuclei: np.ndarray, membranes: np.ndarra
                 counts[k - 1, 1] += 1
                 sums[k - 1, 1] += np.float64(hema[r, c])
                 sums[k - 1, 2] += d
+                sums[k - 1, 7] += r
+                sums[k - 1, 8] += c
                 if not peaks[k - 1, 0] >= d:  # np.maximum's choice, -0.0 against 0.0 included
                     peaks[k - 1, 0] = d
             k = membranes[r, c]
@@ -218,6 +221,21 @@ def compartment_sums(cells: np.ndarray, nuclei: np.ndarray, membranes: np.ndarra
                 if not peaks[k - 1, 2] >= d:
                     peaks[k - 1, 2] = d
     return counts, sums, peaks
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _saddle_window(labels: np.ndarray, r: int, c: int, n: int,
+                   saddle: np.ndarray) -> None:  # pragma: no cover - compiled
+    """The 2 x 2 saddle test of the window at ``(r, c)``, outside the image background."""
+    h, w = labels.shape
+    a = labels[r, c] if 0 <= r < h and 0 <= c < w else 0
+    b = labels[r, c + 1] if 0 <= r < h and c + 1 < w else 0
+    e = labels[r + 1, c] if r + 1 < h and 0 <= c < w else 0
+    d = labels[r + 1, c + 1] if r + 1 < h and c + 1 < w else 0
+    if a == d and a != 0 and b != a and e != a and a <= n:
+        saddle[a] = True
+    if b == e and b != 0 and a != b and d != b and b <= n:
+        saddle[b] = True
 
 
 @njit(cache=True, nogil=True)
@@ -236,21 +254,27 @@ def label_layout(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:  
         for c in range(w):
             k = labels[r, c]
             if 1 <= k <= n:
-                b = boxes[k - 1]
-                b[0] = min(b[0], r)
-                b[1] = max(b[1], r + 1)
-                b[2] = min(b[2], c)
-                b[3] = max(b[3], c + 1)
-    for r in range(-1, h):
-        for c in range(-1, w):
-            a = labels[r, c] if r >= 0 and c >= 0 else 0
-            b = labels[r, c + 1] if r >= 0 and c + 1 < w else 0
-            e = labels[r + 1, c] if r + 1 < h and c >= 0 else 0
-            d = labels[r + 1, c + 1] if r + 1 < h and c + 1 < w else 0
+                i = k - 1
+                if r < boxes[i, 0]:
+                    boxes[i, 0] = r
+                boxes[i, 1] = r + 1  # rows come in order
+                if c < boxes[i, 2]:
+                    boxes[i, 2] = c
+                if c + 1 > boxes[i, 3]:
+                    boxes[i, 3] = c + 1
+    for r in range(h - 1):  # the 2 x 2 windows inside the image
+        for c in range(w - 1):
+            a, b, e, d = labels[r, c], labels[r, c + 1], labels[r + 1, c], labels[r + 1, c + 1]
             if a == d and a != 0 and b != a and e != a and a <= n:
                 saddle[a] = True
             if b == e and b != 0 and a != b and d != b and b <= n:
                 saddle[b] = True
+    for c in range(-1, w):  # the windows over the frame of background
+        _saddle_window(labels, -1, c, n, saddle)
+        _saddle_window(labels, h - 1, c, n, saddle)
+    for r in range(h - 1):
+        _saddle_window(labels, r, -1, n, saddle)
+        _saddle_window(labels, r, w - 1, n, saddle)
     for k in range(n):
         if boxes[k, 1] < 0:
             boxes[k, 0] = -1
@@ -321,3 +345,26 @@ def ring_sectors(rr: np.ndarray, cc: np.ndarray, lab: np.ndarray, angle: np.ndar
             lo, hi = (n_stained - 1) // 2, min(n_stained // 2, sectors - 1)
             intensity[k] = 0.5 * (values[n_stained - 1 - lo] + values[n_stained - 1 - hi])
     return completeness, intensity
+
+
+@njit(cache=True, nogil=True)
+def labelled_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
+    """Row, column and label of the labelled pixels, row-major: ``np.nonzero(labels)`` and
+    ``labels`` there."""
+    h, w = labels.shape
+    m = 0
+    for r in range(h):
+        for c in range(w):
+            if labels[r, c] != 0:
+                m += 1
+    rr = np.empty(m, dtype=np.int64)
+    cc = np.empty(m, dtype=np.int64)
+    lab = np.empty(m, dtype=np.int64)
+    i = 0
+    for r in range(h):
+        for c in range(w):
+            k = labels[r, c]
+            if k != 0:
+                rr[i], cc[i], lab[i] = r, c, k
+                i += 1
+    return rr, cc, lab

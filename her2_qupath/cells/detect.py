@@ -15,7 +15,7 @@ from ..errors import UserInputError
 from ..membrane import line_density, membrane_maps
 from ..stain import StainVectors, deconvolve
 from ..stain.deconvolution import _background
-from ._base import _centroids, _check_config, _check_mpp
+from ._base import _check_config, _check_mpp
 from .measure import MEASUREMENTS, _measure, cell_compartments, classify_cells
 from .nuclei import _channel, detect_nuclei
 from .outlines import label_polygons
@@ -140,7 +140,7 @@ def detect_cells(
     n = int(nuclei.max())
     compartments = cell_compartments(nuclei, mpp, config)
     cells, membranes, cytoplasm, _ = compartments
-    measurements = _measure(hema, dab, nuclei, compartments, mpp, config, stain, line)
+    measurements, centroids = _measure(hema, dab, nuclei, compartments, mpp, config, stain, line)
     classes = classify_cells(measurements, config, stain)
     edge = np.zeros(n + 1, dtype=bool)
     edge[np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])] = True
@@ -150,7 +150,6 @@ def detect_cells(
         cell_polygons = label_polygons(cells, n, tolerance=tol)
     else:
         nucleus_polygons = cell_polygons = [None] * n
-    centroids = _centroids(nuclei, n)
     touches = edge[1:]
     table = (
         np.column_stack([measurements[k] for k in MEASUREMENTS])

@@ -137,10 +137,10 @@ def _membrane_sectors(
     """
     if n == 0:
         return np.zeros(0), np.zeros(0)
-    from ._compiled_cells import ring_sectors
+    from ._compiled_cells import labelled_pixels, ring_sectors
 
-    rr, cc = np.nonzero(membranes)
-    lab = membranes[rr, cc].astype(np.int64) - 1
+    rr, cc, lab = labelled_pixels(np.ascontiguousarray(membranes))  # np.nonzero's order
+    lab -= 1
     angle = np.arctan2(rr - centres_rc[lab, 0], cc - centres_rc[lab, 1])
     # binned, summed and reduced per sector in compiled loops (the same float64 sums)
     layer = (depth[rr, cc] / max(bin_px, 1e-6)).astype(np.int64)
@@ -172,13 +172,15 @@ def measure_cells(
     the median of the stained sectors and ``Membrane: stained DAB OD`` is left
     out (NaN).
     """
-    return _measure(od[..., 0], od[..., 1], nuclei, compartments, mpp, config, stain, line)
+    return _measure(od[..., 0], od[..., 1], nuclei, compartments, mpp, config, stain, line)[0]
 
 
 def _measure(hematoxylin: np.ndarray, dab: np.ndarray, nuclei: np.ndarray,
              compartments: Compartments, mpp: float, config: CellConfig, stain: StainConfig,
-             line: np.ndarray | None) -> dict[str, np.ndarray]:
-    """:func:`measure_cells` of the hematoxylin and DAB planes."""
+             line: np.ndarray | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """:func:`measure_cells` of the hematoxylin and DAB planes, and the nucleus centroids
+    ``(x, y)`` in QuPath pixel coordinates (the mean row and column of each nucleus's
+    pixels, plus half a pixel)."""
     from ._compiled_cells import compartment_sums
 
     mpp = _check_mpp(mpp)
@@ -227,7 +229,8 @@ def _measure(hematoxylin: np.ndarray, dab: np.ndarray, nuclei: np.ndarray,
     out["Membrane: stained DAB OD"] = stained if line is None else nan
     out["Membrane: line density OD·µm"] = nan if line is None else stained
     out["Cell: DAB OD mean"] = cell_dab
-    return {name: out[name] for name in MEASUREMENTS}
+    nucleus_centres = np.stack([mean(8, 1) + 0.5, mean(7, 1) + 0.5], axis=1)
+    return {name: out[name] for name in MEASUREMENTS}, nucleus_centres
 
 
 def classify_cells(
