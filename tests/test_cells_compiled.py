@@ -278,3 +278,48 @@ def test_nucleus_centroids_are_the_mean_pixel_centres() -> None:
             assert centroids[k - 1] == pytest.approx(expected, abs=1e-12)
         else:
             assert np.isnan(centroids[k - 1]).all()
+
+
+def test_membrane_band_split_matches_numpy() -> None:
+    """Membrane and cytoplasm as NumPy's comparison of a float32 depth with a Python float
+    splits them (in float32: a depth equal to the width rounded is outside the band)."""
+    from her2_qupath.cells._compiled_cells import split_band
+
+    rng = np.random.default_rng(12)
+    width = 3.0 / 0.45  # not a float32: the comparison's precision matters
+    for _ in range(20):
+        shape = tuple(int(s) for s in rng.integers(1, 60, 2))
+        cells = rng.integers(0, 9, shape).astype(np.int32)
+        nuclei = np.where(rng.random(shape) < 0.3, cells, 0).astype(np.int32)
+        depth = rng.choice(np.array([np.float32(width), 6.0, 7.0, 1.5], dtype=np.float32), shape)
+        band = depth < width
+        membranes, cytoplasm = split_band(cells, nuclei, depth, np.float32(width))
+        assert np.array_equal(membranes, np.where(band & (nuclei == 0), cells, 0))
+        assert np.array_equal(cytoplasm, np.where(~band & (nuclei == 0), cells, 0))
+
+
+def test_nucleus_extent_and_area_filter_match_numpy() -> None:
+    """Each nucleus cut at a fraction of its own peak contrast, then the plausible areas
+    renumbered in order, against the NumPy expressions (float32 as NumPy computes them)."""
+    from her2_qupath.cells._compiled import keep_by_area, nucleus_extent
+
+    rng = np.random.default_rng(23)
+    for trial in range(40):
+        shape = tuple(int(s) for s in rng.integers(2, 70, 2))
+        n = int(rng.integers(1, 12))
+        labels = np.where(rng.random(shape) < 0.6, rng.integers(1, n + 1, shape), 0).astype(np.int32)
+        contrast = rng.random(shape).astype(np.float32)
+        fraction, threshold = 0.5, float(rng.uniform(0.05, 0.3))
+        peak = np.zeros(n + 1, dtype=np.float32)
+        for k in range(1, n + 1):
+            if (labels == k).any():
+                peak[k] = contrast[labels == k].max()
+        expected = (contrast >= np.maximum(fraction * peak[labels], threshold)) & (labels > 0)
+        keep = nucleus_extent(labels, contrast, n, np.float32(fraction), np.float32(threshold))
+        assert np.array_equal(keep, expected), trial
+        kept = np.where(keep, labels, 0)
+        area = np.bincount(kept.ravel()) * 0.25
+        ok = (area > 0) & (area >= 2.0) & (area <= 20.0)
+        ok[0] = False
+        renumbered = (np.cumsum(ok, dtype=np.int32) * ok)[kept]
+        assert np.array_equal(keep_by_area(labels, keep, 0.25, 2.0, 20.0), renumbered), trial

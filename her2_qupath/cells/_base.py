@@ -7,7 +7,6 @@ with loops over pixels.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 
@@ -94,27 +93,3 @@ def _pack(heights: np.ndarray, widths: np.ndarray, row_width: int) -> tuple[np.n
         x += w
         shelf = max(shelf, h)
     return top, left, np.array([y + shelf, max(row_width, int(widths.max()))])
-
-
-class _Pixels(NamedTuple):
-    """The labelled pixels of a label image: flat indices and their labels (row-major)."""
-
-    index: np.ndarray  # flat pixel indices, increasing
-    label: np.ndarray  # their labels, >= 1
-
-
-def _pixels(labels: np.ndarray) -> _Pixels:
-    flat = labels.ravel()
-    index = np.flatnonzero(flat)
-    return _Pixels(index, flat[index])
-
-
-def _label_max(labels: np.ndarray | _Pixels, values: np.ndarray, n: int) -> np.ndarray:
-    """Maximum of ``values`` per label 1..n; NaN where a label has no pixels."""
-    if n == 0:
-        return np.zeros(0)
-    px = labels if isinstance(labels, _Pixels) else _pixels(labels)
-    out = np.full(n + 1, -np.inf)
-    np.maximum.at(out, px.label, values.reshape(-1)[px.index].astype(np.float64))
-    present = np.bincount(px.label, minlength=n + 1)[1 : n + 1] > 0
-    return np.where(present, out[1 : n + 1], np.nan)

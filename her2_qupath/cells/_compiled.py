@@ -336,3 +336,64 @@ def fill_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:  # pragma: no 
         if not open_[root] and size[root] <= max_hole_px:
             out[row_of[k], start[k]:stop[k]] = True
     return out
+
+
+@njit(cache=True, nogil=True)
+def nucleus_extent(labels: np.ndarray, contrast: np.ndarray, n: int, fraction: np.float32,
+                   threshold: np.float32) -> np.ndarray:  # pragma: no cover - compiled
+    """Labelled pixels whose contrast reaches ``max(fraction * peak, threshold)`` (float32),
+    ``peak`` the largest contrast of the pixel's label."""
+    h, w = labels.shape
+    peak = np.full(n + 1, -np.inf, dtype=np.float64)
+    for r in range(h):
+        for c in range(w):
+            k = labels[r, c]
+            if k > 0:
+                v = np.float64(contrast[r, c])
+                if not peak[k] >= v:
+                    peak[k] = v
+    top = np.zeros(n + 1, dtype=np.float32)
+    for k in range(1, n + 1):
+        if peak[k] > -np.inf:
+            top[k] = np.float32(peak[k])
+    keep = np.zeros((h, w), dtype=np.bool_)
+    for r in range(h):
+        for c in range(w):
+            k = labels[r, c]
+            if k > 0:
+                edge = fraction * top[k]
+                if not edge >= threshold:
+                    edge = threshold
+                keep[r, c] = contrast[r, c] >= edge
+    return keep
+
+
+@njit(cache=True, nogil=True)
+def keep_by_area(labels: np.ndarray, keep: np.ndarray, pixel_area: float, smallest: float,
+                 largest: float) -> np.ndarray:  # pragma: no cover - compiled
+    """The labels on ``keep`` whose area (pixels x ``pixel_area``) lies in
+    ``[smallest, largest]``, renumbered 1..m in their order; the rest 0."""
+    h, w = labels.shape
+    n = 0
+    for r in range(h):
+        for c in range(w):
+            if keep[r, c] and labels[r, c] > n:
+                n = labels[r, c]
+    count = np.zeros(n + 1, dtype=np.int64)
+    for r in range(h):
+        for c in range(w):
+            if keep[r, c]:
+                count[labels[r, c]] += 1
+    new = np.zeros(n + 1, dtype=np.int32)
+    m = 0
+    for k in range(1, n + 1):
+        area = np.float64(count[k]) * pixel_area
+        if count[k] > 0 and area >= smallest and area <= largest:
+            m += 1
+            new[k] = m
+    out = np.zeros((h, w), dtype=np.int32)
+    for r in range(h):
+        for c in range(w):
+            if keep[r, c]:
+                out[r, c] = new[labels[r, c]]
+    return out

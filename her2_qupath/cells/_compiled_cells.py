@@ -368,3 +368,33 @@ def labelled_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
                 rr[i], cc[i], lab[i] = r, c, k
                 i += 1
     return rr, cc, lab
+
+
+@njit(cache=True, nogil=True)
+def snap_distance(approx: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """OpenCV's float32 distances snapped to the square root of the nearest integer square:
+    ``np.sqrt(np.rint(np.square(approx, dtype=np.float64))).astype(np.float32)``."""
+    out = np.empty(approx.shape, dtype=np.float32)
+    for r in range(approx.shape[0]):
+        for c in range(approx.shape[1]):
+            a = np.float64(approx[r, c])
+            out[r, c] = np.float32(np.sqrt(np.rint(a * a)))
+    return out
+
+
+@njit(cache=True, nogil=True)
+def split_band(cells: np.ndarray, nuclei: np.ndarray, depth: np.ndarray,
+               width: np.float32) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """Membrane and cytoplasm labels: the cell pixels outside the nucleus with ``depth <
+    width`` (float32, as NumPy compares them) and the others."""
+    h, w = cells.shape
+    membranes = np.zeros((h, w), dtype=np.int32)
+    cytoplasm = np.zeros((h, w), dtype=np.int32)
+    for r in range(h):
+        for c in range(w):
+            if nuclei[r, c] == 0:
+                if depth[r, c] < width:
+                    membranes[r, c] = cells[r, c]
+                else:
+                    cytoplasm[r, c] = cells[r, c]
+    return membranes, cytoplasm

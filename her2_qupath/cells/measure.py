@@ -56,11 +56,12 @@ def _distance_to_zero(mask: np.ndarray) -> np.ndarray:
     """
     import cv2
 
+    from ._compiled_cells import snap_distance
+
     approx = cv2.distanceTransform(
         np.ascontiguousarray(mask, dtype=np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
     )
-    squared = np.rint(np.square(approx, dtype=np.float64))
-    return np.sqrt(squared).astype(np.float32)
+    return snap_distance(approx)  # sqrt(rint(approx² in float64)), to float32
 
 
 def _inner_boundaries(labels: np.ndarray) -> np.ndarray:
@@ -95,7 +96,7 @@ def cell_compartments(
     whose nucleus reaches its boundary has a partial ring there; the tile
     edge is not a boundary. Cytoplasm: the rest of the cell outside the nucleus.
     """
-    from ._compiled_cells import expand
+    from ._compiled_cells import expand, split_band
 
     mpp = _check_mpp(mpp)
     nuclei = np.ascontiguousarray(nuclei, dtype=np.int32)
@@ -105,10 +106,8 @@ def cell_compartments(
         depth = _distance_to_zero(~inner)
     else:
         depth = np.full(cells.shape, np.inf, dtype=np.float32)
-    band = depth < config.membrane_width_um / mpp
-    outside_nucleus = nuclei == 0
-    membranes = np.where(band & outside_nucleus, cells, 0).astype(np.int32, copy=False)
-    cytoplasm = np.where(~band & outside_nucleus, cells, 0).astype(np.int32, copy=False)
+    # the band: depth < width in float32 (as NumPy compares a float32 array with a float)
+    membranes, cytoplasm = split_band(cells, nuclei, depth, np.float32(config.membrane_width_um / mpp))
     return Compartments(cells, membranes, cytoplasm, depth)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..config import CellConfig, StainConfig
 from ..errors import UserInputError
-from ._base import _check_config, _check_mpp, _label_max
+from ._base import _check_config, _check_mpp
 
 __all__ = ["nucleus_channel", "detect_nuclei"]
 
@@ -223,7 +223,7 @@ def detect_nuclei(
        the mask, splits touching nuclei;
     5. keep nuclei whose area lies in ``[nucleus_min_area_um2, nucleus_max_area_um2]``.
     """
-    from ._compiled import flood, gaussian, gaussian_laplace
+    from ._compiled import flood, gaussian, gaussian_laplace, keep_by_area, nucleus_extent
 
     mpp = _check_mpp(mpp)
     a = np.asarray(hematoxylin_od)
@@ -260,22 +260,14 @@ def detect_nuclei(
         # Each nucleus ends where its contrast falls below a fraction of its own peak
         # (half maximum by default): the edge of a blurred dark nucleus, not the foot of
         # the blur. Holes this leaves (pale nuclear centres) are filled again.
-        n_seeds = int(labels.max())
-        peak = np.zeros(n_seeds + 1, dtype=np.float32)
-        peak[1:] = np.nan_to_num(_label_max(labels, contrast, n_seeds))  # = ndi.maximum, faster
-        keep = contrast >= np.maximum(
-            config.boundary_fraction * peak[labels], config.nucleus_threshold_od
-        )
-        keep = _fill_small_holes(keep & (labels > 0), int(max_area_px))
-        labels = np.where(keep, labels, 0).astype(np.int32, copy=False)
-
-    pixels = np.bincount(labels.ravel())
-    area_um2 = pixels * (mpp * mpp)
-    keep = (pixels > 0) & (area_um2 >= config.nucleus_min_area_um2) & (
-        area_um2 <= config.nucleus_max_area_um2
-    )
-    keep[0] = False
-    # the kept labels numbered 1..n in their order (skimage's relabel_sequential)
-    labels = (np.cumsum(keep, dtype=np.int32) * keep)[labels]
+        keep = nucleus_extent(labels, contrast, int(labels.max()),
+                              np.float32(config.boundary_fraction),
+                              np.float32(config.nucleus_threshold_od))
+        keep = _fill_small_holes(keep, int(max_area_px))
+    else:
+        keep = labels > 0
+    # the nuclei of a plausible area, numbered 1..n in their order (skimage's relabel_sequential)
+    labels = keep_by_area(labels, keep, mpp * mpp, config.nucleus_min_area_um2,
+                          config.nucleus_max_area_um2)
     log.debug("detected %d nuclei from %d seeds", int(labels.max()), len(peaks))
     return labels
