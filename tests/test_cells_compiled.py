@@ -323,3 +323,15 @@ def test_nucleus_extent_and_area_filter_match_numpy() -> None:
         ok[0] = False
         renumbered = (np.cumsum(ok, dtype=np.int32) * ok)[kept]
         assert np.array_equal(keep_by_area(labels, keep, 0.25, 2.0, 20.0), renumbered), trial
+
+
+def test_clipped_channel_matches_numpy() -> None:
+    from her2_qupath.cells._compiled import clipped
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.5, 1.0, (40, 50)).astype(np.float32)
+    image[rng.random(image.shape) < 0.05] = np.nan
+    image[0, :4] = [np.inf, -np.inf, -0.0, 1.5]
+    expected = np.clip(np.nan_to_num(image), 0.0, 1.5)
+    got = clipped(image, np.float32(1.5))
+    assert np.array_equal(got, expected) and np.array_equal(np.signbit(got), np.signbit(expected))

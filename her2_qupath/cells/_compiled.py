@@ -397,3 +397,27 @@ def keep_by_area(labels: np.ndarray, keep: np.ndarray, pixel_area: float, smalle
             if keep[r, c]:
                 out[r, c] = new[labels[r, c]]
     return out
+
+
+@njit(cache=True, nogil=True)
+def clipped(image: np.ndarray, top: np.float32) -> np.ndarray:  # pragma: no cover - compiled
+    """``np.clip(np.nan_to_num(image), 0, top)`` of a float32 image (NaN is 0, infinities
+    the largest finite values, then clipped)."""
+    out = np.empty(image.shape, dtype=np.float32)
+    big = np.float32(np.finfo(np.float32).max)
+    zero = np.float32(0.0)
+    for r in range(image.shape[0]):
+        for c in range(image.shape[1]):
+            v = image[r, c]
+            if np.isnan(v):
+                v = zero
+            elif v > big:
+                v = big
+            elif v < -big:
+                v = -big
+            if not v >= zero:  # np.maximum(v, 0), then np.minimum(., top)
+                v = zero
+            if not v <= top:
+                v = top
+            out[r, c] = v
+    return out

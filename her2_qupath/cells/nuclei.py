@@ -223,7 +223,14 @@ def detect_nuclei(
        the mask, splits touching nuclei;
     5. keep nuclei whose area lies in ``[nucleus_min_area_um2, nucleus_max_area_um2]``.
     """
-    from ._compiled import flood, gaussian, gaussian_laplace, keep_by_area, nucleus_extent
+    from ._compiled import (
+        clipped,
+        flood,
+        gaussian,
+        gaussian_laplace,
+        keep_by_area,
+        nucleus_extent,
+    )
 
     mpp = _check_mpp(mpp)
     a = np.asarray(hematoxylin_od)
@@ -234,7 +241,8 @@ def detect_nuclei(
             f"expected a 2-D nucleus channel, got shape {a.shape}",
             hint="pass the hematoxylin OD of the tile (stain.deconvolve(rgb)[..., 0])",
         )
-    channel = np.clip(np.nan_to_num(a.astype(np.float32, copy=False)), 0.0, config.nucleus_max_od)
+    # = np.clip(np.nan_to_num(channel), 0, nucleus_max_od) in float32
+    channel = clipped(np.ascontiguousarray(a, dtype=np.float32), np.float32(config.nucleus_max_od))
     smooth = gaussian(channel, config.smoothing_um / mpp)  # = ndi.gaussian_filter(mode="nearest")
     side = 2 * max(1, int(round(config.background_radius_um / mpp))) + 1
     background = _grey_opening(smooth, side)
