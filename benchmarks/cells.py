@@ -160,11 +160,12 @@ def _stats_scipy(compartments: tuple[np.ndarray, ...], hema: np.ndarray, dab: np
 
     index = np.arange(1, n + 1)
     cell, nucleus, membrane, cytoplasm = compartments
-    out = [ndi.sum_labels(np.ones_like(dab), labels=x, index=index) for x in compartments]
-    out += [ndi.mean(dab, labels=x, index=index) for x in compartments]
-    out += [ndi.mean(hema, labels=nucleus, index=index)]
-    out += [ndi.maximum(dab, labels=x, index=index) for x in (nucleus, membrane, cytoplasm)]
-    out += list(ndi.center_of_mass(np.ones_like(dab), labels=cell, index=index))
+    with np.errstate(invalid="ignore", divide="ignore"):  # a cell without cytoplasm: NaN
+        out = [ndi.sum_labels(np.ones_like(dab), labels=x, index=index) for x in compartments]
+        out += [ndi.mean(dab, labels=x, index=index) for x in compartments]
+        out += [ndi.mean(hema, labels=nucleus, index=index)]
+        out += [ndi.maximum(dab, labels=x, index=index) for x in (nucleus, membrane, cytoplasm)]
+        out += list(ndi.center_of_mass(np.ones_like(dab), labels=cell, index=index))
     return out
 
 
