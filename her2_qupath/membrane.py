@@ -107,13 +107,6 @@ class MembraneMaps:
     membrane_dab: np.ndarray  # neutral-corrected DAB
     od_sum: np.ndarray  # summed OD (R+G+B, each clipped at 0) for the tissue test
 
-    def stack(self) -> np.ndarray:
-        """``(rows, cols, 3)`` [hematoxylin, DAB, 0] as :func:`stain.deconvolve` gives it."""
-        out = np.zeros(self.dab.shape + (3,), np.float32)
-        out[..., 0] = self.hematoxylin
-        out[..., 1] = self.dab
-        return out
-
 
 _LOCAL = threading.local()
 

@@ -276,6 +276,13 @@ def _kernel(sigma: float, order: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, inline="always")
+def maximum(a: float, b: float) -> float:  # pragma: no cover - compiled
+    """``np.maximum(a, b)`` of two numbers without NaN: ``a`` unless ``b`` is larger (so of
+    -0.0 and 0.0 the first, as NumPy keeps it)."""
+    return a if a >= b else b
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _root(parent: np.ndarray, i: int) -> int:  # pragma: no cover - compiled
     while parent[i] != i:
         parent[i] = parent[parent[i]]
@@ -349,9 +356,7 @@ def nucleus_extent(labels: np.ndarray, contrast: np.ndarray, n: int, fraction: n
         for c in range(w):
             k = labels[r, c]
             if k > 0:
-                v = np.float64(contrast[r, c])
-                if not peak[k] >= v:
-                    peak[k] = v
+                peak[k] = maximum(peak[k], np.float64(contrast[r, c]))
     top = np.zeros(n + 1, dtype=np.float32)
     for k in range(1, n + 1):
         if peak[k] > -np.inf:
@@ -361,10 +366,7 @@ def nucleus_extent(labels: np.ndarray, contrast: np.ndarray, n: int, fraction: n
         for c in range(w):
             k = labels[r, c]
             if k > 0:
-                edge = fraction * top[k]
-                if not edge >= threshold:
-                    edge = threshold
-                keep[r, c] = contrast[r, c] >= edge
+                keep[r, c] = contrast[r, c] >= maximum(fraction * top[k], threshold)
     return keep
 
 
@@ -415,9 +417,6 @@ def clipped(image: np.ndarray, top: np.float32) -> np.ndarray:  # pragma: no cov
                 v = big
             elif v < -big:
                 v = -big
-            if not v >= zero:  # np.maximum(v, 0), then np.minimum(., top)
-                v = zero
-            if not v <= top:
-                v = top
-            out[r, c] = v
+            v = maximum(v, zero)  # then np.minimum(v, top)
+            out[r, c] = v if v <= top else top
     return out

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._compiled import maximum
+
 __all__: list[str] = []
 
 
@@ -206,36 +208,41 @@ def compartment_sums(cells: np.ndarray, nuclei: np.ndarray, membranes: np.ndarra
                 sums[k - 1, 2] += d
                 sums[k - 1, 7] += r
                 sums[k - 1, 8] += c
-                if not peaks[k - 1, 0] >= d:  # np.maximum's choice, -0.0 against 0.0 included
-                    peaks[k - 1, 0] = d
+                peaks[k - 1, 0] = maximum(peaks[k - 1, 0], d)
             k = membranes[r, c]
             if k != 0:
                 counts[k - 1, 2] += 1
                 sums[k - 1, 3] += d
-                if not peaks[k - 1, 1] >= d:
-                    peaks[k - 1, 1] = d
+                peaks[k - 1, 1] = maximum(peaks[k - 1, 1], d)
             k = cytoplasm[r, c]
             if k != 0:
                 counts[k - 1, 3] += 1
                 sums[k - 1, 4] += d
-                if not peaks[k - 1, 2] >= d:
-                    peaks[k - 1, 2] = d
+                peaks[k - 1, 2] = maximum(peaks[k - 1, 2], d)
     return counts, sums, peaks
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _saddle_test(a: int, b: int, e: int, d: int, n: int,
+                 saddle: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Mark the label of a 2 x 2 window ``[[a, b], [e, d]]`` whose two pixels touch only
+    diagonally (labels above ``n`` are left alone)."""
+    if a == d and a != 0 and b != a and e != a and a <= n:
+        saddle[a] = True
+    if b == e and b != 0 and a != b and d != b and b <= n:
+        saddle[b] = True
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _saddle_window(labels: np.ndarray, r: int, c: int, n: int,
                    saddle: np.ndarray) -> None:  # pragma: no cover - compiled
-    """The 2 x 2 saddle test of the window at ``(r, c)``, outside the image background."""
+    """:func:`_saddle_test` of the window at ``(r, c)``, outside the image background."""
     h, w = labels.shape
     a = labels[r, c] if 0 <= r < h and 0 <= c < w else 0
     b = labels[r, c + 1] if 0 <= r < h and c + 1 < w else 0
     e = labels[r + 1, c] if r + 1 < h and 0 <= c < w else 0
     d = labels[r + 1, c + 1] if r + 1 < h and c + 1 < w else 0
-    if a == d and a != 0 and b != a and e != a and a <= n:
-        saddle[a] = True
-    if b == e and b != 0 and a != b and d != b and b <= n:
-        saddle[b] = True
+    _saddle_test(a, b, e, d, n, saddle)
 
 
 @njit(cache=True, nogil=True)
@@ -264,11 +271,8 @@ def label_layout(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:  
                     boxes[i, 3] = c + 1
     for r in range(h - 1):  # the 2 x 2 windows inside the image
         for c in range(w - 1):
-            a, b, e, d = labels[r, c], labels[r, c + 1], labels[r + 1, c], labels[r + 1, c + 1]
-            if a == d and a != 0 and b != a and e != a and a <= n:
-                saddle[a] = True
-            if b == e and b != 0 and a != b and d != b and b <= n:
-                saddle[b] = True
+            _saddle_test(labels[r, c], labels[r, c + 1], labels[r + 1, c], labels[r + 1, c + 1],
+                         n, saddle)
     for c in range(-1, w):  # the windows over the frame of background
         _saddle_window(labels, -1, c, n, saddle)
         _saddle_window(labels, h - 1, c, n, saddle)
