@@ -684,21 +684,6 @@ def test_without_polygons_the_cells_are_the_same(designed) -> None:
     assert all(c.nucleus_polygon is None and c.cell_polygon is None for c in bare.cells)
 
 
-def test_opencv_distance_matches_scipy() -> None:
-    from scipy import ndimage as ndi
-
-    from her2_qupath.cells.measure import _distance_to_zero
-
-    rng = np.random.default_rng(11)
-    for trial in range(25):
-        shape = (int(rng.integers(2, 300)), int(rng.integers(2, 300)))
-        k = int(rng.integers(1, 60))
-        mask = np.ones(shape, dtype=bool)
-        mask[rng.integers(0, shape[0], k), rng.integers(0, shape[1], k)] = False
-        expected = ndi.distance_transform_edt(mask).astype(np.float32)
-        assert np.array_equal(_distance_to_zero(mask), expected), trial
-
-
 def test_fast_inner_boundaries_match_scikit_image() -> None:
     """The cells' inner boundaries: scikit-image's, bit for bit."""
     from scipy import ndimage as ndi

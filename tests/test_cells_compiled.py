@@ -8,6 +8,8 @@ ties, flat objects and touching pieces are the known truth here.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -280,22 +282,30 @@ def test_nucleus_centroids_are_the_mean_pixel_centres() -> None:
             assert np.isnan(centroids[k - 1]).all()
 
 
-def test_membrane_band_split_matches_numpy() -> None:
-    """Membrane and cytoplasm as NumPy's comparison of a float32 depth with a Python float
-    splits them (in float32: a depth equal to the width rounded is outside the band)."""
+def test_membrane_band_and_depth_match_scipy_distance() -> None:
+    """The band: cell pixels outside the nucleus whose exact distance to the nearest
+    inner boundary pixel (SciPy's transform, cast to float32) is below the width, compared
+    in float32 as NumPy compares (a distance equal to the width rounded is outside); their
+    depth is that distance, every other pixel's +inf."""
+    from scipy import ndimage as ndi
+
     from her2_qupath.cells._compiled_cells import split_band
 
     rng = np.random.default_rng(12)
-    width = 3.0 / 0.45  # not a float32: the comparison's precision matters
-    for _ in range(20):
-        shape = tuple(int(s) for s in rng.integers(1, 60, 2))
-        cells = rng.integers(0, 9, shape).astype(np.int32)
+    widths = [3.0 / 0.45, 6.0, 2.0 * math.sqrt(2.0), 0.4, 40.0]  # 6.67 is not a float32
+    for trial in range(60):
+        shape = tuple(int(s) for s in rng.integers(1, 90, 2))
+        width = widths[trial % len(widths)]
+        cells = np.where(rng.random(shape) < 0.8, rng.integers(1, 9, shape), 0).astype(np.int32)
         nuclei = np.where(rng.random(shape) < 0.3, cells, 0).astype(np.int32)
-        depth = rng.choice(np.array([np.float32(width), 6.0, 7.0, 1.5], dtype=np.float32), shape)
-        band = depth < width
-        membranes, cytoplasm = split_band(cells, nuclei, depth, np.float32(width))
-        assert np.array_equal(membranes, np.where(band & (nuclei == 0), cells, 0))
-        assert np.array_equal(cytoplasm, np.where(~band & (nuclei == 0), cells, 0))
+        inner = rng.random(shape) < [0.0, 0.002, 0.02, 0.3][trial % 4]
+        membranes, cytoplasm, depth = split_band(cells, nuclei, inner, np.float32(width))
+        exact = (ndi.distance_transform_edt(~inner).astype(np.float32) if inner.any()
+                 else np.full(shape, np.inf, np.float32))
+        band = (exact < width) & (nuclei == 0) & (cells > 0)
+        assert np.array_equal(membranes, np.where(band, cells, 0)), trial
+        assert np.array_equal(cytoplasm, np.where(~band & (nuclei == 0), cells, 0)), trial
+        assert np.array_equal(depth, np.where(band, exact, np.float32(np.inf))), trial
 
 
 def test_nucleus_extent_and_area_filter_match_numpy() -> None:

@@ -375,30 +375,63 @@ def labelled_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 @njit(cache=True, nogil=True)
-def snap_distance(approx: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
-    """OpenCV's float32 distances snapped to the square root of the nearest integer square:
-    ``np.sqrt(np.rint(np.square(approx, dtype=np.float64))).astype(np.float32)``."""
-    out = np.empty(approx.shape, dtype=np.float32)
-    for r in range(approx.shape[0]):
-        for c in range(approx.shape[1]):
-            a = np.float64(approx[r, c])
-            out[r, c] = np.float32(np.sqrt(np.rint(a * a)))
-    return out
+def split_band(cells: np.ndarray, nuclei: np.ndarray, inner: np.ndarray,
+               width: np.float32) -> tuple[np.ndarray, ...]:  # pragma: no cover - compiled
+    """Membrane and cytoplasm labels and the depth of the membrane band.
 
+    ``depth`` is the Euclidean distance of a pixel to the nearest ``inner`` pixel,
+    ``np.float32(np.sqrt(d²))`` of the integer squared distance, as
+    ``scipy.ndimage.distance_transform_edt(~inner)`` cast to float32 gives it —
+    where that is below ``width`` (float32, compared as NumPy compares) and the pixel
+    is a cell pixel outside the nucleus (the band); +inf elsewhere. Membrane: the band
+    pixels (label of their cell); cytoplasm: the other cell pixels outside the nucleus.
 
-@njit(cache=True, nogil=True)
-def split_band(cells: np.ndarray, nuclei: np.ndarray, depth: np.ndarray,
-               width: np.float32) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
-    """Membrane and cytoplasm labels: the cell pixels outside the nucleus with ``depth <
-    width`` (float32, as NumPy compares them) and the others."""
+    A distance below ``width`` reaches at most ``R = ceil(width)`` rows and columns,
+    so each column's nearest boundary within R rows (two scans), then the
+    ``2R + 1`` columns around each band candidate, give it exactly.
+    """
     h, w = cells.shape
-    membranes = np.zeros((h, w), dtype=np.int32)
-    cytoplasm = np.zeros((h, w), dtype=np.int32)
+    reach = max(int(np.ceil(np.float64(width))), 0)
+    far = reach + 1
+    up = np.empty((h, w), dtype=np.int32)  # rows to the nearest inner pixel of the column
     for r in range(h):
         for c in range(w):
-            if nuclei[r, c] == 0:
-                if depth[r, c] < width:
-                    membranes[r, c] = cells[r, c]
-                else:
-                    cytoplasm[r, c] = cells[r, c]
-    return membranes, cytoplasm
+            if inner[r, c]:
+                up[r, c] = 0
+            elif r > 0:
+                up[r, c] = min(up[r - 1, c] + 1, far)
+            else:
+                up[r, c] = far
+    for r in range(h - 2, -1, -1):
+        for c in range(w):
+            below = up[r + 1, c] + 1
+            if below < up[r, c]:
+                up[r, c] = below
+    square = np.empty(far + 1, dtype=np.int64)
+    for k in range(far):
+        square[k] = k * k
+    square[far] = 2**40  # no inner pixel within reach in that column
+    limit = reach * reach
+    inf = np.float32(np.inf)
+    membranes = np.zeros((h, w), dtype=np.int32)
+    cytoplasm = np.zeros((h, w), dtype=np.int32)
+    depth = np.full((h, w), inf, dtype=np.float32)
+    for r in range(h):
+        for c in range(w):
+            lab = cells[r, c]
+            if lab == 0 or nuclei[r, c] != 0:
+                continue
+            best = square[up[r, c]]
+            for cc in range(max(c - reach, 0), min(c + reach + 1, w)):
+                d2 = (cc - c) * (cc - c) + square[up[r, cc]]
+                if d2 < best:
+                    best = d2
+            d = inf
+            if best <= limit:
+                d = np.float32(np.sqrt(np.float64(best)))
+            if d < width:
+                membranes[r, c] = lab
+                depth[r, c] = d
+            else:
+                cytoplasm[r, c] = lab
+    return membranes, cytoplasm, depth
