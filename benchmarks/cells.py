@@ -8,8 +8,9 @@ analysis pays) and scikit-image's ``rgb2hed`` + one Gaussian filter (a naive
 path of the module against the library routine it replaces (same results, checked
 by ``tests/test_cells.py`` and ``tests/test_cells_compiled.py``), timed on the same tile:
 
-* outlines: ``label_polygons`` (every label's crop laid out in one mosaic, one
-  ``cv2.findContours`` on its half-pixel grid) vs. ``skimage.measure.find_contours`` per label;
+* outlines: ``label_outlines`` (compiled marching squares, Douglas-Peucker as GEOS and
+  an exact simplicity test, as arrays) vs. ``skimage.measure.find_contours`` per label
+  and shapely's ``simplify``;
 * seeds: ``_local_peaks`` (OpenCV's maximum filter, one pass over the kept seeds)
   vs. ``skimage.feature.peak_local_max``;
 * seed dynamics: ``_h_maxima_at`` (a compiled flood fill from each seed, stopped at
@@ -23,7 +24,8 @@ by ``tests/test_cells.py`` and ``tests/test_cells_compiled.py``), timed on the s
 * inner boundaries of the cells: four comparisons vs. ``find_boundaries``;
 * background and opening: OpenCV vs. ``scipy.ndimage`` grey / binary opening;
 * per-cell counts, means, maxima and centroids: one compiled pass vs. ``scipy.ndimage``;
-* membrane depth: OpenCV's exact distance transform vs. ``scipy.ndimage.distance_transform_edt``.
+* membrane band and depth: one compiled pass, exact below the band width, vs. the whole
+  tile's ``scipy.ndimage.distance_transform_edt``.
 
 Like with like: everything runs on **one thread** (OpenCV's own threads are
 switched off: with them the fast paths borrowed a second core the library
@@ -115,6 +117,7 @@ def main() -> None:
     from skimage.color import rgb2hed
 
     from her2_qupath import cells
+    from her2_qupath.cells.outlines import label_outlines
     from her2_qupath.stain import deconvolve, estimate_background
 
     print(
@@ -150,7 +153,7 @@ def main() -> None:
     comp = cells.cell_compartments(nuclei, mpp)
     t_meas = best_of(lambda: cells.measure_cells(od, nuclei, comp, mpp), args.repeats)
     t_poly = best_of(
-        lambda: (cells.label_polygons(nuclei), cells.label_polygons(comp[0])), args.repeats
+        lambda: (label_outlines(nuclei), label_outlines(comp[0])), args.repeats
     )
     total = t_nuc + t_comp + t_meas + t_poly
     print(
@@ -207,6 +210,7 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
     from her2_qupath import cells
     from her2_qupath.cells import _compiled, _compiled_cells, measure
     from her2_qupath.cells import nuclei as nuclei_mod
+    from her2_qupath.cells.outlines import label_outlines
     from her2_qupath.config import CellConfig
     from her2_qupath.stain import deconvolve
 
@@ -235,7 +239,7 @@ def fast_paths(rgb: np.ndarray, mpp: float, bg: object, repeats: int) -> None:
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     pairs = {
         "outlines (nuclei + cells)": (
-            lambda: (cells.label_polygons(nuclei), cells.label_polygons(cell_labels)),
+            lambda: (label_outlines(nuclei), label_outlines(cell_labels)),
             lambda: (_reference_polygons(nuclei), _reference_polygons(cell_labels)),
         ),
         "seeds (local maxima)": (

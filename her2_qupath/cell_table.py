@@ -28,121 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import shapely
 
 from .cells import MEASUREMENTS
+from .cells.outlines import Outlines
 from .config import HER2_CLASSES
 from .qupath.classes import class_color
 from .qupath.geojson import to_feature
 from .qupath.objects import CELL_NAME, cell_object
 
 __all__ = ["CellTable", "Outlines"]
-
-
-@dataclass(frozen=True)
-class Outlines:
-    """Polygons in shapely's ragged layout: vertices, ring offsets, polygon offsets.
-
-    Polygon ``i`` has rings ``polys[i]:polys[i + 1]``; ring ``r`` has vertices
-    ``rings[r]:rings[r + 1]`` of ``coords`` (``(k, 2)`` float64 ``x, y``).
-    """
-
-    coords: np.ndarray
-    rings: np.ndarray
-    polys: np.ndarray
-
-    @classmethod
-    def from_polygons(cls, polygons: Any) -> Outlines:
-        geoms = np.asarray(list(polygons), dtype=object)
-        if geoms.size == 0:
-            return cls.empty()
-        kind, coords, (rings, polys) = shapely.to_ragged_array(geoms)
-        if kind != shapely.GeometryType.POLYGON:  # pragma: no cover - label_polygons gives polygons
-            raise TypeError(f"cell outlines must be polygons, got {kind!r}")
-        return cls(np.ascontiguousarray(coords, dtype=np.float64), rings.astype(np.int64),
-                   polys.astype(np.int64))
-
-    @classmethod
-    def empty(cls) -> Outlines:
-        return cls(np.zeros((0, 2)), np.zeros(1, np.int64), np.zeros(1, np.int64))
-
-    def __len__(self) -> int:
-        return len(self.polys) - 1
-
-    def take(self, idx: np.ndarray) -> Outlines:
-        """The polygons ``idx`` (in that order)."""
-        idx = np.asarray(idx, dtype=np.int64)
-        if idx.size == 0:
-            return Outlines.empty()
-        n_rings = self.polys[idx + 1] - self.polys[idx]
-        ring_ids = _ranges(self.polys[idx], n_rings)
-        n_verts = self.rings[ring_ids + 1] - self.rings[ring_ids]
-        vert_ids = _ranges(self.rings[ring_ids], n_verts)
-        rings = np.concatenate([[0], np.cumsum(n_verts)]).astype(np.int64)
-        polys = np.concatenate([[0], np.cumsum(n_rings)]).astype(np.int64)
-        return Outlines(self.coords[vert_ids], rings, polys)
-
-    def moved(self, shift: float, scale: tuple[float, float], offset: tuple[float, float]) -> Outlines:
-        """``(p + shift) * scale + offset``, in that order and rounding (shapely's affinity)."""
-        c = (self.coords + shift) * np.asarray(scale) + np.asarray(offset)
-        return Outlines(c, self.rings, self.polys)
-
-    def geometries(self) -> np.ndarray:
-        """The polygons as shapely objects (for checks and the rare slow path)."""
-        if len(self) == 0:
-            return np.zeros(0, dtype=object)
-        return shapely.from_ragged_array(shapely.GeometryType.POLYGON, self.coords,
-                                         (self.rings, self.polys))
-
-    def coordinates_json(self) -> list[str]:
-        """Each polygon's GeoJSON ``coordinates`` as ``json.dumps`` writes them.
-
-        Whole-number vertices (the cells of a tile placed on the slide) are
-        written by a compiled formatter; others, by ``json.dumps`` itself.
-        """
-        from .cells._compiled_cells import polygon_json
-
-        c = self.coords
-        if len(self) == 0:
-            return []
-        whole = np.isfinite(c).all() and bool(np.all(np.abs(c) < 2.0**52)) and bool(
-            np.all(c == np.floor(c))) and not bool(np.any(np.signbit(c) & (c == 0)))
-        if not whole:
-            xy = c.tolist()
-            return [json.dumps([xy[self.rings[r]:self.rings[r + 1]]
-                                for r in range(self.polys[i], self.polys[i + 1])],
-                               allow_nan=False) for i in range(len(self))]
-        buf, starts = polygon_json(c.astype(np.int64), self.rings, self.polys)
-        text = buf.tobytes().decode("ascii")
-        bounds = starts.tolist()
-        return [text[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-    def simple_ok(self) -> np.ndarray:
-        """Per polygon: one ring or more, each closed with 4+ finite vertices (JSON-safe)."""
-        nv = np.diff(self.rings)
-        ring_ok = nv >= 4
-        if ring_ok.any():
-            first = self.coords[np.where(ring_ok, self.rings[:-1], 0)]
-            last = self.coords[np.where(ring_ok, self.rings[1:] - 1, 0)]
-            ring_ok &= (first == last).all(axis=1)
-        finite = np.isfinite(self.coords).all(axis=1)
-        bad_vert = np.concatenate([[0], np.cumsum(~finite)])
-        ring_ok &= (bad_vert[self.rings[1:]] - bad_vert[self.rings[:-1]]) == 0
-        bad_ring = np.concatenate([[0], np.cumsum(~ring_ok)])
-        n_rings = np.diff(self.polys)
-        ok = (n_rings >= 1) & ((bad_ring[self.polys[1:]] - bad_ring[self.polys[:-1]]) == 0)
-        return ok
-
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenated ``arange(s, s + n)`` for each start and length."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(lengths)
-    base = np.repeat(np.asarray(starts, dtype=np.int64) - (ends - lengths), lengths)
-    return base + np.arange(total, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -225,8 +119,7 @@ class CellTable:
             return ""
         fast = self.cells.simple_ok() & self.nuclei.simple_ok()
         if warp is None and fast.any():
-            fast &= shapely.is_valid(self.cells.geometries()) & shapely.is_valid(
-                self.nuclei.geometries())
+            fast &= self.cells.is_valid() & self.nuclei.is_valid()
         else:
             fast[:] = False
         slow = np.flatnonzero(~fast)

@@ -637,23 +637,59 @@ def _reference_outline(labels: np.ndarray, i: int, tolerance: float):
 
 
 def test_outlines_match_marching_squares_vertex_for_vertex() -> None:
-    """The OpenCV tracer gives scikit-image's contour: same vertices, start and orientation."""
+    """The compiled tracer gives scikit-image's contour (same vertices, start and
+    orientation) and the compiled Douglas-Peucker GEOS's simplification, bit for bit:
+    at four tolerances, on touching blobs with holes, several pieces and corner contacts.
+    Each kind of outline occurs: simplified by the compiled loops, left to GEOS (the
+    simplified ring is not simple, or collapses), traced by scikit-image (saddles)."""
+    import shapely
+    from scipy import ndimage as ndi
+
     from her2_qupath.cells import label_polygons
+    from her2_qupath.cells._compiled_cells import label_layout
+    from her2_qupath.cells._compiled_outlines import outline_rings
+    from her2_qupath.cells.outlines import label_outlines
 
     rng = np.random.default_rng(7)
-    compared = 0
-    for shape in [(40, 60), (64, 64), (23, 91)]:
+    compared = several = 0
+    kinds = np.zeros(4, dtype=np.int64)
+    for trial in range(24):
+        shape = (int(rng.integers(20, 90)), int(rng.integers(20, 90)))
         labels = _random_labels(rng, shape)
-        for tolerance in (0.0, 0.5):
+        n = int(labels.max())
+        saddle = label_layout(labels, n)[1]
+        for tolerance in (0.0, 0.5, 1.0, 2.0, 3.0):
+            outlines = label_outlines(labels, n, tolerance=tolerance)
             polys = label_polygons(labels, tolerance=tolerance)
-            for i in np.unique(labels[labels > 0]):
-                ref = _reference_outline(labels, int(i), tolerance)
-                got = polys[int(i) - 1]
-                if ref is None or not got.is_valid:
+            assert [p.wkt for p in polys] == [p.wkt for p in outlines]
+            kinds += np.bincount(outline_rings(labels, n, saddle, tolerance)[2], minlength=4)
+            # marked valid: shapely agrees
+            assert not np.any(outlines.valid & ~shapely.is_valid(outlines.geometries()))
+            for i in np.unique(labels[labels > 0]).tolist():
+                ref = _reference_outline(labels, i, tolerance)
+                if ref is None or saddle[i]:
                     continue
-                assert list(got.exterior.coords) == list(ref.exterior.coords), (shape, i)
+                got = polys[i - 1]
+                assert list(got.exterior.coords) == list(ref.exterior.coords), (trial, i, tolerance)
                 compared += 1
-    assert compared > 100
+                several += tolerance == 0 and ndi.label(labels == i)[1] > 1
+    assert compared > 1500 and several > 5, (compared, several)
+    assert np.all(kinds[1:] > 50), kinds  # final, left to GEOS, saddles
+    # pieces: two equal squares (the first in row-major order wins), the larger piece
+    # last, a piece in the hole of a ring of the same label
+    labels = np.zeros((30, 40), dtype=np.int32)
+    labels[20:24, 2:6] = labels[3:7, 30:34] = 1
+    labels[2:4, 2:4] = 2
+    labels[10:16, 20:27] = 2
+    labels[8:19, 8:19] = 3
+    labels[10:17, 10:17] = 0
+    labels[12:15, 12:15] = 3
+    for tolerance in (0.0, 0.5):
+        polys = label_polygons(labels, tolerance=tolerance)
+        for i in (1, 2, 3):
+            ref = _reference_outline(labels, i, tolerance)
+            assert list(polys[i - 1].exterior.coords) == list(ref.exterior.coords), (i, tolerance)
+    assert polys[0].bounds == (30.0, 3.0, 34.0, 7.0)
 
 
 def test_opencv_openings_match_scipy() -> None:

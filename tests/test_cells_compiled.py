@@ -345,3 +345,66 @@ def test_clipped_channel_matches_numpy() -> None:
     expected = np.clip(np.nan_to_num(image), 0.0, 1.5)
     got = clipped(image, np.float32(1.5))
     assert np.array_equal(got, expected) and np.array_equal(np.signbit(got), np.signbit(expected))
+
+
+def test_label_pieces_match_scipy_label() -> None:
+    """Each label's 4-connected pieces (first and last pixel, in the order of their first
+    pixels), as ``scipy.ndimage.label`` of the label's mask finds them."""
+    from her2_qupath.cells._compiled_outlines import label_pieces
+
+    rng = np.random.default_rng(31)
+    for trial in range(40):
+        shape = tuple(int(s) for s in rng.integers(1, 50, 2))
+        n = int(rng.integers(1, 6))
+        labels = np.where(rng.random(shape) < 0.5, rng.integers(1, n + 2, shape), 0).astype(np.int32)
+        offsets, pieces = label_pieces(labels, n)  # labels above n are left out
+        for k in range(1, n + 1):
+            parts, count = ndi.label(labels == k)
+            expected = []
+            for j in range(1, count + 1):
+                flat = np.flatnonzero(parts.ravel() == j)
+                expected.append((int(flat[0]), int(flat[-1])))
+            got = [tuple(p) for p in pieces[offsets[k - 1]:offsets[k]].tolist()]
+            assert got == sorted(expected), (trial, k)
+
+
+def test_segment_distance_is_geos_bit_for_bit() -> None:
+    """The Douglas-Peucker distance: GEOS's point-to-segment distance (shapely's distance of a
+    point to a two-point line), to the last bit, on the half-pixel grid of the outlines."""
+    import shapely
+
+    from her2_qupath.cells._compiled_outlines import segment_distance
+
+    rng = np.random.default_rng(5)
+    pts = rng.integers(-40, 40, (3000, 6)) * 0.5
+    pts[::7, 4:] = pts[::7, 2:4]  # degenerate segments (a ring's closing chord)
+    got = np.array([segment_distance(*p) for p in pts.tolist()])
+    expected = shapely.distance(shapely.points(pts[:, :2]),
+                                shapely.linestrings(pts[:, 2:].reshape(-1, 2, 2)))
+    assert np.array_equal(got, expected)
+
+
+def test_simple_rings_are_the_valid_polygons() -> None:
+    """A closed ring on an integer grid is simple exactly when shapely (GEOS) calls its
+    polygon valid: random rings with crossings, touching vertices, spikes and collinear
+    back-tracks."""
+    import shapely
+
+    from her2_qupath.cells._compiled_outlines import is_simple
+
+    rng = np.random.default_rng(9)
+    agree = simple = 0
+    for trial in range(3000):
+        k = int(rng.integers(3, 9))
+        ring = rng.integers(0, [4, 5, 8][trial % 3], (k, 2)).astype(np.int64)
+        if trial % 5 == 0:  # convex-ish: points around a circle, mostly simple
+            a = np.sort(rng.random(k)) * 2 * np.pi
+            ring = np.round(np.stack([np.cos(a), np.sin(a)], axis=1) * 9).astype(np.int64)
+        ring = np.concatenate([ring, ring[:1]])
+        if np.any(np.all(ring[1:] == ring[:-1], axis=1)):
+            continue  # repeated points: GEOS drops them, the traced rings have none
+        got = is_simple(ring, np.arange(len(ring)))
+        assert got == bool(shapely.is_valid(shapely.polygons(ring.astype(float)))), ring.tolist()
+        agree += 1
+        simple += got
+    assert agree > 2000 and 100 < simple < agree - 100, (agree, simple)

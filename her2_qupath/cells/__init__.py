@@ -39,7 +39,7 @@ Coordinates follow QuPath: pixel ``(row r, col c)`` covers the square
 The package: :mod:`.nuclei` (steps 1-2), :mod:`.measure` (steps 3-7: compartments,
 measurements, classes), :mod:`.outlines` (the cell and nucleus polygons) and
 :mod:`.detect` (:func:`detect_cells`, the whole tile, and its :class:`CellResult`);
-:mod:`._base` holds the argument checks and labelled-image statistics they share.
+:mod:`._base` holds the argument checks they share.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
-"""Argument checks and labelled-image statistics shared by the cell modules (package-private).
-
-The statistics run over the labelled pixels only, with ``np.bincount``, never
-with loops over pixels.
-"""
+"""Argument checks shared by the cell modules (package-private)."""
 
 from __future__ import annotations
 
 import math
-
-import numpy as np
 
 from ..config import CellConfig, StainConfig
 from ..errors import UserInputError
@@ -78,18 +72,3 @@ def _check_config(config: CellConfig, stain: StainConfig) -> None:
             hint='use "hematoxylin" (membrane stains such as HER2) or "hematoxylin+dab" '
             "(nuclear stains such as Ki67)",
         )
-
-
-def _pack(heights: np.ndarray, widths: np.ndarray, row_width: int) -> tuple[np.ndarray, ...]:
-    """Shelf packing of rectangles, tallest first: (top, left) of each, and the total size."""
-    top = np.empty(len(heights), dtype=np.int64)
-    left = np.empty(len(heights), dtype=np.int64)
-    y = x = shelf = 0
-    order = np.argsort(-heights, kind="stable")
-    for k, h, w in zip(order.tolist(), heights[order].tolist(), widths[order].tolist(), strict=True):
-        if x and x + w > row_width:
-            y, x, shelf = y + shelf, 0, 0
-        top[k], left[k] = y, x
-        x += w
-        shelf = max(shelf, h)
-    return top, left, np.array([y + shelf, max(row_width, int(widths.max()))])

@@ -286,23 +286,6 @@ def label_layout(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:  
 
 
 @njit(cache=True, nogil=True)
-def crop_mosaic(labels: np.ndarray, slot: np.ndarray, top: np.ndarray, left: np.ndarray,
-                r0: np.ndarray, c0: np.ndarray, rows: int, cols: int) -> np.ndarray:  # pragma: no cover
-    """Each label's pixels copied into its place of a mosaic: label ``k`` (``slot[k] = j >= 0``)
-    goes to the box at ``(top[j] + 1, left[j] + 1)``, its own box starting at ``(r0[j], c0[j])``."""
-    h, w = labels.shape
-    out = np.zeros((rows, cols), dtype=np.bool_)
-    for r in range(h):
-        for c in range(w):
-            k = labels[r, c]
-            if 0 < k < slot.size:
-                j = slot[k]
-                if j >= 0:
-                    out[top[j] + 1 + r - r0[j], left[j] + 1 + c - c0[j]] = True
-    return out
-
-
-@njit(cache=True, nogil=True)
 def ring_sectors(rr: np.ndarray, cc: np.ndarray, lab: np.ndarray, angle: np.ndarray,
                  layer: np.ndarray, graded: np.ndarray, n: int, sectors: int,
                  threshold: float) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover

@@ -18,7 +18,7 @@ from ..stain.deconvolution import _background
 from ._base import _check_config, _check_mpp
 from .measure import MEASUREMENTS, _measure, cell_compartments, classify_cells
 from .nuclei import _channel, detect_nuclei
-from .outlines import label_polygons
+from .outlines import label_outlines
 
 __all__ = ["Cell", "CellResult", "detect_cells"]
 
@@ -59,7 +59,8 @@ class CellResult:
         measurements: name -> ``(n,)`` float array (NaN = compartment without pixels).
         touches_border: ``(n,)`` bool, the cell reaches the tile edge (it may be cut).
         mpp: pixel size of the tile in micrometres.
-        nucleus_polygons, cell_polygons: the outlines (shapely polygons, label order; None
+        nucleus_polygons, cell_polygons: the outlines, label order (a sequence of shapely
+            polygons, made on first use, that is an :class:`~.outlines.Outlines`; None
             without outlines). ``cells`` is empty when detected with ``objects=False``.
     """
 
@@ -146,8 +147,8 @@ def detect_cells(
     edge[np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])] = True
     tol = config.polygon_tolerance_px
     if polygons:
-        nucleus_polygons = label_polygons(nuclei, n, tolerance=tol)
-        cell_polygons = label_polygons(cells, n, tolerance=tol)
+        nucleus_polygons = label_outlines(nuclei, n, tolerance=tol)
+        cell_polygons = label_outlines(cells, n, tolerance=tol)
     else:
         nucleus_polygons = cell_polygons = [None] * n
     touches = edge[1:]

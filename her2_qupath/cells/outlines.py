@@ -1,130 +1,174 @@
-"""Outlines of labelled cells and nuclei as shapely polygons in QuPath pixel coordinates."""
+"""Outlines of labelled cells and nuclei in QuPath pixel coordinates, as arrays.
+
+An :class:`Outlines` holds polygons in shapely's "ragged" layout (vertices,
+ring offsets, polygon offsets) and reads as a sequence of shapely polygons,
+made only when one is asked for. :func:`label_outlines` traces, simplifies and
+checks every label's outline in compiled loops (:mod:`._compiled_outlines`)
+and leaves the rare outline those cannot vouch for to scikit-image and GEOS.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from ._base import _pack
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from shapely.geometry import Polygon
 
-__all__ = ["label_polygons"]
+__all__ = ["Outlines", "label_outlines", "label_polygons"]
 
 
-def _half_pixel_grid(mask: np.ndarray) -> np.ndarray:
-    """The region inside the level-0.5 contour of ``mask``, sampled every half pixel.
+@dataclass(frozen=True, eq=False)
+class Outlines:
+    """Polygons in shapely's ragged layout: vertices, ring offsets, polygon offsets.
 
-    Point ``(2r, 2c)`` is pixel ``(r, c)``; a point between two pixels is in
-    when either is (the contour passes through it when exactly one is); a
-    point between four is in when at least two are (the contour cuts a corner
-    where only one is). Without saddles, the border of this region traced
-    8-connected visits exactly the vertices of the marching-squares contour
-    and, between two of them, the pixel corners it crosses on a straight
-    edge.
+    Polygon ``i`` has rings ``polys[i]:polys[i + 1]``; ring ``r`` has vertices
+    ``rings[r]:rings[r + 1]`` of ``coords`` (``(k, 2)`` float64 ``x, y``).
+    ``valid[i]`` (when given) marks polygons known to be valid: one simple ring
+    (checked exactly when traced). A simple ring stays simple under the maps
+    :meth:`moved` applies (its vertices lie on a half-pixel grid, far from
+    touching anything but their neighbours compared with any rounding), so
+    the mark carries over. Indexing gives shapely polygons (made once, on
+    first use).
     """
-    m = mask.view(np.uint8)
-    rows, cols = m.shape
-    grid = np.empty((2 * rows - 1, 2 * cols - 1), dtype=np.uint8)
-    grid[::2, ::2] = m
-    top, bottom = m[:-1], m[1:]
-    grid[1::2, ::2] = top | bottom
-    grid[::2, 1::2] = m[:, :-1] | m[:, 1:]
-    grid[1::2, 1::2] = (top[:, :-1] + top[:, 1:] + bottom[:, :-1] + bottom[:, 1:]) >= 2
-    return grid
+
+    coords: np.ndarray
+    rings: np.ndarray
+    polys: np.ndarray
+    valid: np.ndarray | None = None
+
+    @classmethod
+    def from_polygons(cls, polygons: Any) -> Outlines:
+        if isinstance(polygons, Outlines):
+            return polygons
+        import shapely
+
+        geoms = np.asarray(list(polygons), dtype=object)
+        if geoms.size == 0:
+            return cls.empty()
+        kind, coords, (rings, polys) = shapely.to_ragged_array(geoms)
+        if kind != shapely.GeometryType.POLYGON:  # pragma: no cover - outlines are polygons
+            raise TypeError(f"cell outlines must be polygons, got {kind!r}")
+        return cls(np.ascontiguousarray(coords, dtype=np.float64), rings.astype(np.int64),
+                   polys.astype(np.int64))
+
+    @classmethod
+    def empty(cls) -> Outlines:
+        return cls(np.zeros((0, 2)), np.zeros(1, np.int64), np.zeros(1, np.int64),
+                   np.zeros(0, dtype=bool))
+
+    def __len__(self) -> int:
+        return len(self.polys) - 1
+
+    def __getitem__(self, i: int) -> Any:
+        return self._geometries[i]
+
+    def __iter__(self) -> Any:
+        return iter(self._geometries)
+
+    @functools.cached_property
+    def _geometries(self) -> np.ndarray:
+        return self.geometries()
+
+    def take(self, idx: np.ndarray) -> Outlines:
+        """The polygons ``idx`` (in that order)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if idx.size == 0:
+            return Outlines.empty()
+        n_rings = self.polys[idx + 1] - self.polys[idx]
+        ring_ids = _ranges(self.polys[idx], n_rings)
+        n_verts = self.rings[ring_ids + 1] - self.rings[ring_ids]
+        vert_ids = _ranges(self.rings[ring_ids], n_verts)
+        rings = np.concatenate([[0], np.cumsum(n_verts)]).astype(np.int64)
+        polys = np.concatenate([[0], np.cumsum(n_rings)]).astype(np.int64)
+        return Outlines(self.coords[vert_ids], rings, polys,
+                        None if self.valid is None else self.valid[idx])
+
+    def moved(self, shift: float, scale: tuple[float, float], offset: tuple[float, float]) -> Outlines:
+        """``(p + shift) * scale + offset``, in that order and rounding (shapely's affinity)."""
+        s = np.asarray(scale, dtype=np.float64)
+        c = (self.coords + shift) * s + np.asarray(offset)
+        keep = self.valid is not None and bool(np.all(np.isfinite(s) & (s != 0)))
+        return Outlines(c, self.rings, self.polys, self.valid if keep else None)
+
+    def geometries(self) -> np.ndarray:
+        """The polygons as shapely objects (for checks and the rare slow path)."""
+        import shapely
+
+        if len(self) == 0:
+            return np.zeros(0, dtype=object)
+        return shapely.from_ragged_array(shapely.GeometryType.POLYGON, self.coords,
+                                         (self.rings, self.polys))
+
+    def is_valid(self) -> np.ndarray:
+        """``shapely.is_valid`` of each polygon; those marked ``valid`` are not checked again."""
+        import shapely
+
+        known = np.zeros(len(self), dtype=bool) if self.valid is None else self.valid.copy()
+        rest = np.flatnonzero(~known)
+        if rest.size:
+            known[rest] = shapely.is_valid(self.take(rest).geometries())
+        return known
+
+    def coordinates_json(self) -> list[str]:
+        """Each polygon's GeoJSON ``coordinates`` as ``json.dumps`` writes them.
+
+        Whole-number vertices (the cells of a tile placed on the slide) are
+        written by a compiled formatter; others, by ``json.dumps`` itself.
+        """
+        from ._compiled_cells import polygon_json
+
+        c = self.coords
+        if len(self) == 0:
+            return []
+        whole = np.isfinite(c).all() and bool(np.all(np.abs(c) < 2.0**52)) and bool(
+            np.all(c == np.floor(c))) and not bool(np.any(np.signbit(c) & (c == 0)))
+        if not whole:
+            xy = c.tolist()
+            return [json.dumps([xy[self.rings[r]:self.rings[r + 1]]
+                                for r in range(self.polys[i], self.polys[i + 1])],
+                               allow_nan=False) for i in range(len(self))]
+        buf, starts = polygon_json(c.astype(np.int64), self.rings, self.polys)
+        text = buf.tobytes().decode("ascii")
+        bounds = starts.tolist()
+        return [text[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def simple_ok(self) -> np.ndarray:
+        """Per polygon: one ring or more, each closed with 4+ finite vertices (JSON-safe)."""
+        nv = np.diff(self.rings)
+        ring_ok = nv >= 4
+        if ring_ok.any():
+            first = self.coords[np.where(ring_ok, self.rings[:-1], 0)]
+            last = self.coords[np.where(ring_ok, self.rings[1:] - 1, 0)]
+            ring_ok &= (first == last).all(axis=1)
+        finite = np.isfinite(self.coords).all(axis=1)
+        bad_vert = np.concatenate([[0], np.cumsum(~finite)])
+        ring_ok &= (bad_vert[self.rings[1:]] - bad_vert[self.rings[:-1]]) == 0
+        bad_ring = np.concatenate([[0], np.cumsum(~ring_ok)])
+        n_rings = np.diff(self.polys)
+        ok = (n_rings >= 1) & ((bad_ring[self.polys[1:]] - bad_ring[self.polys[:-1]]) == 0)
+        return ok
 
 
-def _rank(c: np.ndarray) -> tuple[float, int, int]:
-    """Largest area first; on a tie the piece reached first in a row-major scan (as skimage)."""
-    import cv2
-
-    top = int(c[:, 0, 1].min())
-    left = int(c[c[:, 0, 1] == top, 0, 0].min())
-    return (-cv2.contourArea(c), top, left)
-
-
-def _trace_crops(labels: np.ndarray, ids: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Marching-squares outlines (level 0.5) of the largest piece of labels ``ids``.
-
-    ``boxes`` holds each label's bounding box ``(r0, r1, c0, c1)``; no label
-    may have a saddle (two of its pixels touching only diagonally). Each
-    label's mask, in its box with a false frame of one pixel, is laid out in
-    one mosaic (the frames keep the pieces of two labels apart), whose
-    half-pixel grid (:func:`_half_pixel_grid`) is traced with one
-    ``cv2.findContours``. Returns, per label, its closed vertex list in tile
-    pixel coordinates as shapely's ragged layout wants it (``coords``,
-    vertex counts): the vertices that :func:`skimage.measure.find_contours`
-    gives on the label's crop, in its order (same start point and
-    orientation), and which labels got none.
-    """
-    import cv2
-
-    from ._compiled_cells import crop_mosaic
-
-    r0, r1, c0, c1 = boxes.T
-    heights, widths = r1 - r0 + 2, c1 - c0 + 2  # the crop and its frame
-    top, left, size = _pack(heights, widths, max(256, int(np.sqrt((heights * widths).sum()))))
-    slot = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
-    slot[ids] = np.arange(len(ids))
-    mosaic = crop_mosaic(np.ascontiguousarray(labels), slot, top, left, r0, c0, int(size[0]),
-                         int(size[1]))
-    contours, _ = cv2.findContours(_half_pixel_grid(mosaic), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_NONE)
-    # each piece lies in one crop: the crop holding the pixel of its first grid point
-    # (the last crop starting left of it on the shelf starting above it)
-    pieces: list[list[np.ndarray]] = [[] for _ in ids]
-    if contours:
-        x, y = np.array([c[0, 0] for c in contours], dtype=np.int64).T
-        shelves = np.unique(top)
-        shelf = shelves[np.searchsorted(shelves, y // 2, side="right") - 1]
-        wide = int(size[1]) + 1
-        by_place = np.argsort(top * wide + left)
-        place = (top * wide + left)[by_place]
-        owner = by_place[np.searchsorted(place, shelf * wide + x // 2, side="right") - 1]
-        for c, o in zip(contours, owner.tolist(), strict=True):
-            pieces[o].append(c)
-    chosen = [p[0] if len(p) == 1 else (min(p, key=_rank) if p else None) for p in pieces]
-    found = np.array([c is not None for c in chosen], dtype=bool)
-    pts_list = [c.reshape(-1, 2) for c in chosen if c is not None]
-    if not pts_list:
-        return np.zeros((0, 2)), np.zeros(0, dtype=np.int64), found
-    k_of = np.flatnonzero(found)
-    lengths = np.array([len(q) for q in pts_list], dtype=np.int64)
-    pts = np.concatenate(pts_list).astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    seg = np.repeat(np.arange(len(lengths)), lengths)
-    # skimage closes each contour at the last square it scans: start at the bottom
-    # midpoint of the rightmost pixel of the bottom row (the first such point), and go
-    # on to the left
-    key = pts[:, 1] * (int(size[1]) * 2 + 2) + pts[:, 0]
-    top_key = np.maximum.reduceat(key, starts)
-    first = np.full(len(lengths), np.iinfo(np.int64).max)
-    at = np.flatnonzero(key == top_key[seg])
-    np.minimum.at(first, seg[at], at - starts[seg[at]])
-    x0, y0 = pts[starts + first].T
-    nx, ny = pts[starts + (first + 1) % lengths].T
-    step = np.where((nx == x0 + 1) & (ny == y0 - 1), -1, 1)
-    t = np.arange(int(lengths.sum() + len(lengths))) - np.repeat(
-        np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]), lengths + 1)
-    seg1 = np.repeat(np.arange(len(lengths)), lengths + 1)
-    ring = pts[starts[seg1] + (first[seg1] + step[seg1] * t) % lengths[seg1]]
-    keep = ((ring[:, 0] + ring[:, 1]) & 1) == 1  # edge midpoints, not pixel corners
-    counts = np.bincount(seg1[keep], minlength=len(lengths))
-    kk = k_of[seg1[keep]]
-    # crop vertex (2 x, 2 y) is tile point (x + c0 - 0.5, y + r0 - 0.5): crop pixel
-    # (r, c) is tile pixel (r0 + r - 1, c0 + c - 1), whose centre is at +0.5
-    local = ring[keep] - np.stack([2 * left[kk], 2 * top[kk]], axis=1)
-    coords = local / 2.0 + (np.stack([c0[kk], r0[kk]], axis=1) - 0.5)
-    return coords, counts, found
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + n)`` for each start and length."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    base = np.repeat(np.asarray(starts, dtype=np.int64) - (ends - lengths), lengths)
+    return base + np.arange(total, dtype=np.int64)
 
 
 def _trace_crop_skimage(piece: np.ndarray, offset: tuple[float, float]) -> Polygon | None:
     """Largest marching-squares outline of a boolean crop; ``offset`` ``(x, y)`` of crop (0, 0).
 
-    The general path (any crop, saddles included), used where
-    :func:`_trace_crops` declines (saddles).
+    The general path (any crop, saddles included), for labels with a 2 x 2 saddle.
     """
     from shapely.geometry import Polygon
     from skimage.measure import find_contours
@@ -145,59 +189,76 @@ def _trace_crop_skimage(piece: np.ndarray, offset: tuple[float, float]) -> Polyg
     return best
 
 
+def _slow_outlines(labels: np.ndarray, slow: np.ndarray, traced: list[Any], boxes: np.ndarray,
+                   tolerance: float) -> Outlines:
+    """Outlines of labels ``slow + 1`` by scikit-image and GEOS: ``traced[j]`` is label
+    ``slow[j] + 1``'s traced ring (None: trace its crop with scikit-image)."""
+    import shapely
+    from shapely.geometry import box
+
+    out = []
+    for i, ring in zip(slow.tolist(), traced, strict=True):
+        if ring is not None:
+            out.append(shapely.polygons(ring))
+            continue
+        r0, r1, c0, c1 = boxes[i].tolist()
+        best = _trace_crop_skimage(labels[r0:r1, c0:c1] == i + 1, (c0 - 0.5, r0 - 0.5))
+        out.append(box(c0, r0, c1, r1) if best is None or best.is_empty else best)
+    if tolerance > 0:
+        geoms = np.array(out, dtype=object)
+        simple = shapely.simplify(geoms, tolerance, preserve_topology=False)
+        ok = (shapely.get_type_id(simple) == 3) & ~shapely.is_empty(simple) & shapely.is_valid(simple)
+        out = [s if k else g for s, k, g in zip(simple, ok, out, strict=True)]
+    return Outlines.from_polygons(out)
+
+
+def label_outlines(labels: np.ndarray, n: int | None = None, *, tolerance: float = 0.5) -> Outlines:
+    """Outline of each label ``1..n``: :func:`label_polygons` as :class:`Outlines`."""
+    from ._compiled_cells import label_layout
+    from ._compiled_outlines import FINAL, GEOS, SADDLE, outline_rings
+
+    labels = np.ascontiguousarray(labels)
+    if labels.dtype.kind not in "iu":
+        labels = labels.astype(np.int64)
+    n = max(int(labels.max()) if n is None and labels.size else int(n or 0), 0)
+    if n == 0:
+        return Outlines.empty()
+    boxes, saddle = label_layout(labels, n)  # = ndi.find_objects and the 2 x 2 saddles
+    coords, counts, kind = outline_rings(labels, n, saddle, float(tolerance))
+    starts = np.cumsum(counts) - counts
+    slow = np.flatnonzero((kind == GEOS) | (kind == SADDLE))
+    mine = np.flatnonzero(kind == FINAL)
+    if slow.size == 0:
+        rings = np.concatenate([[0], np.cumsum(counts[mine])])
+        polys = np.concatenate([[0], np.cumsum(counts > 0)])
+        return Outlines(coords, rings, polys, kind == FINAL)
+    traced = [coords[starts[i]:starts[i] + counts[i]] if kind[i] == GEOS else None
+              for i in slow.tolist()]
+    other = _slow_outlines(labels, slow, traced, boxes, float(tolerance))
+    # splice: the rings of both, ordered by label (stable: a polygon's rings stay in order)
+    ring_label = np.concatenate([mine, np.repeat(slow, np.diff(other.polys))])
+    ring_len = np.concatenate([counts[mine], np.diff(other.rings)])
+    ring_start = np.concatenate([starts[mine], other.rings[:-1] + len(coords)])
+    order = np.argsort(ring_label, kind="stable")
+    verts = _ranges(ring_start[order], ring_len[order])
+    rings = np.concatenate([[0], np.cumsum(ring_len[order])])
+    polys = np.concatenate([[0], np.cumsum(np.bincount(ring_label, minlength=n))])
+    return Outlines(np.concatenate([coords, other.coords])[verts], rings, polys, kind == FINAL)
+
+
 def label_polygons(
     labels: np.ndarray, n: int | None = None, *, tolerance: float = 0.5
 ) -> list[Polygon]:
     """Outline of each label ``1..n`` as a shapely polygon in QuPath pixel coordinates.
 
     The contour is traced along pixel edges (marching squares at level 0.5 on
-    the label's mask), simplified by Douglas-Peucker with ``tolerance``
-    pixels. A label made of several pieces keeps its largest; a missing label
-    gets an empty polygon.
-
-    The labels are traced together: each in its bounding box, the boxes laid
-    out in one mosaic traced with one ``cv2.findContours`` on a half-pixel
-    grid (:func:`_trace_crops`), which gives the vertices of
-    :func:`skimage.measure.find_contours` exactly; the rare label with two
-    pixels touching only at a corner is traced by scikit-image itself.
+    the label's mask: the vertices of :func:`skimage.measure.find_contours`, in
+    its order), simplified by Douglas-Peucker with ``tolerance`` pixels as
+    shapely's ``simplify(preserve_topology=False)`` does, whose result is kept
+    when it is a valid polygon. A label made of several pieces keeps its
+    largest; a missing label gets an empty polygon. Tracing, simplification
+    and the validity of simple rings are compiled loops; a label with two
+    pixels touching only at a corner is traced by scikit-image, and a
+    simplified ring that is not simple is left to GEOS.
     """
-    import shapely
-    from shapely.geometry import Polygon, box
-
-    from ._compiled_cells import label_layout
-
-    labels = np.ascontiguousarray(labels)
-    if labels.dtype.kind not in "iu":
-        labels = labels.astype(np.int64)
-    n = int(labels.max()) if n is None else int(n)
-    n = max(n, 0)
-    boxes, saddle = label_layout(labels, n)  # = ndi.find_objects and the 2 x 2 saddles
-    present = boxes[:, 0] >= 0
-    out: list[Polygon] = [Polygon()] * n
-    fast = np.flatnonzero(present & ~saddle[1:]).tolist()
-    slow = np.flatnonzero(present & saddle[1:]).tolist()
-    if fast:
-        coords, counts, found = _trace_crops(labels, np.array(fast) + 1, boxes[fast])
-        traced = [i for i, f in zip(fast, found.tolist(), strict=True) if f]
-        slow += [i for i, f in zip(fast, found.tolist(), strict=True) if not f]
-        if traced:
-            offsets = np.concatenate([[0], np.cumsum(counts)])
-            polys = shapely.from_ragged_array(
-                shapely.GeometryType.POLYGON, coords, (offsets, np.arange(len(traced) + 1))
-            )
-            for i, poly in zip(traced, polys, strict=True):
-                out[i] = poly
-    for i in sorted(slow):
-        r0, r1, c0, c1 = boxes[i].tolist()
-        best = _trace_crop_skimage(labels[r0:r1, c0:c1] == i + 1, (c0 - 0.5, r0 - 0.5))
-        out[i] = box(c0, r0, c1, r1) if best is None or best.is_empty else best
-    if tolerance > 0:
-        geoms = np.array(out, dtype=object)
-        simple = shapely.simplify(geoms, tolerance, preserve_topology=False)
-        ok = (
-            (shapely.get_type_id(simple) == 3)
-            & ~shapely.is_empty(simple)
-            & shapely.is_valid(simple)
-        )
-        out = [s if k else g for s, k, g in zip(simple, ok, out, strict=True)]
-    return out
+    return list(label_outlines(labels, n, tolerance=tolerance))
