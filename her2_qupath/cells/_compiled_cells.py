@@ -405,10 +405,13 @@ def split_band(cells: np.ndarray, nuclei: np.ndarray, inner: np.ndarray,
             if lab == 0 or nuclei[r, c] != 0:
                 continue
             best = square[up[r, c]]
-            for cc in range(max(c - reach, 0), min(c + reach + 1, w)):
-                d2 = (cc - c) * (cc - c) + square[up[r, cc]]
-                if d2 < best:
-                    best = d2
+            for dc in range(1, reach + 1):  # outwards, until no column can be nearer
+                if dc * dc >= best:
+                    break
+                if c >= dc:
+                    best = min(best, dc * dc + square[up[r, c - dc]])
+                if c + dc < w:
+                    best = min(best, dc * dc + square[up[r, c + dc]])
             d = inf
             if best <= limit:
                 d = np.float32(np.sqrt(np.float64(best)))
