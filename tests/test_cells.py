@@ -646,8 +646,7 @@ def test_outlines_match_marching_squares_vertex_for_vertex() -> None:
     from scipy import ndimage as ndi
 
     from her2_qupath.cells import label_polygons
-    from her2_qupath.cells._compiled_cells import label_layout
-    from her2_qupath.cells._compiled_outlines import outline_rings
+    from her2_qupath.cells._compiled_outlines import label_runs, outline_rings
     from her2_qupath.cells.outlines import label_outlines
 
     rng = np.random.default_rng(7)
@@ -657,12 +656,12 @@ def test_outlines_match_marching_squares_vertex_for_vertex() -> None:
         shape = (int(rng.integers(20, 90)), int(rng.integers(20, 90)))
         labels = _random_labels(rng, shape)
         n = int(labels.max())
-        saddle = label_layout(labels, n)[1]
+        saddle = label_runs(labels, n)[1]
         for tolerance in (0.0, 0.5, 1.0, 2.0, 3.0):
             outlines = label_outlines(labels, n, tolerance=tolerance)
             polys = label_polygons(labels, tolerance=tolerance)
             assert [p.wkt for p in polys] == [p.wkt for p in outlines]
-            kinds += np.bincount(outline_rings(labels, n, saddle, tolerance)[2], minlength=4)
+            kinds += np.bincount(outline_rings(labels, n, tolerance)[2], minlength=4)
             # marked valid: shapely agrees
             assert not np.any(outlines.valid & ~shapely.is_valid(outlines.geometries()))
             for i in np.unique(labels[labels > 0]).tolist():

@@ -190,8 +190,8 @@ def test_compartment_sums_match_bincount() -> None:
             assert np.array_equal(np.signbit(peaks[:, j]), np.signbit(top[1:])), trial
 
 
-def test_label_layout_matches_find_objects_and_the_saddles() -> None:
-    from her2_qupath.cells._compiled_cells import label_layout
+def test_label_runs_match_find_objects_and_the_saddles() -> None:
+    from her2_qupath.cells._compiled_outlines import label_runs
 
     rng = np.random.default_rng(13)
     saddles = 0
@@ -199,7 +199,7 @@ def test_label_layout_matches_find_objects_and_the_saddles() -> None:
         shape = tuple(int(s) for s in rng.integers(1, 60, 2))
         n = int(rng.integers(1, 20))
         labels = np.where(rng.random(shape) < 0.5, rng.integers(1, n + 4, shape), 0).astype(np.int32)
-        boxes, saddle = label_layout(labels, n)
+        boxes, saddle, _, _ = label_runs(labels, n)
         for i, sl in enumerate(ndi.find_objects(labels, max_label=n)):
             want = None if sl is None else [sl[0].start, sl[0].stop, sl[1].start, sl[1].stop]
             if sl is None:
@@ -350,14 +350,14 @@ def test_clipped_channel_matches_numpy() -> None:
 def test_label_pieces_match_scipy_label() -> None:
     """Each label's 4-connected pieces (first and last pixel, in the order of their first
     pixels), as ``scipy.ndimage.label`` of the label's mask finds them."""
-    from her2_qupath.cells._compiled_outlines import label_pieces
+    from her2_qupath.cells._compiled_outlines import label_runs
 
     rng = np.random.default_rng(31)
     for trial in range(40):
         shape = tuple(int(s) for s in rng.integers(1, 50, 2))
         n = int(rng.integers(1, 6))
         labels = np.where(rng.random(shape) < 0.5, rng.integers(1, n + 2, shape), 0).astype(np.int32)
-        offsets, pieces = label_pieces(labels, n)  # labels above n are left out
+        _, _, offsets, pieces = label_runs(labels, n)  # labels above n are left out
         for k in range(1, n + 1):
             parts, count = ndi.label(labels == k)
             expected = []

@@ -222,69 +222,6 @@ def compartment_sums(cells: np.ndarray, nuclei: np.ndarray, membranes: np.ndarra
     return counts, sums, peaks
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _saddle_test(a: int, b: int, e: int, d: int, n: int,
-                 saddle: np.ndarray) -> None:  # pragma: no cover - compiled
-    """Mark the label of a 2 x 2 window ``[[a, b], [e, d]]`` whose two pixels touch only
-    diagonally (labels above ``n`` are left alone)."""
-    if a == d and a != 0 and b != a and e != a and a <= n:
-        saddle[a] = True
-    if b == e and b != 0 and a != b and d != b and b <= n:
-        saddle[b] = True
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _saddle_window(labels: np.ndarray, r: int, c: int, n: int,
-                   saddle: np.ndarray) -> None:  # pragma: no cover - compiled
-    """:func:`_saddle_test` of the window at ``(r, c)``, outside the image background."""
-    h, w = labels.shape
-    a = labels[r, c] if 0 <= r < h and 0 <= c < w else 0
-    b = labels[r, c + 1] if 0 <= r < h and c + 1 < w else 0
-    e = labels[r + 1, c] if r + 1 < h and 0 <= c < w else 0
-    d = labels[r + 1, c + 1] if r + 1 < h and c + 1 < w else 0
-    _saddle_test(a, b, e, d, n, saddle)
-
-
-@njit(cache=True, nogil=True)
-def label_layout(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
-    """Bounding boxes ``(r0, r1, c0, c1)`` of labels ``1..n`` (row ``label - 1``; ``r0 = -1``:
-    absent) as ``scipy.ndimage.find_objects`` gives them, and which labels have two pixels
-    touching only diagonally (a 2 x 2 saddle, the image framed by background)."""
-    h, w = labels.shape
-    boxes = np.empty((n, 4), dtype=np.int64)
-    boxes[:, 0] = h
-    boxes[:, 1] = -1
-    boxes[:, 2] = w
-    boxes[:, 3] = -1
-    saddle = np.zeros(n + 1, dtype=np.bool_)
-    for r in range(h):
-        for c in range(w):
-            k = labels[r, c]
-            if 1 <= k <= n:
-                i = k - 1
-                if r < boxes[i, 0]:
-                    boxes[i, 0] = r
-                boxes[i, 1] = r + 1  # rows come in order
-                if c < boxes[i, 2]:
-                    boxes[i, 2] = c
-                if c + 1 > boxes[i, 3]:
-                    boxes[i, 3] = c + 1
-    for r in range(h - 1):  # the 2 x 2 windows inside the image
-        for c in range(w - 1):
-            _saddle_test(labels[r, c], labels[r, c + 1], labels[r + 1, c], labels[r + 1, c + 1],
-                         n, saddle)
-    for c in range(-1, w):  # the windows over the frame of background
-        _saddle_window(labels, -1, c, n, saddle)
-        _saddle_window(labels, h - 1, c, n, saddle)
-    for r in range(h - 1):
-        _saddle_window(labels, r, -1, n, saddle)
-        _saddle_window(labels, r, w - 1, n, saddle)
-    for k in range(n):
-        if boxes[k, 1] < 0:
-            boxes[k, 0] = -1
-    return boxes, saddle
-
-
 @njit(cache=True, nogil=True)
 def ring_sectors(rr: np.ndarray, cc: np.ndarray, lab: np.ndarray, angle: np.ndarray,
                  layer: np.ndarray, graded: np.ndarray, n: int, sectors: int,

@@ -54,12 +54,19 @@ def _find(parent: np.ndarray, i: int) -> int:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def label_pieces(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
-    """The 4-connected pieces of labels ``1..n``: ``(offsets, pieces)`` with label ``k``'s
-    pieces in rows ``offsets[k - 1]:offsets[k]`` of ``pieces``, each ``(first, last)``, the
-    row-major index (``r * cols + c``) of its first and last pixel, in the order of their
-    first pixels. Runs of a label in a row are joined by union-find to the runs of the
-    same label they touch in the row above."""
+def label_runs(labels: np.ndarray, n: int) -> tuple[np.ndarray, ...]:  # pragma: no cover
+    """Bounding boxes, saddles and 4-connected pieces of labels ``1..n``, from the runs of
+    each row (a label's runs joined by union-find to the runs of the same label they
+    touch in the row above).
+
+    Returns ``(boxes, saddle, offsets, pieces)``: ``boxes[k - 1]`` ``(r0, r1, c0, c1)`` as
+    ``scipy.ndimage.find_objects`` gives it (``r0 = -1``: absent); ``saddle[k]``, label
+    ``k`` has two pixels touching only diagonally (a 2 x 2 saddle: a run ends where a run
+    of the same label in the next row starts, or the other way round); label ``k``'s
+    pieces in rows ``offsets[k - 1]:offsets[k]`` of ``pieces``, each ``(first, last)``,
+    the row-major index (``r * cols + c``) of its first and last pixel, in the order of
+    their first pixels.
+    """
     h, w = labels.shape
     cap = 4096
     run_r = np.empty(cap, dtype=np.int64)
@@ -67,6 +74,9 @@ def label_pieces(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:  
     run_e = np.empty(cap, dtype=np.int64)
     run_k = np.empty(cap, dtype=np.int64)
     parent = np.empty(cap, dtype=np.int64)
+    boxes = np.empty((n, 4), dtype=np.int64)
+    boxes[:, 0] = -1
+    saddle = np.zeros(n + 1, dtype=np.bool_)
     nr = 0
     prev = 0  # the first run of the row above
     for r in range(h):
@@ -85,14 +95,23 @@ def label_pieces(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:  
                 run_e, run_k = _grow(run_e, nr + 1), _grow(run_k, nr + 1)
                 parent = _grow(parent, nr + 1)
             run_r[nr], run_s[nr], run_e[nr], run_k[nr], parent[nr] = r, s, c, k, nr
-            while j < here and run_e[j] <= s:
+            box = boxes[k - 1]
+            if box[0] < 0:
+                box[0], box[2], box[3] = r, s, c
+            box[1] = r + 1
+            box[2] = min(box[2], s)
+            box[3] = max(box[3], c)
+            while j < here and run_e[j] < s:
                 j += 1
             t = j
-            while t < here and run_s[t] < c:
+            while t < here and run_s[t] <= c:  # runs above that touch it, corners included
                 if run_k[t] == k:
-                    a, b = _find(parent, nr), _find(parent, t)
-                    if a != b:
-                        parent[max(a, b)] = min(a, b)
+                    if run_e[t] == s or run_s[t] == c:
+                        saddle[k] = True
+                    else:
+                        a, b = _find(parent, nr), _find(parent, t)
+                        if a != b:
+                            parent[max(a, b)] = min(a, b)
                 t += 1
             nr += 1
         prev = here
@@ -116,7 +135,7 @@ def label_pieces(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:  
             pieces[fill[k], 0] = first[i]
             pieces[fill[k], 1] = last[i]
             fill[k] += 1
-    return offsets, pieces
+    return boxes, saddle, offsets, pieces
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -286,17 +305,18 @@ def _area2(ring: np.ndarray, m: int) -> int:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def outline_rings(labels: np.ndarray, n: int, saddle: np.ndarray,
+def outline_rings(labels: np.ndarray, n: int,
                   tolerance: float) -> tuple[np.ndarray, ...]:  # pragma: no cover - compiled
-    """The outline of each label ``1..n`` (``saddle[k]``: label ``k`` has a 2 x 2 saddle).
+    """The outline of each label ``1..n``.
 
-    Returns ``(coords, counts, kind)``: ``coords`` ``(total, 2)`` float64 ``(x, y)`` of
+    Returns ``(coords, counts, kind, boxes)``: ``coords`` ``(total, 2)`` float64 ``(x, y)`` of
     the rings in label order, ``counts[k - 1]`` the vertices of label ``k``'s ring (0 for
     none), ``kind[k - 1]`` one of :data:`ABSENT`, :data:`FINAL` (simplified by
     ``tolerance`` unless it is 0, and simple), :data:`GEOS` (the traced ring, whose
-    simplification GEOS must make) or :data:`SADDLE` (not traced).
+    simplification GEOS must make) or :data:`SADDLE` (not traced), and the labels'
+    bounding boxes (:func:`label_runs`).
     """
-    offsets, pieces = label_pieces(labels, n)
+    boxes, saddle, offsets, pieces = label_runs(labels, n)
     counts = np.zeros(n, dtype=np.int64)
     kind = np.zeros(n, dtype=np.int8)
     coords = np.empty((4096, 2), dtype=np.float64)
@@ -341,4 +361,4 @@ def outline_rings(labels: np.ndarray, n: int, saddle: np.ndarray,
             coords[total + t, 1] = ring[idx[t], 1] * 0.5
         counts[k - 1] = size
         total += size
-    return coords[:total], counts, kind
+    return coords[:total], counts, kind, boxes

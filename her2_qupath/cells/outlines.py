@@ -214,7 +214,6 @@ def _slow_outlines(labels: np.ndarray, slow: np.ndarray, traced: list[Any], boxe
 
 def label_outlines(labels: np.ndarray, n: int | None = None, *, tolerance: float = 0.5) -> Outlines:
     """Outline of each label ``1..n``: :func:`label_polygons` as :class:`Outlines`."""
-    from ._compiled_cells import label_layout
     from ._compiled_outlines import FINAL, GEOS, SADDLE, outline_rings
 
     labels = np.ascontiguousarray(labels)
@@ -223,8 +222,7 @@ def label_outlines(labels: np.ndarray, n: int | None = None, *, tolerance: float
     n = max(int(labels.max()) if n is None and labels.size else int(n or 0), 0)
     if n == 0:
         return Outlines.empty()
-    boxes, saddle = label_layout(labels, n)  # = ndi.find_objects and the 2 x 2 saddles
-    coords, counts, kind = outline_rings(labels, n, saddle, float(tolerance))
+    coords, counts, kind, boxes = outline_rings(labels, n, float(tolerance))
     starts = np.cumsum(counts) - counts
     slow = np.flatnonzero((kind == GEOS) | (kind == SADDLE))
     mine = np.flatnonzero(kind == FINAL)
