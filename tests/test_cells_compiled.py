@@ -109,12 +109,12 @@ def test_gaussians_match_scipy() -> None:
                               ndi.gaussian_laplace(image, sigma, mode="nearest")), trial
 
 
-def test_feature_transform_and_expansion_match_scipy_and_scikit_image() -> None:
-    """Nearest labelled pixel (SciPy's ties), the labels grown by a distance, on sparse seeds
-    and touching blobs, with many equidistant pixels."""
+def test_expansion_matches_scikit_image() -> None:
+    """The labels grown by a distance, each pixel to its nearest labelled pixel (SciPy's
+    ties), on sparse seeds and touching blobs, with many equidistant pixels."""
     from skimage.segmentation import expand_labels
 
-    from her2_qupath.cells._compiled_cells import expand, feature_transform
+    from her2_qupath.cells._compiled_cells import expand
 
     rng = np.random.default_rng(21)
     grown = 0
@@ -125,10 +125,7 @@ def test_feature_transform_and_expansion_match_scipy_and_scikit_image() -> None:
         labels[rng.integers(0, shape[0], k), rng.integers(0, shape[1], k)] = np.arange(1, k + 1)
         if trial % 2:
             labels = ndi.grey_dilation(labels, size=3)
-        _, (rows, cols) = ndi.distance_transform_edt(labels == 0, return_indices=True)
-        got_rows, got_cols = feature_transform(labels != 0)
-        assert np.array_equal(got_rows, rows) and np.array_equal(got_cols, cols), trial
-        distance = float(rng.choice([1.0, 2.5, 7.0, 10.0]))
+        distance = float(rng.choice([1.0, 2.5, 7.0, 10.0, 200.0]))
         expected = expand_labels(labels, distance)
         assert np.array_equal(expand(labels, distance), expected), trial
         grown += int(np.count_nonzero(expected) - np.count_nonzero(labels))

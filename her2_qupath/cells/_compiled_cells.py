@@ -17,41 +17,40 @@ __all__: list[str] = []
 
 
 @njit(cache=True, nogil=True)
-def feature_transform(features: np.ndarray,
-                      reach: int = 2**30) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
-    """Row and column of the nearest ``True`` pixel of ``features`` for every pixel (-1 where
-    there is none): the indices of ``scipy.ndimage.distance_transform_edt(~features,
-    return_indices=True)``, ties broken as SciPy breaks them. Only pixels within ``reach``
-    rows of their nearest feature are sure to get it (the others may get -1 or a farther one).
+def expand(labels: np.ndarray, distance: float) -> np.ndarray:  # pragma: no cover - compiled
+    """:func:`skimage.segmentation.expand_labels`: each unlabelled pixel within ``distance``
+    of a label takes the label of its nearest labelled pixel, ties broken as SciPy's
+    feature transform breaks them.
 
     SciPy's exact transform (Maurer, Qi & Raghavan 2003): first, in each column,
-    the nearest feature of that column (of two at the same distance, the upper);
-    then, along each row, the lower envelope of those columns' parabolas, and
-    each pixel's nearest among them (of two at the same distance, the left).
-    Its sums are of small integers, exact in SciPy's doubles as here in integers. So a
-    pixel gets the nearest feature, of several the leftmost, then the upper —
-    whichever candidates farther than ``reach`` rows are left out beforehand.
+    the nearest labelled pixel of that column (of two at the same distance, the
+    upper); then, along each row, the lower envelope of those columns' parabolas,
+    and each unlabelled pixel's nearest among them (of two at the same distance,
+    the left). Its sums are of small integers, exact in SciPy's doubles as here in
+    integers. Columns whose nearest labelled pixel lies more than ``distance`` rows
+    away cannot give a pixel within ``distance`` and are left out beforehand, and
+    labelled pixels keep their label without a query.
     """
-    h, w = features.shape
-    col_r = np.full((h, w), -1, dtype=np.int32)  # nearest feature row within the column
+    h, w = labels.shape
+    reach = int(np.floor(distance))
+    col_r = np.full((h, w), -1, dtype=np.int32)  # nearest labelled row within the column
     above = np.full(w, -1, dtype=np.int64)
     for r in range(h):
         for c in range(w):
-            if features[r, c]:
+            if labels[r, c] != 0:
                 above[c] = r
             col_r[r, c] = above[c]
     below = np.full(w, -1, dtype=np.int64)
     for r in range(h - 1, -1, -1):
         for c in range(w):
-            if features[r, c]:
+            if labels[r, c] != 0:
                 below[c] = r
             b = below[c]
             if b >= 0:
                 a = col_r[r, c]
                 if a < 0 or b - r < r - a:
                     col_r[r, c] = b
-    ft_r = np.full((h, w), -1, dtype=np.int32)
-    ft_c = np.full((h, w), -1, dtype=np.int32)
+    out = np.zeros((h, w), dtype=labels.dtype)
     g = np.empty(w, dtype=np.int64)
     for r in range(h):
         fr = col_r[r]
@@ -78,6 +77,9 @@ def feature_transform(features: np.ndarray,
         top = last
         last = 0
         for i in range(w):
+            if labels[r, i] != 0:
+                out[r, i] = labels[r, i]
+                continue
             k = g[last]
             da, db = fr[k] - r, k - i
             d1 = da * da + db * db
@@ -89,28 +91,9 @@ def feature_transform(features: np.ndarray,
                     break
                 d1 = d2
                 last += 1
-            k = g[last]
-            ft_r[r, i] = fr[k]
-            ft_c[r, i] = k
-    return ft_r, ft_c
-
-
-@njit(cache=True, nogil=True)
-def expand(labels: np.ndarray, distance: float) -> np.ndarray:  # pragma: no cover - compiled
-    """:func:`skimage.segmentation.expand_labels`: each unlabelled pixel within ``distance``
-    of a label takes the label of its nearest labelled pixel (SciPy's feature transform)."""
-    h, w = labels.shape
-    ft_r, ft_c = feature_transform(labels != 0, int(np.floor(distance)))
-    out = np.zeros((h, w), dtype=labels.dtype)
-    for r in range(h):
-        for c in range(w):
-            rr = ft_r[r, c]
-            if rr < 0:
-                continue
-            cc = ft_c[r, c]
-            d2 = (rr - r) * (rr - r) + (cc - c) * (cc - c)
-            if np.sqrt(np.float64(d2)) <= distance:
-                out[r, c] = labels[rr, cc]
+            if np.sqrt(np.float64(d1)) <= distance:
+                k = g[last]
+                out[r, i] = labels[fr[k], k]
     return out
 
 
