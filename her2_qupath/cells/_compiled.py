@@ -420,3 +420,24 @@ def clipped(image: np.ndarray, top: np.float32) -> np.ndarray:  # pragma: no cov
             v = maximum(v, zero)  # then np.minimum(v, top)
             out[r, c] = v if v <= top else top
     return out
+
+
+@njit(cache=True, nogil=True)
+def spaced(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
+           near: int) -> np.ndarray:  # pragma: no cover - compiled
+    """Which of the points ``(rows, cols)`` (best first) are kept when each is dropped if a
+    kept one lies at most ``near`` rows and columns away (Chebyshev distance): the greedy
+    spacing of ``skimage.feature.peak_local_max``."""
+    blocked = np.zeros(shape, dtype=np.bool_)
+    kept = np.zeros(rows.size, dtype=np.bool_)
+    h, w = shape
+    for i in range(rows.size):
+        r, c = rows[i], cols[i]
+        if blocked[r, c]:
+            continue
+        kept[i] = True
+        for rr in range(max(r - near, 0), min(r + near + 1, h)):
+            for cc in range(max(c - near, 0), min(c + near + 1, w)):
+                blocked[rr, cc] = True
+    return kept
+

@@ -101,6 +101,8 @@ def _local_peaks(image: np.ndarray, mask: np.ndarray, min_distance: int) -> np.n
     import cv2
     from scipy import ndimage as ndi
 
+    from ._compiled import spaced
+
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
@@ -120,13 +122,7 @@ def _local_peaks(image: np.ndarray, mask: np.ndarray, min_distance: int) -> np.n
     order = np.argsort(-img[rr, cc], kind="stable")
     rr, cc = rr[order], cc[order]
     if min_distance > 1 and rr.size > 1:
-        near = min_distance - 1
-        blocked = np.zeros(img.shape, dtype=bool)
-        kept = np.zeros(rr.size, dtype=bool)
-        for i, (r, c) in enumerate(zip(rr.tolist(), cc.tolist(), strict=True)):
-            if not blocked[r, c]:
-                kept[i] = True
-                blocked[max(r - near, 0):r + near + 1, max(c - near, 0):c + near + 1] = True
+        kept = spaced(rr, cc, img.shape, min_distance - 1)
         rr, cc = rr[kept], cc[kept]
     return np.stack([rr + r0, cc + c0], axis=1).astype(np.int64)
 
