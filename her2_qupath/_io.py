@@ -28,6 +28,7 @@ __all__ = [
     "exit_on_signals",
     "sha256_file",
     "json_default",
+    "process_umask",
 ]
 
 
@@ -47,7 +48,7 @@ def _write_replace(path: Path, data: bytes, private: bool) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         if not private:  # mkstemp creates 0600
-            os.fchmod(fd, 0o666 & ~_umask())
+            os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -60,9 +61,25 @@ def _write_replace(path: Path, data: bytes, private: bool) -> Path:
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+#: Serialises the set-and-restore of the umask where it cannot be read otherwise.
+_UMASK_LOCK = threading.Lock()
+
+
+def process_umask() -> int:
+    """The process's umask, read without changing it where the system tells it (Linux:
+    ``/proc/self/status``), so threads writing files at once never see the umask 0 that
+    the portable read (``os.umask(0)`` then restore) leaves set for a moment; elsewhere that
+    read, under a lock."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
     return mask
 
 
@@ -130,7 +147,7 @@ def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = True) -
     with exit_on_signals():
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
         try:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
+            os.chmod(tmp, 0o777 & ~process_umask())  # mkdtemp creates 0700
             yield tmp
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")

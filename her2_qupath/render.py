@@ -32,6 +32,7 @@ __all__ = [
     "checkerboard",
     "encode_png",
     "save_png",
+    "PNG_COMPRESS_LEVEL",
 ]
 
 #: Colours of the stain-map values {0 background, 1: HER2 0, 2: 1+, 3: 2+, 4: 3+}.
@@ -49,8 +50,19 @@ class TileMark:
     counted: bool = True  # False: drawn dashed-grey (e.g. not tumour on H&E)
 
 
+#: :data:`CLASS_MAP_COLORS` for every 8-bit value (above 4: the last colour, as the clip gives),
+#: laid out as ``cv2.LUT`` takes a table for three channels.
+_CLASS_MAP_LUT: np.ndarray = CLASS_MAP_COLORS[
+    np.minimum(np.arange(256), len(CLASS_MAP_COLORS) - 1)].reshape(256, 1, 3)
+
+
 def colorize_class_map(class_map: np.ndarray) -> np.ndarray:
     """RGB picture of a stain class map (values 0–4); background stays white."""
+    if class_map.dtype == np.uint8 and class_map.ndim == 2 and class_map.size:
+        import cv2  # a table look-up, ten times the speed of NumPy's indexing
+
+        m = np.ascontiguousarray(class_map)
+        return cv2.LUT(cv2.merge([m, m, m]), _CLASS_MAP_LUT)
     values = np.clip(class_map.astype(np.intp), 0, len(CLASS_MAP_COLORS) - 1)
     return CLASS_MAP_COLORS[values]
 
@@ -265,11 +277,19 @@ def checkerboard(a: np.ndarray, b: np.ndarray, *, squares: int = 8) -> np.ndarra
     return np.where(pick_a[..., None], a, b)
 
 
+#: zlib level of the PNGs written: the fastest. The pixels are those of zlib's default (6);
+#: a 900 MP slide's overview is encoded in 0.13 s instead of 0.31 s and is 4 % larger, the
+#: case report's page 13 % larger.
+PNG_COMPRESS_LEVEL = 1
+
+
 def encode_png(rgb: np.ndarray) -> bytes:
+    """An RGB (or RGBA, grey) array as PNG bytes, compressed at :data:`PNG_COMPRESS_LEVEL`."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", optimize=False)
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", optimize=False,
+                                                    compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 

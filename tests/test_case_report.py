@@ -178,3 +178,50 @@ def test_report_of_a_pair(tmp_path: Path) -> None:
     assert titles[0].startswith("H&E slide") and titles[1].startswith("HER2 class")
     text = _texts(case_report_figure(res.summary, res.pictures))
     assert "Registration" in text
+
+
+# --------------------------------------------------------------------------- PNG files
+
+
+def _zlib_level_class(png: bytes) -> int:
+    """FLEVEL of a PNG's zlib stream (0: fastest, 1: fast, 2: default, 3: best)."""
+    at = png.index(b"IDAT") + 4
+    return png[at + 1] >> 6
+
+
+def test_pngs_are_compressed_at_the_fastest_level_with_the_same_pixels(tmp_path: Path) -> None:
+    import io
+
+    from her2_qupath.render import encode_png
+
+    rgb = np.full((300, 400, 3), 230, np.uint8)
+    rgb[50:120, 60:200] = (40, 90, 200)
+    rgb = add_scale_bar(rgb, 0.5)
+    fast = encode_png(rgb)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")  # Pillow's default, zlib level 6
+    assert _zlib_level_class(fast) == 0 and _zlib_level_class(buf.getvalue()) == 2
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast))), rgb)
+    # the report page too
+    image = write_png(tmp_path / "case.png", ihc_rgb(LAYOUT_3))
+    res = run_score(ScoreRequest(ihc=image))
+    write_result(res, tmp_path / "out")
+    page = (tmp_path / "out" / "report.png").read_bytes()
+    assert _zlib_level_class(page) == 0
+    fig = case_report_figure(res.summary, res.pictures)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(page))),
+                          np.asarray(Image.open(buf)))
+
+
+def test_class_map_colours_by_table_are_those_of_the_clipped_index() -> None:
+    from her2_qupath.render import CLASS_MAP_COLORS, colorize_class_map
+
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    want = CLASS_MAP_COLORS[np.clip(values.astype(np.intp), 0, len(CLASS_MAP_COLORS) - 1)]
+    for cmap in (values, values[:, ::3], values.astype(np.int16) - 3, values[:0]):
+        ref = CLASS_MAP_COLORS[np.clip(np.asarray(cmap).astype(np.intp), 0, 4)]
+        got = colorize_class_map(cmap)
+        assert got.dtype == np.uint8 and got.shape == ref.shape and np.array_equal(got, ref)
+    assert np.array_equal(colorize_class_map(values), want)

@@ -9,9 +9,11 @@ argument).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import platform
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -49,14 +51,44 @@ def _package_version(module: str, dist: str) -> str | None:
         return None
 
 
-def _provenance(request: ScoreRequest, background: Any, vectors: Any, seconds: float,
-                run_id: str) -> dict[str, Any]:
-    def file_info(p: Path | None) -> dict[str, Any] | None:
-        if p is None:
-            return None
-        p = Path(p)
-        return {"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+def _file_info(p: Path | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    p = Path(p)
+    return {"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size}
 
+
+def input_files(request: ScoreRequest) -> dict[str, dict[str, Any] | None]:
+    """The run's input files (IHC and H&E slides, transform): path, SHA-256 and size."""
+    return {"ihc": _file_info(request.ihc), "he": _file_info(request.he),
+            "transform": _file_info(request.transform)}
+
+
+def input_files_later(request: ScoreRequest) -> cf.Future[dict[str, dict[str, Any] | None]]:
+    """:func:`input_files` in a background thread (its result or error in the future).
+
+    Hashing a slide reads all of it (0.1 s for 150 MB, seconds for a large scan); file
+    reads and SHA-256 release the GIL, so started with the tile work it is done, off the
+    run's serial tail, by the time the result is assembled.
+    """
+    future: cf.Future[dict[str, dict[str, Any] | None]] = cf.Future()
+
+    def work() -> None:
+        if not future.set_running_or_notify_cancel():  # pragma: no cover - never cancelled
+            return
+        try:
+            future.set_result(input_files(request))
+        except BaseException as err:  # noqa: BLE001 - handed over to whoever waits
+            future.set_exception(err)
+
+    threading.Thread(target=work, name="her2-input-hashes", daemon=True).start()
+    return future
+
+
+def _provenance(request: ScoreRequest, background: Any, vectors: Any, seconds: float,
+                run_id: str, inputs: dict[str, dict[str, Any] | None] | None = None
+                ) -> dict[str, Any]:
+    """The provenance record; ``inputs`` as :func:`input_files` gives it (computed if None)."""
     models = {}
     for name in ("tumor_model", "stain_model", "seg_model"):
         d = getattr(request.options, name)
@@ -70,8 +102,7 @@ def _provenance(request: ScoreRequest, background: Any, vectors: Any, seconds: f
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(seconds, 3),
         "versions": versions,
-        "inputs": {"ihc": file_info(request.ihc), "he": file_info(request.he),
-                   "transform": file_info(request.transform)},
+        "inputs": input_files(request) if inputs is None else inputs,
         "models": models,
         "parameters": dataclasses.asdict(request.options),
         "guideline_rule": dataclasses.asdict(GUIDELINES[request.options.scoring.guideline]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 from pathlib import Path
 
@@ -22,8 +23,14 @@ def write_result(result: ScoreResult, outdir: str | os.PathLike[str], *,
 
     With an H&E partner, ``he_detections.geojson`` and ``ihc_detections.geojson``
     are written as well so each imports into its own image in QuPath.
+
+    The case report is drawn and encoded in a thread while the other files are
+    written (PNG encoding and file I/O release the GIL); an error there is raised
+    here, as it is, and the folder is not written.
     """
-    with atomic_output_dir(outdir) as tmp:
+    with atomic_output_dir(outdir) as tmp, \
+            cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="her2-report") as pool:
+        report = pool.submit(write_case_report, tmp, result.summary, result.pictures)
         write_detections(tmp / "detections.geojson", result.detections)  # streamed, tile by tile
         write_geojson(tmp / "annotations.geojson", result.annotations)
         if result.he_detections or he:
@@ -33,5 +40,5 @@ def write_result(result: ScoreResult, outdir: str | os.PathLike[str], *,
         save_png(tmp / "overlay.png", result.overlay)
         for name, rgb in result.images.items():
             save_png(tmp / f"{name}.png", rgb)
-        write_case_report(tmp, result.summary, result.pictures)  # report.png, report.pdf
+        report.result()  # report.png, report.pdf (leaving the pool waits for it in any case)
     return Path(outdir)

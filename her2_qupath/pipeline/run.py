@@ -37,11 +37,16 @@ from .inputs import (
     _white_point_and_tissue,
 )
 from .pictures import OVERLAY_MAX_SIZE, _overlay
-from .provenance import _provenance
+from .provenance import _provenance, input_files_later
 from .qc import _excluded_warnings, _judged, _qc_warnings, _stain_warnings
 from .request import ScoreRequest, ScoreResult, TileAnalysis, TileParams
 from .tiles import _check_cancel
-from .work import _analyse_tiles, _classify_he_tiles, _classify_stain_tiles
+from .work import (
+    _analyse_tiles,
+    _classify_he_tiles,
+    _classify_stain_tiles,
+    prestart_cell_workers,
+)
 
 __all__ = ["run_score"]
 
@@ -65,6 +70,8 @@ def run_score(
     if request.roi_space not in ("he", "ihc"):
         raise UserInputError(f"unknown roi_space {request.roi_space!r}", hint="use 'he' or 'ihc'")
     _check_models(opts)
+    if opts.seg_model is None:  # with the segmenter M the tiles are analysed in this process
+        prestart_cell_workers(opts.scoring.level, executor)
     ihc = open_slide(request.ihc, mpp=request.ihc_mpp)
     he = open_slide(request.he, mpp=request.he_mpp) if request.he is not None else None
     try:
@@ -119,6 +126,7 @@ def run_score(
                             opts.scoring.min_letter_fraction,
                             round(opts.cells.tile_margin_um / opts.tiling.mpp),
                             record_blocks=opts.record_blocks)
+        inputs = input_files_later(request)  # hashed while the tiles are analysed
         analyses = _analyse_tiles(request, tiles, params, transform, roi_geoms, opts, step,
                                   cancel, executor, run_id)
         stain_cls = _classify_stain_tiles(request, tiles, params, transform, opts, cancel) \
@@ -126,7 +134,8 @@ def run_score(
         _check_cancel(cancel)
         result = _assemble(request, ihc, he, grid, tiles, analyses, he_probs, stain_cls,
                            roi_geoms, roi_names, transform, transform_info, ihc_thumb,
-                           white, vectors, time.perf_counter() - t_start, warnings, run_id)
+                           white, vectors, time.perf_counter() - t_start, warnings, run_id,
+                           inputs)
         if opts.record_blocks:
             result.block_records = [a.block_record for a in analyses if a.block_record is not None]
         if transform is not None:
@@ -149,7 +158,8 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
               stain_cls: np.ndarray | None, roi_geoms: list[Any], roi_names: list[str],
               transform: Any, transform_info: dict[str, Any] | None, ihc_thumb: np.ndarray,
               white: Any, vectors: Any, seconds: float,
-              warnings: list[str], run_id: str) -> ScoreResult:
+              warnings: list[str], run_id: str,
+              inputs: cf.Future[dict[str, Any]] | None = None) -> ScoreResult:
     opts = request.options
     rule = GUIDELINES[opts.scoring.guideline]
     # T = x (+) x1 (+) x2: the class map's majority, the H&E tumour call and the stain
@@ -232,7 +242,8 @@ def _assemble(request: ScoreRequest, ihc: Any, he: Any, grid: Any, tiles: list[A
                                             "dimensions": list(he.dimensions), "mpp": he.mpp},
         "grid": {"rows": grid.n_rows, "cols": grid.n_cols, "tile_size": opts.tiling.tile_size,
                  "mpp": opts.tiling.mpp},
-        "provenance": _provenance(request, background, vectors, seconds, run_id),
+        "provenance": _provenance(request, background, vectors, seconds, run_id,
+                                  None if inputs is None else inputs.result()),
     }
     overlay, pictures = _overlay(ihc, he, tiles, analyses, transform, summary, opts, vectors,
                                  background, roi_geoms)

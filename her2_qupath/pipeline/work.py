@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from shapely import STRtree
 
+from ..case_report import load_drawing_modules
 from ..config import ScoreOptions, SlideConfig
 from ..models import (
     classify_tiles,
@@ -48,7 +49,7 @@ from .tiles import (
     analyse_tile,
 )
 
-__all__ = ["CHUNK_TILES"]
+__all__ = ["CHUNK_TILES", "prestart_cell_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,48 @@ def _pool_workers(executor: cf.Executor | None) -> int:
                else os.cpu_count() or 1)
 
 
-#: Modules a cell-level worker process imports once, in the fork server it is forked from.
+#: Modules a cell-level worker process imports once, in the fork server it is forked from;
+#: the last one loads the compiled cell kernels there (:mod:`.worker_warmup`).
 _WORKER_PRELOAD = ["her2_qupath.pipeline.tiles", "her2_qupath.cells", "her2_qupath.cell_table",
                    "her2_qupath.membrane", "her2_qupath.slide", "her2_qupath.tiling",
-                   "her2_qupath.qupath.builder", "her2_qupath.qupath.geojson"]
+                   "her2_qupath.qupath.builder", "her2_qupath.qupath.geojson",
+                   "her2_qupath.pipeline.worker_warmup"]
+
+
+def _uses_processes(level: str, executor: cf.Executor | None) -> bool:
+    """Whether the cell level's chunks may go to worker processes (:func:`_cell_pool`)."""
+    return level == "cell" and (executor is None or isinstance(executor, cf.ThreadPoolExecutor)) \
+        and _pool_workers(executor) >= 2
+
+
+def _worker_context() -> Any:
+    """The workers' multiprocessing context: a fork server preloading :data:`_WORKER_PRELOAD`."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(_WORKER_PRELOAD)
+        return ctx
+    return mp.get_context("spawn")  # pragma: no cover - Windows, macOS without forkserver
+
+
+def prestart_cell_workers(level: str, executor: cf.Executor | None) -> None:
+    """Start the fork server of the cell-level workers now, if the run will use them.
+
+    It starts in the background (this returns at once) and preloads the tile work's
+    modules and compiled kernels while the run reads the slide, finds the tissue and
+    builds the grid; the pool's workers are then forked warm. A fork server already
+    running (an earlier run of this process) is kept.
+    """
+    if not _uses_processes(level, executor):
+        return
+    ctx = _worker_context()
+    if ctx.get_start_method() != "forkserver":  # pragma: no cover - no fork server to start
+        return
+    from multiprocessing import forkserver
+
+    try:
+        forkserver.ensure_running()
+    except OSError as err:  # pragma: no cover - the pool starts it, or falls back to threads
+        log.warning("could not start the worker processes' fork server early (%s)", err)
 
 
 def _cell_pool(level: str, n_jobs: int, executor: cf.Executor | None) -> cf.Executor | None:
@@ -84,18 +123,12 @@ def _cell_pool(level: str, n_jobs: int, executor: cf.Executor | None) -> cf.Exec
     a Dask executor is used as given. Tile tasks share nothing: each worker
     opens the slide itself and returns its tiles' scores and cell text.
     """
-    if level != "cell" or n_jobs < 2 or not (executor is None or
-                                             isinstance(executor, cf.ThreadPoolExecutor)):
+    if n_jobs < 2 or not _uses_processes(level, executor):
         return None
     workers = min(_pool_workers(executor), n_jobs)
     if workers < 2:
         return None
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(_WORKER_PRELOAD)
-    else:  # pragma: no cover - Windows, macOS without forkserver
-        ctx = mp.get_context("spawn")
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context())
 
 
 def _work_cache_mb(tile_size: int, margin: int, chunk: int) -> float:
@@ -159,6 +192,8 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, 
 
     procs = _cell_pool(params.level, len(jobs), executor)
     if procs is not None:
+        # from here this process waits for its workers: the report's imports meanwhile
+        threading.Thread(target=load_drawing_modules, name="her2-report-imports").start()
         try:
             _run_jobs(procs, True, jobs, results, spill, run_id, step, cancel)
         except BrokenProcessPool as err:  # e.g. a script without a __main__ guard, a killed worker

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, overload
 
+from .._io import process_umask
 from .geojson import QuPathObject, from_feature, to_feature
 from .validate import validate_features
 
@@ -94,10 +95,14 @@ class Detections(Sequence[QuPathObject]):
 
     def cell_text(self, k: int) -> str:
         """The features of tile ``k``'s cells, comma-separated ("" without cells)."""
+        return self.cell_bytes(k).decode("utf-8")
+
+    def cell_bytes(self, k: int) -> bytes:
+        """:meth:`cell_text` as it is stored, UTF-8 (b"" without cells)."""
         entry = self.cells[k]
         if entry is None or self.spill is None or entry[1] == 0:
-            return ""
-        return self.spill.read(entry[0]).decode("utf-8")
+            return b""
+        return self.spill.read(entry[0])
 
     def _cell_objects(self, k: int) -> list[QuPathObject]:
         text = self.cell_text(k)
@@ -147,9 +152,7 @@ class GeoJSONStreamWriter:
             gzip_level = 6
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         self._tmp = Path(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)
+        os.fchmod(fd, 0o666 & ~process_umask())
         self._raw: IO[bytes] = os.fdopen(fd, "wb")
         self._out: IO[bytes] = self._raw
         if gzip_level:
@@ -159,12 +162,12 @@ class GeoJSONStreamWriter:
         self.count = 0
         self._out.write(_HEAD.encode())
 
-    def _piece(self, text: str) -> None:
-        if not text:
+    def _piece(self, data: bytes) -> None:
+        if not data:
             return
         if not self._first:
             self._out.write(b", ")
-        self._out.write(text.encode("utf-8"))
+        self._out.write(data)
         self._first = False
 
     def add(self, objects: Iterable[QuPathObject]) -> None:
@@ -172,11 +175,13 @@ class GeoJSONStreamWriter:
         if not feats:
             return
         validate_features(feats)
-        self._piece(json.dumps(feats, allow_nan=False, ensure_ascii=False)[1:-1])
+        self._piece(json.dumps(feats, allow_nan=False, ensure_ascii=False)[1:-1].encode("utf-8"))
         self.count += len(feats)
 
-    def add_text(self, text: str, count: int) -> None:
-        self._piece(text)
+    def add_text(self, text: str | bytes, count: int) -> None:
+        """Add ``count`` features given as comma-separated text (or its UTF-8 bytes, written
+        as they are)."""
+        self._piece(text if isinstance(text, bytes) else text.encode("utf-8"))
         self.count += count
 
     def close(self) -> Path:
@@ -219,7 +224,7 @@ def write_detections(path: str | os.PathLike[str], detections: Iterable[QuPathOb
                 w.add([tile])
                 entry = detections.cells[k]
                 if entry is not None:
-                    w.add_text(detections.cell_text(k), entry[1])
+                    w.add_text(detections.cell_bytes(k), entry[1])  # no decoding, re-encoding
         else:
             batch: list[QuPathObject] = []
             for obj in detections:
