@@ -140,12 +140,19 @@ class CellTable:
                  + ', "classification": ', ', "measurements": {',
                  '}, "metadata": ' + dumps(dict(marker)) + '}}']
         feats: list[str] = []
-        for i, (k, row) in enumerate(zip(self.classes.tolist(), self.measurements.tolist(),
-                                         strict=True)):
+        finite = np.isfinite(self.measurements)
+        given = finite.any(axis=0)  # measurements no cell has (e.g. of the other intensity mode)
+        keys = [key for key, g in zip(keys, given.tolist(), strict=True) if g]
+        values = self.measurements[:, given]
+        complete = finite[:, given].all(axis=1).tolist()
+        for i, (k, row) in enumerate(zip(self.classes.tolist(), values.tolist(), strict=True)):
             if i in slow_feats:
                 feats.append(dumps(slow_feats[i]))
                 continue
-            meas = ", ".join([key + repr(v) for key, v in zip(keys, row) if math.isfinite(v)])
+            if complete[i]:  # each value as json.dumps writes a float (its repr)
+                meas = ", ".join(map(str.__add__, keys, map(repr, row)))
+            else:
+                meas = ", ".join([key + repr(v) for key, v in zip(keys, row) if math.isfinite(v)])
             j = where[i]
             feats.append("".join([parts[0], ids[i], parts[1], cell_rings[j], parts[2], nuc_rings[j],
                                   parts[3], classes[k], parts[4], meas, parts[5]]))
