@@ -255,3 +255,22 @@ def test_workers_read_with_a_tile_cache_sized_to_their_chunk(slide) -> None:
     reader = pipeline_tiles._cached_slide(str(slide[0]), None, mb)
     assert reader._cache._max == mb * 2**20
     assert pipeline_tiles._cached_slide(str(slide[0]), None)._cache._max == SlideConfig().tile_cache_mb * 2**20
+
+
+def test_cell_tiles_are_worked_in_two_row_chunks_and_returned_in_grid_order() -> None:
+    """Cell-level chunks are two rows of four tiles (their margins share slide tiles); the
+    analyses come back in the order of the tiles given, whatever the work order."""
+    from types import SimpleNamespace
+
+    from her2_qupath.pipeline.work import CHUNK_TILES, _chunks, _in_grid_order, _two_row_order
+
+    grid = [SimpleNamespace(row=r, col=c) for r in range(5) for c in range(7) if (r, c) != (1, 2)]
+    order = _two_row_order(grid)
+    assert sorted(order) == list(range(len(grid)))
+    first = [(grid[i].row, grid[i].col) for i in order[:CHUNK_TILES]]
+    assert first == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (0, 3), (1, 3), (0, 4)]
+    assert {grid[i].row for i in order[-7:]} == {4}  # the odd last row on its own
+    worked = [grid[i] for i in order]
+    chunks = [list(c) for c in _chunks(worked, CHUNK_TILES)]  # "analyses": the tiles themselves
+    assert _in_grid_order(chunks, order) == grid
+    assert _in_grid_order(chunks, None) == worked

@@ -160,6 +160,10 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, 
     transform_json = transform.to_json() if transform is not None else None
     tile_rois = _tile_rois(tiles, rois)
     cell_level = params.level == "cell"
+    order = _two_row_order(tiles) if cell_level else None
+    if order is not None:
+        tiles = [tiles[i] for i in order]
+        tile_rois = None if tile_rois is None else [tile_rois[i] for i in order]
     size = CHUNK_TILES
     if cell_level:  # smaller chunks at the cell level keep every worker busy to the end
         size = max(1, min(CHUNK_TILES, -(-len(tiles) // (4 * _pool_workers(executor)))))
@@ -188,7 +192,7 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, 
                 _cells_to_text(a, t, transform, run_id)
             _spill_cells(results[i], spill)
             step(len(job.tiles))
-        return [a for chunk in results if chunk is not None for a in chunk]
+        return _in_grid_order(results, order)
 
     procs = _cell_pool(params.level, len(jobs), executor)
     if procs is not None:
@@ -199,7 +203,7 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, 
         except BrokenProcessPool as err:  # e.g. a script without a __main__ guard, a killed worker
             log.warning("worker processes failed (%s); the remaining tiles run in threads", err)
         else:
-            return [a for chunk in results if chunk is not None for a in chunk]
+            return _in_grid_order(results, order)
         todo = [i for i, r in enumerate(results) if r is None]
         pool = executor or cf.ThreadPoolExecutor(max_workers=_pool_workers(None))
         _run_jobs(pool, executor is None, [jobs[i] for i in todo], results, spill, run_id, step,
@@ -207,7 +211,28 @@ def _analyse_tiles(request: ScoreRequest, tiles: list[Any], params: TileParams, 
     else:
         pool = executor or cf.ThreadPoolExecutor(max_workers=_pool_workers(None))
         _run_jobs(pool, executor is None, jobs, results, spill, run_id, step, cancel)
-    return [a for chunk in results if chunk is not None for a in chunk]
+    return _in_grid_order(results, order)
+
+
+def _two_row_order(tiles: Sequence[Any]) -> list[int]:
+    """The order cell-level tiles are worked in: rows in pairs, column by column, the
+    upper tile first. Cut into chunks of :data:`CHUNK_TILES`, a chunk is two rows of
+    four tiles, whose margins overlap the neighbours' in both directions, so a worker
+    decodes the slide tiles they share once (about 23 JPEG tiles a tile, not 25)."""
+    return sorted(range(len(tiles)), key=lambda i: (tiles[i].row // 2, tiles[i].col, tiles[i].row))
+
+
+def _in_grid_order(results: list[list[TileAnalysis] | None],
+                   order: list[int] | None) -> list[TileAnalysis]:
+    """The chunks' analyses, flat, in the order of the tiles given (``order[j]``: the place
+    of the ``j``-th tile worked on; None: worked on in that order)."""
+    flat = [a for chunk in results if chunk is not None for a in chunk]
+    if order is None:
+        return flat
+    out: list[TileAnalysis] = [None] * len(flat)  # type: ignore[list-item]
+    for j, a in zip(order, flat, strict=True):
+        out[j] = a
+    return out
 
 
 def _run_jobs(pool: cf.Executor, own_pool: bool, jobs: list[_ChunkJob],
