@@ -283,11 +283,21 @@ def maximum(a: float, b: float) -> float:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _root(parent: np.ndarray, i: int) -> int:  # pragma: no cover - compiled
+def find_root(parent: np.ndarray, i: int) -> int:  # pragma: no cover - compiled
+    """Union-find: the root of ``i`` (halving the path on the way)."""
     while parent[i] != i:
         parent[i] = parent[parent[i]]
         i = parent[i]
     return i
+
+
+@njit(cache=True, nogil=True, inline="always")
+def join(parent: np.ndarray, i: int, j: int) -> None:  # pragma: no cover - compiled
+    """Union-find: one set of ``i`` and ``j``, rooted at the smaller root (so a piece's root
+    is its first element)."""
+    a, b = find_root(parent, i), find_root(parent, j)
+    if a != b:
+        parent[max(a, b)] = min(a, b)
 
 
 @njit(cache=True, nogil=True)
@@ -323,9 +333,7 @@ def fill_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:  # pragma: no 
         i, j = first[r - 1], first[r]
         while i < first[r] and j < first[r + 1]:
             if start[i] < stop[j] and start[j] < stop[i]:
-                a, b = _root(parent, i), _root(parent, j)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
+                join(parent, i, j)
             if stop[i] <= stop[j]:
                 i += 1
             else:
@@ -333,13 +341,13 @@ def fill_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:  # pragma: no 
     size = np.zeros(n, dtype=np.int64)
     open_ = np.zeros(n, dtype=np.bool_)
     for k in range(n):
-        root = _root(parent, k)
+        root = find_root(parent, k)
         size[root] += stop[k] - start[k]
         if row_of[k] == 0 or row_of[k] == h - 1 or start[k] == 0 or stop[k] == w:
             open_[root] = True
     out = mask.copy()
     for k in range(n):
-        root = _root(parent, k)
+        root = find_root(parent, k)
         if not open_[root] and size[root] <= max_hole_px:
             out[row_of[k], start[k]:stop[k]] = True
     return out

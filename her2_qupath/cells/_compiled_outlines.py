@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._compiled import find_root, join
+
 __all__: list[str] = []
 
 _DR = (0, 1, 0, -1)
@@ -43,14 +45,6 @@ def _grow(a: np.ndarray, need: int) -> np.ndarray:  # pragma: no cover - compile
     b = np.empty((max(need, 2 * a.shape[0]),) + a.shape[1:], dtype=a.dtype)
     b[:a.shape[0]] = a
     return b
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _find(parent: np.ndarray, i: int) -> int:  # pragma: no cover - compiled
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
 
 
 @njit(cache=True, nogil=True)
@@ -109,9 +103,7 @@ def label_runs(labels: np.ndarray, n: int) -> tuple[np.ndarray, ...]:  # pragma:
                     if run_e[t] == s or run_s[t] == c:
                         saddle[k] = True
                     else:
-                        a, b = _find(parent, nr), _find(parent, t)
-                        if a != b:
-                            parent[max(a, b)] = min(a, b)
+                        join(parent, nr, t)
                 t += 1
             nr += 1
         prev = here
@@ -119,7 +111,7 @@ def label_runs(labels: np.ndarray, n: int) -> tuple[np.ndarray, ...]:  # pragma:
     first = np.full(nr, -1, dtype=np.int64)
     last = np.empty(nr, dtype=np.int64)
     for i in range(nr):
-        root = _find(parent, i)
+        root = find_root(parent, i)
         if root == i:
             count[run_k[i]] += 1
             first[i] = run_r[i] * w + run_s[i]
