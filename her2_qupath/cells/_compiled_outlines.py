@@ -227,7 +227,7 @@ def simplify_ring(ring: np.ndarray, m: int, tolerance: float) -> np.ndarray:  # 
             out[size - 2] = kept[1]
             if ring[kept[1], 0] == ring[kept[size - 2], 0] and \
                     ring[kept[1], 1] == ring[kept[size - 2], 1]:
-                return out[:size - 2]  # GEOS would not close it again: not simple, left to GEOS
+                return out[:size - 2]  # already closed: GEOS's closeRing adds nothing
             return out
     return kept
 
@@ -341,7 +341,7 @@ def outline_rings(labels: np.ndarray, n: int,
             idx = simplify_ring(ring, m, tolerance)
         else:
             idx = np.arange(m)
-        if idx.shape[0] >= 4 and is_simple(ring, idx):
+        if is_simple(ring, idx):  # (at least 4 points, closed)
             kind[k - 1] = FINAL
         else:
             kind[k - 1] = GEOS
