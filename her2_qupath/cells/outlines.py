@@ -219,7 +219,9 @@ def label_outlines(labels: np.ndarray, n: int | None = None, *, tolerance: float
     labels = np.ascontiguousarray(labels)
     if labels.dtype.kind not in "iu":
         labels = labels.astype(np.int64)
-    n = max(int(labels.max()) if n is None and labels.size else int(n or 0), 0)
+    if n is None:
+        n = int(labels.max()) if labels.size else 0
+    n = max(int(n), 0)
     if n == 0:
         return Outlines.empty()
     coords, counts, kind, boxes = outline_rings(labels, n, float(tolerance))
